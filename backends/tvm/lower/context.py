@@ -1,0 +1,124 @@
+"""Per-function lowering state and the helpers every converter uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tvm import relax
+
+from .._errors import BackendError
+from .registry import Const, Value
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx_ir as ir
+
+
+class LowerContext:
+    """What a converter sees: the block builder, the opset, parameters and typed helpers.
+
+    ``node_desc`` names the node being converted so that every error says where it happened.
+    """
+
+    def __init__(self, bb: relax.BlockBuilder, opsets: dict[str, int]) -> None:
+        self.bb = bb
+        self.opsets = opsets
+        self.params: dict[str, relax.Var] = {}
+        self.param_values: dict[str, np.ndarray] = {}
+        self.node_desc = "<graph>"
+
+    # -- opsets ---------------------------------------------------------------------------
+    def opset(self, domain: str = "") -> int:
+        if domain in ("", "ai.onnx"):
+            return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+        return self.opsets.get(domain, 1)
+
+    # -- errors ---------------------------------------------------------------------------
+    def error(self, msg: str) -> BackendError:
+        return BackendError(f"{self.node_desc}: {msg}")
+
+    # -- values ---------------------------------------------------------------------------
+    @staticmethod
+    def is_const(v: Value) -> bool:
+        return isinstance(v, Const)
+
+    def const(self, v: Value, what: str = "input") -> np.ndarray:
+        """The compile-time value of ``v``; a clear error if it is only known at run time."""
+        if isinstance(v, Const):
+            return v.value
+        raise self.error(
+            f"{what} must be a compile-time constant here; canonicalize the model with static "
+            "input shapes first (no Shape/Range/ConstantOfShape on run-time values)")
+
+    def const_ints(self, v: Value, what: str = "input") -> list[int]:
+        return [int(x) for x in np.asarray(self.const(v, what)).reshape(-1)]
+
+    def expr(self, v: Value) -> relax.Expr:
+        """A Relax expression for ``v``: weights become parameters, small constants constants."""
+        if not isinstance(v, Const):
+            return v
+        arr = np.asarray(v.value)
+        if v.name is not None and arr.size > 1:
+            var = self.params.get(v.name)
+            if var is None:
+                var = relax.Var(v.name, relax.TensorType(arr.shape, _dtype_str(arr.dtype)))
+                self.params[v.name] = var
+                self.param_values[v.name] = arr
+            return var
+        return relax.const(np.ascontiguousarray(arr), _dtype_str(arr.dtype))
+
+    def emit(self, e: relax.Expr) -> relax.Expr:
+        return self.bb.emit(e)
+
+    def shape(self, v: Value) -> list[int]:
+        if isinstance(v, Const):
+            return list(np.shape(v.value))
+        vty = v.ty
+        if not isinstance(vty, relax.TensorType) or vty.shape is None:
+            raise self.error(f"value has no static tensor shape ({vty})")
+        dims = []
+        for d in vty.shape.values:
+            if not isinstance(d, int) and not hasattr(d, "value"):
+                raise self.error(f"value has a symbolic shape {list(vty.shape.values)}")
+            dims.append(int(d))
+        return dims
+
+    def rank(self, v: Value) -> int:
+        return len(self.shape(v))
+
+    def dtype(self, v: Value) -> str:
+        if isinstance(v, Const):
+            return _dtype_str(np.asarray(v.value).dtype)
+        return str(v.ty.dtype)
+
+    def cast(self, v: Value, dtype: str) -> Value:
+        if self.dtype(v) == dtype:
+            return v
+        if isinstance(v, Const):
+            return Const(np.asarray(v.value).astype(dtype))
+        return self.emit(relax.op.astype(v, dtype))
+
+    def attr(self, node: ir.Node, name: str, default: Any = None) -> Any:
+        a = node.attributes.get(name)
+        if a is None:
+            return default
+        return a.value
+
+    def attr_ints(self, node: ir.Node, name: str, default: Sequence[int] | None = None
+                  ) -> list[int] | None:
+        a = node.attributes.get(name)
+        if a is None:
+            return None if default is None else list(default)
+        return [int(x) for x in a.value]
+
+
+def _dtype_str(dt: Any) -> str:
+    s = str(np.dtype(dt))
+    return "bool" if s == "bool" else s
+
+
+def normalize_axis(ctx: LowerContext, axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ctx.error(f"axis {axis} out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis

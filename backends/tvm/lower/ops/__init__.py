@@ -1,0 +1,5 @@
+"""Built-in converters, one module per operator group (importing registers them)."""
+
+from __future__ import annotations
+
+from . import elementwise, gather, nn, reduce, shape  # noqa: F401

@@ -1,0 +1,93 @@
+"""Linear algebra and normalization: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax
+
+from ..context import LowerContext, normalize_axis
+from ..registry import converter
+
+
+@converter("MatMul")
+def matmul(ctx: LowerContext, node: ir.Node, inputs):
+    a, b = inputs
+    return ctx.emit(relax.op.matmul(ctx.expr(a), ctx.expr(b)))
+
+
+@converter("Gemm")
+def gemm(ctx: LowerContext, node: ir.Node, inputs):
+    a, b = ctx.expr(inputs[0]), ctx.expr(inputs[1])
+    c = inputs[2] if len(inputs) > 2 else None
+    alpha = float(ctx.attr(node, "alpha", 1.0))
+    beta = float(ctx.attr(node, "beta", 1.0))
+    if ctx.attr(node, "transA", 0):
+        a = ctx.emit(relax.op.permute_dims(a, [1, 0]))
+    if ctx.attr(node, "transB", 0):
+        b = ctx.emit(relax.op.permute_dims(b, [1, 0]))
+    dtype = ctx.dtype(a)
+    y = ctx.emit(relax.op.matmul(a, b))
+    if alpha != 1.0:
+        y = ctx.emit(relax.op.multiply(y, relax.const(alpha, dtype)))
+    if c is not None and beta != 0.0:
+        cv = ctx.expr(c)
+        if beta != 1.0:
+            cv = ctx.emit(relax.op.multiply(cv, relax.const(beta, dtype)))
+        y = ctx.emit(relax.op.add(y, cv))
+    return y
+
+
+def _softmax(ctx: LowerContext, node: ir.Node, x, fn):
+    rank = ctx.rank(x)
+    if ctx.opset() >= 13:
+        axis = normalize_axis(ctx, int(ctx.attr(node, "axis", -1)), rank)
+        return ctx.emit(fn(ctx.expr(x), axis=axis))
+    # Opset < 13: the input is coerced to 2-D at `axis` (default 1) and normalized per row.
+    axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 1)), rank)
+    shape = ctx.shape(x)
+    if axis == rank - 1:
+        return ctx.emit(fn(ctx.expr(x), axis=axis))
+    rows = int(np.prod(shape[:axis], dtype=np.int64))
+    flat = ctx.emit(relax.op.reshape(ctx.expr(x), [rows, -1]))
+    y = ctx.emit(fn(flat, axis=1))
+    return ctx.emit(relax.op.reshape(y, shape))
+
+
+@converter("Softmax")
+def softmax(ctx: LowerContext, node: ir.Node, inputs):
+    return _softmax(ctx, node, inputs[0], relax.op.nn.softmax)
+
+
+@converter("LogSoftmax")
+def log_softmax(ctx: LowerContext, node: ir.Node, inputs):
+    return _softmax(ctx, node, inputs[0], relax.op.nn.log_softmax)
+
+
+@converter("LayerNormalization")
+def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
+    x = inputs[0]
+    scale = inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    if any(o is not None and o.uses() for o in node.outputs[1:]):
+        raise ctx.error("the Mean / InvStdDev outputs of LayerNormalization are not supported")
+    shape = ctx.shape(x)
+    rank = len(shape)
+    axis = normalize_axis(ctx, int(ctx.attr(node, "axis", -1)), rank)
+    norm_shape = shape[axis:]
+    dtype = ctx.dtype(x)
+    eps = float(ctx.attr(node, "epsilon", 1e-5))
+
+    def operand(v, fill: float):
+        if v is None:
+            return relax.const(np.full(norm_shape, fill, dtype=dtype), dtype)
+        if ctx.shape(v) != norm_shape:
+            e = ctx.expr(v)
+            return ctx.emit(relax.op.broadcast_to(e, norm_shape))
+        return ctx.expr(v)
+
+    gamma = operand(scale, 1.0)
+    beta = operand(bias, 0.0)
+    y = ctx.emit(relax.op.nn.layer_norm(ctx.expr(x), gamma, beta,
+                                        axes=list(range(axis, rank)), epsilon=eps))
+    return [y, None, None]

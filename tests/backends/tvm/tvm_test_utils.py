@@ -1,0 +1,60 @@
+"""Helpers for the TVM backend tests: static canonical graphs and ONNX Runtime references.
+
+Until Lamina's canonicalization lands, a static canonical graph is made the way TVM_NOTES
+describes: write the static dims into the graph inputs, then run ONNX Runtime's offline optimizer
+at the basic level (constant folding of the shape and mask arithmetic).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+
+def specialize_proto(model: onnx.ModelProto, batch: int, seq: int) -> onnx.ModelProto:
+    """Copy of ``model`` whose inputs (and outputs) have static [batch, seq, ...] dims."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value"):
+                continue
+            if i == 0:
+                d.dim_value = batch
+            elif i == 1:
+                d.dim_value = seq
+    return m
+
+
+def static_canonical(path: str | os.PathLike[str], batch: int, seq: int) -> ir.Model:
+    """The model at ``path`` with static dims, shape arithmetic folded by ORT (basic level)."""
+    model = onnx.load(str(path))
+    spec = specialize_proto(model, batch, seq)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "static.onnx"
+        dst = Path(tmp) / "canonical.onnx"
+        onnx.save(spec, str(src))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(dst)
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        return ir.load(str(dst))
+
+
+def ort_run(path_or_proto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Reference outputs: ONNX Runtime with graph optimizations off."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = path_or_proto if isinstance(path_or_proto, (str, os.PathLike)) \
+        else path_or_proto.SerializeToString()
+    sess = ort.InferenceSession(str(src) if isinstance(src, os.PathLike) else src, so,
+                                providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
