@@ -1,0 +1,1 @@
+"""Execution backends: ``reference`` (ONNX Runtime, the numeric oracle) and ``tvm`` (Lamina's compiled path)."""

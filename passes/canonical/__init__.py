@@ -1,0 +1,1 @@
+"""Canonicalization: the passes of pipeline O0."""
