@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,12 @@ from tvm import relax
 
 from .._errors import BackendError
 from .graph import FunctionInfo, lower_function
+
+log = logging.getLogger(__name__)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
 
 
 def bucket_function_name(batch: int, seq: int) -> str:
@@ -27,8 +34,10 @@ class LoweredModule:
 def lower_buckets(models: dict[tuple[int, int], ir.Model]) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
-    Every bucket's graph must give a weight name the same value (they are specializations of one
-    model), so one parameter file serves all functions.
+    Buckets are specializations of one model, so weights with the same name normally have the
+    same value and are stored once; a name whose value differs in some bucket (a constant folded
+    to that bucket's shape) is stored again as ``name@b{batch}_s{seq}``. ``FunctionInfo.params``
+    lists the parameter-file keys each function takes, in order.
     """
     if not models:
         raise BackendError("no buckets to compile")
@@ -38,14 +47,20 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model]) -> LoweredModule:
     for key in sorted(models):
         batch, seq = key
         info = lower_function(bb, models[key], bucket_function_name(batch, seq))
-        for name, value in info.param_values.items():
+        keys = []
+        for name in info.params:
+            value = info.param_values[name]
+            key_name = name
             seen = params.get(name)
-            if seen is None:
-                params[name] = value
-            elif seen is not value and (seen.shape != value.shape or seen.dtype != value.dtype
-                                        or not np.array_equal(seen, value)):
-                raise BackendError(f"bucket {batch}x{seq}: weight {name!r} differs from the "
-                                   "other buckets' (all buckets must come from one model)")
+            if seen is not None and seen is not value and not _same(seen, value):
+                # A bucket-specific constant under a shared name (e.g. position embeddings
+                # folded to this bucket's length): keep it beside the shared one.
+                key_name = f"{name}@b{batch}_s{seq}"
+                log.debug("bucket %dx%d: weight %r differs from other buckets', stored as %r",
+                          batch, seq, name, key_name)
+            params.setdefault(key_name, value)
+            keys.append(key_name)
+        info.params = keys
         info.param_values = {}
         functions[key] = info
     return LoweredModule(bb.get(), functions, params)

@@ -1,0 +1,98 @@
+"""Relax module -> executable for the host CPU, in named stages that can be dumped.
+
+Stages (each dumped as ``dump_dir/tvm/NN_<stage>.py`` with ``mod.script()`` when asked):
+
+``00_lowered``      the module as lowering produced it (one function per bucket)
+``01_legalized``    library dispatch, ``LegalizeOps`` (Relax ops -> TIR), constant folding
+``02_fused``        ``FuseOps`` + ``FuseTIR`` (elementwise epilogues merged into producers)
+``03_scheduled``    TIR schedules: the ``schedule`` hook (kernels / tuning database / dlight)
+``04_dataflow``     ``RewriteDataflowReshape``, ``ToNonDataflow``, ``CallTIRRewrite``...
+``05_final``        memory planning and VM lowering, right before code generation
+
+then TIR lowering and LLVM code generation (``tvm.compile`` with no further Relax pipeline).
+This is TVM's CPU default pipeline split at its seams, so that tuned kernels and MetaSchedule
+databases plug in at stage 3 without copying the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from ._errors import BackendError
+from .target import TargetSpec
+
+log = logging.getLogger(__name__)
+
+# A schedule hook gets the fused module and the target and returns the scheduled module.
+ScheduleFn = Callable[[tvm.IRModule, tvm.target.Target], tvm.IRModule]
+
+
+def _dlight_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """TVM's generic CPU rules (reductions, GEMV) on whatever they match; the rest untouched."""
+    from tvm.s_tir import dlight
+
+    rules = [dlight.cpu.GEMV(), dlight.cpu.Reduction()]
+    with target:
+        return dlight.ApplyDefaultSchedule(*rules)(mod)
+
+
+SCHEDULES: dict[str, ScheduleFn | None] = {"none": None, "dlight": _dlight_cpu}
+
+
+def _stages(target: tvm.target.Target, schedule: ScheduleFn | None
+            ) -> list[tuple[str, Callable[[tvm.IRModule], tvm.IRModule]]]:
+    def seq(*passes: tvm.transform.Pass) -> Callable[[tvm.IRModule], tvm.IRModule]:
+        return tvm.transform.Sequential(list(passes))
+
+    t = relax.transform
+    return [
+        ("legalized", seq(relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(),
+                          t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant())),
+        ("fused", seq(t.FuseOps(), t.FuseTIR(), t.DeadCodeElimination())),
+        ("scheduled", (lambda m: schedule(m, target)) if schedule else (lambda m: m)),
+        ("dataflow", seq(t.RewriteDataflowReshape(), t.ToNonDataflow(),
+                         t.RemovePurityChecking(), t.CallTIRRewrite())),
+        ("final", seq(t.StaticPlanBlockMemory(), t.LowerAllocTensor(), t.KillAfterLastUse(),
+                      t.LowerRuntimeBuiltin(), t.ComputePrimValue(), t.VMShapeLower(),
+                      t.AttachGlobalSymbol())),
+    ]
+
+
+def build_module(mod: tvm.IRModule, target: TargetSpec, *, dump_dir: Path | None = None,
+                 schedule: str | ScheduleFn | None = "dlight") -> relax.VMExecutable:
+    """Compile ``mod`` for ``target``; with ``dump_dir``, write each stage to ``dump_dir/tvm``."""
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise BackendError(f"unknown schedule {schedule!r}; use one of {sorted(SCHEDULES)}")
+        schedule = SCHEDULES[schedule]
+    tgt = target.tvm_target
+    tvm_dir = None
+    if dump_dir is not None:
+        tvm_dir = Path(dump_dir) / "tvm"
+        tvm_dir.mkdir(parents=True, exist_ok=True)
+        (tvm_dir / "00_lowered.py").write_text(mod.script(), encoding="utf-8")
+    with tgt, tvm.transform.PassContext(opt_level=3):
+        for i, (name, stage) in enumerate(_stages(tgt, schedule), start=1):
+            t0 = time.perf_counter()
+            try:
+                mod = stage(mod)
+            except Exception as e:
+                raise BackendError(f"TVM stage {i:02d}_{name} failed: {type(e).__name__}: "
+                                   f"{str(e).strip()[:800]}") from e
+            log.debug("tvm stage %02d_%s: %.2fs", i, name, time.perf_counter() - t0)
+            if tvm_dir is not None:
+                (tvm_dir / f"{i:02d}_{name}.py").write_text(mod.script(), encoding="utf-8")
+        t0 = time.perf_counter()
+        try:
+            ex = tvm.compile(mod, tgt, relax_pipeline=None)
+        except Exception as e:
+            raise BackendError(f"TVM code generation failed: {type(e).__name__}: "
+                               f"{str(e).strip()[:800]}") from e
+        log.debug("tvm codegen: %.2fs", time.perf_counter() - t0)
+    return ex
