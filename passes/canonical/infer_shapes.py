@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from compiler.ir.domain import attach_reference_functions
 from compiler.pipeline import Pass, PassContext, PassResult, register
 
 
@@ -21,6 +22,14 @@ class InferShapesPass(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         before = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))
                   for n in model.graph for v in n.outputs]
+        # Recompute from scratch: shapes recorded earlier (by the exporter or before a rewrite) may be stale,
+        # and inference would keep them instead of the better ones it can derive now.
+        for node in model.graph:
+            for out in node.outputs:
+                if not out.is_graph_output():
+                    out.shape = None
+        # Reference functions let ONNX shape inference see through lamina ops.
+        attach_reference_functions(model)
         try:
             model = common.ShapeInferencePass(strict_mode=False, data_prop=True)(model).model
         except Exception:  # noqa: BLE001 - shape inference is best effort on partial models
