@@ -1,0 +1,195 @@
+"""``build_artifact``: static bucket graphs -> a verified artifact directory (the driver's entry)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ._errors import BackendError
+from .artifact import FORMAT, FORMAT_VERSION, LIBRARY, PARAMS, versions, write_artifact
+from .buckets import Bucket, parse_buckets
+from .build import ScheduleFn, build_module
+from .lower import FunctionInfo, TensorSpec, lower_buckets
+from .runtime import BATCH, SEQ
+from .target import TargetSpec, resolve_target
+
+log = logging.getLogger(__name__)
+
+Dims = Sequence[int | str]
+_RESERVED = {"format", "format_version", "lamina_version", "tvm_version", "tvm_ffi_version",
+             "created_utc", "target", "threads", "buckets", "inputs", "outputs", "files",
+             "manifest_sha256", "build_seconds", "extra"}
+
+
+def io_dims_from_model(model: ir.Model, batch_dim: str | int = 0, seq_dim: str | int = 1
+                       ) -> dict[str, list[int | str]]:
+    """Roles of the dims of a *dynamic* model's inputs and outputs, for ``build_artifact``.
+
+    A symbolic dim becomes ``"batch"`` or ``"seq"`` when its name is ``batch_dim`` /
+    ``seq_dim`` (strings), or when it sits at that position (ints) in an input; outputs reuse
+    the roles their symbol names got from the inputs. Static dims stay ints.
+    """
+    names: dict[str, str] = {}
+    for v in model.graph.inputs:
+        for i, d in enumerate(v.shape.dims if v.shape is not None else ()):
+            if isinstance(d, int):
+                continue
+            sym = str(d)
+            if batch_dim == sym or batch_dim == i:
+                names.setdefault(sym, BATCH)
+            elif seq_dim == sym or seq_dim == i:
+                names.setdefault(sym, SEQ)
+    out: dict[str, list[int | str]] = {}
+    for v in [*model.graph.inputs, *model.graph.outputs]:
+        dims: list[int | str] = []
+        for d in v.shape.dims if v.shape is not None else ():
+            if isinstance(d, int):
+                dims.append(d)
+            elif str(d) in names:
+                dims.append(names[str(d)])
+            else:
+                raise BackendError(f"{v.name!r}: dim {d!r} is neither the batch nor the "
+                                   "sequence dim; only those two may vary between buckets")
+        out[v.name or ""] = dims
+    return out
+
+
+def _infer_dims(specs: dict[Bucket, TensorSpec], is_input: bool) -> list[int | str]:
+    """Roles from the static shapes alone (see ``build_artifact``)."""
+    keys = sorted(specs)
+    ranks = {len(s.shape) for s in specs.values()}
+    if len(ranks) != 1:
+        name = next(iter(specs.values())).name
+        raise BackendError(f"{name!r} has a different rank in different buckets")
+    many_b = len({b for b, _ in keys}) > 1
+    many_s = len({s for _, s in keys}) > 1
+    dims: list[int | str] = []
+    for i in range(ranks.pop()):
+        vals = [specs[k].shape[i] for k in keys]
+        is_b = all(v == b for v, (b, _) in zip(vals, keys, strict=True))
+        is_s = all(v == s for v, (_, s) in zip(vals, keys, strict=True))
+        # A dim that merely equals the bucket's batch/seq in every bucket is trusted when those
+        # vary between buckets, or when it sits where encoders put them (batch 0, seq 1).
+        if is_b and (many_b or i == 0) and not (is_s and i == 1):
+            dims.append(BATCH)
+        elif is_s and (many_s or i == 1):
+            dims.append(SEQ)
+        elif len(set(vals)) == 1:
+            dims.append(vals[0])
+        else:
+            name = next(iter(specs.values())).name
+            raise BackendError(f"{name!r} dim {i} varies between buckets ({vals}) but is "
+                               "neither the batch nor the sequence dim")
+    return dims
+
+
+def _io_specs(functions: dict[Bucket, FunctionInfo], io_dims: Mapping[str, Dims] | None,
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    keys = sorted(functions)
+    first = functions[keys[0]]
+    result = []
+    for kind in ("inputs", "outputs"):
+        ref: list[TensorSpec] = getattr(first, kind)
+        specs = []
+        for idx, t in enumerate(ref):
+            per_bucket = {}
+            for k in keys:
+                other = getattr(functions[k], kind)
+                if len(other) != len(ref) or other[idx].name != t.name \
+                        or other[idx].dtype != t.dtype:
+                    raise BackendError(f"bucket {k[0]}x{k[1]}: {kind} differ from bucket "
+                                       f"{keys[0][0]}x{keys[0][1]}'s")
+                per_bucket[k] = other[idx]
+            if io_dims is not None and t.name in io_dims:
+                dims = list(io_dims[t.name])
+                for k, s in per_bucket.items():
+                    want = [k[0] if d == BATCH else k[1] if d == SEQ else d for d in dims]
+                    if list(s.shape) != want:
+                        raise BackendError(f"{t.name!r}: io_dims {dims} do not match its shape "
+                                           f"{list(s.shape)} in bucket {k[0]}x{k[1]}")
+            else:
+                dims = _infer_dims(per_bucket, kind == "inputs")
+            specs.append({"name": t.name, "dtype": t.dtype, "dims": dims})
+        result.append(specs)
+    return result[0], result[1]
+
+
+def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLike[str], *,
+                   target: str | dict[str, Any] | TargetSpec = "auto",
+                   threads: int | None = None,
+                   manifest_extra: Mapping[str, Any] | None = None,
+                   dump_dir: str | os.PathLike[str] | None = None,
+                   io_dims: Mapping[str, Dims] | None = None,
+                   schedule: str | ScheduleFn | None = "dlight") -> Path:
+    """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
+
+    - ``models``: ``{(batch, seq): model}``, each the canonical graph specialized to its bucket
+      (all from one source model, so weights are shared by name).
+    - ``target``: ``auto`` | ``host`` | an ISA preset | TVM target JSON (see :mod:`.target`).
+    - ``threads``: runtime threads recorded in the manifest (default: the loading host's cores).
+    - ``manifest_extra``: recorded verbatim; ``pipeline`` (text), ``source_model_sha256`` and
+      ``source_model`` (path, used in error hints) go to the top level, the rest under ``extra``.
+    - ``dump_dir``: write the Relax module after every TVM stage to ``dump_dir/tvm/``.
+    - ``io_dims``: ``{name: [dim, ...]}`` with ints or ``"batch"`` / ``"seq"`` for every graph
+      input and output (see :func:`io_dims_from_model`). Without it, roles are inferred from the
+      static shapes: reliable when the buckets vary in batch and seq, positional (batch at dim
+      0, seq at dim 1) otherwise.
+    - ``schedule``: TIR schedule hook applied after fusion (``"dlight"``, ``"none"`` or a
+      callable ``(mod, target) -> mod``).
+    """
+    t0 = time.perf_counter()
+    buckets = parse_buckets(list(models))
+    spec = resolve_target(target, threads)
+    extra = dict(manifest_extra or {})
+    clash = sorted(set(extra) & _RESERVED)
+    if clash:
+        raise BackendError(f"manifest_extra may not set {', '.join(clash)}")
+    lowered = lower_buckets({k: models[k] for k in buckets})
+    t_lower = time.perf_counter() - t0
+    inputs, outputs = _io_specs(lowered.functions, io_dims)
+    ex = build_module(lowered.mod, spec, dump_dir=Path(dump_dir) if dump_dir else None,
+                      schedule=schedule)
+    t_build = time.perf_counter() - t0 - t_lower
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **versions(),
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "target": spec.to_manifest(),
+        "threads": threads,
+        "buckets": [{"batch": b, "seq": s, "function": lowered.functions[(b, s)].name,
+                     "params": lowered.functions[(b, s)].params} for b, s in buckets],
+        "inputs": inputs,
+        "outputs": outputs,
+        "pipeline": extra.pop("pipeline", None),
+        "source_model_sha256": extra.pop("source_model_sha256", None),
+        "source_model": extra.pop("source_model", None),
+        "build_seconds": {"lower": round(t_lower, 3), "build": round(t_build, 3)},
+        "extra": extra,
+    }
+    if manifest["source_model"] is not None:
+        manifest["source_model"] = str(manifest["source_model"])
+
+    def write_lib(p: Path) -> None:
+        ex.export_library(str(p))
+
+    def write_params(p: Path) -> None:
+        import tvm
+
+        tvm.runtime.save_param_dict_to_file(
+            {k: tvm.runtime.tensor(np.ascontiguousarray(v)) for k, v in lowered.params.items()},
+            str(p))
+
+    out = write_artifact(out_path, manifest, {LIBRARY: write_lib, PARAMS: write_params})
+    log.info("built %s (%d buckets, %s) in %.1fs", out, len(buckets), spec.isa_level,
+             time.perf_counter() - t0)
+    return out

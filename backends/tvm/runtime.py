@@ -1,0 +1,212 @@
+"""Run an artifact: verify it, pick a length bucket per request, pad, run, strip the padding.
+
+Needs TVM and NumPy only (no ONNX). Padding: every input is zero-padded along its ``batch``
+and ``seq`` dims, i.e. ``input_ids`` / ``token_type_ids`` get id 0 and ``attention_mask`` gets
+0 (masked), so padded positions do not influence real ones; outputs are sliced back.
+
+Feeds: names must match the artifact's inputs exactly. Integer inputs accept any integer dtype
+(cast to the compiled one, e.g. int32 token ids to int64); float inputs need float32.
+
+Threads: TVM sizes its thread pool from ``TVM_NUM_THREADS`` when the pool first starts and
+``runtime.config_threadpool`` can only lower the count afterwards; the pool is per calling
+thread. So :func:`load` raises the ceiling through the environment while it still can, and
+each thread that calls :meth:`CompiledModel.run` sets its own count on its first call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import ArtifactError, UsageError
+from .artifact import LIBRARY, PARAMS, read_manifest
+from .buckets import Bucket, format_buckets, select_bucket
+
+log = logging.getLogger(__name__)
+
+BATCH, SEQ = "batch", "seq"
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]  # ints, or "batch" / "seq"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.dims)}]"
+
+
+_pool_started = False
+
+
+def _prepare_thread_pool(threads: int) -> None:
+    """Make sure the TVM pool can grow to ``threads`` (only possible before it starts)."""
+    global _pool_started
+    if not _pool_started:
+        cur = int(os.environ.get("TVM_NUM_THREADS", "0") or 0)
+        if threads > cur:
+            os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
+        _pool_started = True
+
+
+def _set_threads(threads: int) -> int:
+    import tvm
+    import tvm_ffi
+
+    tvm_ffi.get_global_func("runtime.config_threadpool")(0, int(threads))
+    return int(tvm.runtime.num_threads())
+
+
+class CompiledModel:
+    """A loaded artifact. ``run(feeds) -> outputs``; see the module docstring for the rules."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], threads: int | None) -> None:
+        import tvm
+        from tvm import relax
+
+        self.path = root
+        self.manifest = manifest
+        self.inputs = [IOSpec(i["name"], i["dtype"], tuple(i["dims"])) for i in manifest["inputs"]]
+        self.outputs = [IOSpec(o["name"], o["dtype"], tuple(o["dims"]))
+                        for o in manifest["outputs"]]
+        self._functions: dict[Bucket, tuple[str, list[str]]] = {
+            (int(b["batch"]), int(b["seq"])): (b["function"], list(b["params"]))
+            for b in manifest["buckets"]}
+        self.threads = int(threads or manifest.get("threads") or os.cpu_count() or 1)
+        _prepare_thread_pool(self.threads)
+        try:
+            lib = tvm.runtime.load_module(str(root / LIBRARY))
+            params = tvm.runtime.load_param_dict_from_file(str(root / PARAMS))
+        except Exception as e:
+            raise ArtifactError(f"{root}: cannot load the library or weights ({e}); recompile "
+                                "it on this machine with `lamina compile`") from e
+        self._dev = tvm.cpu()
+        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._params = {k: params[k] for k in {p for _, ps in self._functions.values()
+                                                 for p in ps}}
+        self._local = threading.local()
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        return sorted(self._functions)
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel({str(self.path)!r}, buckets={format_buckets(self.buckets)}, "
+                f"isa={self.manifest['target']['isa_level']}, threads={self.threads})")
+
+    # -- feeds ------------------------------------------------------------------------------
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int, int]:
+        if not isinstance(feeds, Mapping):
+            raise UsageError(f"feeds must be a dict of input name -> array, got "
+                             f"{type(feeds).__name__}")
+        expected = {s.name for s in self.inputs}
+        unknown = sorted(set(feeds) - expected)
+        if unknown:
+            raise UsageError(f"unknown input {unknown[0]!r}; the model takes "
+                             f"{', '.join(str(s) for s in self.inputs)}")
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        if missing:
+            raise UsageError(f"missing input {missing[0]!r}; the model takes "
+                             f"{', '.join(str(s) for s in self.inputs)}")
+        arrays: dict[str, np.ndarray] = {}
+        roles: dict[str, tuple[int, str]] = {}
+        for spec in self.inputs:
+            a = np.asarray(feeds[spec.name])
+            want = np.dtype(spec.dtype)
+            if a.dtype != want:
+                if want.kind in "iu" and a.dtype.kind in "iu":
+                    a = a.astype(want)
+                else:
+                    raise UsageError(f"input {spec.name!r} has dtype {a.dtype}, expected "
+                                     f"{spec.dtype} (pass np.asarray(x, dtype=np.{spec.dtype}))")
+            if a.ndim != len(spec.dims):
+                raise UsageError(f"input {spec.name!r} has rank {a.ndim} (shape {list(a.shape)})"
+                                 f", expected rank {len(spec.dims)} ({spec})")
+            for axis, (have, dim) in enumerate(zip(a.shape, spec.dims, strict=True)):
+                if isinstance(dim, int):
+                    if have != dim:
+                        raise UsageError(f"input {spec.name!r} dim {axis} is {have}, expected "
+                                         f"{dim} ({spec})")
+                    continue
+                if have < 1:
+                    raise UsageError(f"input {spec.name!r} has an empty {dim} dim")
+                if dim in roles and roles[dim][0] != have:
+                    other = roles[dim][1]
+                    raise UsageError(f"input {spec.name!r} has {dim} {have} but input "
+                                     f"{other!r} has {roles[dim][0]}; they must agree")
+                roles.setdefault(dim, (have, spec.name))
+            arrays[spec.name] = a
+        batch = roles.get(BATCH, (1, ""))[0]
+        seq = roles.get(SEQ, (1, ""))[0]
+        return arrays, batch, seq
+
+    def bucket_for(self, batch: int, seq: int) -> Bucket:
+        """The bucket a request of ``batch`` x ``seq`` runs in; a clear error if none fits."""
+        bucket = select_bucket(self._functions, batch, seq)
+        if bucket is None:
+            max_seq = max(s for _, s in self._functions)
+            max_batch = max(b for b, _ in self._functions)
+            if seq > max_seq:
+                why = f"sequence length {seq} exceeds the longest bucket (seq {max_seq})"
+            elif batch > max_batch:
+                why = f"batch {batch} exceeds the largest bucket batch ({max_batch})"
+            else:
+                why = f"no bucket holds batch {batch} at seq {seq}"
+            raise UsageError(f"{why}; buckets are {format_buckets(self._functions)}: truncate "
+                             f"or split the request, or recompile with e.g. `--buckets "
+                             f"{format_buckets([*self._functions, (batch, seq)])}`")
+        return bucket
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run one request; returns one array per output, padding removed."""
+        import tvm
+
+        arrays, batch, seq = self._check_feeds(feeds)
+        bucket = self.bucket_for(batch, seq)
+        fname, pnames = self._functions[bucket]
+        if getattr(self._local, "threads", None) != self.threads:
+            got = _set_threads(self.threads)
+            if got != self.threads:
+                log.warning("TVM runs %d threads, not %d: its thread pool started before "
+                            "load(); set TVM_NUM_THREADS=%d before the first TVM call",
+                            got, self.threads, self.threads)
+            self._local.threads = self.threads
+        size = {BATCH: bucket[0], SEQ: bucket[1]}
+        args = []
+        for spec in self.inputs:
+            a = arrays[spec.name]
+            shape = tuple(size.get(d, d) if isinstance(d, str) else d for d in spec.dims)
+            if a.shape != shape:
+                padded = np.zeros(shape, dtype=a.dtype)
+                padded[tuple(slice(0, n) for n in a.shape)] = a
+                a = padded
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
+        args.extend(self._params[p] for p in pnames)
+        result = self._vm[fname](*args)
+        real = {BATCH: batch, SEQ: seq}
+        outs: dict[str, np.ndarray] = {}
+        for i, spec in enumerate(self.outputs):
+            arr = result[i].numpy()
+            sl = tuple(slice(0, real[d]) if isinstance(d, str) else slice(None)
+                       for d in spec.dims)
+            outs[spec.name] = np.ascontiguousarray(arr[sl])
+        return outs
+
+    __call__ = run
+
+
+def load(path: str | os.PathLike[str], threads: int | None = None) -> CompiledModel:
+    """Verify and load the artifact at ``path`` (see :func:`artifact.read_manifest`)."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be >= 1, got {threads}")
+    root, manifest = read_manifest(path)
+    return CompiledModel(root, manifest, threads)
