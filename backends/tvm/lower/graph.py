@@ -53,7 +53,7 @@ def _input_spec(v: ir.Value) -> TensorSpec:
     for d in v.shape.dims:
         if not isinstance(d, int):
             raise BackendError(
-                f"graph input {v.name!r} has a symbolic dim {d!r} (shape {v.shape}); the TVM "
+                f"graph input {v.name!r} has a symbolic dim {str(d)!r} (shape {v.shape}); the TVM "
                 "backend needs static shapes: specialize the model per (batch, seq) bucket")
         dims.append(d)
     return TensorSpec(v.name or "", tuple(dims), _dtype_str(v.dtype.numpy()))

@@ -58,3 +58,24 @@ def ort_run(path_or_proto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
                                 providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def run_tvm(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray],
+            schedule: str = "none") -> list[np.ndarray]:
+    """Lower ``model`` (static shapes) to one Relax function, build it, run it in the VM."""
+    import tvm
+    from tvm import relax
+
+    from backends.tvm.build import build_module
+    from backends.tvm.lower import lower_buckets
+    from backends.tvm.target import resolve_target
+
+    m = ir.from_proto(model) if isinstance(model, onnx.ModelProto) else model
+    low = lower_buckets({(1, 1): m})
+    info = low.functions[(1, 1)]
+    ex = build_module(low.mod, resolve_target("x86-64", threads=1), schedule=schedule)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i.name])) for i in info.inputs]
+    args += [tvm.runtime.tensor(low.params[p]) for p in info.params]
+    out = vm[info.name](*args)
+    return [out[i].numpy() for i in range(len(info.outputs))]
