@@ -9,6 +9,25 @@ from compiler.ir.domain import attach_reference_functions
 from compiler.pipeline import Pass, PassContext, PassResult, register
 
 
+def _rank(dim: object) -> int:
+    """How much a dim tells: a number > a named symbol > an anonymous one (``unk__N``) or none."""
+    if isinstance(dim, int):
+        return 2
+    name = getattr(dim, "value", None)
+    return 1 if name and not str(name).startswith("unk__") else 0
+
+
+def _merge(new: ir.Shape | None, old: ir.Shape) -> ir.Shape:
+    """Per dim, the more informative of the fresh and the earlier annotation (exporters know symbols that
+    ONNX inference loses, e.g. through a Slice with a symbolic end)."""
+    if new is None:
+        return old
+    if len(new) != len(old):
+        return new
+    dims = [n if _rank(n) >= _rank(o) else o for n, o in zip(new, old, strict=True)]
+    return ir.Shape(dims)
+
+
 @register("infer-shapes")
 class InferShapesPass(Pass):
     """Run ONNX shape inference (with data propagation) and record types and shapes on the values.
@@ -24,9 +43,11 @@ class InferShapesPass(Pass):
                   for n in model.graph for v in n.outputs]
         # Recompute from scratch: shapes recorded earlier (by the exporter or before a rewrite) may be stale,
         # and inference would keep them instead of the better ones it can derive now.
+        previous = {}
         for node in model.graph:
             for out in node.outputs:
                 if not out.is_graph_output():
+                    previous[id(out)] = out.shape
                     out.shape = None
         # Reference functions let ONNX shape inference see through lamina ops.
         attach_reference_functions(model)
@@ -34,6 +55,11 @@ class InferShapesPass(Pass):
             model = common.ShapeInferencePass(strict_mode=False, data_prop=True)(model).model
         except Exception:  # noqa: BLE001 - shape inference is best effort on partial models
             model = common.ShapeInferencePass(strict_mode=False, data_prop=False)(model).model
+        for node in model.graph:
+            for out in node.outputs:
+                old = previous.get(id(out))
+                if old is not None:
+                    out.shape = _merge(out.shape, old)
         after = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))
                  for n in model.graph for v in n.outputs]
         return PassResult(model, changed=False, stats={"annotated": sum(

@@ -97,8 +97,6 @@ class SimplifyReshapePass(Pass):
             if const_array(node.inputs[1]) is not None:
                 continue
             allowzero = node.attributes.get("allowzero")
-            if allowzero is not None and allowzero.value:
-                continue
             data = node.inputs[0]
             pieces = _pieces(node.inputs[1])
             if data is None or pieces is None or data.shape is None:
@@ -106,6 +104,12 @@ class SimplifyReshapePass(Pass):
             target = self._target(data, pieces)
             if target is None:
                 continue
+            if allowzero is not None and allowzero.value:
+                # With allowzero=1 a literal 0 means an empty dim; only rewrite when no piece is a literal 0,
+                # then drop allowzero so our 0 entries mean "copy the input dim".
+                if any(isinstance(p, int) and p == 0 for p in pieces):
+                    continue
+                del node.attributes["allowzero"]
             const = add_initializer(graph, namer(f"{node.outputs[0].name}_shape"), np.array(target, np.int64))
             node.replace_input_with(1, const)
             rewritten += 1

@@ -1,0 +1,162 @@
+"""Pass registry, textual pipelines, pass manager, instruments and reproducers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from compiler.errors import PassError, PipelineError, VerifyError
+from compiler.ir import count_nodes, print_ir
+from compiler.pipeline import (
+    Pass,
+    PassContext,
+    PassManager,
+    PassResult,
+    format_pipeline,
+    option,
+    parse_pipeline,
+    register,
+)
+from compiler.pipeline.instruments import DumpIR, PrintIR, Recorder, VerifyEach
+from compiler.pipeline.registry import unregister
+from tests.compiler._graphs import reshape_graph
+
+
+@dataclass(frozen=True)
+class _Opts:
+    factor: float = option(2.0, "scale")
+    name_prefix: str = option("t", "prefix")
+    enabled: bool = option(True, "on/off")
+
+
+@pytest.fixture
+def scaling_pass():
+    @register("test-scale")
+    class ScalePass(Pass):
+        """Multiply the output by a factor (a deliberately lossy pass)."""
+
+        Options = _Opts
+
+        def run(self, model, ctx):
+            import onnx_ir as ir
+
+            graph = model.graph
+            out = graph.outputs[0]
+            producer = out.producer()
+            c = ir.Value(name="test_factor", const_value=ir.tensor(
+                __import__("numpy").array(self.options.factor, dtype="float32")))
+            graph.register_initializer(c)
+            node = ir.Node("", "Mul", [producer.outputs[0], c], name="test_mul")
+            out_name = out.name
+            graph.append(node)
+            new = node.outputs[0]
+            out.name = "pre_scale"
+            new.name = out_name
+            graph.outputs[0] = new
+            return PassResult(model, changed=True)
+
+    yield ScalePass
+    unregister("test-scale")
+
+
+def test_parse_options_and_named_pipelines(scaling_pass):
+    passes = parse_pipeline("O0,test-scale{factor=3.5,enabled=false,name-prefix=q}")
+    assert passes[-1].options == _Opts(3.5, "q", False)
+    assert format_pipeline(passes).endswith("test-scale{factor=3.5,name-prefix=q,enabled=false}")
+    assert len(parse_pipeline("O0")) > 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fold-constant", "did you mean fold-constants"),
+    ("test-scale{factr=2}", "did you mean 'factor'"),
+    ("test-scale{factor=abc}", "expects float"),
+    ("test-scale{factor=2", "missing '}'"),
+    ("", "empty pipeline"),
+    ("O0{x=1}", "takes no options"),
+])
+def test_pipeline_errors(scaling_pass, text, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_pipeline(text)
+
+
+def test_register_twice_is_an_error(scaling_pass):
+    with pytest.raises(PipelineError, match="registered twice"):
+        register("test-scale")(type("Other", (Pass,), {}))
+
+
+def test_print_ir_is_deterministic():
+    texts = []
+    for _ in range(2):
+        import io
+
+        stream = io.StringIO()
+        model = reshape_graph()
+        PassManager(parse_pipeline("O0"), [PrintIR(after_all=True, stream=stream)]).run(model)
+        texts.append(stream.getvalue())
+    assert texts[0] == texts[1]
+    assert "IR Dump After fold-constants" in texts[0]
+
+
+def test_dump_ir_files(tmp_path):
+    rec = Recorder()
+    model = PassManager(parse_pipeline("O0"), [rec, DumpIR(tmp_path, rec)]).run(reshape_graph())
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "000_input.txt" in names and "000_input.onnx" in names
+    assert "pipeline.txt" in names and "stats.json" in names
+    assert "001_lift-constants.txt" in names and "001_lift-constants.diff" in names
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert [p["name"] for p in stats["passes"]][:2] == ["lift-constants", "remove-dropout"]
+    assert count_nodes(model) < count_nodes(reshape_graph())
+
+
+def test_verify_each_catches_a_numeric_change(scaling_pass):
+    rec = Recorder()
+    with pytest.raises(VerifyError, match="test-scale.*beyond its tolerance"):
+        PassManager(parse_pipeline("test-scale"), [rec, VerifyEach(rec)], crash_dir=None).run(reshape_graph())
+
+
+def test_verify_each_accepts_exact_passes():
+    rec = Recorder()
+    PassManager(parse_pipeline("O0"), [rec, VerifyEach(rec)]).run(reshape_graph())
+    assert all((r.max_abs_error or 0.0) == 0.0 for r in rec.records)
+
+
+def test_failing_pass_writes_reproducer(tmp_path):
+    @register("test-boom")
+    class BoomPass(Pass):
+        """Always fails."""
+
+        def run(self, model, ctx):
+            raise RuntimeError("kaboom")
+
+    try:
+        with pytest.raises(PassError) as info:
+            PassManager(parse_pipeline("lift-constants,test-boom"), crash_dir=tmp_path).run(reshape_graph())
+        msg = str(info.value)
+        assert "pass 'test-boom' failed after [lift-constants]: kaboom" in msg
+        assert "lamina opt" in msg and "--pipeline test-boom" in msg
+        assert (tmp_path / "input.onnx").exists() and (tmp_path / "reproducer.sh").exists()
+        assert "Constant" not in (tmp_path / "input.txt").read_text()  # IR as the failing pass got it
+    finally:
+        unregister("test-boom")
+
+
+def test_explanations_are_collected():
+    ctx = PassContext(debug_match=frozenset({"x"}))
+    ctx.current_pass = "x"
+    assert ctx.wants_explanations("x") and not ctx.wants_explanations("y")
+    ctx.explain("node n", "bias is not constant")
+    assert ctx.explanations == ["[x] node n: bias is not constant"]
+
+
+def test_printer_shows_origin_and_hashes():
+    from compiler.ir import set_origin
+
+    model = reshape_graph()
+    node = next(iter(model.graph))
+    set_origin(node, "my-pass:rule")
+    text = print_ir(model)
+    assert "# my-pass:rule" in text
+    assert "input  %x: float32[batch,seq,8]" in text or "input  %x: float[batch,seq,8]" in text
