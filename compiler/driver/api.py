@@ -132,7 +132,6 @@ def compile(  # noqa: A001 - the verb users expect
     tune_trials: int = 0,
     tuning_db: str | None = None,
     debug: Debug | None = None,
-    progress: Any = None,
 ) -> Path:
     """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend."""
     import hashlib
@@ -144,7 +143,7 @@ def compile(  # noqa: A001 - the verb users expect
     model = load_model(model_path)
     pipeline = pipeline or _pipeline_available(DEFAULT_COMPILE_PIPELINE)
     model, report = optimize(model, pipeline, debug)
-    buckets = buckets or tvm_backend.default_buckets(model)
+    buckets = buckets or tvm_backend.default_buckets(max_positions(model))
     specialized = {}
     for batch, seq in buckets:
         specialized[(batch, seq)] = specialize(model, _bucket_dims(model, batch, seq))
@@ -152,13 +151,26 @@ def compile(  # noqa: A001 - the verb users expect
     with open(model_path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    extra = {"pipeline": report.pipeline, "source_model": str(model_path.name),
-             "source_sha256": digest.hexdigest()}
+    extra = {"pipeline": report.pipeline, "source_model": str(model_path.resolve()),
+             "source_model_sha256": digest.hexdigest()}
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
+    kwargs: dict[str, Any] = {}
+    if tune_trials or tuning_db:
+        kwargs.update(tune_trials=tune_trials, tuning_db=tuning_db)
     return tvm_backend.build_artifact(
         specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
-        tune_trials=tune_trials, tuning_db=tuning_db, progress=progress,
+        io_dims=tvm_backend.io_dims_from_model(model), **kwargs,
     )
+
+
+def max_positions(model: ir.Model) -> int | None:
+    """Rows of the position-embedding table, the longest sequence the model takes (None if unknown)."""
+    for name, value in model.graph.initializers.items():
+        if "position" in name.lower() and value.shape is not None and len(value.shape) == 2:
+            rows = value.shape[0]
+            if isinstance(rows, int) and rows > 1:
+                return rows - 2 if "roberta" in name.lower() else rows
+    return None
 
 
 def _bucket_dims(model: ir.Model, batch: int, seq: int) -> dict[str, int]:

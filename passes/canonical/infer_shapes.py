@@ -46,9 +46,8 @@ class InferShapesPass(Pass):
         previous = {}
         for node in model.graph:
             for out in node.outputs:
-                if not out.is_graph_output():
-                    previous[id(out)] = out.shape
-                    out.shape = None
+                previous[id(out)] = out.shape
+                out.shape = None
         # Reference functions let ONNX shape inference see through lamina ops.
         attach_reference_functions(model)
         try:
