@@ -1,0 +1,67 @@
+"""Bucket specs and selection (no TVM), and target resolution (ISA-neutral)."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.tvm.buckets import default_buckets, parse_buckets, select_bucket
+from compiler.errors import UsageError
+
+
+def test_parse_buckets():
+    assert parse_buckets("4x64, 1x128,1x128") == [(1, 128), (4, 64)]
+    assert parse_buckets([(2, 8)]) == [(2, 8)]
+
+
+@pytest.mark.parametrize("bad", ["128", "1x", "ax4", "0x16", ""])
+def test_parse_buckets_rejects(bad):
+    with pytest.raises(UsageError, match="bucket|no buckets"):
+        parse_buckets(bad)
+
+
+def test_default_buckets_capped_by_max_positions():
+    d = default_buckets(512)
+    assert (1, 128) in d and (1, 512) in d and max(s for _, s in d) == 512
+    small = default_buckets(100)
+    assert max(s for _, s in small) == 100 and (1, 64) in small
+
+
+def test_select_smallest_fitting_bucket():
+    bs = [(1, 16), (1, 64), (4, 64), (1, 128)]
+    assert select_bucket(bs, 1, 7) == (1, 16)
+    assert select_bucket(bs, 1, 17) == (1, 64)
+    assert select_bucket(bs, 2, 10) == (4, 64)
+    assert select_bucket(bs, 1, 100) == (1, 128)
+    assert select_bucket(bs, 2, 100) is None
+
+
+def test_target_presets_and_auto():
+    pytest.importorskip("tvm")
+    from backends.tvm.target import ISA_LEVELS, host_features, resolve_target
+
+    auto = resolve_target("auto", threads=3)
+    assert auto.num_cores == 3
+    assert set(auto.required_features) <= host_features()
+    # auto picks the highest level the host supports
+    for lvl in ISA_LEVELS.values():
+        if set(lvl.features) <= host_features():
+            assert len(auto.required_features) >= len(lvl.features)
+    avx2 = resolve_target("x86-avx2")
+    assert avx2.mcpu == "x86-64-v3" and avx2.isa_level == "x86-avx2"
+    vnni = resolve_target("x86-avx512-vnni")
+    assert "avx512vnni" in vnni.required_features and "+avx512vnni" in vnni.mattr
+    raw = resolve_target('{"kind": "llvm", "mcpu": "znver3"}')
+    assert raw.isa_level == "x86-avx2" and raw.mcpu == "znver3"
+    assert "mcpu" in raw.to_manifest() and raw.to_manifest()["isa_level"] == "x86-avx2"
+
+
+@pytest.mark.parametrize("bad,match", [("x86-avx51", "did you mean x86-avx512"),
+                                       ('{"kind": "llvm", "mcpu": "native"}', "native"),
+                                       ('{"kind": "cuda"}', "not supported")])
+def test_target_rejects(bad, match):
+    pytest.importorskip("tvm")
+    from backends.tvm.target import resolve_target
+    from compiler.errors import BackendError
+
+    with pytest.raises(BackendError, match=match):
+        resolve_target(bad)
