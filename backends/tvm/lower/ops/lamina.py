@@ -1,0 +1,85 @@
+"""Fused ``lamina``-domain ops (reference definitions in ``compiler/ir/ops/``).
+
+Each lowers to the Relax ops of its reference definition, in the same order of operations, so
+results match the reference to float rounding; kernels and tuning then work on the fused TIR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax
+
+from ..context import LowerContext
+from ..registry import converter
+
+MASK_FILL = float(np.finfo(np.float32).min)
+
+
+def _gelu(x: relax.Expr, approximate: str) -> relax.Expr:
+    return relax.op.nn.gelu_tanh(x) if approximate == "tanh" else relax.op.nn.gelu(x)
+
+
+@converter("Gelu", domain="lamina")
+def gelu(ctx: LowerContext, node: ir.Node, inputs):
+    approx = ctx.attr(node, "approximate", "none")
+    if approx not in ("none", "tanh"):
+        raise ctx.error(f"approximate={approx!r} is not supported")
+    return ctx.emit(_gelu(ctx.expr(inputs[0]), approx))
+
+
+_ACTIVATIONS = {"none": None, "gelu": "none", "gelu_tanh": "tanh"}
+
+
+@converter("Linear", domain="lamina")
+def linear(ctx: LowerContext, node: ir.Node, inputs):
+    """``y = act(X @ W + B) (+ R)``."""
+    act = ctx.attr(node, "activation", "none")
+    if act not in _ACTIVATIONS:
+        raise ctx.error(f"activation={act!r} is not supported")
+    x, w, b = (ctx.expr(v) for v in inputs[:3])
+    y = ctx.emit(relax.op.add(relax.op.matmul(x, w), b))
+    if _ACTIVATIONS[act] is not None:
+        y = ctx.emit(_gelu(y, _ACTIVATIONS[act]))
+    if int(ctx.attr(node, "has_residual", 0)):
+        y = ctx.emit(relax.op.add(y, ctx.expr(inputs[3])))
+    return y
+
+
+@converter("Attention", domain="lamina")
+def attention(ctx: LowerContext, node: ir.Node, inputs):
+    """``softmax(scale * Qh Kh^T + bias) Vh`` per head, heads split from / merged into the last dim."""
+    heads = int(ctx.attr(node, "num_heads"))
+    scale = float(ctx.attr(node, "scale", 1.0))
+    kind = ctx.attr(node, "mask_kind", "none")
+    q_shape = ctx.shape(inputs[0])
+    kv_shape = ctx.shape(inputs[1])
+    batch, q_seq, hidden = q_shape
+    kv_seq = kv_shape[1]
+    if hidden % heads:
+        raise ctx.error(f"hidden size {hidden} is not a multiple of num_heads {heads}")
+    d = hidden // heads
+    dtype = ctx.dtype(inputs[0])
+
+    def heads_of(v, seq: int, perm: list[int]) -> relax.Expr:
+        r = relax.op.reshape(ctx.expr(v), [batch, seq, heads, d])
+        return ctx.emit(relax.op.permute_dims(r, perm))
+
+    qh = heads_of(inputs[0], q_seq, [0, 2, 1, 3])
+    kt = heads_of(inputs[1], kv_seq, [0, 2, 3, 1])
+    vh = heads_of(inputs[2], kv_seq, [0, 2, 1, 3])
+    s = ctx.emit(relax.op.multiply(relax.op.matmul(qh, kt), relax.const(scale, dtype)))
+    if kind == "key_padding":
+        keep = ctx.expr(ctx.cast(inputs[3], "bool"))
+        bias = relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype))
+        bias = ctx.emit(relax.op.reshape(bias, [batch, 1, 1, kv_seq]))
+        s = ctx.emit(relax.op.add(s, bias))
+    elif kind == "additive":
+        s = ctx.emit(relax.op.add(s, ctx.expr(inputs[3])))
+    elif kind != "none":
+        raise ctx.error(f"mask_kind={kind!r} is not supported")
+    p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
+    # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
+    p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
+    o = ctx.emit(relax.op.permute_dims(relax.op.matmul(p, vh), [0, 2, 1, 3]))
+    return ctx.emit(relax.op.reshape(o, [batch, q_seq, hidden]))
