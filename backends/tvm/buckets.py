@@ -5,7 +5,8 @@ a bucket per request.
 
 Default buckets (:func:`default_buckets`): batch 1 at seq 16, 32, 64, 128, 256, 512, capped at the
 model's maximum positions, plus batch 4 and 8 at seq 128 for small batched requests. A request
-runs in the smallest bucket that holds it (fewest padded tokens, then the shorter sequence);
+runs in the bucket that computes the fewest tokens for it (:func:`plan_request`), its batch
+split into chunks when that is cheaper or when no bucket is big enough;
 padding to a power of two wastes at most half the tokens while keeping the compile to a handful
 of functions (an untuned MiniLM bucket compiles in a few seconds).
 """
@@ -68,6 +69,25 @@ def check_buckets(buckets: Iterable[Bucket], max_positions: int | None) -> None:
             if s > max_positions:
                 raise UsageError(f"bucket {b}x{s}: seq {s} exceeds the model's maximum "
                                  f"positions ({max_positions})")
+
+
+def plan_request(buckets: Iterable[Bucket], batch: int, seq: int, *, split_batch: bool = True
+                 ) -> tuple[Bucket, int] | None:
+    """(bucket, calls): run ``batch`` rows of length ``seq`` as ``calls`` calls of ``bucket``.
+
+    Minimizes the tokens computed (``calls * bucket batch * bucket seq``), then the calls; with
+    ``split_batch`` a batch may be cut into chunks (a batch of 3 short rows runs as three 1x16
+    calls rather than one 4x128), which also serves batches larger than any bucket.
+    """
+    best: tuple[tuple[int, int, int], Bucket, int] | None = None
+    for b, s in buckets:
+        if s < seq or (b < batch and not split_batch):
+            continue
+        calls = -(-batch // b)
+        key = (calls * b * s, calls, s)
+        if best is None or key < best[0]:
+            best = (key, (b, s), calls)
+    return None if best is None else (best[1], best[2])
 
 
 def select_bucket(buckets: Iterable[Bucket], batch: int, seq: int) -> Bucket | None:

@@ -4,6 +4,10 @@ Needs TVM and NumPy only (no ONNX). Padding: every input is zero-padded along it
 and ``seq`` dims, i.e. ``input_ids`` / ``token_type_ids`` get id 0 and ``attention_mask`` gets
 0 (masked), so padded positions do not influence real ones; outputs are sliced back.
 
+A batch is split into several calls when that computes fewer tokens (three short rows run as
+three 1x16 calls rather than one padded 4x128 call) or when it exceeds every bucket's batch;
+a sequence longer than every bucket is an error.
+
 Feeds: names must match the artifact's inputs exactly. Integer inputs accept any integer dtype
 (cast to the compiled one, e.g. int32 token ids to int64); float inputs need float32.
 
@@ -27,7 +31,7 @@ import numpy as np
 
 from ._errors import ArtifactError, UsageError
 from .artifact import LIBRARY, PARAMS, read_manifest
-from .buckets import Bucket, format_buckets, select_bucket
+from .buckets import Bucket, format_buckets, plan_request
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,8 @@ class CompiledModel:
         self._params = {k: params[k] for k in {p for _, ps in self._functions.values()
                                                  for p in ps}}
         self._local = threading.local()
+        # A batch may be split into chunks only if every input and output has a batch dim.
+        self._can_split = all(BATCH in s.dims for s in [*self.inputs, *self.outputs])
 
     @property
     def buckets(self) -> list[Bucket]:
@@ -148,10 +154,10 @@ class CompiledModel:
         seq = roles.get(SEQ, (1, ""))[0]
         return arrays, batch, seq
 
-    def bucket_for(self, batch: int, seq: int) -> Bucket:
-        """The bucket a request of ``batch`` x ``seq`` runs in; a clear error if none fits."""
-        bucket = select_bucket(self._functions, batch, seq)
-        if bucket is None:
+    def plan(self, batch: int, seq: int) -> tuple[Bucket, int]:
+        """(bucket, calls) a request of ``batch`` x ``seq`` runs as; a clear error if none."""
+        plan = plan_request(self._functions, batch, seq, split_batch=self._can_split)
+        if plan is None:
             max_seq = max(s for _, s in self._functions)
             max_batch = max(b for b, _ in self._functions)
             if seq > max_seq:
@@ -163,16 +169,17 @@ class CompiledModel:
             raise UsageError(f"{why}; buckets are {format_buckets(self._functions)}: truncate "
                              f"or split the request, or recompile with e.g. `--buckets "
                              f"{format_buckets([*self._functions, (batch, seq)])}`")
-        return bucket
+        return plan
+
+    def bucket_for(self, batch: int, seq: int) -> Bucket:
+        """The bucket a request of ``batch`` x ``seq`` runs in."""
+        return self.plan(batch, seq)[0]
 
     # -- run ----------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one request; returns one array per output, padding removed."""
-        import tvm
-
         arrays, batch, seq = self._check_feeds(feeds)
-        bucket = self.bucket_for(batch, seq)
-        fname, pnames = self._functions[bucket]
+        bucket, calls = self.plan(batch, seq)
         if getattr(self._local, "threads", None) != self.threads:
             got = _set_threads(self.threads)
             if got != self.threads:
@@ -180,6 +187,26 @@ class CompiledModel:
                             "load(); set TVM_NUM_THREADS=%d before the first TVM call",
                             got, self.threads, self.threads)
             self._local.threads = self.threads
+        if calls == 1:
+            return self._run_bucket(arrays, bucket, batch, seq)
+        parts = []
+        for lo in range(0, batch, bucket[0]):
+            hi = min(batch, lo + bucket[0])
+            chunk = {n: self._rows(n, a, lo, hi) for n, a in arrays.items()}
+            parts.append(self._run_bucket(chunk, bucket, hi - lo, seq))
+        return {spec.name: np.concatenate([p[spec.name] for p in parts],
+                                          axis=spec.dims.index(BATCH))
+                for spec in self.outputs}
+
+    def _rows(self, name: str, a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        axis = next(s.dims.index(BATCH) for s in self.inputs if s.name == name)
+        return a[(slice(None),) * axis + (slice(lo, hi),)]
+
+    def _run_bucket(self, arrays: dict[str, np.ndarray], bucket: Bucket, batch: int, seq: int
+                    ) -> dict[str, np.ndarray]:
+        import tvm
+
+        fname, pnames = self._functions[bucket]
         size = {BATCH: bucket[0], SEQ: bucket[1]}
         args = []
         for spec in self.inputs:

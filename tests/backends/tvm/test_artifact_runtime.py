@@ -79,12 +79,22 @@ def test_matches_onnxruntime(model, tiny_bert: Path, batch: int, seq: int):
 def test_bucket_padding_invariance(model, tiny_bert: Path):
     feeds = _feeds(tiny_bert, 1, 11, seed=3)
     small = model.run(feeds)["last_hidden_state"]  # runs in 1x16
-    assert model.bucket_for(1, 11) == (1, 16)
-    two = {k: np.concatenate([v, v]) for k, v in feeds.items()}
-    big = model.run(two)["last_hidden_state"]  # runs in 2x32
-    assert model.bucket_for(2, 11) == (2, 32)
-    np.testing.assert_allclose(big[0], small[0], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(big[1], small[0], atol=1e-5, rtol=0)
+    assert model.plan(1, 11) == ((1, 16), 1)
+    # The same row, padded to 20 with mask 0 beside a row of 20: runs in 2x32.
+    other = _feeds(tiny_bert, 1, 20, seed=4)
+    two = {k: np.concatenate([np.pad(v, ((0, 0), (0, 9))), other[k]]) for k, v in feeds.items()}
+    big = model.run(two)["last_hidden_state"]
+    assert model.plan(2, 20) == ((2, 32), 1)
+    assert big.shape[:2] == (2, 20)
+    np.testing.assert_allclose(big[0, :11], small[0], atol=1e-5, rtol=0)
+
+
+def test_batch_split_into_calls(model, tiny_bert: Path):
+    feeds = _feeds(tiny_bert, 5, 8)  # no bucket has batch 5: five 1x16 calls
+    assert model.plan(5, 8) == ((1, 16), 5)
+    assert model.plan(3, 30) == ((2, 32), 2)
+    got = model.run(feeds)["last_hidden_state"]
+    np.testing.assert_allclose(got, ort_run(tiny_bert, feeds)[0], atol=1e-4, rtol=0)
 
 
 def test_int32_feeds_accepted(model, tiny_bert: Path):
@@ -106,8 +116,6 @@ def test_bad_feeds(model, tiny_bert: Path):
         model.run({**feeds, "input_ids": feeds["input_ids"][0]})
     with pytest.raises(UsageError, match="sequence length 40 exceeds the longest bucket"):
         model.run(_feeds(tiny_bert, 1, 40))
-    with pytest.raises(UsageError, match="batch 3 exceeds"):
-        model.run(_feeds(tiny_bert, 3, 8))
     with pytest.raises(UsageError, match="'attention_mask' has seq 9 but input 'input_ids'"):
         model.run({**feeds, "attention_mask": np.ones((1, 9), np.int64)})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.tvm.buckets import default_buckets, parse_buckets, select_bucket
+from backends.tvm.buckets import default_buckets, parse_buckets, plan_request, select_bucket
 from compiler.errors import UsageError
 
 
@@ -33,6 +33,15 @@ def test_select_smallest_fitting_bucket():
     assert select_bucket(bs, 2, 10) == (4, 64)
     assert select_bucket(bs, 1, 100) == (1, 128)
     assert select_bucket(bs, 2, 100) is None
+
+
+def test_plan_request_splits_batches_when_cheaper():
+    bs = [(1, 16), (1, 128), (4, 128)]
+    assert plan_request(bs, 3, 7) == ((1, 16), 3)
+    assert plan_request(bs, 4, 100) == ((4, 128), 1)
+    assert plan_request(bs, 9, 100) == ((1, 128), 9)  # 1152 tokens, not 1536
+    assert plan_request(bs, 9, 100, split_batch=False) is None
+    assert plan_request(bs, 1, 129) is None
 
 
 def test_target_presets_and_auto():
