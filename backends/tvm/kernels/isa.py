@@ -9,7 +9,7 @@ code with this wheel, see TVM_NOTES.md).
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import tvm
@@ -45,7 +45,7 @@ def num_threads(target: tvm.target.Target) -> int:
     return int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
 
 
-@lru_cache(maxsize=None)
+@cache
 def host_cpu() -> str:
     """LLVM's name for the host CPU (``znver3``, ``znver4``, ...)."""
     return str(codegen.llvm_get_system_cpu())
