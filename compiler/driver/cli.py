@@ -185,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--text needs --tokenizer DIR (a directory with tokenizer.json)")
         from compiler.driver.text import tokenize
 
-        feeds.update(tokenize(args.text, args.tokenizer, [i["name"] for i in art.inputs]))
+        feeds.update(tokenize(args.text, args.tokenizer, [i.name for i in art.inputs]))
     if not feeds:
         raise UsageError("give inputs with --input NAME=FILE.npy or --text ... --tokenizer DIR")
     art.run(feeds)  # warm-up

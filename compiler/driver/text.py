@@ -33,6 +33,7 @@ def tokenize(
     Without ``seq`` the batch is padded to its longest text; with it, padded or truncated to ``seq``.
     """
     tok = load_tokenizer(tokenizer_dir)
+    tok.no_padding()  # tokenizer.json files often pad to a fixed length; we pad to the batch or to ``seq``
     texts = [texts] if isinstance(texts, str) else list(texts)
     encs = tok.encode_batch(texts)
     length = seq or max(len(e.ids) for e in encs)
