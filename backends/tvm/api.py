@@ -16,7 +16,7 @@ import onnx_ir as ir
 from ._errors import BackendError
 from .artifact import FORMAT, FORMAT_VERSION, LIBRARY, PARAMS, versions, write_artifact
 from .buckets import Bucket, parse_buckets
-from .build import ScheduleFn, build_module
+from .build import DEFAULT_TUNING_DB, ScheduleFn, build_module, tuning_schedule
 from .lower import FunctionInfo, TensorSpec, lower_buckets
 from .runtime import BATCH, SEQ
 from .target import TargetSpec, resolve_target
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Dims = Sequence[int | str]
 _RESERVED = {"format", "format_version", "lamina_version", "tvm_version", "tvm_ffi_version",
              "created_utc", "target", "threads", "buckets", "inputs", "outputs", "files",
-             "manifest_sha256", "build_seconds", "extra"}
+             "manifest_sha256", "build_seconds", "extra", "tuning"}
 
 
 def io_dims_from_model(model: ir.Model, batch_dim: str | int = 0, seq_dim: str | int = 1
@@ -128,7 +128,9 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    manifest_extra: Mapping[str, Any] | None = None,
                    dump_dir: str | os.PathLike[str] | None = None,
                    io_dims: Mapping[str, Dims] | None = None,
-                   schedule: str | ScheduleFn | None = "dlight") -> Path:
+                   schedule: str | ScheduleFn | None = "dlight",
+                   tune_trials: int = 0,
+                   tuning_db: str | os.PathLike[str] | None = None) -> Path:
     """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
 
     - ``models``: ``{(batch, seq): model}``, each the canonical graph specialized to its bucket
@@ -144,6 +146,9 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
       0, seq at dim 1) otherwise.
     - ``schedule``: TIR schedule hook applied after fusion (``"dlight"``, ``"none"`` or a
       callable ``(mod, target) -> mod``).
+    - ``tune_trials`` / ``tuning_db``: when either is set, stage 3 tunes that many MetaSchedule
+      trials (0: none, reuse records) into the database directory (default
+      ``~/.cache/lamina/tuning``) and applies its best schedules instead of ``schedule``.
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
@@ -152,6 +157,13 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
     clash = sorted(set(extra) & _RESERVED)
     if clash:
         raise BackendError(f"manifest_extra may not set {', '.join(clash)}")
+    if tune_trials < 0:
+        raise BackendError(f"tune_trials must be >= 0, got {tune_trials}")
+    tuning = None
+    if tune_trials or tuning_db is not None:
+        schedule = tuning_schedule(tune_trials, tuning_db)
+        tuning = {"trials": tune_trials,
+                  "db": str(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB)}
     lowered = lower_buckets({k: models[k] for k in buckets})
     t_lower = time.perf_counter() - t0
     inputs, outputs = _io_specs(lowered.functions, io_dims)
@@ -173,6 +185,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         "pipeline": extra.pop("pipeline", None),
         "source_model_sha256": extra.pop("source_model_sha256", None),
         "source_model": extra.pop("source_model", None),
+        "tuning": tuning,
         "build_seconds": {"lower": round(t_lower, 3), "build": round(t_build, 3)},
         "extra": extra,
     }

@@ -44,6 +44,24 @@ def _dlight_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 SCHEDULES: dict[str, ScheduleFn | None] = {"none": None, "dlight": _dlight_cpu}
 
+DEFAULT_TUNING_DB = Path.home() / ".cache" / "lamina" / "tuning"
+
+
+def tuning_schedule(trials: int, db_dir: str | Path | None) -> ScheduleFn:
+    """Stage-3 hook: tune ``trials`` MetaSchedule trials into ``db_dir`` (0: reuse records only),
+    then apply the database's best schedules, dlight defaults elsewhere (``tuning/``)."""
+    db = Path(db_dir) if db_dir is not None else DEFAULT_TUNING_DB
+
+    def schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+        from .tuning import apply, tune
+
+        if trials > 0:
+            db.mkdir(parents=True, exist_ok=True)
+            tune(mod, target, trials=trials, db_dir=db)
+        return apply(mod, target, db)
+
+    return schedule
+
 
 def _stages(target: tvm.target.Target, schedule: ScheduleFn | None
             ) -> list[tuple[str, Callable[[tvm.IRModule], tvm.IRModule]]]:
