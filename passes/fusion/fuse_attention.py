@@ -43,7 +43,7 @@ class FuseAttentionPass(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         rw = Rewriter(model, ctx, self.name)
-        masks: dict[int, tuple[ir.Value | None, str]] = {}
+        masks: dict[int, tuple[ir.Value, ir.Value | None, str]] = {}
         fused = 0
         kinds: dict[str, int] = {}
         for node in list(model.graph):
@@ -57,13 +57,14 @@ class FuseAttentionPass(Pass):
                 rw.explain(node, str(exc))
         if fused:
             common.RemoveUnusedNodesPass()(model)
-        for value_id, (key, reason) in masks.items():
+        for mask, key, reason in masks.values():
             if key is None and rw.explain_on:
-                ctx.explain("mask", f"kept as additive: {reason}")
+                ctx.explain(f"mask {mask.name!r}", f"kept as an additive input: {reason}")
         return PassResult(model, changed=fused > 0,
                           stats={"fused": fused, "unmatched": rw.misses, **{f"mask_{k}": v for k, v in kinds.items()}})
 
-    def _rewrite(self, rw: Rewriter, softmax: ir.Node, masks: dict[int, tuple[ir.Value | None, str]]) -> str:
+    def _rewrite(self, rw: Rewriter, softmax: ir.Node,
+                 masks: dict[int, tuple[ir.Value, ir.Value | None, str]]) -> str:
         s = softmax.inputs[0]
         axis = softmax.attributes.get("axis")
         axis_v = -1 if axis is None else int(axis.value)
@@ -123,8 +124,8 @@ class FuseAttentionPass(Pass):
         kind = "none"
         if mask is not None:
             if id(mask) not in masks:
-                masks[id(mask)] = _mask.analyze(rw.model, mask)
-            key, _ = masks[id(mask)]
+                masks[id(mask)] = (mask, *_mask.analyze(rw.model, mask))
+            _, key, _ = masks[id(mask)]
             kind = "key_padding" if key is not None else "additive"
             inputs.append(key if key is not None else mask)
         attn = rw.node("Attention", inputs,
