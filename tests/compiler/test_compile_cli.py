@@ -1,0 +1,53 @@
+"""``lamina compile``, ``lamina run`` and ``lamina bench`` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.driver.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tiny_bert: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "tiny.lamina"
+    assert main(["compile", str(tiny_bert), "-o", str(out), "--buckets", "1x16,2x16", "--pipeline", "O0"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_compile_then_run_cli(tiny_artifact: Path, tiny_bert: Path, tmp_path: Path, capsys):
+    from tests.models import make_inputs
+
+    feeds = make_inputs(tiny_bert, 2, 9)
+    args = []
+    for name, value in feeds.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        args += ["--input", f"{name}={tmp_path / f'{name}.npy'}"]
+    assert main(["run", str(tiny_artifact), *args, "--save", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[2, 9, 64]" in out and "time:" in out
+    import backends.reference as reference
+
+    ref = reference.run(tiny_bert, feeds)
+    for name, value in ref.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), value, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bench_json(tiny_artifact: Path, capsys):
+    rc = main(["bench", str(tiny_artifact), "--batch", "1", "--seq", "16", "--threads", "1", "--iters", "2",
+               "--warmup", "1", "--rounds", "1", "--engines", "lamina,onnxruntime", "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["results"]) == {"lamina", "onnxruntime"}
+    assert report["results"]["lamina"]["calls"] == 2
+    assert report["results"]["onnxruntime"]["lamina_p50_over_this_p50"] > 0
+
+
+def test_run_rejects_missing_input_file(tiny_artifact: Path, capsys):
+    assert main(["run", str(tiny_artifact), "--input", "input_ids=/nonexistent.npy"]) != 0
+    assert "no such file" in capsys.readouterr().err
