@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import onnx_ir as ir
 
 from compiler.ir import Namer, const_array, set_origin

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.helper as h
-import pytest
 
 from compiler.driver.cli import main
 
