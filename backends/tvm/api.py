@@ -35,7 +35,8 @@ def io_dims_from_model(model: ir.Model, batch_dim: str | int = 0, seq_dim: str |
 
     A symbolic dim becomes ``"batch"`` or ``"seq"`` when its name is ``batch_dim`` /
     ``seq_dim`` (strings), or when it sits at that position (ints) in an input; outputs reuse
-    the roles their symbol names got from the inputs. Static dims stay ints.
+    the roles their symbol names got from the inputs. Static dims stay ints. A tensor with any
+    other symbol is left out (``build_artifact`` then infers its dims from the bucket shapes).
     """
     names: dict[str, str] = {}
     for v in model.graph.inputs:
@@ -49,16 +50,20 @@ def io_dims_from_model(model: ir.Model, batch_dim: str | int = 0, seq_dim: str |
                 names.setdefault(sym, SEQ)
     out: dict[str, list[int | str]] = {}
     for v in [*model.graph.inputs, *model.graph.outputs]:
+        if v.shape is None:
+            continue
         dims: list[int | str] = []
-        for d in v.shape.dims if v.shape is not None else ():
+        for d in v.shape.dims:
             if isinstance(d, int):
                 dims.append(d)
             elif str(d) in names:
                 dims.append(names[str(d)])
-            else:
-                raise BackendError(f"{v.name!r}: dim {d!r} is neither the batch nor the "
-                                   "sequence dim; only those two may vary between buckets")
-        out[v.name or ""] = dims
+            else:  # an exporter's own symbol (unk__0...): leave it to inference from buckets
+                log.debug("%r: dim %r has no known role; inferring it from the buckets",
+                          v.name, str(d))
+                break
+        else:
+            out[v.name or ""] = dims
     return out
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ArtifactError, UsageError
+from ._errors import ArtifactError, BackendError, UsageError
 from .artifact import LIBRARY, PARAMS, read_manifest
 from .buckets import Bucket, format_buckets, plan_request
 
@@ -218,7 +218,11 @@ class CompiledModel:
                 a = padded
             args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
         args.extend(self._params[p] for p in pnames)
-        result = self._vm[fname](*args)
+        try:
+            result = self._vm[fname](*args)
+        except Exception as e:
+            raise BackendError(f"{self.path}: {fname} failed: {type(e).__name__}: "
+                               f"{str(e).strip()[:500]}") from e
         real = {BATCH: batch, SEQ: seq}
         outs: dict[str, np.ndarray] = {}
         for i, spec in enumerate(self.outputs):

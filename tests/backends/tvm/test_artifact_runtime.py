@@ -126,15 +126,18 @@ def test_fresh_process_round_trip(model, artifact: Path, tiny_bert: Path, tmp_pa
     script = textwrap.dedent(f"""
         import sys, numpy as np
         import backends.tvm as bt
-        m = bt.load({str(artifact)!r}, threads=1)
+        import tvm
+        m = bt.load({str(artifact)!r}, threads=2)
         feeds = dict(np.load({str(tmp_path / 'feeds.npz')!r}))
         out = m.run(feeds)
+        assert tvm.runtime.num_threads() == 2, tvm.runtime.num_threads()
         np.save({str(tmp_path / 'out.npy')!r}, out["last_hidden_state"])
         # an artifact runs on TVM alone: no ONNX stack imported (TVM itself imports torch)
         bad = [n for n in ("onnx", "onnx_ir", "onnxruntime") if n in sys.modules]
         assert not bad, bad
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("TVM_NUM_THREADS", None)  # load(threads=2) must size TVM's pool by itself
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path,
                    timeout=300)
     got = np.load(tmp_path / "out.npy")
