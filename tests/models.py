@@ -19,10 +19,15 @@ Exporter notes (measured with torch 2.13, transformers 5.23):
 
 - ``"torchscript"``: ``torch.onnx.export(dynamo=False)`` with ``dynamic_axes``; emits the requested
   opset directly (opset 14..16 have no LayerNormalization: torch decomposes it).
-- ``"dynamo"``: ``torch.onnx.export(dynamo=True)`` with ``torch.export.Dim`` dynamic shapes. Torch
-  builds the graph at opset 18 and converts it down with the onnxscript version converter when a
-  lower opset is asked for; :func:`export_model` checks that the file's default-domain opset is
-  the one requested. Big models get their weights in external data (``<name>.onnx.data``).
+- ``"dynamo"``: ``torch.onnx.export(dynamo=True)`` with ``torch.export.Dim`` dynamic shapes
+  (batch 1..1024, seq 1..512). Torch only builds opset 18; asked for less, it tries the onnx C API
+  version converter, which has no down-adapter for LayerNormalization-17 or Shape-15, fails, and
+  silently keeps opset 18. So we export at 18 and convert ourselves (:func:`_to_old_opset`):
+  LayerNormalization is decomposed below 17 (as the TorchScript exporter does), Shape's
+  start/end become a Slice below 15, the C API converts to max(opset, 15), and 15 -> 14 is a
+  checked relabel. :func:`export_model` checks that the file's default-domain opset is the one
+  requested. MiniLM and the base-size models keep their weights in external data
+  (``<name>.onnx.data``); tiny ones are a single file.
 
 Attention is exported with ``attn_implementation="eager"`` (MatMul, scale, Add mask, Softmax,
 MatMul), the classic pattern, stable across transformers versions; ``"sdpa"`` can be asked for.
@@ -180,7 +185,8 @@ def _wrapper_class() -> type:
     return _Encoder
 
 
-def build_model(arch: str, tiny: bool = True, attn_implementation: str = "eager") -> torch.nn.Module:
+def build_model(arch: str, tiny: bool = True,
+                attn_implementation: str = "eager") -> torch.nn.Module:
     """The PyTorch encoder wrapped to take positional ids and return ``last_hidden_state``.
 
     Deterministic: the random archs are initialised after ``torch.manual_seed(0)``; MiniLM loads
@@ -304,7 +310,7 @@ def _tokenizer() -> Any:
 
 def real_text_inputs(texts: Sequence[str] = SAMPLE_TEXTS, seq: int | None = None
                      ) -> dict[str, np.ndarray]:
-    """MiniLM-tokenized feeds for real sentences: padded to the longest, or to ``seq`` (truncating)."""
+    """MiniLM-tokenized feeds for real sentences, padded to the longest or to ``seq``."""
     tok = _tokenizer()
     if seq is None:
         enc = tok(list(texts), padding="longest", return_tensors="np")
@@ -453,7 +459,9 @@ def _export_to(arch: str, exporter: str, opset: int, tiny: bool, attn: str, out:
 
 
 def _to_old_opset(model: Any, opset: int) -> None:
-    """Below opset 17 decompose LayerNormalization, then convert the onnx-ir ``model`` down to ``opset``.
+    """Convert the onnx-ir ``model`` from opset 18 down to ``opset`` (14..17).
+
+    Below 17, LayerNormalization is decomposed first; below 15, Shape's start/end go to a Slice.
 
     ``LayerNormalization(x, scale, bias, axis=-1, epsilon=e)`` becomes the TorchScript exporter's
     form: ``m = ReduceMean(x); d = x - m; v = ReduceMean(Pow(d, 2));
