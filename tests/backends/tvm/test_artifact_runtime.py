@@ -120,6 +120,14 @@ def test_bad_feeds(model, tiny_bert: Path):
         model.run({**feeds, "attention_mask": np.ones((1, 9), np.int64)})
 
 
+def test_out_of_range_token_id_does_not_crash(model, tiny_bert: Path):
+    # Run-time indices use take(mode="wrap"): a bad id gives garbage, never a segfault.
+    feeds = _feeds(tiny_bert, 1, 8)
+    feeds["input_ids"][0, 1] = 10**9
+    out = model.run(feeds)["last_hidden_state"]
+    assert out.shape[:2] == (1, 8)
+
+
 def test_fresh_process_round_trip(model, artifact: Path, tiny_bert: Path, tmp_path: Path):
     feeds = _feeds(tiny_bert, 2, 13)
     np.savez(tmp_path / "feeds.npz", **feeds)

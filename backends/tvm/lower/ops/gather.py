@@ -28,7 +28,7 @@ def gather(ctx: LowerContext, node: ir.Node, inputs):
     axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 0)), len(shape))
     if isinstance(data, Const) and isinstance(idx, Const) and data.name is None:
         return Const(np.take(data.value, np.asarray(idx.value), axis=axis))
-    mode = "fast" if isinstance(idx, Const) else "wrap"
+    mode = "clip" if isinstance(idx, Const) else "wrap"  # "fast" warns, and crashes on OOB
     return ctx.emit(relax.op.take(ctx.expr(data), _indices(ctx, idx, shape[axis]), axis=axis,
                                   mode=mode))
 

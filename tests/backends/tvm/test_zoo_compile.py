@@ -1,0 +1,35 @@
+"""Tiny encoders of every architecture through ``lamina compile`` (default pipeline, fused
+``lamina`` ops) on the TVM backend, against ONNX Runtime on the original export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tvm_test_utils import ort_run
+
+pytestmark = pytest.mark.tvm
+
+CASES = [
+    ("bert", "torchscript", 17),
+    ("roberta", "dynamo", 18),
+    pytest.param("distilbert", "torchscript", 17, marks=pytest.mark.slow),
+    pytest.param("electra", "dynamo", 18, marks=pytest.mark.slow),
+    pytest.param("bert", "torchscript", 14, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("arch,exporter,opset", CASES)
+def test_tiny_zoo_compiles_and_matches(tiny_model, tmp_path: Path, arch, exporter, opset):
+    from backends.tvm import load
+    from compiler.driver import api
+    from tests.models import make_inputs
+
+    path = tiny_model(arch, exporter, opset)
+    out = api.compile(path, tmp_path / "m.lamina", buckets=[(1, 16), (2, 32)])
+    model = load(out, threads=1)
+    for batch, seq in [(1, 7), (2, 20), (3, 16)]:
+        feeds = make_inputs(path, batch, seq, seed=seq)
+        got = model.run(feeds)["last_hidden_state"]
+        np.testing.assert_allclose(got, ort_run(path, feeds)[0], atol=1e-4, rtol=0)
