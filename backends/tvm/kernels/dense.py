@@ -28,7 +28,7 @@ How the converter emits a dense layer in Relax (weights packed by numpy at compi
     gv = bb.add_func(func, "lamina_dense_128x384x1536_gelu")
     wp = relax.const(pack_weight(w_kn, cfg.nb))   # or a param holding the packed array
     x2 = bb.emit(relax.op.reshape(x, (M, K)))      # [b, s, K] -> [b*s, K] (free)
-    y = bb.emit(relax.call_tir(gv, [x2, wp, bias], relax.TensorStructInfo((M, N), "float32")))
+    y = bb.emit(relax.call_tir(gv, [x2, wp, bias], relax.TensorType((M, N), "float32")))
 
 The argument order of the returned PrimFunc is ``X, Wp, [bias], [R], Y`` (see
 :func:`dense_kernel`). Functions carry ``tirx.is_scheduled`` so MetaSchedule and dlight leave

@@ -125,3 +125,37 @@ def test_batch_matmul_matches_numpy(isa: str, scale) -> None:
     func = batch_matmul_kernel(B, M, K, N, scale=scale, target=target)
     out = _run(func, [a, b, np.zeros((B, M, N), np.float32)], target)
     np.testing.assert_allclose(out, (a @ b) * (scale or 1.0), rtol=1e-4, atol=1e-4)
+
+
+def test_emit_into_relax_matches_numpy() -> None:
+    """Converter path: emit_dense / emit_batch_matmul in a Relax program, default tvm.compile."""
+    from tvm import relax
+
+    from backends.tvm.kernels.relax_emit import emit_batch_matmul, emit_dense
+
+    target = host_target(1)
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((32, 64), dtype=np.float32) / 6
+    b1 = rng.standard_normal(64, dtype=np.float32)
+    w2 = rng.standard_normal((64, 32), dtype=np.float32) / 8
+    b2 = rng.standard_normal(32, dtype=np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 8, 32), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = emit_dense(bb, x, w1, b1, epilogue="gelu_erf", target=target)
+            y = emit_dense(bb, h, np.ascontiguousarray(w2.T), b2, residual=x, target=target,
+                           weight_layout="NK")
+            q = bb.emit(relax.op.reshape(y, (2, 2, 8, 16)))
+            kt = bb.emit(relax.op.permute_dims(q, [0, 1, 3, 2]))
+            s = emit_batch_matmul(bb, q, kt, scale=0.25, target=target)
+            o = bb.emit_output(emit_batch_matmul(bb, s, q, target=target))
+        bb.emit_func_output(o)
+    ex = tvm.compile(bb.get(), target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    xv = rng.standard_normal((2, 8, 32), dtype=np.float32)
+    out = vm["main"](tvm.runtime.tensor(xv)).numpy()
+    hv = dense_reference(xv.reshape(16, 32), w1, b1, "gelu_erf")
+    qv = dense_reference(hv, w2, b2, None, xv.reshape(16, 32)).reshape(2, 2, 8, 16)
+    ref = (qv @ qv.transpose(0, 1, 3, 2) * 0.25) @ qv
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
