@@ -27,7 +27,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,7 +213,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int,
     log.info("tuning %d of %d tasks, %d new trials, database %s", len(todo), len(plans), total, d)
     t0 = time.monotonic()
     done = 0
+    guard = _Interrupts()
     try:
+        guard.__enter__()
         for i, p in enumerate(todo):
             remaining = p.budget - p.done_before
             state = {"trials": 0, "best": _best_us(database, p.mod)}
@@ -220,6 +224,13 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int,
                        state: dict = state) -> None:
                 if on_progress is None:
                     return
+                try:
+                    _report(event, p, i, state)
+                except KeyboardInterrupt:
+                    guard.seen = True
+                    raise
+
+            def _report(event: str, p: TaskPlan, i: int, state: dict) -> None:
                 elapsed = time.monotonic() - t0
                 eta = elapsed / done * (total - done) if done else None
                 on_progress(TuneProgress(i, len(todo), p.name, state["trials"],
@@ -237,30 +248,58 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int,
                 report("batch")
 
             report("start")
+            spent = remaining  # a finished or failed task counts its whole budget: no retry
             try:
                 _tune_one(p, target, database, remaining, trials_per_iter, hook,
                           build_timeout_s, run_timeout_s, seed, str(d))
             except KeyboardInterrupt:
+                spent = state["trials"]
                 raise
             except Exception as err:  # one failing task must not end the run
+                if guard.interrupted(err):
+                    spent = state["trials"]
+                    raise KeyboardInterrupt from err
                 msg = str(err).strip().splitlines()
                 log.warning("tuning task %s failed, keeping its default schedule: %s", p.name,
                             msg[-1] if msg else type(err).__name__)
-                if _interrupted(err):
-                    raise KeyboardInterrupt from err
                 report("task-failed")
             else:
                 report("task-done")
-            # Count the budget as spent even when builds or runs failed: no retry next time.
-            ledger[p.key] = p.done_before + max(state["trials"], remaining)
-            _write_ledger(d, ledger)
+            finally:
+                # Interrupted: charge only what was measured, so the next run tops up the rest.
+                ledger[p.key] = p.done_before + max(state["trials"], spent)
+                _write_ledger(d, ledger)
     except KeyboardInterrupt:
         log.warning("tuning interrupted; %d trials kept in %s", done, d)
+    finally:
+        guard.__exit__()
     return database
 
 
-def _interrupted(err: BaseException) -> bool:
-    return "KeyboardInterrupt" in str(err) or isinstance(err.__cause__, KeyboardInterrupt)
+class _Interrupts:
+    """Remembers a Ctrl-C: MetaSchedule's C++ loop re-raises it as a plain RuntimeError."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._old = None
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:  # noqa: ANN001
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def interrupted(self, err: BaseException) -> bool:
+        return (self.seen or "KeyboardInterrupt" in str(err)
+                or isinstance(err.__cause__, KeyboardInterrupt))
 
 
 def _best_us(database: ms.Database, mod: tvm.IRModule) -> float | None:

@@ -105,3 +105,24 @@ def test_kernel_search_caches(tmp_path) -> None:
     tiles = database_dir(tmp_path, target) / "dense_tiles.json"
     assert tiles.exists() and "16x16x32" in json.loads(tiles.read_text())
     assert best_dense_config(16, 16, 32, target, cache=tmp_path, measure=False) == cfg
+
+
+@pytest.mark.slow
+def test_interrupt_keeps_records_and_resumes(tmp_path) -> None:
+    target = host_target(2)
+    mod = _tiny_module()
+
+    def ctrl_c(p) -> None:  # Ctrl-C arriving inside MetaSchedule's measure callback
+        if p.event == "batch":
+            raise KeyboardInterrupt
+
+    tune(mod, target, trials=4, db_dir=tmp_path, on_progress=ctrl_c, trials_per_iter=2)
+    n1 = _records(tmp_path, target)
+    assert n1 >= 1
+    ledger = json.loads((database_dir(tmp_path, target) / LEDGER).read_text())
+    assert sum(ledger.values()) == 2  # only what was measured is charged
+
+    events: list = []
+    tune(mod, target, trials=4, db_dir=tmp_path, on_progress=events.append, trials_per_iter=2)
+    assert any(e.event == "batch" for e in events)  # tops up the remaining 2 trials
+    assert _records(tmp_path, target) > n1
