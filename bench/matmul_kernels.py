@@ -49,6 +49,63 @@ for M, K, N in shapes:
 print(json.dumps(out))
 """
 
+_NUMPY_BMM_CHILD = r"""
+import json, sys, time
+import numpy as np
+shapes, calls, blocks = json.loads(sys.argv[1])
+out = []
+for B, M, K, N in shapes:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((B, M, K), dtype=np.float32)
+    b = rng.standard_normal((B, K, N), dtype=np.float32)
+    y = np.empty((B, M, N), np.float32)
+    for _ in range(3):
+        np.matmul(a, b, out=y)
+    ts = []
+    for _ in range(blocks):
+        t = time.perf_counter()
+        for _ in range(calls):
+            np.matmul(a, b, out=y)
+        ts.append((time.perf_counter() - t) / calls)
+    out.append(sorted(ts)[len(ts) // 2])
+print(json.dumps(out))
+"""
+
+
+def attention_table(target, threads: int, seqs: list[int], batches: list[int], rounds: int,
+                    calls: int) -> None:
+    """Batched matmuls of 12-head attention: QK^T [s,64]x[64,s] and PV [s,s]x[s,64]."""
+    import numpy as np
+    import tvm
+
+    from backends.tvm.kernels import batch_matmul_kernel, standalone_module
+
+    shapes = [(12 * b, s, k, n) for b in batches for s in seqs for k, n in ((64, s), (s, 64))]
+    items = []
+    for B, M, K, N in shapes:
+        ex = tvm.compile(standalone_module(batch_matmul_kernel(B, M, K, N, target=target)),
+                         target)
+        rng = np.random.default_rng(0)
+        args = [tvm.runtime.tensor(a) for a in (rng.standard_normal((B, M, K), dtype=np.float32),
+                                                rng.standard_normal((B, K, N), dtype=np.float32),
+                                                np.zeros((B, M, N), np.float32))]
+        items.append((ex.mod, args))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+    tn, to = [], []
+    for _ in range(rounds):
+        res = subprocess.run([sys.executable, "-c", _NUMPY_BMM_CHILD,
+                              json.dumps([shapes, calls, 3])], env=env, capture_output=True,
+                             text=True, check=True)
+        tn.append(json.loads(res.stdout))
+        to.append([float(np.median(m.time_evaluator("main", tvm.cpu(), number=calls,
+                                                     repeat=3)(*a).results)) for m, a in items])
+    print("| batch*heads | M | K | N | numpy GF/s | ours GF/s | ours/numpy |")
+    print("|---|---|---|---|---|---|---|")
+    for i, (B, M, K, N) in enumerate(shapes):
+        fl = 2.0 * B * M * K * N / 1e9
+        gn, go = fl / np.median([r[i] for r in tn]), fl / np.median([r[i] for r in to])
+        print(f"| {B} | {M} | {K} | {N} | {gn:.0f} | {go:.0f} | {go / gn:.2f} |", flush=True)
+
 
 def numpy_times(shapes: list[tuple[int, int, int]], threads: int, calls: int,
                 blocks: int) -> list[float]:
@@ -115,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating numpy / TVM blocks")
     ap.add_argument("--calls", type=int, default=20, help="calls per timed block")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--attention", action="store_true",
+                    help="also time the attention batched matmuls (batches = --m / 128)")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -171,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {M} | {K} | {N} | " + " | ".join(f"{gf[c]:.0f}" for c in cols)
               + f" | {best_ours / gf['numpy']:.2f} | {tile} |", flush=True)
         rows.append({"M": M, "K": K, "N": N, "gflops": gf, "tile": tile})
+    if args.attention:
+        attention_table(target, args.threads, [128], sorted({max(1, m // 128) for m in args.m}),
+                        args.rounds, args.calls)
     if args.json:
         Path(args.json).write_text(json.dumps({"target": str(target), "threads": args.threads,
                                                "rows": rows}, indent=1))
