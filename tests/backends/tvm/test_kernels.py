@@ -159,3 +159,17 @@ def test_emit_into_relax_matches_numpy() -> None:
     qv = dense_reference(hv, w2, b2, None, xv.reshape(16, 32)).reshape(2, 2, 8, 16)
     ref = (qv @ qv.transpose(0, 1, 3, 2) * 0.25) @ qv
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [DenseConfig(mr=4, nb=16, mc=8, n_inner=2, unroll_k=4),
+                                 DenseConfig(mr=3, nb=8, mc=0, n_inner=1, unroll_k=2)])
+def test_all_knobs(cfg: DenseConfig) -> None:
+    target = _target("avx2")
+    M, K, N = 16, 24, 64
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    w = rng.standard_normal((K, N), dtype=np.float32)
+    b = rng.standard_normal(N, dtype=np.float32)
+    func = dense_kernel(M, K, N, bias=True, epilogue="gelu_tanh", target=target, config=cfg)
+    out = _run(func, [x, pack_weight(w, cfg.nb), b, np.zeros((M, N), np.float32)], target)
+    np.testing.assert_allclose(out, dense_reference(x, w, b, "gelu_tanh"), rtol=1e-4, atol=1e-4)
