@@ -160,6 +160,9 @@ def plan_tasks(mod: tvm.IRModule, target: tvm.target.Target, trials: int,
         tmod = t.dispatched[0]
         if t.mod.attrs.get("tirx.is_scheduled", False) or _is_scheduled(tmod):
             continue
+        if _is_symbolic(tmod):  # MetaSchedule crashes on these (parallel_for_dynamic)
+            log.warning("not tuning %s: symbolic shapes; tune a static bucket", t.task_name)
+            continue
         key = workload_key(tmod)
         plans.append(TaskPlan(t.task_name, key, _flops(tmod), int(t.weight), 0,
                               ledger.get(key, 0), tmod, t))
@@ -167,6 +170,16 @@ def plan_tasks(mod: tvm.IRModule, target: tvm.target.Target, trials: int,
     for p, b in zip(plans, budgets, strict=True):
         p.budget = min(b, max_trials_per_task) if max_trials_per_task else b
     return plans
+
+
+def _is_symbolic(mod: tvm.IRModule) -> bool:
+    for f in mod.functions.values():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            for param in f.params:
+                shape = getattr(param.ty, "shape", None) or ()
+                if any(not isinstance(d, int | tvm.tirx.IntImm) for d in shape):
+                    return True
+    return False
 
 
 def _is_scheduled(mod: tvm.IRModule) -> bool:

@@ -126,3 +126,16 @@ def test_interrupt_keeps_records_and_resumes(tmp_path) -> None:
     tune(mod, target, trials=4, db_dir=tmp_path, on_progress=events.append, trials_per_iter=2)
     assert any(e.event == "batch" for e in events)  # tops up the remaining 2 trials
     assert _records(tmp_path, target) > n1
+
+
+def test_plan_skips_symbolic_tasks(tmp_path) -> None:
+    @tvm.script.ir_module
+    class Sym:
+        @R.function
+        def main(x: R.Tensor(("n", 32), "float32"), w: R.Tensor((32, 16), "float32")):
+            with R.dataflow():
+                y = R.matmul(x, w)
+                R.output(y)
+            return y
+
+    assert plan_tasks(relax.get_pipeline("zero")(Sym), host_target(2), 8, tmp_path) == []
