@@ -62,7 +62,7 @@ class TuneProgress:
     best_us: float | None
     elapsed_s: float
     eta_s: float | None
-    event: str = "batch"  # "start", "batch", "task-done", "task-skipped", "task-failed", "done"
+    event: str = "batch"  # "start", "batch", "task-done", "task-failed"
 
     def line(self) -> str:
         best = f"{self.best_us:.1f} us" if self.best_us is not None else "-"
