@@ -134,6 +134,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    dump_dir: str | os.PathLike[str] | None = None,
                    io_dims: Mapping[str, Dims] | None = None,
                    schedule: str | ScheduleFn | None = "dlight",
+                   kernels: bool = True,
                    tune_trials: int = 0,
                    tuning_db: str | os.PathLike[str] | None = None) -> Path:
     """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
@@ -169,7 +170,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         schedule = tuning_schedule(tune_trials, tuning_db)
         tuning = {"trials": tune_trials,
                   "db": str(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB)}
-    lowered = lower_buckets({k: models[k] for k in buckets})
+    lowered = lower_buckets({k: models[k] for k in buckets},
+                            target=spec.tvm_target if kernels else None)
     t_lower = time.perf_counter() - t0
     inputs, outputs = _io_specs(lowered.functions, io_dims)
     ex = build_module(lowered.mod, spec, dump_dir=Path(dump_dir) if dump_dir else None,

@@ -21,9 +21,12 @@ class LowerContext:
     ``node_desc`` names the node being converted so that every error says where it happened.
     """
 
-    def __init__(self, bb: relax.BlockBuilder, opsets: dict[str, int]) -> None:
+    def __init__(self, bb: relax.BlockBuilder, opsets: dict[str, int],
+                 target: Any = None) -> None:
         self.bb = bb
         self.opsets = opsets
+        # With a target, matmuls on constant weights use the hand-written kernels (packed weights).
+        self.target = target
         self.params: dict[str, relax.Var] = {}
         self.param_values: dict[str, np.ndarray] = {}
         self.node_desc = "<graph>"
@@ -67,6 +70,15 @@ class LowerContext:
                 self.param_values[v.name] = arr
             return var
         return relax.const(np.ascontiguousarray(arr), _dtype_str(arr.dtype))
+
+    def add_param(self, name: str, var: relax.Var, value: np.ndarray) -> relax.Var:
+        """Register a weight computed at compile time (e.g. a packed panel) as a parameter."""
+        existing = self.params.get(name)
+        if existing is not None:
+            return existing
+        self.params[name] = var
+        self.param_values[name] = value
+        return var
 
     def emit(self, e: relax.Expr) -> relax.Expr:
         return self.bb.emit(e)

@@ -59,11 +59,12 @@ def _input_spec(v: ir.Value) -> TensorSpec:
     return TensorSpec(v.name or "", tuple(dims), _dtype_str(v.dtype.numpy()))
 
 
-def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str) -> FunctionInfo:
+def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
+                   target: object = None) -> FunctionInfo:
     """Add ``func_name`` (inputs..., weights...) -> tuple(outputs) to ``bb``'s module."""
     graph = model.graph
     opsets = dict(graph.opset_imports or model.opset_imports)
-    ctx = LowerContext(bb, opsets)
+    ctx = LowerContext(bb, opsets, target=target)
     env: dict[ir.Value, Value] = {}
     for name, v in graph.initializers.items():
         if v.const_value is None:

@@ -31,12 +31,13 @@ class LoweredModule:
     params: dict[str, np.ndarray]
 
 
-def lower_buckets(models: dict[tuple[int, int], ir.Model]) -> LoweredModule:
+def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
     Buckets are specializations of one model, so weights with the same name normally have the
     same value and are stored once; a name whose value differs in some bucket (a constant folded
-    to that bucket's shape) is stored again as ``name@b{batch}_s{seq}``. ``FunctionInfo.params``
+    to that bucket's shape) is stored again as ``name@b{batch}_s{seq}``. With ``target``, matmuls on
+    constant weights use the hand-written kernels of ``backends/tvm/kernels`` for that target. ``FunctionInfo.params``
     lists the parameter-file keys each function takes, in order.
     """
     if not models:
@@ -46,7 +47,7 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model]) -> LoweredModule:
     params: dict[str, np.ndarray] = {}
     for key in sorted(models):
         batch, seq = key
-        info = lower_function(bb, models[key], bucket_function_name(batch, seq))
+        info = lower_function(bb, models[key], bucket_function_name(batch, seq), target=target)
         keys = []
         for name in info.params:
             value = info.param_values[name]

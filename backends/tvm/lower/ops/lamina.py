@@ -12,6 +12,7 @@ from tvm import relax
 
 from ..context import LowerContext
 from ..registry import converter
+from ._dense import emit_kernel_dense, kernel_weight
 
 MASK_FILL = float(np.finfo(np.float32).min)
 
@@ -37,11 +38,16 @@ def linear(ctx: LowerContext, node: ir.Node, inputs):
     act = ctx.attr(node, "activation", "none")
     if act not in _ACTIVATIONS:
         raise ctx.error(f"activation={act!r} is not supported")
+    has_res = int(ctx.attr(node, "has_residual", 0))
+    weight = kernel_weight(ctx, inputs[1])
+    if weight is not None and len(ctx.shape(inputs[0])) >= 2:
+        return emit_kernel_dense(ctx, inputs[0], inputs[1], weight, bias=inputs[2], activation=act,
+                                 residual=inputs[3] if has_res else None)
     x, w, b = (ctx.expr(v) for v in inputs[:3])
     y = ctx.emit(relax.op.add(relax.op.matmul(x, w), b))
     if _ACTIVATIONS[act] is not None:
         y = ctx.emit(_gelu(y, _ACTIVATIONS[act]))
-    if int(ctx.attr(node, "has_residual", 0)):
+    if has_res:
         y = ctx.emit(relax.op.add(y, ctx.expr(inputs[3])))
     return y
 
@@ -68,7 +74,13 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
     qh = heads_of(inputs[0], q_seq, [0, 2, 1, 3])
     kt = heads_of(inputs[1], kv_seq, [0, 2, 3, 1])
     vh = heads_of(inputs[2], kv_seq, [0, 2, 1, 3])
-    s = ctx.emit(relax.op.multiply(relax.op.matmul(qh, kt), relax.const(scale, dtype)))
+    use_kernels = ctx.target is not None and dtype == "float32"
+    if use_kernels:
+        from ...kernels.relax_emit import emit_batch_matmul
+
+        s = emit_batch_matmul(ctx.bb, qh, kt, scale=scale, target=ctx.target)
+    else:
+        s = ctx.emit(relax.op.multiply(relax.op.matmul(qh, kt), relax.const(scale, dtype)))
     if kind == "key_padding":
         keep = ctx.expr(ctx.cast(inputs[3], "bool"))
         bias = relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype))
@@ -81,5 +93,6 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
     p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
     # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
     p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
-    o = ctx.emit(relax.op.permute_dims(relax.op.matmul(p, vh), [0, 2, 1, 3]))
+    pv = emit_batch_matmul(ctx.bb, p, vh, target=ctx.target) if use_kernels else relax.op.matmul(p, vh)
+    o = ctx.emit(relax.op.permute_dims(pv, [0, 2, 1, 3]))
     return ctx.emit(relax.op.reshape(o, [batch, q_seq, hidden]))

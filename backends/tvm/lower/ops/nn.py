@@ -8,11 +8,15 @@ from tvm import relax
 
 from ..context import LowerContext, normalize_axis
 from ..registry import converter
+from ._dense import emit_kernel_dense, kernel_weight
 
 
 @converter("MatMul")
 def matmul(ctx: LowerContext, node: ir.Node, inputs):
     a, b = inputs
+    weight = kernel_weight(ctx, b)
+    if weight is not None and len(ctx.shape(a)) >= 2:
+        return emit_kernel_dense(ctx, a, b, weight)
     return ctx.emit(relax.op.matmul(ctx.expr(a), ctx.expr(b)))
 
 
