@@ -275,6 +275,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, *, trials: int,
                 msg = str(err).strip().splitlines()
                 log.warning("tuning task %s failed, keeping its default schedule: %s", p.name,
                             msg[-1] if msg else type(err).__name__)
+                log.debug("tuning task %s failed", p.name, exc_info=True)
                 report("task-failed")
             else:
                 report("task-done")
@@ -331,8 +332,18 @@ def _best_us(database: ms.Database, mod: tvm.IRModule) -> float | None:
 def _tune_one(p: TaskPlan, target: tvm.target.Target, database: ms.Database, trials: int,
               per_iter: int, hook: Callable[[int, float | None], None], build_timeout_s: float,
               run_timeout_s: float, seed: int | None, log_dir: str) -> None:
-    ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [p.extracted], work_dir=log_dir, seed=seed)
+    # MetaSchedule rebuilds its logging config from the names of the handlers already on its
+    # logger; an unnamed one (pytest's capture handler, an app's own) makes that crash.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in ms_logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        ms_logger.removeHandler(h)
+    try:
+        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [p.extracted], work_dir=log_dir, seed=seed)
+    finally:
+        for h in unnamed:
+            ms_logger.addHandler(h)
     if not ctxs:
         return
     callbacks = [*ms.MeasureCallback.create("default"), _ProgressCallback(hook)]
