@@ -17,6 +17,7 @@ databases plug in at stage 3 without copying the rest.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,10 +58,22 @@ def tuning_schedule(trials: int, db_dir: str | Path | None) -> ScheduleFn:
 
         if trials > 0:
             db.mkdir(parents=True, exist_ok=True)
-            tune(mod, target, trials=trials, db_dir=db)
+            tune(mod, target, trials=trials, db_dir=db, on_progress=_print_progress)
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
         return apply(mod, target, db)
 
     return schedule
+
+
+def _print_progress(p: object) -> None:
+    """Tuning progress on stderr: one updating line on a terminal, one line per event otherwise."""
+    line = "lamina: tuning " + p.line()  # type: ignore[attr-defined]
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line[:160].ljust(160))
+    elif getattr(p, "event", "batch") != "batch" or p.task_trials == p.task_budget:  # type: ignore[attr-defined]
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _stages(target: tvm.target.Target, schedule: ScheduleFn | None

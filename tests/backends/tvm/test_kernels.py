@@ -173,3 +173,29 @@ def test_all_knobs(cfg: DenseConfig) -> None:
     func = dense_kernel(M, K, N, bias=True, epilogue="gelu_tanh", target=target, config=cfg)
     out = _run(func, [x, pack_weight(w, cfg.nb), b, np.zeros((M, N), np.float32)], target)
     np.testing.assert_allclose(out, dense_reference(x, w, b, "gelu_tanh"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch, heads, q, n", [(1, 2, 8, 16), (2, 3, 5, 20)])
+def test_masked_softmax_kernel(batch, heads, q, n):
+    import tvm
+
+    from backends.tvm.kernels.softmax import masked_softmax_kernel
+
+    rows = batch * heads * q
+    func = masked_softmax_kernel(rows, n, batch, heads * q).with_attr("global_symbol", "sm")
+    lib = tvm.compile(tvm.IRModule({"sm": func}), target=tvm.target.Target({"kind": "llvm"}))
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((rows, n)).astype("float32") * 4
+    bias = np.zeros((batch, n), "float32")
+    bias[-1, n // 2:] = np.finfo(np.float32).min
+    if batch > 1:
+        bias[0, :] = np.finfo(np.float32).min  # a fully masked batch row: uniform weights, no NaN
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros_like(s), dev)
+    lib["sm"](tvm.runtime.tensor(s, dev), tvm.runtime.tensor(bias, dev), out)
+    x = s.astype(np.float64) + np.repeat(bias, heads * q, axis=0)
+    ref = np.exp(x - x.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    got = out.numpy()
+    assert not np.isnan(got).any()
+    np.testing.assert_allclose(got, ref, atol=1e-6)

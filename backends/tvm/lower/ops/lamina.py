@@ -81,18 +81,29 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
         s = emit_batch_matmul(ctx.bb, qh, kt, scale=scale, target=ctx.target)
     else:
         s = ctx.emit(relax.op.multiply(relax.op.matmul(qh, kt), relax.const(scale, dtype)))
-    if kind == "key_padding":
-        keep = ctx.expr(ctx.cast(inputs[3], "bool"))
-        bias = relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype))
-        bias = ctx.emit(relax.op.reshape(bias, [batch, 1, 1, kv_seq]))
-        s = ctx.emit(relax.op.add(s, bias))
-    elif kind == "additive":
-        s = ctx.emit(relax.op.add(s, ctx.expr(inputs[3])))
-    elif kind != "none":
-        raise ctx.error(f"mask_kind={kind!r} is not supported")
-    p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
-    # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
-    p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
+    if kind in ("key_padding", "none") and use_kernels:
+        # Finite fill values: a fully masked row gets uniform weights, never NaN, so no guard.
+        from ...kernels.softmax import emit_masked_softmax
+
+        if kind == "key_padding":
+            keep = ctx.expr(ctx.cast(inputs[3], "bool"))
+            bias = ctx.emit(relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype)))
+        else:
+            bias = relax.const(np.zeros((batch, kv_seq), np.float32), dtype)
+        p = emit_masked_softmax(ctx.bb, s, bias, [batch, heads, q_seq, kv_seq])
+    else:
+        if kind == "key_padding":
+            keep = ctx.expr(ctx.cast(inputs[3], "bool"))
+            bias = relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype))
+            bias = ctx.emit(relax.op.reshape(bias, [batch, 1, 1, kv_seq]))
+            s = ctx.emit(relax.op.add(s, bias))
+        elif kind == "additive":
+            s = ctx.emit(relax.op.add(s, ctx.expr(inputs[3])))
+        elif kind != "none":
+            raise ctx.error(f"mask_kind={kind!r} is not supported")
+        p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
+        # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
+        p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
     pv = emit_batch_matmul(ctx.bb, p, vh, target=ctx.target) if use_kernels else relax.op.matmul(p, vh)
     o = ctx.emit(relax.op.permute_dims(pv, [0, 2, 1, 3]))
     return ctx.emit(relax.op.reshape(o, [batch, q_seq, hidden]))

@@ -1,0 +1,51 @@
+"""Row softmax with a per-batch additive key bias, for attention probabilities.
+
+``P[r, :] = softmax(S[r, :] + bias[r // rows_per_batch, :])`` with ``S`` the scores of all heads and queries
+(``rows = batch * heads * q_len``) and ``bias`` the key-padding bias (0 to attend, a large negative number to
+mask). One parallel loop over rows; the bias add, max, exp (TOPI's vectorizable ``fast_exp``, about 1e-7
+relative error), sum and scaling of a row stay in cache. TVM's default softmax schedule computed the same in
+475 us for MiniLM's 12 x 128 x 128 scores even after tuning; this one takes about 140 us on 2 threads.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, te, topi
+
+VECTOR = 16
+
+
+def masked_softmax_kernel(rows: int, n: int, batch: int, rows_per_batch: int) -> tvm.tirx.PrimFunc:
+    s = te.placeholder((rows, n), "float32", name="S")
+    bias = te.placeholder((batch, n), "float32", name="bias")
+    x = te.compute((rows, n), lambda r, j: s[r, j] + bias[r // rows_per_batch, j], name="x")
+    k = te.reduce_axis((0, n), "k")
+    mx = te.compute((rows,), lambda r: te.max(x[r, k], axis=k), name="mx")
+    d = te.compute((rows, n), lambda r, j: x[r, j] - mx[r], name="d")
+    e = topi.fast_exp(d)
+    k2 = te.reduce_axis((0, n), "k2")
+    total = te.compute((rows,), lambda r: te.sum(e[r, k2], axis=k2), name="total")
+    p = te.compute((rows, n), lambda r, j: e[r, j] / total[r], name="P")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([s, bias, p]))
+    r, j = sch.get_loops(sch.get_sblock("P"))
+    sch.parallel(r)
+    sch.compute_inline(sch.get_sblock("d"))
+    for name in ("total", e.op.name, "mx", "x"):
+        sch.compute_at(sch.get_sblock(name), r)
+    if n % VECTOR == 0:
+        sch.vectorize(sch.split(j, [None, VECTOR])[1])
+        for name in ("x", e.op.name):
+            inner = sch.get_loops(sch.get_sblock(name))[-1]
+            sch.vectorize(sch.split(inner, [None, VECTOR])[1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+
+
+def emit_masked_softmax(bb: relax.BlockBuilder, scores: relax.Expr, bias: relax.Expr,
+                        shape: list[int]) -> relax.Expr:
+    """Softmax over the last axis of ``scores[b, h, q, k]`` plus ``bias[b, k]`` broadcast over h and q."""
+    b, h, q, n = shape
+    func = masked_softmax_kernel(b * h * q, n, b, h * q)
+    gv = bb.add_func(func, f"lamina_masked_softmax_{b}x{h}x{q}x{n}")
+    s2 = bb.emit(relax.op.reshape(scores, (b * h * q, n)))
+    p = bb.emit(relax.call_tir(gv, [s2, bias], relax.TensorType((b * h * q, n), "float32")))
+    return bb.emit(relax.op.reshape(p, (b, h, q, n)))
