@@ -133,7 +133,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    manifest_extra: Mapping[str, Any] | None = None,
                    dump_dir: str | os.PathLike[str] | None = None,
                    io_dims: Mapping[str, Dims] | None = None,
-                   schedule: str | ScheduleFn | None = "dlight",
+                   schedule: str | ScheduleFn | None = "database",
                    kernels: bool = True,
                    tune_trials: int = 0,
                    tuning_db: str | os.PathLike[str] | None = None) -> Path:
@@ -150,11 +150,12 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
       input and output (see :func:`io_dims_from_model`). Without it, roles are inferred from the
       static shapes: reliable when the buckets vary in batch and seq, positional (batch at dim
       0, seq at dim 1) otherwise.
-    - ``schedule``: TIR schedule hook applied after fusion (``"dlight"``, ``"none"`` or a
-      callable ``(mod, target) -> mod``).
-    - ``tune_trials`` / ``tuning_db``: when either is set, stage 3 tunes that many MetaSchedule
-      trials (0: none, reuse records) into the database directory (default
-      ``~/.cache/lamina/tuning``) and applies its best schedules instead of ``schedule``.
+    - ``schedule``: TIR schedule hook applied after fusion: ``"database"`` (default: the tuning
+      database's records where they exist, dlight's defaults elsewhere), ``"dlight"``, ``"none"``
+      or a callable ``(mod, target) -> mod``.
+    - ``tune_trials`` / ``tuning_db``: stage 3 first tunes that many MetaSchedule trials (0: none,
+      reuse records) into the database directory (default ``~/.cache/lamina/tuning``, seeded from
+      the records shipped in ``backends/tvm/records`` for the same target key).
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
@@ -166,7 +167,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
     if tune_trials < 0:
         raise BackendError(f"tune_trials must be >= 0, got {tune_trials}")
     tuning = None
-    if tune_trials or tuning_db is not None:
+    if schedule == "database" or tune_trials:
         schedule = tuning_schedule(tune_trials, tuning_db)
         tuning = {"trials": tune_trials,
                   "db": str(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB)}

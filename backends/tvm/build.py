@@ -17,6 +17,7 @@ databases plug in at stage 3 without copying the rest.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,23 @@ def _dlight_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 SCHEDULES: dict[str, ScheduleFn | None] = {"none": None, "dlight": _dlight_cpu}
 
 DEFAULT_TUNING_DB = Path.home() / ".cache" / "lamina" / "tuning"
+SHIPPED_RECORDS = Path(__file__).parent / "records"
+
+
+def seed_database(db: Path, target: tvm.target.Target) -> bool:
+    """Copy the records shipped with Lamina for ``target`` into ``db`` when it has none for it yet."""
+    from .tuning.meta import target_key
+
+    key = target_key(target)
+    src, dst = SHIPPED_RECORDS / key, db / key
+    if not src.is_dir() or (dst / "database_tuning_record.json").exists():
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, dst / f.name)
+    log.info("seeded tuning database %s from the shipped records", dst)
+    return True
 
 
 def tuning_schedule(trials: int, db_dir: str | Path | None) -> ScheduleFn:
@@ -56,8 +74,9 @@ def tuning_schedule(trials: int, db_dir: str | Path | None) -> ScheduleFn:
     def schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         from .tuning import apply, tune
 
+        db.mkdir(parents=True, exist_ok=True)
+        seed_database(db, target)
         if trials > 0:
-            db.mkdir(parents=True, exist_ok=True)
             tune(mod, target, trials=trials, db_dir=db, on_progress=_print_progress)
             if sys.stderr.isatty():
                 sys.stderr.write("\n")

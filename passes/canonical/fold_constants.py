@@ -6,11 +6,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx.reference import ReferenceEvaluator
 
 from compiler.ir import const_array
+from compiler.ir.evaluate import evaluate_node
 from compiler.pipeline import Pass, PassContext, PassResult, option, register
 from passes.canonical._utils import add_initializer, is_standard, replace_value
 from passes.canonical.infer_shapes import InferShapesPass
@@ -74,25 +73,6 @@ def _gather_of_shape(node: ir.Node) -> np.ndarray | None:
     return picked.astype(np.int64)
 
 
-def _evaluate(node: ir.Node, arrays: list[np.ndarray | None], opset: int) -> list[np.ndarray] | None:
-    proto = ir.serde.serialize_node(node)
-    names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
-    del proto.input[:]
-    proto.input.extend(names)
-    outs = [f"out{i}" for i in range(len(node.outputs))]
-    del proto.output[:]
-    proto.output.extend(outs)
-    graph = onnx.helper.make_graph(
-        [proto], "fold",
-        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in zip(names, arrays, strict=True) if a is not None],
-        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
-    )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    feeds = {n: a for n, a in zip(names, arrays, strict=True) if a is not None}
-    return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)]
-
-
 @register("fold-constants")
 class FoldConstantsPass(Pass):
     """Replace nodes whose inputs are all constants by initializers holding their results, and ``Shape``,
@@ -149,7 +129,7 @@ class FoldConstantsPass(Pass):
             return None
         largest = max((a.size for a in arrays if a is not None), default=0)
         try:
-            results = _evaluate(node, arrays, opset)
+            results = evaluate_node(node, arrays, opset)
         except Exception as exc:  # noqa: BLE001 - leave what the evaluator cannot do to the runtime
             log.debug("cannot fold %s (%s): %s", node.name, node.op_type, exc)
             return None

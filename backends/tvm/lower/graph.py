@@ -159,26 +159,11 @@ def _foldable(node: ir.Node, ins: list[Value | None]) -> bool:
 
 def _fold(ctx: LowerContext, node: ir.Node, ins: list[Value | None]) -> list[Const]:
     """Evaluate one node on constant inputs with ``onnx.reference``."""
-    import onnx
-    import onnx.reference
+    from compiler.ir.evaluate import evaluate_node
 
-    proto = ir.serde.serialize_node(node)
-    in_names = ["" if v is None else f"in{i}" for i, v in enumerate(ins)]
-    out_names = [f"out{i}" for i in range(len(node.outputs))]
-    del proto.input[:]
-    proto.input.extend(in_names)
-    del proto.output[:]
-    proto.output.extend(out_names)
-    feeds = {n: np.asarray(v.value) for n, v in zip(in_names, ins, strict=True) if v is not None}
-    g = onnx.helper.make_graph(
-        [proto], "fold",
-        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype),
-                                            a.shape) for n, a in feeds.items()],
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
-         for n in out_names])
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", ctx.opset(""))])
+    arrays = [None if v is None else np.asarray(v.value) for v in ins]
     try:
-        res = onnx.reference.ReferenceEvaluator(m).run(None, feeds)
+        res = evaluate_node(node, arrays, ctx.opset(""))
     except Exception as e:
         raise BackendError(f"{ctx.node_desc}: constant folding failed: {e}") from e
-    return [Const(np.asarray(r)) for r in res]
+    return [Const(r) for r in res]
