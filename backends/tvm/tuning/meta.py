@@ -344,6 +344,12 @@ def _tune_one(p: TaskPlan, target: tvm.target.Target, database: ms.Database, tri
     finally:
         for h in unnamed:
             ms_logger.addHandler(h)
+    # MetaSchedule logs every batch to the console at INFO; Lamina shows its own progress line, so
+    # its console handlers only pass warnings (the per-task files in ``log_dir`` keep everything).
+    quiet = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING
+    for h in ms_logger.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(quiet)
     if not ctxs:
         return
     callbacks = [*ms.MeasureCallback.create("default"), _ProgressCallback(hook)]
