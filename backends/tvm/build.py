@@ -102,7 +102,8 @@ def _stages(target: tvm.target.Target, schedule: ScheduleFn | None
 
     t = relax.transform
     return [
-        ("legalized", seq(relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(),
+        ("legalized", seq(t.RemoveRedundantReshape(), t.CanonicalizeBindings(),
+                          relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(),
                           t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant())),
         ("fused", seq(t.FuseOps(), t.FuseTIR(), t.DeadCodeElimination())),
         ("scheduled", (lambda m: schedule(m, target)) if schedule else (lambda m: m)),
