@@ -4,7 +4,8 @@
 (``rows = batch * heads * q_len``) and ``bias`` the key-padding bias (0 to attend, a large negative number to
 mask). One parallel loop over rows; the bias add, max, exp (TOPI's vectorizable ``fast_exp``, about 1e-7
 relative error), sum and scaling of a row stay in cache. TVM's default softmax schedule computed the same in
-475 us for MiniLM's 12 x 128 x 128 scores even after tuning; this one takes about 140 us on 2 threads.
+475 us for MiniLM's 12 x 128 x 128 scores even after tuning; this one takes about 33 us on 2 threads
+(the row max and sum reduce on 16 vector lanes first).
 """
 
 from __future__ import annotations
@@ -16,27 +17,41 @@ VECTOR = 16
 
 
 def masked_softmax_kernel(rows: int, n: int, batch: int, rows_per_batch: int) -> tvm.tirx.PrimFunc:
+    """The kernel for ``rows`` rows of length ``n``; reductions run on VECTOR lanes when n allows."""
+    lanes = VECTOR if n % VECTOR == 0 and n >= 2 * VECTOR else 1
     s = te.placeholder((rows, n), "float32", name="S")
     bias = te.placeholder((batch, n), "float32", name="bias")
     x = te.compute((rows, n), lambda r, j: s[r, j] + bias[r // rows_per_batch, j], name="x")
-    k = te.reduce_axis((0, n), "k")
-    mx = te.compute((rows,), lambda r: te.max(x[r, k], axis=k), name="mx")
+    # max and sum first reduce across the row into ``lanes`` partial results (vector operations),
+    # then across the lanes.
+    k = te.reduce_axis((0, n // lanes), "k")
+    mxv = te.compute((rows, lanes), lambda r, v: te.max(x[r, k * lanes + v], axis=k), name="mxv")
+    kv = te.reduce_axis((0, lanes), "kv")
+    mx = te.compute((rows,), lambda r: te.max(mxv[r, kv], axis=kv), name="mx")
     d = te.compute((rows, n), lambda r, j: x[r, j] - mx[r], name="d")
     e = topi.fast_exp(d)
-    k2 = te.reduce_axis((0, n), "k2")
-    total = te.compute((rows,), lambda r: te.sum(e[r, k2], axis=k2), name="total")
-    p = te.compute((rows, n), lambda r, j: e[r, j] / total[r], name="P")
+    k2 = te.reduce_axis((0, n // lanes), "k2")
+    smv = te.compute((rows, lanes), lambda r, v: te.sum(e[r, k2 * lanes + v], axis=k2), name="smv")
+    kv2 = te.reduce_axis((0, lanes), "kv2")
+    total = te.compute((rows,), lambda r: te.sum(smv[r, kv2], axis=kv2), name="total")
+    inv = te.compute((rows,), lambda r: 1.0 / total[r], name="inv")
+    p = te.compute((rows, n), lambda r, j: e[r, j] * inv[r], name="P")
     sch = tvm.s_tir.Schedule(te.create_prim_func([s, bias, p]))
     r, j = sch.get_loops(sch.get_sblock("P"))
     sch.parallel(r)
     sch.compute_inline(sch.get_sblock("d"))
-    for name in ("total", e.op.name, "mx", "x"):
+    for name in ("inv", "total", "smv", e.op.name, "mx", "mxv", "x"):
         sch.compute_at(sch.get_sblock(name), r)
-    if n % VECTOR == 0:
-        sch.vectorize(sch.split(j, [None, VECTOR])[1])
+    if lanes > 1:
+        sch.vectorize(sch.split(j, [None, lanes])[1])
         for name in ("x", e.op.name):
             inner = sch.get_loops(sch.get_sblock(name))[-1]
-            sch.vectorize(sch.split(inner, [None, VECTOR])[1])
+            sch.vectorize(sch.split(inner, [None, lanes])[1])
+        for name in ("mxv", "smv"):
+            block = sch.get_sblock(name)
+            loops = sch.get_loops(block)  # r, v, k
+            sch.reorder(loops[-1], loops[-2])
+            sch.vectorize(sch.get_loops(block)[-1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
 
 

@@ -199,3 +199,8 @@ def test_masked_softmax_kernel(batch, heads, q, n):
     got = out.numpy()
     assert not np.isnan(got).any()
     np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_masked_softmax_kernel_vector_lanes():
+    """Rows long enough for the 16-lane reductions (the path MiniLM takes)."""
+    test_masked_softmax_kernel(2, 2, 3, 64)
