@@ -30,6 +30,7 @@ TEXTS = [
     "Lamina compiles Transformer encoders into fast CPU code.",
     "The weather in Lisbon is mild in November.",
     "A quick brown fox jumps over the lazy dog.",
+    "A fast brown fox leaps over a sleepy dog.",
 ]
 
 
