@@ -204,3 +204,23 @@ def test_masked_softmax_kernel(batch, heads, q, n):
 def test_masked_softmax_kernel_vector_lanes():
     """Rows long enough for the 16-lane reductions (the path MiniLM takes)."""
     test_masked_softmax_kernel(2, 2, 3, 64)
+
+
+@pytest.mark.parametrize("rows, n", [(5, 48), (3, 20), (128, 384)])
+def test_layer_norm_kernel(rows, n):
+    import tvm
+
+    from backends.tvm.kernels.layernorm import layer_norm_kernel
+
+    func = layer_norm_kernel(rows, n, 1e-12).with_attr("global_symbol", "ln")
+    lib = tvm.compile(tvm.IRModule({"ln": func}), target=tvm.target.Target({"kind": "llvm"}))
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((rows, n)) * 3 + 5).astype("float32")
+    g = rng.standard_normal(n).astype("float32")
+    b = rng.standard_normal(n).astype("float32")
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros_like(x), dev)
+    lib["ln"](*(tvm.runtime.tensor(a, dev) for a in (x, g, b)), out)
+    xd = x.astype(np.float64)
+    ref = (xd - xd.mean(1, keepdims=True)) / np.sqrt(xd.var(1, keepdims=True) + 1e-12) * g + b
+    np.testing.assert_allclose(out.numpy(), ref, atol=2e-5, rtol=1e-5)

@@ -92,6 +92,10 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
 
     gamma = operand(scale, 1.0)
     beta = operand(bias, 0.0)
+    if ctx.target is not None and dtype == "float32" and axis == rank - 1:
+        from ...kernels.layernorm import emit_layer_norm
+
+        return [emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps), None, None]
     y = ctx.emit(relax.op.nn.layer_norm(ctx.expr(x), gamma, beta,
                                         axes=list(range(axis, rank)), epsilon=eps))
     return [y, None, None]

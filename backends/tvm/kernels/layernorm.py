@@ -1,0 +1,61 @@
+"""Row LayerNorm over the last axis: ``Y = (X - mean) / sqrt(var + eps) * gamma + beta``.
+
+One parallel loop over rows. Mean and variance (two passes, like ONNX's reference: no E[x^2] - mean^2
+cancellation) first reduce on VECTOR lanes, then across them; the normalisation is vectorized. For
+MiniLM's 128 x 384 rows this is a few microseconds where the legalized TOPI layer_norm, untuned, took tens.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, te
+
+VECTOR = 16
+
+
+def layer_norm_kernel(rows: int, n: int, eps: float) -> tvm.tirx.PrimFunc:
+    lanes = VECTOR if n % VECTOR == 0 and n >= 2 * VECTOR else 1
+    x = te.placeholder((rows, n), "float32", name="X")
+    gamma = te.placeholder((n,), "float32", name="gamma")
+    beta = te.placeholder((n,), "float32", name="beta")
+    k = te.reduce_axis((0, n // lanes), "k")
+    sv = te.compute((rows, lanes), lambda r, v: te.sum(x[r, k * lanes + v], axis=k), name="sv")
+    kv = te.reduce_axis((0, lanes), "kv")
+    total = te.compute((rows,), lambda r: te.sum(sv[r, kv], axis=kv), name="total")
+    mean = te.compute((rows,), lambda r: total[r] / n, name="mean")
+    k2 = te.reduce_axis((0, n // lanes), "k2")
+    qv = te.compute(
+        (rows, lanes),
+        lambda r, v: te.sum((x[r, k2 * lanes + v] - mean[r]) * (x[r, k2 * lanes + v] - mean[r]), axis=k2),
+        name="qv")
+    kv2 = te.reduce_axis((0, lanes), "kv2")
+    sq = te.compute((rows,), lambda r: te.sum(qv[r, kv2], axis=kv2), name="sq")
+    rstd = te.compute((rows,), lambda r: 1.0 / te.sqrt(sq[r] / n + eps), name="rstd")
+    y = te.compute((rows, n), lambda r, j: (x[r, j] - mean[r]) * rstd[r] * gamma[j] + beta[j], name="Y")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, y]))
+    r, j = sch.get_loops(sch.get_sblock("Y"))
+    sch.parallel(r)
+    for name in ("rstd", "sq", "qv", "mean", "total", "sv"):
+        sch.compute_at(sch.get_sblock(name), r)
+    if lanes > 1:
+        sch.vectorize(sch.split(j, [None, lanes])[1])
+        for name in ("sv", "qv"):
+            block = sch.get_sblock(name)
+            loops = sch.get_loops(block)  # r, v, k
+            sch.reorder(loops[-1], loops[-2])
+            sch.vectorize(sch.get_loops(block)[-1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+
+
+def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,
+                    shape: list[int], eps: float) -> relax.Expr:
+    """LayerNorm of ``x`` (static ``shape``) over its last axis with ``gamma``/``beta`` of that length."""
+    n = shape[-1]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    func = layer_norm_kernel(rows, n, eps)
+    gv = bb.add_func(func, f"lamina_layer_norm_{rows}x{n}")
+    x2 = bb.emit(relax.op.reshape(x, (rows, n)))
+    y = bb.emit(relax.call_tir(gv, [x2, gamma, beta], relax.TensorType((rows, n), "float32")))
+    return bb.emit(relax.op.reshape(y, shape))
