@@ -27,6 +27,7 @@ class LowerContext:
         self.opsets = opsets
         # With a target, matmuls on constant weights use the hand-written kernels (packed weights).
         self.target = target
+        self.env: dict = {}
         self.params: dict[str, relax.Var] = {}
         self.param_values: dict[str, np.ndarray] = {}
         self.node_desc = "<graph>"

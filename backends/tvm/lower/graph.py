@@ -66,6 +66,7 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
     opsets = dict(graph.opset_imports or model.opset_imports)
     ctx = LowerContext(bb, opsets, target=target)
     env: dict[ir.Value, Value] = {}
+    ctx.env = env  # converters may look at the values behind their inputs (fused head split)
     for name, v in graph.initializers.items():
         if v.const_value is None:
             raise BackendError(f"initializer {name!r} has no value (external data not loaded?)")

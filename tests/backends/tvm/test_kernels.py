@@ -224,3 +224,22 @@ def test_layer_norm_kernel(rows, n):
     xd = x.astype(np.float64)
     ref = (xd - xd.mean(1, keepdims=True)) / np.sqrt(xd.var(1, keepdims=True) + 1e-12) * g + b
     np.testing.assert_allclose(out.numpy(), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_head_split_kernel():
+    import tvm
+
+    from backends.tvm.kernels.heads import head_split_kernel
+
+    b, s, h, d = 2, 5, 3, 8
+    func = head_split_kernel(b, s, h, d).with_attr("global_symbol", "hs")
+    lib = tvm.compile(tvm.IRModule({"hs": func}), target=tvm.target.Target({"kind": "llvm"}))
+    x = np.random.default_rng(2).standard_normal((b * s, 3 * h * d)).astype("float32")
+    dev = tvm.cpu()
+    outs = [tvm.runtime.tensor(np.zeros(shape, "float32"), dev)
+            for shape in [(b, h, s, d), (b, h, d, s), (b, h, s, d)]]
+    lib["hs"](tvm.runtime.tensor(x, dev), *outs)
+    parts = [x[:, i * h * d:(i + 1) * h * d].reshape(b, s, h, d) for i in range(3)]
+    np.testing.assert_array_equal(outs[0].numpy(), parts[0].transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(outs[1].numpy(), parts[1].transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(outs[2].numpy(), parts[2].transpose(0, 2, 1, 3))

@@ -52,6 +52,28 @@ def linear(ctx: LowerContext, node: ir.Node, inputs):
     return y
 
 
+def _merged_qkv(ctx: LowerContext, node: ir.Node, hidden: int) -> relax.Expr | None:
+    """The merged projection ``X[b, s, 3*hidden]`` when Q, K, V are its three equal last-axis splits
+    (what ``merge-qkv`` produces), so one head-split kernel can replace a split and three transposes."""
+    split = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if split is None or split.op_type != "Split" or split.domain not in ("", "ai.onnx"):
+        return None
+    if list(split.outputs) != list(node.inputs[:3]):
+        return None
+    src = split.inputs[0]
+    if src is None or src not in ctx.env or not isinstance(ctx.env[src], relax.Expr):
+        return None
+    shape = ctx.shape(ctx.env[src])
+    axis = int(ctx.attr(split, "axis", 0))
+    if len(shape) != 3 or axis not in (-1, 2) or shape[-1] != 3 * hidden:
+        return None
+    if len(split.inputs) > 1 and split.inputs[1] is not None:
+        sizes = ctx.env.get(split.inputs[1])
+        if sizes is None or [int(v) for v in np.asarray(ctx.const(sizes)).reshape(-1)] != [hidden] * 3:
+            return None
+    return ctx.env[src]
+
+
 @converter("Attention", domain="lamina")
 def attention(ctx: LowerContext, node: ir.Node, inputs):
     """``softmax(scale * Qh Kh^T + bias) Vh`` per head, heads split from / merged into the last dim."""
@@ -71,10 +93,16 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
         r = relax.op.reshape(ctx.expr(v), [batch, seq, heads, d])
         return ctx.emit(relax.op.permute_dims(r, perm))
 
-    qh = heads_of(inputs[0], q_seq, [0, 2, 1, 3])
-    kt = heads_of(inputs[1], kv_seq, [0, 2, 3, 1])
-    vh = heads_of(inputs[2], kv_seq, [0, 2, 1, 3])
     use_kernels = ctx.target is not None and dtype == "float32"
+    merged = _merged_qkv(ctx, node, hidden) if use_kernels and q_seq == kv_seq else None
+    if merged is not None:
+        from ...kernels.heads import emit_head_split
+
+        qh, kt, vh = emit_head_split(ctx.bb, merged, batch, q_seq, heads, d)
+    else:
+        qh = heads_of(inputs[0], q_seq, [0, 2, 1, 3])
+        kt = heads_of(inputs[1], kv_seq, [0, 2, 3, 1])
+        vh = heads_of(inputs[2], kv_seq, [0, 2, 1, 3])
     if use_kernels:
         from ...kernels.relax_emit import emit_batch_matmul
 
