@@ -171,8 +171,17 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         schedule = tuning_schedule(tune_trials, tuning_db)
         tuning = {"trials": tune_trials,
                   "db": str(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB)}
+    dense_config = None
+    if kernels and schedule is not None and not isinstance(schedule, str):
+        # Dense tiles: searched (a few seconds a shape) when tuning, else reused from the database.
+        from .tuning.kernel_search import best_dense_config
+
+        db = Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB
+
+        def dense_config(m: int, k: int, n: int, tgt: Any) -> Any:
+            return best_dense_config(m, k, n, tgt, cache=db, measure=tune_trials > 0)
     lowered = lower_buckets({k: models[k] for k in buckets},
-                            target=spec.tvm_target if kernels else None)
+                            target=spec.tvm_target if kernels else None, dense_config=dense_config)
     t_lower = time.perf_counter() - t0
     inputs, outputs = _io_specs(lowered.functions, io_dims)
     ex = build_module(lowered.mod, spec, dump_dir=Path(dump_dir) if dump_dir else None,

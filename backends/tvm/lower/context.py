@@ -27,6 +27,8 @@ class LowerContext:
         self.opsets = opsets
         # With a target, matmuls on constant weights use the hand-written kernels (packed weights).
         self.target = target
+        # (M, K, N, target) -> DenseConfig: the dense tile to use (searched and cached when tuning).
+        self.dense_config: Any = None
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}
         self.param_values: dict[str, np.ndarray] = {}

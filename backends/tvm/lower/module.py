@@ -31,7 +31,8 @@ class LoweredModule:
     params: dict[str, np.ndarray]
 
 
-def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None) -> LoweredModule:
+def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None,
+                  dense_config: object = None) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
     Buckets are specializations of one model, so weights with the same name normally have the
@@ -47,7 +48,8 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
     params: dict[str, np.ndarray] = {}
     for key in sorted(models):
         batch, seq = key
-        info = lower_function(bb, models[key], bucket_function_name(batch, seq), target=target)
+        info = lower_function(bb, models[key], bucket_function_name(batch, seq), target=target,
+                              dense_config=dense_config)
         keys = []
         for name in info.params:
             value = info.param_values[name]
