@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 import typing
@@ -48,7 +49,7 @@ class PassContext:
         return pass_name in self.debug_match or "all" in self.debug_match
 
 
-class Pass:
+class Pass(abc.ABC):
     """Base class of all passes. Subclasses set ``Options`` and implement :meth:`run`.
 
     ``atol``/``rtol`` bound the numeric change ``--verify-each`` accepts from the pass (0 = exact).
@@ -62,8 +63,9 @@ class Pass:
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
-        raise NotImplementedError(f"pass {self.name!r} does not implement run()")
+    @abc.abstractmethod
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        """Rewrite ``model`` (in place or not) and say whether anything changed."""
 
     def __call__(self, model: ir.Model, ctx: PassContext | None = None) -> PassResult:
         return self.run(model, ctx or PassContext())
