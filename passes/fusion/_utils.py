@@ -10,10 +10,10 @@ import onnx_ir as ir
 
 from compiler.ir import Namer, set_origin
 from compiler.ir.domain import DOMAIN, DOMAIN_VERSION
-from compiler.pipeline import PassContext
+from compiler.pipeline import Pass, PassContext, PassResult
 from passes.canonical._utils import add_initializer
 
-__all__ = ["Rewriter", "add_initializer", "DOMAIN"]
+__all__ = ["AnchoredFusionPass", "Rewriter", "add_initializer", "DOMAIN"]
 
 
 class Rewriter:
@@ -89,3 +89,40 @@ class Rewriter:
                 removed += 1
                 progress = True
         return removed
+
+
+class AnchoredFusionPass(Pass):
+    """A fusion pass: visit every anchor node, try the rewrite, explain the misses.
+
+    Subclasses implement :meth:`is_anchor` and :meth:`rewrite`, which raises ``NoMatch(reason)`` when the
+    pattern does not hold and may return extra counters for the stats.
+    """
+
+    rtol = 1e-4
+    atol = 1e-5
+    count_stat = "fused"
+
+    def is_anchor(self, node: ir.Node) -> bool:
+        raise TypeError(f"{type(self).__name__} must define is_anchor()")
+
+    def rewrite(self, rw: Rewriter, node: ir.Node) -> dict[str, int] | None:
+        raise TypeError(f"{type(self).__name__} must define rewrite()")
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        from passes.fusion._match import NoMatch
+
+        rw = Rewriter(model, ctx, self.name)
+        stats: dict[str, int] = {self.count_stat: 0}
+        for node in list(model.graph):
+            if node.graph is None or not self.is_anchor(node):
+                continue
+            try:
+                extra = self.rewrite(rw, node)
+            except NoMatch as exc:
+                rw.explain(node, str(exc))
+                continue
+            stats[self.count_stat] += 1
+            for key, value in (extra or {}).items():
+                stats[key] = stats.get(key, 0) + value
+        stats["unmatched"] = rw.misses
+        return PassResult(model, changed=stats[self.count_stat] > 0, stats=stats)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from compiler.ir import const_array
-from compiler.pipeline import Pass, PassContext, PassResult, register
+from compiler.pipeline import register
 from passes.fusion._match import NoMatch, is_op, other_input, single_consumer
-from passes.fusion._utils import DOMAIN, Rewriter
+from passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
 
 GELU_ACTIVATION = {"none": "gelu", "tanh": "gelu_tanh"}
 
@@ -29,7 +29,7 @@ def _same_dims(a: ir.Value, b: ir.Value) -> bool:
 
 
 @register("fuse-bias-residual")
-class FuseBiasResidualPass(Pass):
+class FuseBiasResidualPass(AnchoredFusionPass):
     """Fuse a dense layer and its epilogue into ``lamina::Linear``.
 
     Before::
@@ -46,24 +46,13 @@ class FuseBiasResidualPass(Pass):
     ``merge-qkv`` (so attention projections are final). Anchor: ``MatMul``. rtol 1e-4 (same arithmetic).
     """
 
-    rtol = 1e-4
-    atol = 1e-5
 
-    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rw = Rewriter(model, ctx, self.name)
-        fused = gelu = residual = 0
-        for node in list(model.graph):
-            if node.graph is None or not is_op(node, "MatMul"):
-                continue
-            try:
-                act, res = self._rewrite(rw, node)
-                fused += 1
-                gelu += act != "none"
-                residual += res
-            except NoMatch as exc:
-                rw.explain(node, str(exc))
-        return PassResult(model, changed=fused > 0, stats={"fused": fused, "with_gelu": gelu,
-                                                           "with_residual": residual, "unmatched": rw.misses})
+    def is_anchor(self, node: ir.Node) -> bool:
+        return is_op(node, "MatMul")
+
+    def rewrite(self, rw: Rewriter, node: ir.Node) -> dict[str, int]:
+        act, res = self._rewrite(rw, node)
+        return {"with_gelu": int(act != "none"), "with_residual": int(res)}
 
     def _rewrite(self, rw: Rewriter, mm: ir.Node) -> tuple[str, bool]:
         x, w = mm.inputs[0], mm.inputs[1]

@@ -6,7 +6,7 @@ import math
 
 import onnx_ir as ir
 
-from compiler.pipeline import Pass, PassContext, PassResult, register
+from compiler.pipeline import register
 from passes.fusion._match import (
     NoMatch,
     close,
@@ -17,7 +17,7 @@ from passes.fusion._match import (
     scalar,
     single_consumer,
 )
-from passes.fusion._utils import DOMAIN, Rewriter
+from passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -54,7 +54,7 @@ def _cube_of(value: ir.Value | None) -> tuple[ir.Value, list[ir.Node]] | None:
 
 
 @register("fuse-gelu")
-class FuseGeluPass(Pass):
+class FuseGeluPass(AnchoredFusionPass):
     """Fuse GELU written with ``Erf`` or ``Tanh`` into ``lamina::Gelu{approximate}``.
 
     Before (erf, rule ``erf``)::
@@ -70,23 +70,11 @@ class FuseGeluPass(Pass):
     Anchor: ``Erf`` / ``Tanh``. Intermediates must have no other users. rtol 1e-4.
     """
 
-    rtol = 1e-4
-    atol = 1e-5
 
-    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rw = Rewriter(model, ctx, self.name)
-        fused = 0
-        for node in list(model.graph):
-            if node.graph is None or not is_op(node, "Erf", "Tanh"):
-                continue
-            try:
-                self._rewrite(rw, node)
-                fused += 1
-            except NoMatch as exc:
-                rw.explain(node, str(exc))
-        return PassResult(model, changed=fused > 0, stats={"fused": fused, "unmatched": rw.misses})
+    def is_anchor(self, node: ir.Node) -> bool:
+        return is_op(node, "Erf", "Tanh")
 
-    def _rewrite(self, rw: Rewriter, anchor: ir.Node) -> None:
+    def rewrite(self, rw: Rewriter, anchor: ir.Node) -> None:
         if anchor.op_type == "Erf":
             found = _scaled_input(anchor.inputs[0], 1.0 / SQRT2)
             if found is None:

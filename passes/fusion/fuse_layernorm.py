@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from compiler.pipeline import Pass, PassContext, PassResult, register
+from compiler.pipeline import register
 from passes.fusion._match import (
     NoMatch,
     close,
@@ -22,7 +22,7 @@ from passes.fusion._match import (
     scalar,
     single_consumer,
 )
-from passes.fusion._utils import Rewriter
+from passes.fusion._utils import AnchoredFusionPass, Rewriter
 
 
 def _centered(value: ir.Value | None, x: ir.Value) -> bool:
@@ -35,7 +35,7 @@ def _centered(value: ir.Value | None, x: ir.Value) -> bool:
 
 
 @register("fuse-layernorm")
-class FuseLayerNormPass(Pass):
+class FuseLayerNormPass(AnchoredFusionPass):
     """Fuse the decomposed form of layer normalization over the last axis into ``LayerNormalization``.
 
     Before (opset <= 16 exports)::
@@ -53,30 +53,16 @@ class FuseLayerNormPass(Pass):
     Anchor: the mean ``ReduceMean``. Needs constant axes, epsilon and (1-D) gamma / beta. rtol 1e-4.
     """
 
-    rtol = 1e-4
-    atol = 1e-5
-
-    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rw = Rewriter(model, ctx, self.name)
-        fused = 0
-        for node in list(model.graph):
-            if node.graph is None or not is_op(node, "ReduceMean"):
-                continue
-            if self._is_variance(node):
-                continue  # the second ReduceMean of a layer norm: its mean ReduceMean is the anchor
-            try:
-                self._rewrite(rw, node)
-                fused += 1
-            except NoMatch as exc:
-                rw.explain(node, str(exc))
-        return PassResult(model, changed=fused > 0, stats={"fused": fused, "unmatched": rw.misses})
+    def is_anchor(self, node: ir.Node) -> bool:
+        # The second ReduceMean of a layer norm (the variance) is not an anchor: its mean ReduceMean is.
+        return is_op(node, "ReduceMean") and not self._is_variance(node)
 
     @staticmethod
     def _is_variance(node: ir.Node) -> bool:
         sq = producer(node.inputs[0], "Pow", "Mul")
         return sq is not None and producer(sq.inputs[0], "Sub") is not None
 
-    def _rewrite(self, rw: Rewriter, mean: ir.Node) -> None:
+    def rewrite(self, rw: Rewriter, mean: ir.Node) -> None:
         x = mean.inputs[0]
         if not is_last_axis(reduce_axes(mean), rank(x)) or not keepdims(mean):
             raise NoMatch("mean: ReduceMean is not over the last axis with keepdims=1")

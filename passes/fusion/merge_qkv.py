@@ -6,9 +6,9 @@ import numpy as np
 import onnx_ir as ir
 
 from compiler.ir import const_array
-from compiler.pipeline import Pass, PassContext, PassResult, register
+from compiler.pipeline import register
 from passes.fusion._match import NoMatch, is_op, other_input, single_consumer
-from passes.fusion._utils import DOMAIN, Rewriter
+from passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
 
 
 def _projection(value: ir.Value, attn: ir.Node, role: str) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node], bool]:
@@ -37,7 +37,7 @@ def _projection(value: ir.Value, attn: ir.Node, role: str) -> tuple[ir.Value, np
 
 
 @register("merge-qkv")
-class MergeQkvPass(Pass):
+class MergeQkvPass(AnchoredFusionPass):
     """Concatenate the three projections feeding one ``lamina::Attention`` into a single GEMM.
 
     Before::
@@ -58,23 +58,12 @@ class MergeQkvPass(Pass):
     Exact up to GEMM summation order (rtol 1e-4).
     """
 
-    rtol = 1e-4
-    atol = 1e-5
+    count_stat = "merged"
 
-    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rw = Rewriter(model, ctx, self.name)
-        merged = 0
-        for node in list(model.graph):
-            if node.graph is None or not is_op(node, "Attention", domain=DOMAIN):
-                continue
-            try:
-                self._rewrite(rw, node)
-                merged += 1
-            except NoMatch as exc:
-                rw.explain(node, str(exc))
-        return PassResult(model, changed=merged > 0, stats={"merged": merged, "unmatched": rw.misses})
+    def is_anchor(self, node: ir.Node) -> bool:
+        return is_op(node, "Attention", domain=DOMAIN)
 
-    def _rewrite(self, rw: Rewriter, attn: ir.Node) -> None:
+    def rewrite(self, rw: Rewriter, attn: ir.Node) -> None:
         q, k, v = attn.inputs[0], attn.inputs[1], attn.inputs[2]
         if q is None or k is None or v is None or len({id(q), id(k), id(v)}) != 3:
             raise NoMatch("Q, K, V are not three distinct values")
