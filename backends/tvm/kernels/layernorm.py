@@ -1,7 +1,7 @@
 """Row LayerNorm over the last axis: ``Y = (X - mean) / sqrt(var + eps) * gamma + beta``.
 
 One parallel loop over rows. Mean and variance (two passes, like ONNX's reference: no E[x^2] - mean^2
-cancellation) first reduce on VECTOR lanes, then across them; the normalisation is vectorized. For
+cancellation) first reduce on 16 vector lanes, then across them; the normalisation is vectorized. For
 MiniLM's 128 x 384 rows this is a few microseconds where the legalized TOPI layer_norm, untuned, took tens.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te
 
-VECTOR = 16
+from ._rows import lanes_for, schedule_rows
 
 
 def layer_norm_kernel(rows: int, n: int, eps: float) -> tvm.tirx.PrimFunc:
-    lanes = VECTOR if n % VECTOR == 0 and n >= 2 * VECTOR else 1
+    lanes = lanes_for(n)
     x = te.placeholder((rows, n), "float32", name="X")
     gamma = te.placeholder((n,), "float32", name="gamma")
     beta = te.placeholder((n,), "float32", name="beta")
@@ -33,18 +33,7 @@ def layer_norm_kernel(rows: int, n: int, eps: float) -> tvm.tirx.PrimFunc:
     rstd = te.compute((rows,), lambda r: 1.0 / te.sqrt(sq[r] / n + eps), name="rstd")
     y = te.compute((rows, n), lambda r, j: (x[r, j] - mean[r]) * rstd[r] * gamma[j] + beta[j], name="Y")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, y]))
-    r, j = sch.get_loops(sch.get_sblock("Y"))
-    sch.parallel(r)
-    for name in ("rstd", "sq", "qv", "mean", "total", "sv"):
-        sch.compute_at(sch.get_sblock(name), r)
-    if lanes > 1:
-        sch.vectorize(sch.split(j, [None, lanes])[1])
-        for name in ("sv", "qv"):
-            block = sch.get_sblock(name)
-            loops = sch.get_loops(block)  # r, v, k
-            sch.reorder(loops[-1], loops[-2])
-            sch.vectorize(sch.get_loops(block)[-1])
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+    return schedule_rows(sch, "Y", ["rstd", "sq", "qv", "mean", "total", "sv"], [], ["sv", "qv"], lanes)
 
 
 def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,

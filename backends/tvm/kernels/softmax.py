@@ -13,12 +13,12 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te, topi
 
-VECTOR = 16
+from ._rows import lanes_for, schedule_rows
 
 
 def masked_softmax_kernel(rows: int, n: int, batch: int, rows_per_batch: int) -> tvm.tirx.PrimFunc:
-    """The kernel for ``rows`` rows of length ``n``; reductions run on VECTOR lanes when n allows."""
-    lanes = VECTOR if n % VECTOR == 0 and n >= 2 * VECTOR else 1
+    """The kernel for ``rows`` rows of length ``n``; reductions run on vector lanes when n allows."""
+    lanes = lanes_for(n)
     s = te.placeholder((rows, n), "float32", name="S")
     bias = te.placeholder((batch, n), "float32", name="bias")
     x = te.compute((rows, n), lambda r, j: s[r, j] + bias[r // rows_per_batch, j], name="x")
@@ -37,22 +37,9 @@ def masked_softmax_kernel(rows: int, n: int, batch: int, rows_per_batch: int) ->
     inv = te.compute((rows,), lambda r: 1.0 / total[r], name="inv")
     p = te.compute((rows, n), lambda r, j: e[r, j] * inv[r], name="P")
     sch = tvm.s_tir.Schedule(te.create_prim_func([s, bias, p]))
-    r, j = sch.get_loops(sch.get_sblock("P"))
-    sch.parallel(r)
     sch.compute_inline(sch.get_sblock("d"))
-    for name in ("inv", "total", "smv", e.op.name, "mx", "mxv", "x"):
-        sch.compute_at(sch.get_sblock(name), r)
-    if lanes > 1:
-        sch.vectorize(sch.split(j, [None, lanes])[1])
-        for name in ("x", e.op.name):
-            inner = sch.get_loops(sch.get_sblock(name))[-1]
-            sch.vectorize(sch.split(inner, [None, lanes])[1])
-        for name in ("mxv", "smv"):
-            block = sch.get_sblock(name)
-            loops = sch.get_loops(block)  # r, v, k
-            sch.reorder(loops[-1], loops[-2])
-            sch.vectorize(sch.get_loops(block)[-1])
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+    return schedule_rows(sch, "P", ["inv", "total", "smv", e.op.name, "mx", "mxv", "x"],
+                         ["x", e.op.name], ["mxv", "smv"], lanes)
 
 
 def emit_masked_softmax(bb: relax.BlockBuilder, scores: relax.Expr, bias: relax.Expr,

@@ -1,0 +1,35 @@
+"""The schedule shared by the row kernels (softmax, LayerNorm): one parallel loop over rows, every stage of a
+row computed inside it, row-long loops vectorized and lane reductions (``[rows, lanes]`` partial results
+reduced over ``k``) vectorized over their lanes."""
+
+from __future__ import annotations
+
+import tvm
+
+VECTOR = 16
+
+
+def lanes_for(n: int) -> int:
+    """Vector lanes for rows of length ``n`` (1: scalar code when n does not split into lanes)."""
+    return VECTOR if n % VECTOR == 0 and n >= 2 * VECTOR else 1
+
+
+def schedule_rows(sch: tvm.s_tir.Schedule, output: str, inner: list[str], row_loops: list[str],
+                  lane_reductions: list[str], lanes: int) -> tvm.tirx.PrimFunc:
+    """Parallelize ``output`` over rows, compute the ``inner`` blocks at its row loop, vectorize the row loops
+    of ``output`` and ``row_loops`` and the lane reductions; returns the scheduled, symbol-less PrimFunc."""
+    r, j = sch.get_loops(sch.get_sblock(output))
+    sch.parallel(r)
+    for name in inner:
+        sch.compute_at(sch.get_sblock(name), r)
+    if lanes > 1:
+        sch.vectorize(sch.split(j, [None, lanes])[1])
+        for name in row_loops:
+            loop = sch.get_loops(sch.get_sblock(name))[-1]
+            sch.vectorize(sch.split(loop, [None, lanes])[1])
+        for name in lane_reductions:
+            block = sch.get_sblock(name)
+            loops = sch.get_loops(block)  # r, v, k
+            sch.reorder(loops[-1], loops[-2])
+            sch.vectorize(sch.get_loops(block)[-1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
