@@ -13,7 +13,8 @@ workers can share the cache.
 
 Graph interface of every export: inputs ``input_ids``, ``attention_mask`` and (bert, minilm,
 electra, roberta) ``token_type_ids``, all int64 ``[batch, seq]`` with dynamic ``batch`` and ``seq``;
-one output ``last_hidden_state`` float32 ``[batch, seq, hidden]``.
+one output ``last_hidden_state`` float32 ``[batch, seq, hidden]`` (the real MiniLM also exports
+``pooler_output`` ``[batch, hidden]``: the whole BertModel).
 
 Exporter notes (measured with torch 2.13, transformers 5.23):
 
@@ -62,7 +63,7 @@ OPSETS: tuple[int, ...] = (14, 15, 16, 17, 18)
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("eager", "sdpa")
 
 # Bump when the export recipe changes, so stale cache entries are not reused.
-_RECIPE_VERSION = 2
+_RECIPE_VERSION = 3
 
 # Archs whose forward takes token_type_ids (roberta does, with type_vocab_size 1: all zeros).
 _HAS_TOKEN_TYPES = {"minilm": True, "bert": True, "distilbert": False, "roberta": True,
@@ -170,17 +171,21 @@ def _wrapper_class() -> type:
         transformers 5.x changed the positional order of ``BertModel.forward``; keywords are safe.
         """
 
-        def __init__(self, model: torch.nn.Module, token_types: bool) -> None:
+        def __init__(self, model: torch.nn.Module, token_types: bool, pooler: bool = False) -> None:
             super().__init__()
             self.model = model
             self.token_types = token_types
+            self.pooler = pooler
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if self.token_types:
                 kwargs["token_type_ids"] = token_type_ids
-            return self.model(**kwargs).last_hidden_state
+            out = self.model(**kwargs)
+            if self.pooler:
+                return out.last_hidden_state, out.pooler_output
+            return out.last_hidden_state
 
     return _Encoder
 
@@ -208,7 +213,8 @@ def build_model(arch: str, tiny: bool = True,
         model = cls(cfg, **kwargs)
         _perturb_vectors(model)
     model.eval()
-    wrapped = _wrapper_class()(model, _HAS_TOKEN_TYPES[arch])
+    # The real MiniLM is exported whole (BertModel: last_hidden_state and pooler_output, 22.7M parameters).
+    wrapped = _wrapper_class()(model, _HAS_TOKEN_TYPES[arch], pooler=arch == "minilm")
     wrapped.eval()
     return wrapped
 
@@ -330,6 +336,11 @@ def _cached_model(arch: str, tiny: bool, attn_implementation: str) -> torch.nn.M
     return build_model(arch, tiny, attn_implementation)
 
 
+def output_names(arch: str) -> list[str]:
+    """``last_hidden_state``, plus ``pooler_output`` for the real MiniLM (exported whole)."""
+    return ["last_hidden_state", "pooler_output"] if arch == "minilm" else ["last_hidden_state"]
+
+
 def pytorch_reference(arch: str, feeds: dict[str, np.ndarray], *, tiny: bool = True,
                       attn_implementation: str = "eager") -> np.ndarray:
     """``last_hidden_state`` of the same seeded (or real) model PyTorch-side, as float32 numpy."""
@@ -338,7 +349,10 @@ def pytorch_reference(arch: str, feeds: dict[str, np.ndarray], *, tiny: bool = T
     model = _cached_model(arch, tiny, attn_implementation)
     args = [torch.from_numpy(np.asarray(feeds[n], dtype=np.int64)) for n in input_names(arch)]
     with torch.no_grad():
-        return model(*args).detach().numpy().astype(np.float32)
+        out = model(*args)
+        if isinstance(out, tuple):
+            out = out[0]
+        return out.detach().numpy().astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,9 +432,9 @@ def _export_to(arch: str, exporter: str, opset: int, tiny: bool, attn: str, out:
         if exporter == "torchscript":
             torch.onnx.export(
                 model, args, str(out), dynamo=False, opset_version=opset,
-                input_names=names, output_names=["last_hidden_state"],
-                dynamic_axes={n: {0: "batch", 1: "seq"}
-                              for n in [*names, "last_hidden_state"]},
+                input_names=names, output_names=output_names(arch),
+                dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]},
+                              "pooler_output": {0: "batch"}},
                 do_constant_folding=True,
             )
         else:
@@ -433,7 +447,7 @@ def _export_to(arch: str, exporter: str, opset: int, tiny: bool, attn: str, out:
             # decomposed the way the TorchScript exporter does it.
             prog = torch.onnx.export(
                 model, args, dynamo=True, opset_version=18,
-                input_names=names, output_names=["last_hidden_state"],
+                input_names=names, output_names=output_names(arch),
                 dynamic_shapes=shapes, optimize=True, verify=False,
             )
             if opset < 18:
