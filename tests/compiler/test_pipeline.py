@@ -160,3 +160,31 @@ def test_printer_shows_origin_and_hashes():
     text = print_ir(model)
     assert "# my-pass:rule" in text
     assert "input  %x: float32[batch,seq,8]" in text or "input  %x: float[batch,seq,8]" in text
+
+
+def test_entry_point_plugins_register(tmp_path, monkeypatch):
+    """A package exposing ``lamina.passes`` entry points gets its passes registered."""
+    import sys
+
+    from compiler.pipeline.plugins import load_entry_points
+    from compiler.pipeline.registry import registered_passes
+
+    (tmp_path / "lamina_ep_plugin.py").write_text(
+        "from compiler.pipeline import Pass, PassResult, register\n"
+        "@register('ep-noop')\n"
+        "class EpNoopPass(Pass):\n"
+        "    '''Does nothing (entry point test).'''\n"
+        "    def run(self, model, ctx):\n"
+        "        return PassResult(model, changed=False)\n")
+    dist = tmp_path / "lamina_ep_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lamina-ep-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[lamina.passes]\nnoop = lamina_ep_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        load_entry_points()
+        assert "ep-noop" in registered_passes()
+        assert parse_pipeline("ep-noop")[0].name == "ep-noop"
+    finally:
+        unregister("ep-noop")
+        sys.modules.pop("lamina_ep_plugin", None)
