@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import onnx_ir as ir
 
@@ -23,8 +22,6 @@ from compiler.frontend import apply_shapes, load_model, save_model
 from compiler.pipeline import PassContext, PassManager, format_pipeline, parse_pipeline
 from compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Recorder, VerifyEach
 from compiler.pipeline.plugins import load_module
-
-log = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_PIPELINE = "O1"
 
@@ -73,15 +70,6 @@ def save(model: ir.Model, path: str | os.PathLike) -> Path:
 def load_passes(modules: list[str]) -> None:
     for module in modules:
         load_module(module)
-
-
-def _pipeline_available(name: str) -> str:
-    from compiler.pipeline import registered_pipelines
-
-    if name in registered_pipelines():
-        return name
-    log.warning("pipeline %s is not available; using O0", name)
-    return "O0"
 
 
 def optimize(
@@ -134,32 +122,26 @@ def compile(  # noqa: A001 - the verb users expect
     debug: Debug | None = None,
 ) -> Path:
     """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend."""
-    import hashlib
-
     from backends import tvm as tvm_backend
+    from backends.tvm.artifact import sha256_file
+    from backends.tvm.buckets import check_buckets
     from compiler.frontend import specialize
 
     model_path = Path(model_path)
     model = load_model(model_path)
-    pipeline = pipeline or _pipeline_available(DEFAULT_COMPILE_PIPELINE)
-    model, report = optimize(model, pipeline, debug)
-    buckets = buckets or tvm_backend.default_buckets(max_positions(model))
+    model, report = optimize(model, pipeline or DEFAULT_COMPILE_PIPELINE, debug)
+    positions = max_positions(model)
+    buckets = buckets or tvm_backend.default_buckets(positions)
+    check_buckets(buckets, positions)
     specialized = {}
     for batch, seq in buckets:
         specialized[(batch, seq)] = specialize(model, _bucket_dims(model, batch, seq))
-    digest = hashlib.sha256()
-    with open(model_path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
     extra = {"pipeline": report.pipeline, "source_model": str(model_path.resolve()),
-             "source_model_sha256": digest.hexdigest()}
+             "source_model_sha256": sha256_file(model_path)}
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
-    kwargs: dict[str, Any] = {}
-    if tune_trials or tuning_db:
-        kwargs.update(tune_trials=tune_trials, tuning_db=tuning_db)
     return tvm_backend.build_artifact(
         specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
-        io_dims=tvm_backend.io_dims_from_model(model), **kwargs,
+        io_dims=tvm_backend.io_dims_from_model(model), tune_trials=tune_trials, tuning_db=tuning_db,
     )
 
 

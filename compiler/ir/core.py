@@ -43,18 +43,6 @@ def set_origin(node: ir.Node, origin: str) -> None:
     node.metadata_props[ORIGIN_KEY] = origin
 
 
-def make_name(graph: ir.Graph, prefix: str) -> str:
-    """A value/node name unused in ``graph``; deterministic for a given graph and prefix."""
-    taken = {v.name for v in graph.inputs} | set(graph.initializers)
-    for node in graph:
-        taken.add(node.name)
-        taken.update(out.name for out in node.outputs)
-    i = 0
-    while f"{prefix}_{i}" in taken:
-        i += 1
-    return f"{prefix}_{i}"
-
-
 class Namer:
     """Hands out fresh names in a graph; one per pass run (scans the graph once)."""
 
