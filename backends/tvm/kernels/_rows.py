@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import tvm
 
+from .dense import finish_kernel
+
 VECTOR = 16
 
 
@@ -32,4 +34,4 @@ def schedule_rows(sch: tvm.s_tir.Schedule, output: str, inner: list[str], row_lo
             loops = sch.get_loops(block)  # r, v, k
             sch.reorder(loops[-1], loops[-2])
             sch.vectorize(sch.get_loops(block)[-1])
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+    return finish_kernel(sch.mod["main"])

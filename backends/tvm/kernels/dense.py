@@ -312,9 +312,19 @@ def _schedule(sch: tvm.s_tir.Schedule, cfg: DenseConfig, batched: bool) -> None:
     sch.vectorize(el[-1])
 
 
+OPAQUE = 8  # relax OpPatternKind.kOpaque
+
+
+def finish_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Mark a hand-scheduled kernel: MetaSchedule and dlight skip it (``tirx.is_scheduled``), and
+    FuseOps never merges it with its neighbours (``op_pattern`` opaque: FuseTIR cannot splice a
+    scheduled kernel, e.g. the pooler's dense followed by Tanh)."""
+    return (func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+            .without_attr("global_symbol"))
+
+
 def _finish(sch: tvm.s_tir.Schedule) -> tirx.PrimFunc:
-    func = sch.mod["main"]
-    return func.with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+    return finish_kernel(sch.mod["main"])
 
 
 def standalone_module(func: tirx.PrimFunc, name: str = "main") -> tvm.IRModule:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te
 
+from .dense import finish_kernel
+
 
 def head_split_kernel(b: int, s: int, h: int, d: int) -> tvm.tirx.PrimFunc:
     hid = h * d
@@ -25,7 +27,7 @@ def head_split_kernel(b: int, s: int, h: int, d: int) -> tvm.tirx.PrimFunc:
             sch.reorder(loops[-1], loops[-2])  # read X rows contiguously, write Kt with a stride
         elif d % 8 == 0:
             sch.vectorize(loops[-1])
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+    return finish_kernel(sch.mod["main"])
 
 
 def emit_head_split(bb: relax.BlockBuilder, x: relax.Expr, b: int, s: int, h: int, d: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tvm_test_utils import ort_run, run_tvm
@@ -40,11 +41,11 @@ def _feeds(inputs, seed=0):
     return out
 
 
-def check(nodes, inputs, outputs, inits=(), opset=17, tol=1e-5, feeds=None):
+def check(nodes, inputs, outputs, inits=(), opset=17, tol=1e-5, feeds=None, kernels=False):
     m = _model(nodes, inputs, outputs, inits, opset)
     feeds = feeds or _feeds(inputs)
     want = ort_run(m, feeds)
-    got = run_tvm(m, feeds)
+    got = run_tvm(m, feeds, kernels=kernels)
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
@@ -181,6 +182,26 @@ def test_gemm(trans):
     check([helper.make_node("Gemm", ["a", "w", "c"], ["z"], transA=ta, transB=tb, alpha=0.5,
                             beta=2.0)], [("a", F, a_shape)], [("z", F)],
           inits=[("w", w), ("c", c)], tol=1e-5)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gemm_linear_takes_the_dense_kernel(trans_b, bias):
+    """A Linear layer exported as Gemm (the BERT pooler) runs the packed-weight kernel: the weight
+    transpose happens at compile time, and no permute_dims is left in the program."""
+    from backends.tvm.lower import lower_buckets
+    from backends.tvm.target import resolve_target
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 8) if trans_b else (8, 16)).astype(np.float32)
+    inits = [("w", w)] + ([("c", rng.standard_normal(16).astype(np.float32))] if bias else [])
+    node = helper.make_node("Gemm", ["a", "w"] + (["c"] if bias else []), ["z"], transB=trans_b)
+    args = ([node], [("a", F, [3, 8])], [("z", F)])
+    check(*args, inits=inits, tol=1e-5, kernels=True)
+    low = lower_buckets({(1, 1): ir.from_proto(_model(*args, inits))},
+                        target=resolve_target("x86-64", threads=1).tvm_target)
+    text = low.mod.script()
+    assert "lamina_dense_3x8x16" in text and "permute_dims" not in text
 
 
 def test_reshape_flatten_squeeze_unsqueeze():

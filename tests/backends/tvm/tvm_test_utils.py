@@ -61,8 +61,11 @@ def ort_run(path_or_proto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def run_tvm(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray],
-            schedule: str = "none") -> list[np.ndarray]:
-    """Lower ``model`` (static shapes) to one Relax function, build it, run it in the VM."""
+            schedule: str = "none", kernels: bool = False) -> list[np.ndarray]:
+    """Lower ``model`` (static shapes) to one Relax function, build it, run it in the VM.
+
+    ``kernels``: lower for a generic x86-64 target, so constant-weight matmuls and attention take the
+    hand-written kernels (ISA-neutral: the generic tile runs on any x86-64 host)."""
     import tvm
     from tvm import relax
 
@@ -71,9 +74,10 @@ def run_tvm(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray],
     from backends.tvm.target import resolve_target
 
     m = ir.from_proto(model) if isinstance(model, onnx.ModelProto) else model
-    low = lower_buckets({(1, 1): m})
+    target = resolve_target("x86-64", threads=1)
+    low = lower_buckets({(1, 1): m}, target=target.tvm_target if kernels else None)
     info = low.functions[(1, 1)]
-    ex = build_module(low.mod, resolve_target("x86-64", threads=1), schedule=schedule)
+    ex = build_module(low.mod, target, schedule=schedule)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i.name])) for i in info.inputs]
     args += [tvm.runtime.tensor(low.params[p]) for p in info.params]

@@ -22,10 +22,18 @@ def matmul(ctx: LowerContext, node: ir.Node, inputs):
 
 @converter("Gemm")
 def gemm(ctx: LowerContext, node: ir.Node, inputs):
-    a, b = ctx.expr(inputs[0]), ctx.expr(inputs[1])
     c = inputs[2] if len(inputs) > 2 else None
     alpha = float(ctx.attr(node, "alpha", 1.0))
     beta = float(ctx.attr(node, "beta", 1.0))
+    trans_b = int(ctx.attr(node, "transB", 0))
+    weight = kernel_weight(ctx, inputs[1])
+    if (weight is not None and not ctx.attr(node, "transA", 0) and alpha == 1.0
+            and (c is None or beta == 1.0 and _is_row_bias(ctx, c, weight.shape[0 if trans_b else 1]))):
+        # A Linear layer exported as Gemm (the BERT pooler): the packed-weight kernel, with the
+        # transpose of B done once at compile time instead of on every call.
+        return emit_kernel_dense(ctx, inputs[0], inputs[1], weight, bias=c,
+                                 layout="NK" if trans_b else "KN")
+    a, b = ctx.expr(inputs[0]), ctx.expr(inputs[1])
     if ctx.attr(node, "transA", 0):
         a = ctx.emit(relax.op.permute_dims(a, [1, 0]))
     if ctx.attr(node, "transB", 0):
@@ -40,6 +48,11 @@ def gemm(ctx: LowerContext, node: ir.Node, inputs):
             cv = ctx.emit(relax.op.multiply(cv, relax.const(beta, dtype)))
         y = ctx.emit(relax.op.add(y, cv))
     return y
+
+
+def _is_row_bias(ctx: LowerContext, c, n: int) -> bool:
+    """C is a float32 ``[N]`` vector (the kernel's bias operand)."""
+    return ctx.dtype(c) == "float32" and list(ctx.shape(c)) == [n]
 
 
 def _softmax(ctx: LowerContext, node: ir.Node, x, fn):
