@@ -175,35 +175,64 @@ def test_all_knobs(cfg: DenseConfig) -> None:
     np.testing.assert_allclose(out, dense_reference(x, w, b, "gelu_tanh"), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("batch, heads, q, n", [(1, 2, 8, 16), (2, 3, 5, 20)])
-def test_masked_softmax_kernel(batch, heads, q, n):
-    import tvm
+def _attention_reference(q, k, v, bias, heads, scale):
+    b, sq, hid = q.shape
+    d = hid // heads
 
-    from backends.tvm.kernels.softmax import masked_softmax_kernel
+    def split(t):
+        return t.astype(np.float64).reshape(b, -1, heads, d).transpose(0, 2, 1, 3)
 
-    rows = batch * heads * q
-    func = masked_softmax_kernel(rows, n, batch, heads * q).with_attr("global_symbol", "sm")
-    lib = tvm.compile(tvm.IRModule({"sm": func}), target=tvm.target.Target({"kind": "llvm"}))
-    rng = np.random.default_rng(0)
-    s = rng.standard_normal((rows, n)).astype("float32") * 4
-    bias = np.zeros((batch, n), "float32")
-    bias[-1, n // 2:] = np.finfo(np.float32).min
-    if batch > 1:
-        bias[0, :] = np.finfo(np.float32).min  # a fully masked batch row: uniform weights, no NaN
-    dev = tvm.cpu()
-    out = tvm.runtime.tensor(np.zeros_like(s), dev)
-    lib["sm"](tvm.runtime.tensor(s, dev), tvm.runtime.tensor(bias, dev), out)
-    x = s.astype(np.float64) + np.repeat(bias, heads * q, axis=0)
-    ref = np.exp(x - x.max(1, keepdims=True))
-    ref /= ref.sum(1, keepdims=True)
-    got = out.numpy()
+    s = split(q) @ split(k).transpose(0, 1, 3, 2) * scale
+    if bias is not None:
+        s = s + bias[:, None, None, :]
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ split(v)).transpose(0, 2, 1, 3).reshape(b, sq, hid)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch, sq, skv, heads, d, merged, mask", [
+    (2, 5, 5, 3, 8, True, True),      # odd lengths: scalar softmax, 5-query tiles
+    (1, 7, 12, 2, 6, False, True),    # cross-attention lengths, d not a multiple of the lanes
+    (2, 16, 16, 2, 16, False, False),
+    (1, 40, 40, 2, 32, True, True),   # 16-lane reductions, 8-query tiles (the MiniLM path)
+    (1, 24, 32, 1, 64, False, True),  # a d = 64 head (BERT-base)
+])
+def test_attention_kernel(isa, batch, sq, skv, heads, d, merged, mask):
+    from backends.tvm.kernels.attention import attention_kernel
+
+    target = _target(isa)
+    rng = np.random.default_rng(4)
+    hid = heads * d
+    q, k, v = (rng.standard_normal((batch, n, hid), dtype=np.float32) for n in (sq, skv, skv))
+    bias = None
+    if mask:
+        bias = np.zeros((batch, skv), np.float32)
+        bias[-1, skv // 2:] = np.finfo(np.float32).min
+        if batch > 1:
+            bias[0, :] = np.finfo(np.float32).min  # a fully masked row: uniform weights, no NaN
+    srcs = ([np.concatenate([q, k, v], -1).reshape(batch * sq, 3 * hid)] if merged else
+            [q.reshape(-1, hid), k.reshape(-1, hid), v.reshape(-1, hid)])
+    func = attention_kernel(batch, sq, skv, heads, d, scale=d ** -0.5, merged=merged,
+                            mask=mask, target=target)
+    out = _run(func, [*srcs, *([bias] if mask else []),
+                      np.zeros((batch, sq, heads, d), np.float32)], target)
+    got = out.reshape(batch, sq, hid)
     assert not np.isnan(got).any()
-    np.testing.assert_allclose(got, ref, atol=1e-6)
+    np.testing.assert_allclose(got, _attention_reference(q, k, v, bias, heads, d ** -0.5),
+                               atol=2e-6, rtol=1e-5)
 
 
-def test_masked_softmax_kernel_vector_lanes():
-    """Rows long enough for the 16-lane reductions (the path MiniLM takes)."""
-    test_masked_softmax_kernel(2, 2, 3, 64)
+def test_register_tiles_fit_the_isa() -> None:
+    from backends.tvm.kernels.attention import register_tile
+
+    for isa, budget, nl in (("avx512", 16, 16), ("avx2", 12, 8), ("generic", 8, 4)):
+        target = host_target(2, ISA_MCPU[isa])
+        for rows, cols in ((8, 32), (8, 64), (8, 128), (5, 12), (1, 6)):
+            r, c = register_tile(rows, cols, target)
+            assert rows % r == 0 and cols % c == 0
+            assert r * -(-c // nl) <= budget
+    assert register_tile(8, 32, host_target(2, ISA_MCPU["avx512"])) == (8, 32)
 
 
 @pytest.mark.parametrize("rows, n", [(5, 48), (3, 20), (128, 384)])
@@ -224,22 +253,3 @@ def test_layer_norm_kernel(rows, n):
     xd = x.astype(np.float64)
     ref = (xd - xd.mean(1, keepdims=True)) / np.sqrt(xd.var(1, keepdims=True) + 1e-12) * g + b
     np.testing.assert_allclose(out.numpy(), ref, atol=2e-5, rtol=1e-5)
-
-
-def test_head_split_kernel():
-    import tvm
-
-    from backends.tvm.kernels.heads import head_split_kernel
-
-    b, s, h, d = 2, 5, 3, 8
-    func = head_split_kernel(b, s, h, d).with_attr("global_symbol", "hs")
-    lib = tvm.compile(tvm.IRModule({"hs": func}), target=tvm.target.Target({"kind": "llvm"}))
-    x = np.random.default_rng(2).standard_normal((b * s, 3 * h * d)).astype("float32")
-    dev = tvm.cpu()
-    outs = [tvm.runtime.tensor(np.zeros(shape, "float32"), dev)
-            for shape in [(b, h, s, d), (b, h, d, s), (b, h, s, d)]]
-    lib["hs"](tvm.runtime.tensor(x, dev), *outs)
-    parts = [x[:, i * h * d:(i + 1) * h * d].reshape(b, s, h, d) for i in range(3)]
-    np.testing.assert_array_equal(outs[0].numpy(), parts[0].transpose(0, 2, 1, 3))
-    np.testing.assert_array_equal(outs[1].numpy(), parts[1].transpose(0, 2, 3, 1))
-    np.testing.assert_array_equal(outs[2].numpy(), parts[2].transpose(0, 2, 1, 3))

@@ -54,7 +54,7 @@ def linear(ctx: LowerContext, node: ir.Node, inputs):
 
 def _merged_qkv(ctx: LowerContext, node: ir.Node, hidden: int) -> relax.Expr | None:
     """The merged projection ``X[b, s, 3*hidden]`` when Q, K, V are its three equal last-axis splits
-    (what ``merge-qkv`` produces), so one head-split kernel can replace a split and three transposes."""
+    (what ``merge-qkv`` produces): the attention kernel reads it directly, so the Split is dead."""
     split = node.inputs[0].producer() if node.inputs[0] is not None else None
     if split is None or split.op_type != "Split" or split.domain not in ("", "ai.onnx"):
         return None
@@ -80,58 +80,52 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
     heads = int(ctx.attr(node, "num_heads"))
     scale = float(ctx.attr(node, "scale", 1.0))
     kind = ctx.attr(node, "mask_kind", "none")
-    q_shape = ctx.shape(inputs[0])
-    kv_shape = ctx.shape(inputs[1])
-    batch, q_seq, hidden = q_shape
-    kv_seq = kv_shape[1]
+    if kind not in ("none", "key_padding", "additive"):
+        raise ctx.error(f"mask_kind={kind!r} is not supported")
+    batch, q_seq, hidden = ctx.shape(inputs[0])
+    kv_seq = ctx.shape(inputs[1])[1]
     if hidden % heads:
         raise ctx.error(f"hidden size {hidden} is not a multiple of num_heads {heads}")
     d = hidden // heads
     dtype = ctx.dtype(inputs[0])
+    use_kernels = ctx.target is not None and dtype == "float32"
+
+    def key_bias() -> relax.Expr:
+        keep = ctx.expr(ctx.cast(inputs[3], "bool"))
+        return ctx.emit(relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype)))
+
+    if use_kernels and kind != "additive":
+        # One fused kernel reading Q, K, V from the projections (the merged one when merge-qkv ran)
+        # and writing the merged heads; finite fill values, so a fully masked row gets uniform
+        # weights, never NaN.
+        from ...kernels.attention import emit_attention
+
+        merged = _merged_qkv(ctx, node, hidden) if q_seq == kv_seq else None
+        sources = [merged] if merged is not None else [ctx.expr(v) for v in inputs[:3]]
+        return emit_attention(ctx.bb, sources, key_bias() if kind == "key_padding" else None,
+                              batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d, scale=scale,
+                              target=ctx.target)
 
     def heads_of(v, seq: int, perm: list[int]) -> relax.Expr:
         r = relax.op.reshape(ctx.expr(v), [batch, seq, heads, d])
         return ctx.emit(relax.op.permute_dims(r, perm))
 
-    use_kernels = ctx.target is not None and dtype == "float32"
-    merged = _merged_qkv(ctx, node, hidden) if use_kernels and q_seq == kv_seq else None
-    if merged is not None:
-        from ...kernels.heads import emit_head_split
-
-        qh, kt, vh = emit_head_split(ctx.bb, merged, batch, q_seq, heads, d)
-    else:
-        qh = heads_of(inputs[0], q_seq, [0, 2, 1, 3])
-        kt = heads_of(inputs[1], kv_seq, [0, 2, 3, 1])
-        vh = heads_of(inputs[2], kv_seq, [0, 2, 1, 3])
+    qh = heads_of(inputs[0], q_seq, [0, 2, 1, 3])
+    kt = heads_of(inputs[1], kv_seq, [0, 2, 3, 1])
+    vh = heads_of(inputs[2], kv_seq, [0, 2, 1, 3])
     if use_kernels:
         from ...kernels.relax_emit import emit_batch_matmul
 
         s = emit_batch_matmul(ctx.bb, qh, kt, scale=scale, target=ctx.target)
     else:
         s = ctx.emit(relax.op.multiply(relax.op.matmul(qh, kt), relax.const(scale, dtype)))
-    if kind in ("key_padding", "none") and use_kernels:
-        # Finite fill values: a fully masked row gets uniform weights, never NaN, so no guard.
-        from ...kernels.softmax import emit_masked_softmax
-
-        if kind == "key_padding":
-            keep = ctx.expr(ctx.cast(inputs[3], "bool"))
-            bias = ctx.emit(relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype)))
-        else:
-            bias = relax.const(np.zeros((batch, kv_seq), np.float32), dtype)
-        p = emit_masked_softmax(ctx.bb, s, bias, [batch, heads, q_seq, kv_seq])
-    else:
-        if kind == "key_padding":
-            keep = ctx.expr(ctx.cast(inputs[3], "bool"))
-            bias = relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype))
-            bias = ctx.emit(relax.op.reshape(bias, [batch, 1, 1, kv_seq]))
-            s = ctx.emit(relax.op.add(s, bias))
-        elif kind == "additive":
-            s = ctx.emit(relax.op.add(s, ctx.expr(inputs[3])))
-        elif kind != "none":
-            raise ctx.error(f"mask_kind={kind!r} is not supported")
-        p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
-        # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
-        p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
+    if kind == "key_padding":
+        s = ctx.emit(relax.op.add(s, relax.op.reshape(key_bias(), [batch, 1, 1, kv_seq])))
+    elif kind == "additive":
+        s = ctx.emit(relax.op.add(s, ctx.expr(inputs[3])))
+    p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
+    # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
+    p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
     pv = emit_batch_matmul(ctx.bb, p, vh, target=ctx.target) if use_kernels else relax.op.matmul(p, vh)
     o = ctx.emit(relax.op.permute_dims(pv, [0, 2, 1, 3]))
     return ctx.emit(relax.op.reshape(o, [batch, q_seq, hidden]))

@@ -1,0 +1,217 @@
+"""Fused multi-head attention: QK^T, scale, key-padding bias, softmax and PV in one kernel.
+
+``O[b, i, h, :] = softmax(scale * Q[b, i, h, :] . K[b, :, h, :] + bias[b, :]) @ V[b, :, h, :]``
+
+Q, K and V are read straight from the projections' row-major outputs, ``[b * s, stride]`` with the
+head ``h`` at columns ``offset + h * d``: either three separate ``[b * s, hidden]`` tensors or, after
+``merge-qkv``, the one ``[b * s, 3 * hidden]`` tensor at offsets 0, hidden and 2 * hidden. The output
+is written as ``[b, s, h, d]``, which is the merged-heads ``[b, s, hidden]`` layout, so no head
+split or head merge copy is left. Schedule::
+
+    parallel for (b, h):                                # one task per head
+      Kt[d, skv] = K[b, :, h, :]^T                     # once per head (L1/L2), vector loads of rows
+      for io in sq / mr:                               # a tile of mr queries
+        S[mr, skv] = Q[tile] @ Kt                      # register tiles of mr x 32 accumulators
+        P = exp(scale * S + bias - rowmax)             # in L1; max and sum on vector lanes
+        acc[mr, d] = P @ V[b, :, h, :]                 # mr x d accumulators in registers
+        O[b, tile, h, :] = acc / rowsum
+
+Only an ``mr x skv`` tile of scores ever exists (4 KB for MiniLM), against the ``[b, h, s, s]``
+tensor that separate batched matmuls and softmax write and read back. A query row whose keys are all
+masked gets uniform weights (the bias is finite), as Hugging Face's additive-mask attention does.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, te, tirx, topi
+
+from ._rows import lanes_for
+from .dense import finish_kernel, lanes
+from .isa import isa_of
+
+# Accumulator registers the QK^T and PV register tiles may use (of 32 zmm / 16 ymm / 16 xmm).
+_ACC_REGS = {"avx512": 16, "avx2": 12, "generic": 8}
+_QUERY_TILE = 8  # queries per tile: their scores (8 x skv) stay in L1
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    for v in range(max(1, min(cap, n)), 0, -1):
+        if n % v == 0:
+            return v
+    return 1
+
+
+def register_tile(rows: int, cols: int, target: tvm.target.Target) -> tuple[int, int]:
+    """``(r, c)`` accumulators of a register tile over ``rows x cols`` (r | rows, c | cols): the most
+    accumulator vectors within the ISA's budget, then the fewest loads per step (r broadcasts plus
+    c / lanes vector loads)."""
+    isa = isa_of(target)
+    nl = lanes(isa)
+    best, key = (1, 1), (0, 0)
+    for r in (v for v in range(1, rows + 1) if rows % v == 0):
+        for c in (v for v in range(1, cols + 1) if cols % v == 0):
+            acc = r * -(-c // nl)
+            if acc > _ACC_REGS[isa]:
+                continue
+            k = (acc, -(r + -(-c // nl)))
+            if k > key:
+                best, key = (r, c), k
+    return best
+
+
+def _tile_reduction(sch: tvm.s_tir.Schedule, blk, row, col, red, r: int, c: int) -> None:
+    """Register-tile a reduction block computed at a query tile: ``row`` (None when the tile has a
+    single query) and ``col`` split by ``(r, c)`` around the reduction loop ``red``; the
+    accumulators live in a stack buffer that LLVM keeps in registers."""
+    outer, inner = [], []
+    if row is not None:
+        ro, ri = sch.split(row, [None, r])
+        outer.append(ro)
+        inner.append(ri)
+    co, ci = sch.split(col, [None, c])
+    sch.reorder(*outer, co, red, *inner, ci)
+    sch.set_scope(blk, 0, "local")
+    if row is not None:
+        sch.unroll(inner[0])
+    sch.vectorize(ci)
+    init = sch.get_loops(sch.decompose_reduction(blk, red))
+    if row is not None:
+        sch.unroll(init[-2])
+    sch.vectorize(init[-1])
+
+
+def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
+                     merged: bool, mask: bool, target: tvm.target.Target) -> tirx.PrimFunc:
+    """The scheduled PrimFunc. Arguments: ``X[b*s, 3*h*d]`` if ``merged`` else ``Q[b*sq, h*d]``,
+    ``K[b*skv, h*d]``, ``V[b*skv, h*d]``; then ``bias[b, skv]`` if ``mask``; output ``O[b, sq, h, d]``."""
+    hid = heads * d
+    if merged:
+        if sq != skv:
+            raise ValueError("a merged QKV projection needs equal query and key lengths")
+        x = te.placeholder((batch * sq, 3 * hid), "float32", name="X")
+        srcs = [x]
+
+        def q_at(bi, i, hh, e):
+            return x[bi * sq + i, hh * d + e]
+
+        def k_at(bi, j, hh, e):
+            return x[bi * skv + j, hid + hh * d + e]
+
+        def v_at(bi, j, hh, e):
+            return x[bi * skv + j, 2 * hid + hh * d + e]
+    else:
+        q = te.placeholder((batch * sq, hid), "float32", name="Q")
+        k = te.placeholder((batch * skv, hid), "float32", name="K")
+        v = te.placeholder((batch * skv, hid), "float32", name="V")
+        srcs = [q, k, v]
+
+        def q_at(bi, i, hh, e):
+            return q[bi * sq + i, hh * d + e]
+
+        def k_at(bi, j, hh, e):
+            return k[bi * skv + j, hh * d + e]
+
+        def v_at(bi, j, hh, e):
+            return v[bi * skv + j, hh * d + e]
+
+    args = list(srcs)
+    bias = None
+    if mask:
+        bias = te.placeholder((batch, skv), "float32", name="bias")
+        args.append(bias)
+
+    kt = te.compute((batch, heads, d, skv), lambda bi, hh, e, j: k_at(bi, j, hh, e), name="Kt")
+    re = te.reduce_axis((0, d), "e")
+    s = te.compute((batch, heads, sq, skv),
+                   lambda bi, hh, i, j: te.sum(q_at(bi, i, hh, re) * kt[bi, hh, re, j], axis=re),
+                   name="S")
+    sc = tirx.const(scale, "float32")
+    if bias is not None:
+        xs = te.compute(s.shape, lambda bi, hh, i, j: s[bi, hh, i, j] * sc + bias[bi, j], name="x")
+    else:
+        xs = te.compute(s.shape, lambda bi, hh, i, j: s[bi, hh, i, j] * sc, name="x")
+    nl = lanes_for(skv)
+    rk = te.reduce_axis((0, skv // nl), "rk")
+    mxv = te.compute((batch, heads, sq, nl),
+                     lambda bi, hh, i, w: te.max(xs[bi, hh, i, rk * nl + w], axis=rk), name="mxv")
+    rw = te.reduce_axis((0, nl), "rw")
+    mx = te.compute((batch, heads, sq), lambda bi, hh, i: te.max(mxv[bi, hh, i, rw], axis=rw),
+                    name="mx")
+    dlt = te.compute(s.shape, lambda bi, hh, i, j: xs[bi, hh, i, j] - mx[bi, hh, i], name="dlt")
+    p = topi.fast_exp(dlt)
+    rk2 = te.reduce_axis((0, skv // nl), "rk2")
+    smv = te.compute((batch, heads, sq, nl),
+                     lambda bi, hh, i, w: te.sum(p[bi, hh, i, rk2 * nl + w], axis=rk2), name="smv")
+    rw2 = te.reduce_axis((0, nl), "rw2")
+    total = te.compute((batch, heads, sq), lambda bi, hh, i: te.sum(smv[bi, hh, i, rw2], axis=rw2),
+                       name="total")
+    inv = te.compute((batch, heads, sq), lambda bi, hh, i: tirx.const(1.0, "float32") / total[bi, hh, i],
+                     name="inv")
+    rj = te.reduce_axis((0, skv), "j")
+    pv = te.compute((batch, heads, sq, d),
+                    lambda bi, hh, i, e: te.sum(p[bi, hh, i, rj] * v_at(bi, rj, hh, e), axis=rj),
+                    name="PV")
+    out = te.compute((batch, sq, heads, d),
+                     lambda bi, i, hh, e: pv[bi, hh, i, e] * inv[bi, hh, i], name="O")
+
+    sch = tvm.s_tir.Schedule(te.create_prim_func([*args, out]))
+    sch.compute_inline(sch.get_sblock("dlt"))
+    mr = _divisor_at_most(sq, _QUERY_TILE)
+
+    # Anchor: the output, one parallel task per (batch, head), tiles of mr queries.
+    ob = sch.get_sblock("O")
+    bi, i, hh, e = sch.get_loops(ob)
+    io, ii = sch.split(i, [None, mr])
+    sch.reorder(bi, hh, io, ii, e)
+    task = sch.fuse(bi, hh)
+    sch.parallel(task)
+    sch.unroll(ii)
+    sch.vectorize(e)
+    for name in ("PV", "inv", "total", "smv", p.op.name, "mx", "mxv", "x", "S"):
+        sch.compute_at(sch.get_sblock(name), io)
+    sch.compute_at(sch.get_sblock("Kt"), task)
+
+    # Under (task, io) each block has a query loop only when mr > 1.
+    pv_b, s_b = sch.get_sblock("PV"), sch.get_sblock("S")
+    *prow, pcol, pred = sch.get_loops(pv_b)[2:]
+    _tile_reduction(sch, pv_b, prow[0] if prow else None, pcol, pred, *register_tile(mr, d, target))
+    *srow, scol, sred = sch.get_loops(s_b)[2:]
+    _tile_reduction(sch, s_b, srow[0] if srow else None, scol, sred,
+                    *register_tile(mr, skv, target))
+
+    # Kt: read K rows (contiguous in e), write the transposed tile.
+    kl = sch.get_loops(sch.get_sblock("Kt"))
+    sch.reorder(kl[-1], kl[-2])
+
+    # Softmax stages on the tile's rows: row-long loops and lane reductions vectorized.
+    if nl > 1:
+        for name in ("x", p.op.name):
+            loop = sch.get_loops(sch.get_sblock(name))[-1]
+            sch.vectorize(sch.split(loop, [None, nl])[1])
+        for name in ("mxv", "smv"):
+            b = sch.get_sblock(name)
+            loops = sch.get_loops(b)  # ..., i, w, k
+            sch.reorder(loops[-1], loops[-2])
+            sch.vectorize(sch.get_loops(b)[-1])
+    return finish_kernel(sch.mod["main"])
+
+
+def emit_attention(bb: relax.BlockBuilder, sources: list[relax.Expr], bias: relax.Expr | None, *,
+                   batch: int, sq: int, skv: int, heads: int, d: int, scale: float,
+                   target: tvm.target.Target) -> relax.Expr:
+    """``[b, sq, h * d]`` attention output. ``sources``: ``[X]`` (merged ``[b, s, 3 * h * d]``) or
+    ``[Q, K, V]`` (``[b, s, h * d]`` each); ``bias``: the ``[b, skv]`` additive key bias, or None."""
+    merged = len(sources) == 1
+    func = attention_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
+                            mask=bias is not None, target=target)
+    tag = "qkv" if merged else "q_k_v"
+    gv = bb.add_func(func, f"lamina_attention_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
+                     f"{'_masked' if bias is not None else ''}")
+    rows = [(sq, 3 * heads * d)] if merged else [(sq, heads * d), (skv, heads * d), (skv, heads * d)]
+    args = [bb.emit(relax.op.reshape(src, (batch * n, w)))
+            for src, (n, w) in zip(sources, rows, strict=True)]
+    if bias is not None:
+        args.append(bias)
+    o = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, sq, heads, d), "float32")))
+    return bb.emit(relax.op.reshape(o, (batch, sq, heads * d)))
