@@ -49,23 +49,29 @@ for M, K, N in shapes:
 print(json.dumps(out))
 """
 
-_NUMPY_BMM_CHILD = r"""
+_NUMPY_ATTENTION_CHILD = r"""
 import json, sys, time
 import numpy as np
 shapes, calls, blocks = json.loads(sys.argv[1])
 out = []
-for B, M, K, N in shapes:
+for B, S, H, D in shapes:
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((B, M, K), dtype=np.float32)
-    b = rng.standard_normal((B, K, N), dtype=np.float32)
-    y = np.empty((B, M, N), np.float32)
+    q, k, v = (rng.standard_normal((B, H, S, D), dtype=np.float32) for _ in range(3))
+    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))
+    bias = np.zeros((B, 1, 1, S), np.float32)
+    def attn():
+        s = np.matmul(q, kt) * np.float32(D ** -0.5) + bias
+        s -= s.max(-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(-1, keepdims=True)
+        return np.matmul(s, v).transpose(0, 2, 1, 3).reshape(B, S, H * D)
     for _ in range(3):
-        np.matmul(a, b, out=y)
+        attn()
     ts = []
     for _ in range(blocks):
         t = time.perf_counter()
         for _ in range(calls):
-            np.matmul(a, b, out=y)
+            attn()
         ts.append((time.perf_counter() - t) / calls)
     out.append(sorted(ts)[len(ts) // 2])
 print(json.dumps(out))
@@ -73,38 +79,42 @@ print(json.dumps(out))
 
 
 def attention_table(target, threads: int, seqs: list[int], batches: list[int], rounds: int,
-                    calls: int) -> None:
-    """Batched matmuls of 12-head attention: QK^T [s,64]x[64,s] and PV [s,s]x[s,64]."""
+                    calls: int, head_dims: tuple[int, ...] = (32, 64)) -> None:
+    """The fused attention kernel (12 heads, merged QKV input, key-padding bias) against numpy
+    (OpenBLAS batched matmuls around a numpy softmax, heads already split)."""
     import numpy as np
     import tvm
 
-    from backends.tvm.kernels import batch_matmul_kernel, standalone_module
+    from backends.tvm.kernels import standalone_module
+    from backends.tvm.kernels.attention import attention_kernel
 
-    shapes = [(12 * b, s, k, n) for b in batches for s in seqs for k, n in ((64, s), (s, 64))]
+    shapes = [(b, s, 12, d) for b in batches for s in seqs for d in head_dims]
     items = []
-    for B, M, K, N in shapes:
-        ex = tvm.compile(standalone_module(batch_matmul_kernel(B, M, K, N, target=target)),
-                         target)
+    for B, S, H, D in shapes:
+        func = attention_kernel(B, S, S, H, D, scale=D ** -0.5, merged=True, mask=True,
+                                target=target)
+        ex = tvm.compile(standalone_module(func), target)
         rng = np.random.default_rng(0)
-        args = [tvm.runtime.tensor(a) for a in (rng.standard_normal((B, M, K), dtype=np.float32),
-                                                rng.standard_normal((B, K, N), dtype=np.float32),
-                                                np.zeros((B, M, N), np.float32))]
+        args = [tvm.runtime.tensor(a) for a in (
+            rng.standard_normal((B * S, 3 * H * D), dtype=np.float32),
+            np.zeros((B, S), np.float32), np.zeros((B, S, H, D), np.float32))]
         items.append((ex.mod, args))
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
     tn, to = [], []
     for _ in range(rounds):
-        res = subprocess.run([sys.executable, "-c", _NUMPY_BMM_CHILD,
+        res = subprocess.run([sys.executable, "-c", _NUMPY_ATTENTION_CHILD,
                               json.dumps([shapes, calls, 3])], env=env, capture_output=True,
                              text=True, check=True)
         tn.append(json.loads(res.stdout))
         to.append([float(np.median(m.time_evaluator("main", tvm.cpu(), number=calls,
                                                      repeat=3)(*a).results)) for m, a in items])
-    print("| batch*heads | M | K | N | numpy GF/s | ours GF/s | ours/numpy |")
+    print("| batch | seq | heads x d | numpy us | fused kernel us | GFLOP/s | numpy/ours |")
     print("|---|---|---|---|---|---|---|")
-    for i, (B, M, K, N) in enumerate(shapes):
-        fl = 2.0 * B * M * K * N / 1e9
-        gn, go = fl / np.median([r[i] for r in tn]), fl / np.median([r[i] for r in to])
-        print(f"| {B} | {M} | {K} | {N} | {gn:.0f} | {go:.0f} | {go / gn:.2f} |", flush=True)
+    for i, (B, S, H, D) in enumerate(shapes):
+        n, o = np.median([r[i] for r in tn]), np.median([r[i] for r in to])
+        gf = 4.0 * B * H * S * S * D / o / 1e9
+        print(f"| {B} | {S} | {H} x {D} | {n * 1e6:.0f} | {o * 1e6:.0f} | {gf:.0f} | {n / o:.2f} |",
+              flush=True)
 
 
 def numpy_times(shapes: list[tuple[int, int, int]], threads: int, calls: int,
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=20, help="calls per timed block")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--attention", action="store_true",
-                    help="also time the attention batched matmuls (batches = --m / 128)")
+                    help="also time the fused attention kernel (batches = --m / 128)")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
               + f" | {best_ours / gf['numpy']:.2f} | {tile} |", flush=True)
         rows.append({"M": M, "K": K, "N": N, "gflops": gf, "tile": tile})
     if args.attention:
-        attention_table(target, args.threads, [128], sorted({max(1, m // 128) for m in args.m}),
+        attention_table(target, args.threads, [128, 512], sorted({max(1, m // 128) for m in args.m}),
                         args.rounds, args.calls)
     if args.json:
         Path(args.json).write_text(json.dumps({"target": str(target), "threads": args.threads,
