@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -127,6 +128,14 @@ def _io_specs(functions: dict[Bucket, FunctionInfo], io_dims: Mapping[str, Dims]
     return result[0], result[1]
 
 
+def _report_tile_search(what: str, best: str, seconds: float, candidates: int,
+                        elapsed: float) -> None:
+    """Progress of the kernel tile search (tuning), one line per searched kernel shape."""
+    sys.stderr.write(f"lamina: tuning kernel tiles: {what}: {best} ({seconds * 1e6:.0f} us, "
+                     f"{candidates} candidates, {elapsed:.1f} s)\n")
+    sys.stderr.flush()
+
+
 def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLike[str], *,
                    target: str | dict[str, Any] | TargetSpec = "auto",
                    threads: int | None = None,
@@ -171,17 +180,15 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         schedule = tuning_schedule(tune_trials, tuning_db)
         tuning = {"trials": tune_trials,
                   "db": str(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB)}
-    dense_config = None
+    tiles = None
     if kernels and schedule is not None and not isinstance(schedule, str):
-        # Dense tiles: searched (a few seconds a shape) when tuning, else reused from the database.
-        from .tuning.kernel_search import best_dense_config
+        # Kernel tiles: searched (seconds a shape) when tuning, else reused from the database.
+        from .tuning.kernel_search import KernelTiles
 
-        db = Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB
-
-        def dense_config(m: int, k: int, n: int, tgt: Any) -> Any:
-            return best_dense_config(m, k, n, tgt, cache=db, measure=tune_trials > 0)
+        tiles = KernelTiles(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB,
+                            measure=tune_trials > 0, on_search=_report_tile_search)
     lowered = lower_buckets({k: models[k] for k in buckets},
-                            target=spec.tvm_target if kernels else None, dense_config=dense_config)
+                            target=spec.tvm_target if kernels else None, tiles=tiles)
     t_lower = time.perf_counter() - t0
     inputs, outputs = _io_specs(lowered.functions, io_dims)
     ex = build_module(lowered.mod, spec, dump_dir=Path(dump_dir) if dump_dir else None,

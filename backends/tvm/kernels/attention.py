@@ -23,6 +23,8 @@ masked gets uniform weights (the bias is finite), as Hugging Face's additive-mas
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
 from tvm import relax, te, tirx, topi
 
@@ -60,6 +62,72 @@ def register_tile(rows: int, cols: int, target: tvm.target.Target) -> tuple[int,
     return best
 
 
+def _register_tiles(rows: int, cols: int, target: tvm.target.Target) -> list[tuple[int, int]]:
+    """Register tiles worth trying: the default, then the best one with rows halved."""
+    out = [register_tile(rows, cols, target)]
+    if out[0][0] > 1:
+        isa = isa_of(target)
+        r = _divisor_at_most(rows, out[0][0] // 2)
+        c = _divisor_at_most(cols, _ACC_REGS[isa] // r * lanes(isa))
+        if (r, c) not in out:
+            out.append((r, c))
+    return out
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Tiles of the fused attention kernel (the tunable knobs; 0 = the per-ISA default).
+
+    query_tile: queries per tile (their ``query_tile x skv`` scores stay in L1).
+    s_rows, s_cols: register tile of the scores (queries x keys).
+    pv_rows, pv_cols: register tile of P @ V (queries x head dim).
+    """
+
+    query_tile: int = 0
+    s_rows: int = 0
+    s_cols: int = 0
+    pv_rows: int = 0
+    pv_cols: int = 0
+
+    def key(self) -> str:
+        return f"q{self.query_tile}_s{self.s_rows}x{self.s_cols}_pv{self.pv_rows}x{self.pv_cols}"
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> AttentionConfig:
+        return cls(**{k: int(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def resolve_attention_config(sq: int, skv: int, d: int, target: tvm.target.Target,
+                             config: AttentionConfig | None = None) -> AttentionConfig:
+    """Defaults filled in and every size fitted to the shape (tiles divide what they tile)."""
+    c = config or AttentionConfig()
+    mr = _divisor_at_most(sq, c.query_tile or _QUERY_TILE)
+    s_tile = ((_divisor_at_most(mr, c.s_rows), _divisor_at_most(skv, c.s_cols))
+              if c.s_rows and c.s_cols else register_tile(mr, skv, target))
+    pv_tile = ((_divisor_at_most(mr, c.pv_rows), _divisor_at_most(d, c.pv_cols))
+               if c.pv_rows and c.pv_cols else register_tile(mr, d, target))
+    return AttentionConfig(mr, *s_tile, *pv_tile)
+
+
+def candidate_attention_configs(sq: int, skv: int, d: int,
+                                target: tvm.target.Target) -> list[AttentionConfig]:
+    """A small grid for the tuner: query tiles of 4, 8 and 16 with their default and half-height
+    register tiles (the default configuration first)."""
+    out = [resolve_attention_config(sq, skv, d, target)]
+    for qt in (8, 4, 16):
+        mr = _divisor_at_most(sq, qt)
+        for s_tile in _register_tiles(mr, skv, target):
+            for pv_tile in _register_tiles(mr, d, target):
+                cfg = resolve_attention_config(sq, skv, d, target,
+                                               AttentionConfig(mr, *s_tile, *pv_tile))
+                if cfg not in out:
+                    out.append(cfg)
+    return out
+
+
 def _tile_reduction(sch: tvm.s_tir.Schedule, blk, row, col, red, r: int, c: int) -> None:
     """Register-tile a reduction block computed at a query tile: ``row`` (None when the tile has a
     single query) and ``col`` split by ``(r, c)`` around the reduction loop ``red``; the
@@ -82,9 +150,11 @@ def _tile_reduction(sch: tvm.s_tir.Schedule, blk, row, col, red, r: int, c: int)
 
 
 def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
-                     merged: bool, mask: bool, target: tvm.target.Target) -> tirx.PrimFunc:
+                     merged: bool, mask: bool, target: tvm.target.Target,
+                     config: AttentionConfig | None = None) -> tirx.PrimFunc:
     """The scheduled PrimFunc. Arguments: ``X[b*s, 3*h*d]`` if ``merged`` else ``Q[b*sq, h*d]``,
     ``K[b*skv, h*d]``, ``V[b*skv, h*d]``; then ``bias[b, skv]`` if ``mask``; output ``O[b, sq, h, d]``."""
+    cfg = resolve_attention_config(sq, skv, d, target, config)
     hid = heads * d
     if merged:
         if sq != skv:
@@ -157,7 +227,7 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
 
     sch = tvm.s_tir.Schedule(te.create_prim_func([*args, out]))
     sch.compute_inline(sch.get_sblock("dlt"))
-    mr = _divisor_at_most(sq, _QUERY_TILE)
+    mr = cfg.query_tile
 
     # Anchor: the output, one parallel task per (batch, head), tiles of mr queries.
     ob = sch.get_sblock("O")
@@ -175,10 +245,9 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
     # Under (task, io) each block has a query loop only when mr > 1.
     pv_b, s_b = sch.get_sblock("PV"), sch.get_sblock("S")
     *prow, pcol, pred = sch.get_loops(pv_b)[2:]
-    _tile_reduction(sch, pv_b, prow[0] if prow else None, pcol, pred, *register_tile(mr, d, target))
+    _tile_reduction(sch, pv_b, prow[0] if prow else None, pcol, pred, cfg.pv_rows, cfg.pv_cols)
     *srow, scol, sred = sch.get_loops(s_b)[2:]
-    _tile_reduction(sch, s_b, srow[0] if srow else None, scol, sred,
-                    *register_tile(mr, skv, target))
+    _tile_reduction(sch, s_b, srow[0] if srow else None, scol, sred, cfg.s_rows, cfg.s_cols)
 
     # Kt: read K rows (contiguous in e), write the transposed tile.
     kl = sch.get_loops(sch.get_sblock("Kt"))
@@ -199,12 +268,12 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
 
 def emit_attention(bb: relax.BlockBuilder, sources: list[relax.Expr], bias: relax.Expr | None, *,
                    batch: int, sq: int, skv: int, heads: int, d: int, scale: float,
-                   target: tvm.target.Target) -> relax.Expr:
+                   target: tvm.target.Target, config: AttentionConfig | None = None) -> relax.Expr:
     """``[b, sq, h * d]`` attention output. ``sources``: ``[X]`` (merged ``[b, s, 3 * h * d]``) or
     ``[Q, K, V]`` (``[b, s, h * d]`` each); ``bias``: the ``[b, skv]`` additive key bias, or None."""
     merged = len(sources) == 1
     func = attention_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
-                            mask=bias is not None, target=target)
+                            mask=bias is not None, target=target, config=config)
     tag = "qkv" if merged else "q_k_v"
     gv = bb.add_func(func, f"lamina_attention_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
                      f"{'_masked' if bias is not None else ''}")

@@ -27,8 +27,9 @@ class LowerContext:
         self.opsets = opsets
         # With a target, matmuls on constant weights use the hand-written kernels (packed weights).
         self.target = target
-        # (M, K, N, target) -> DenseConfig: the dense tile to use (searched and cached when tuning).
-        self.dense_config: Any = None
+        # Kernel tiles (``tuning.kernel_search.KernelTiles``: .dense(), .attention()); None: the
+        # per-ISA defaults.
+        self.tiles: Any = None
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}
         self.param_values: dict[str, np.ndarray] = {}

@@ -60,12 +60,12 @@ def _input_spec(v: ir.Value) -> TensorSpec:
 
 
 def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
-                   target: object = None, dense_config: object = None) -> FunctionInfo:
+                   target: object = None, tiles: object = None) -> FunctionInfo:
     """Add ``func_name`` (inputs..., weights...) -> tuple(outputs) to ``bb``'s module."""
     graph = model.graph
     opsets = dict(graph.opset_imports or model.opset_imports)
     ctx = LowerContext(bb, opsets, target=target)
-    ctx.dense_config = dense_config
+    ctx.tiles = tiles
     env: dict[ir.Value, Value] = {}
     ctx.env = env  # converters may look at the values behind their inputs (fused head split)
     for name, v in graph.initializers.items():

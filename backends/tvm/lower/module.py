@@ -32,7 +32,7 @@ class LoweredModule:
 
 
 def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None,
-                  dense_config: object = None) -> LoweredModule:
+                  tiles: object = None) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
     Buckets are specializations of one model, so weights with the same name normally have the
@@ -49,7 +49,7 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
     for key in sorted(models):
         batch, seq = key
         info = lower_function(bb, models[key], bucket_function_name(batch, seq), target=target,
-                              dense_config=dense_config)
+                              tiles=tiles)
         keys = []
         for name in info.params:
             value = info.param_values[name]

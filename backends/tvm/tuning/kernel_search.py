@@ -1,16 +1,21 @@
-"""Grid search of the dense kernel's tile (``DenseConfig``) per shape, cached in a JSON file.
+"""Grid search of the hand-written kernels' tiles per shape, cached in JSON files.
 
-The panel width ``nb`` fixes the packed weight layout, so it cannot be a MetaSchedule decision
-inside one PrimFunc; the space is small (about 20 tiles per shape, each built in well under a
-second), so we measure it directly::
+Dense (``DenseConfig``): the panel width ``nb`` fixes the packed weight layout, so it cannot be a
+MetaSchedule decision inside one PrimFunc; the space is small (about 20 tiles per shape, each built
+in well under a second), so we measure it directly::
 
     cfg = best_dense_config(M, K, N, target, cache=db_dir)   # measures once, then reads the cache
     func = dense_kernel(M, K, N, bias=True, target=target, config=cfg)
     wp = pack_weight(w, cfg.nb)
 
+Attention (``AttentionConfig``): query tile and register tiles of the fused kernel, about 10
+candidates per shape (``best_attention_config``).
+
 Records live in ``<cache>/<target key>/dense_tiles.json`` keyed by ``MxKxN`` (the epilogue does not
-change the best tile: it runs once per output element). Without ``measure`` (or when the host
-cannot run the target's ISA) the cached record or the per-ISA default is returned.
+change the best tile: it runs once per output element) and ``attention_tiles.json`` keyed by
+``b x sq x skv x heads x d`` plus the input form. Without ``measure`` (or when the host cannot run
+the target's ISA) the cached record or the per-ISA default is returned. ``KernelTiles`` bundles both
+lookups for the lowering.
 """
 
 from __future__ import annotations
@@ -19,11 +24,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tvm
 
+from ..kernels.attention import (
+    AttentionConfig,
+    attention_kernel,
+    candidate_attention_configs,
+    resolve_attention_config,
+)
 from ..kernels.dense import (
     DenseConfig,
     candidate_configs,
@@ -38,10 +50,12 @@ from .meta import database_dir
 log = logging.getLogger(__name__)
 
 TILES_FILE = "dense_tiles.json"
+ATTENTION_FILE = "attention_tiles.json"
 
 
-def _cache_file(cache: str | os.PathLike[str], target: tvm.target.Target) -> Path:
-    return database_dir(cache, target) / TILES_FILE
+def _cache_file(cache: str | os.PathLike[str], target: tvm.target.Target,
+                name: str = TILES_FILE) -> Path:
+    return database_dir(cache, target) / name
 
 
 def _load(path: Path) -> dict[str, dict]:
@@ -71,26 +85,25 @@ def time_dense(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Targ
     return _prepare(M, K, N, cfg, target, min_repeat_ms, repeat)()
 
 
-def search_dense(M: int, K: int, N: int, target: tvm.target.Target,
-                 budget_s: float | None = None, finalists: int = 4, rounds: int = 3,
-                 min_gain: float = 0.03) -> list[tuple[float, DenseConfig]]:
-    """Time every candidate tile (default first); returns ``[(seconds, cfg)]`` fastest first.
+def _search(what: str, candidates: list, prepare: Callable[[object, int, int], Callable[[], float]],
+            budget_s: float | None, finalists: int, rounds: int, min_gain: float) -> list[tuple[float, object]]:
+    """Time every candidate (default first); returns ``[(seconds, cfg)]`` fastest first.
 
     The machines are shared and noisy, so the default and the fastest ``finalists`` are timed
     again in ``rounds`` interleaved rounds (medians), and a tile replaces the default only when
     it is ``min_gain`` faster.
     """
-    timers: dict[DenseConfig, object] = {}
-    first: list[tuple[float, DenseConfig]] = []
+    timers: dict[object, Callable[[], float]] = {}
+    first: list[tuple[float, object]] = []
     t0 = time.monotonic()
-    for cfg in candidate_configs(M, K, N, target):
+    for cfg in candidates:
         if budget_s is not None and first and time.monotonic() - t0 > budget_s:
             break
         try:
-            timers[cfg] = _prepare(M, K, N, cfg, target, 20, 3)
-            first.append((timers[cfg](), cfg))  # type: ignore[operator]
+            timers[cfg] = prepare(cfg, 20, 3)
+            first.append((timers[cfg](), cfg))
         except Exception as err:  # a tile that fails to build is skipped, never fatal
-            log.warning("dense %dx%dx%d tile %s failed: %s", M, K, N, cfg.key(), err)
+            log.warning("%s tile %s failed: %s", what, cfg.key(), err)  # type: ignore[attr-defined]
     if not first:
         return []
     default = first[0][1]
@@ -98,10 +111,10 @@ def search_dense(M: int, K: int, N: int, target: tvm.target.Target,
     picked = [c for _, c in first[:finalists]]
     if default not in picked:
         picked.append(default)
-    samples: dict[DenseConfig, list[float]] = {c: [] for c in picked}
+    samples: dict[object, list[float]] = {c: [] for c in picked}
     for _ in range(rounds):
         for c in picked:
-            samples[c].append(timers[c]())  # type: ignore[operator]
+            samples[c].append(timers[c]())
     med = {c: float(np.median(v)) for c, v in samples.items()}
     final = sorted(med.items(), key=lambda r: r[1])
     if final[0][0] != default and final[0][1] > med[default] * (1.0 - min_gain):
@@ -111,9 +124,32 @@ def search_dense(M: int, K: int, N: int, target: tvm.target.Target,
     return [(t, c) for c, t in final] + rest
 
 
+def search_dense(M: int, K: int, N: int, target: tvm.target.Target,
+                 budget_s: float | None = None, finalists: int = 4, rounds: int = 3,
+                 min_gain: float = 0.03) -> list[tuple[float, DenseConfig]]:
+    """Time every candidate dense tile; ``[(seconds, cfg)]`` fastest first (see ``_search``)."""
+    return _search(f"dense {M}x{K}x{N}", candidate_configs(M, K, N, target),
+                   lambda cfg, ms, rep: _prepare(M, K, N, cfg, target, ms, rep),  # type: ignore[arg-type]
+                   budget_s, finalists, rounds, min_gain)  # type: ignore[return-value]
+
+
+def _store(path: Path, key: str, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _load(path)
+    data[key] = record
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+SearchReport = Callable[[str, str, float, int, float], None]
+"""``(what, best tile, best seconds, candidates timed, search seconds)`` after each search."""
+
+
 def best_dense_config(M: int, K: int, N: int, target: tvm.target.Target, *,
                       cache: str | os.PathLike[str] | None = None, measure: bool = True,
-                      budget_s: float | None = None) -> DenseConfig:
+                      budget_s: float | None = None,
+                      on_search: SearchReport | None = None) -> DenseConfig:
     """The fastest known tile for this shape and target (measured once, then cached)."""
     key = f"{M}x{K}x{N}"
     path = _cache_file(cache, target) if cache is not None else None
@@ -123,16 +159,89 @@ def best_dense_config(M: int, K: int, N: int, target: tvm.target.Target, *,
             return resolve_config(M, K, N, target, DenseConfig.from_dict(rec["config"]))
     if not measure or not host_supports(isa_of(target)):
         return resolve_config(M, K, N, target)
+    t0 = time.monotonic()
     results = search_dense(M, K, N, target, budget_s)
     if not results:
         return resolve_config(M, K, N, target)
     best_s, best = results[0]
+    if on_search is not None:
+        on_search(f"dense {key}", best.key(), best_s, len(results), time.monotonic() - t0)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _load(path)
-        data[key] = {"config": best.to_dict(), "us": best_s * 1e6,
-                     "gflops": 2.0 * M * K * N / best_s / 1e9, "candidates": len(results)}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        _store(path, key, {"config": best.to_dict(), "us": best_s * 1e6,
+                           "gflops": 2.0 * M * K * N / best_s / 1e9, "candidates": len(results)})
     return best
+
+
+def _prepare_attention(shape: tuple[int, int, int, int, int], merged: bool, mask: bool,
+                       cfg: AttentionConfig, target: tvm.target.Target, min_repeat_ms: int,
+                       repeat: int) -> Callable[[], float]:
+    batch, sq, skv, heads, d = shape
+    func = attention_kernel(batch, sq, skv, heads, d, scale=d ** -0.5, merged=merged, mask=mask,
+                            target=target, config=cfg)
+    ex = tvm.compile(standalone_module(func), target)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    hid = heads * d
+    srcs = ([(batch * sq, 3 * hid)] if merged else
+            [(batch * sq, hid), (batch * skv, hid), (batch * skv, hid)])
+    arrays = [rng.standard_normal(s, dtype=np.float32) for s in srcs]
+    if mask:
+        arrays.append(np.zeros((batch, skv), np.float32))
+    arrays.append(np.zeros((batch, sq, heads, d), np.float32))
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    f = ex.mod.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    return lambda: float(np.median(f(*args).results))
+
+
+def best_attention_config(batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
+                          mask: bool, target: tvm.target.Target,
+                          cache: str | os.PathLike[str] | None = None, measure: bool = True,
+                          budget_s: float | None = None,
+                          on_search: SearchReport | None = None) -> AttentionConfig:
+    """The fastest known attention tiles for this shape and target (measured once, then cached)."""
+    key = f"{batch}x{sq}x{skv}x{heads}x{d}{'_qkv' if merged else ''}{'_masked' if mask else ''}"
+    path = _cache_file(cache, target, ATTENTION_FILE) if cache is not None else None
+    if path is not None:
+        rec = _load(path).get(key)
+        if rec is not None:
+            return resolve_attention_config(sq, skv, d, target,
+                                            AttentionConfig.from_dict(rec["config"]))
+    if not measure or not host_supports(isa_of(target)):
+        return resolve_attention_config(sq, skv, d, target)
+    shape = (batch, sq, skv, heads, d)
+    t0 = time.monotonic()
+    results = _search(f"attention {key}", candidate_attention_configs(sq, skv, d, target),
+                      lambda cfg, ms, rep: _prepare_attention(shape, merged, mask, cfg, target,  # type: ignore[arg-type]
+                                                              ms, rep),
+                      budget_s, 4, 3, 0.03)
+    if not results:
+        return resolve_attention_config(sq, skv, d, target)
+    best_s, best = results[0]
+    if on_search is not None:
+        on_search(f"attention {key}", best.key(), best_s, len(results),  # type: ignore[attr-defined]
+                  time.monotonic() - t0)
+    if path is not None:
+        _store(path, key, {"config": best.to_dict(), "us": best_s * 1e6,  # type: ignore[attr-defined]
+                           "candidates": len(results)})
+    return best  # type: ignore[return-value]
+
+
+class KernelTiles:
+    """The tiles the lowering asks for: from the database at ``cache``, searched (and stored)
+    first when ``measure``; the per-ISA defaults when neither has one."""
+
+    def __init__(self, cache: str | os.PathLike[str] | None, measure: bool = False,
+                 on_search: SearchReport | None = None) -> None:
+        self.cache = cache
+        self.measure = measure
+        self.on_search = on_search
+
+    def dense(self, M: int, K: int, N: int, target: tvm.target.Target) -> DenseConfig:
+        return best_dense_config(M, K, N, target, cache=self.cache, measure=self.measure,
+                                 on_search=self.on_search)
+
+    def attention(self, batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
+                  mask: bool, target: tvm.target.Target) -> AttentionConfig:
+        return best_attention_config(batch, sq, skv, heads, d, merged=merged, mask=mask,
+                                     target=target, cache=self.cache, measure=self.measure,
+                                     on_search=self.on_search)

@@ -223,6 +223,27 @@ def test_attention_kernel(isa, batch, sq, skv, heads, d, merged, mask):
                                atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_attention_candidate_is_correct(isa):
+    from backends.tvm.kernels.attention import attention_kernel, candidate_attention_configs
+
+    target = _target(isa)
+    batch, sq, skv, heads, d = 1, 16, 24, 2, 16
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((batch, n, heads * d), dtype=np.float32) for n in (sq, skv, skv))
+    want = _attention_reference(q, k, v, None, heads, 0.25)
+    cands = candidate_attention_configs(sq, skv, d, target)
+    assert len(set(cands)) == len(cands) > 1
+    for cfg in cands:
+        func = attention_kernel(batch, sq, skv, heads, d, scale=0.25, merged=False, mask=False,
+                                target=target, config=cfg)
+        out = _run(func, [q.reshape(-1, heads * d), k.reshape(-1, heads * d),
+                          v.reshape(-1, heads * d), np.zeros((batch, sq, heads, d), np.float32)],
+                   target)
+        np.testing.assert_allclose(out.reshape(want.shape), want, atol=2e-6, rtol=1e-5,
+                                   err_msg=cfg.key())
+
+
 def test_register_tiles_fit_the_isa() -> None:
     from backends.tvm.kernels.attention import register_tile
 

@@ -17,7 +17,11 @@ from tvm.script import relax as R  # noqa: E402
 
 from backends.tvm.kernels import host_target  # noqa: E402
 from backends.tvm.tuning import apply, database_dir, plan_tasks, tune  # noqa: E402
-from backends.tvm.tuning.kernel_search import best_dense_config  # noqa: E402
+from backends.tvm.tuning.kernel_search import (  # noqa: E402
+    KernelTiles,
+    best_attention_config,
+    best_dense_config,
+)
 from backends.tvm.tuning.meta import LEDGER, _share  # noqa: E402
 
 pytestmark = [pytest.mark.tvm]
@@ -114,6 +118,22 @@ def test_kernel_search_caches(tmp_path) -> None:
     tiles = database_dir(tmp_path, target) / "dense_tiles.json"
     assert tiles.exists() and "16x16x32" in json.loads(tiles.read_text())
     assert best_dense_config(16, 16, 32, target, cache=tmp_path, measure=False) == cfg
+
+
+def test_attention_tile_search_caches_and_reports(tmp_path) -> None:
+    from backends.tvm.kernels.attention import candidate_attention_configs
+
+    target = host_target(2)
+    assert len(candidate_attention_configs(16, 16, 8, target)) > 1
+    seen = []
+    tiles = KernelTiles(tmp_path, measure=True, on_search=lambda *a: seen.append(a))
+    cfg = tiles.attention(1, 16, 16, 2, 8, merged=True, mask=True, target=target)
+    assert [s[0] for s in seen] == ["attention 1x16x16x2x8_qkv_masked"] and seen[0][3] > 1
+    path = database_dir(tmp_path, target) / "attention_tiles.json"
+    assert "1x16x16x2x8_qkv_masked" in json.loads(path.read_text())
+    again = best_attention_config(1, 16, 16, 2, 8, merged=True, mask=True, target=target,
+                                  cache=tmp_path, measure=False)
+    assert again == cfg and len(seen) == 1
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def emit_kernel_dense(ctx: LowerContext, x: Value, w: Const, weight: np.ndarray,
     k = shape[-1]
     m = int(np.prod(shape[:-1]))
     n = weight.shape[0] if layout == "NK" else weight.shape[1]
-    chosen = ctx.dense_config(m, k, n, ctx.target) if ctx.dense_config is not None else None
+    chosen = ctx.tiles.dense(m, k, n, ctx.target) if ctx.tiles is not None else None
     cfg = resolve_config(m, k, n, ctx.target, chosen)
     base = f"{w.name or 'weight'}@packed{cfg.nb}{'t' if layout == 'NK' else ''}"
     name, i = base, 1

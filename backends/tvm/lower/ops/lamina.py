@@ -102,9 +102,13 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
 
         merged = _merged_qkv(ctx, node, hidden) if q_seq == kv_seq else None
         sources = [merged] if merged is not None else [ctx.expr(v) for v in inputs[:3]]
-        return emit_attention(ctx.bb, sources, key_bias() if kind == "key_padding" else None,
-                              batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d, scale=scale,
-                              target=ctx.target)
+        masked = kind == "key_padding"
+        config = (ctx.tiles.attention(batch, q_seq, kv_seq, heads, d, merged=merged is not None,
+                                      mask=masked, target=ctx.target)
+                  if ctx.tiles is not None else None)
+        return emit_attention(ctx.bb, sources, key_bias() if masked else None, batch=batch,
+                              sq=q_seq, skv=kv_seq, heads=heads, d=d, scale=scale,
+                              target=ctx.target, config=config)
 
     def heads_of(v, seq: int, perm: list[int]) -> relax.Expr:
         r = relax.op.reshape(ctx.expr(v), [batch, seq, heads, d])
