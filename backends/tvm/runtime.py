@@ -61,6 +61,13 @@ def _prepare_thread_pool(threads: int) -> None:
         _pool_started = True
 
 
+def use_threads(threads: int) -> int:
+    """Run this thread's TVM kernels on ``threads`` threads (kernel timing in the compiler);
+    returns the count TVM really uses."""
+    _prepare_thread_pool(threads)
+    return _set_threads(threads)
+
+
 def _set_threads(threads: int) -> int:
     import tvm
     import tvm_ffi

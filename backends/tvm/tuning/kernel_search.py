@@ -44,7 +44,7 @@ from ..kernels.dense import (
     resolve_config,
     standalone_module,
 )
-from ..kernels.isa import host_supports, isa_of
+from ..kernels.isa import host_supports, isa_of, num_threads
 from .meta import database_dir
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,25 @@ def _load(path: Path) -> dict[str, dict]:
         return {}
 
 
+def _timer(ex: tvm.runtime.Module, args: list, target: tvm.target.Target, min_repeat_ms: int,
+           repeat: int) -> Callable[[], float]:
+    """Median seconds of a call, timed on the target's thread count (the artifact's), not on
+    whatever TVM's pool started with in this process."""
+    from ..runtime import use_threads
+
+    threads = num_threads(target)
+    f = ex.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat,
+                              min_repeat_ms=min_repeat_ms)
+
+    def run() -> float:
+        got = use_threads(threads)
+        if got != threads:
+            log.warning("kernel timing runs %d threads, not the target's %d", got, threads)
+        return float(np.median(f(*args).results))
+
+    return run
+
+
 def _prepare(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target,
              min_repeat_ms: int, repeat: int):
     func = dense_kernel(M, K, N, target=target, config=cfg)
@@ -75,8 +94,7 @@ def _prepare(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target
     w = rng.standard_normal((K, N), dtype=np.float32)
     args = [tvm.runtime.tensor(a, dev)
             for a in (x, pack_weight(w, cfg.nb), np.zeros((M, N), np.float32))]
-    f = ex.mod.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-    return lambda: float(np.median(f(*args).results))
+    return _timer(ex, args, target, min_repeat_ms, repeat)
 
 
 def time_dense(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target,
@@ -189,8 +207,7 @@ def _prepare_attention(shape: tuple[int, int, int, int, int], merged: bool, mask
         arrays.append(np.zeros((batch, skv), np.float32))
     arrays.append(np.zeros((batch, sq, heads, d), np.float32))
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    f = ex.mod.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-    return lambda: float(np.median(f(*args).results))
+    return _timer(ex, args, target, min_repeat_ms, repeat)
 
 
 def best_attention_config(batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
