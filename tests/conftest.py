@@ -35,12 +35,13 @@ def require_export_stack(minilm: bool = False) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Callable[..., Path]:
-    """Factory: ``tiny_model(arch, exporter="torchscript", opset=17) -> Path`` to a tiny export."""
+    """Factory: ``tiny_model(arch, exporter="torchscript", opset=17, attn="eager") -> Path`` to a
+    tiny export (``attn="sdpa"``: Hugging Face's scaled_dot_product_attention implementation)."""
     require_export_stack()
     from tests.models import export_model
 
-    def make(arch: str, exporter: str = "torchscript", opset: int = 17) -> Path:
-        return export_model(arch, exporter, opset, tiny=True)
+    def make(arch: str, exporter: str = "torchscript", opset: int = 17, attn: str = "eager") -> Path:
+        return export_model(arch, exporter, opset, tiny=True, attn_implementation=attn)
 
     return make
 

@@ -12,22 +12,26 @@ from tvm_test_utils import ort_run
 pytestmark = pytest.mark.tvm
 
 CASES = [
-    ("bert", "torchscript", 17),
-    ("roberta", "dynamo", 18),
-    pytest.param("distilbert", "torchscript", 17, marks=pytest.mark.slow),
-    pytest.param("electra", "dynamo", 18, marks=pytest.mark.slow),
-    pytest.param("bert", "torchscript", 14, marks=pytest.mark.slow),
+    ("bert", "torchscript", 17, "eager"),
+    ("roberta", "dynamo", 18, "eager"),
+    ("electra", "dynamo", 18, "sdpa"),
+    pytest.param("distilbert", "torchscript", 17, "sdpa", marks=pytest.mark.slow),
+    pytest.param("electra", "dynamo", 18, "eager", marks=pytest.mark.slow),
+    pytest.param("bert", "torchscript", 14, "eager", marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("arch,exporter,opset", CASES)
-def test_tiny_zoo_compiles_and_matches(tiny_model, tmp_path: Path, arch, exporter, opset):
+@pytest.mark.parametrize("arch,exporter,opset,attn", CASES)
+def test_tiny_zoo_compiles_and_matches(tiny_model, tmp_path: Path, arch, exporter, opset, attn):
     from backends.tvm import load
     from compiler.driver import api
     from tests.models import make_inputs
 
-    path = tiny_model(arch, exporter, opset)
+    path = tiny_model(arch, exporter, opset, attn)
     out = api.compile(path, tmp_path / "m.lamina", buckets=[(1, 16), (2, 32)])
+    # attention runs as the fused kernel: no batched-matmul kernels, no score tensor
+    library = out.joinpath("model.so").read_bytes()
+    assert b"lamina_attention" in library and b"lamina_bmm" not in library
     model = load(out, threads=1)
     for batch, seq in [(1, 7), (2, 20), (3, 16)]:
         feeds = make_inputs(path, batch, seq, seed=seq)
