@@ -125,14 +125,42 @@ def convert_opset(proto: onnx.ModelProto, target: int = TARGET_OPSET, where: str
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True, opset: int = TARGET_OPSET) -> ir.Model:
-    """Load an ONNX file into Lamina's IR: validated, external data read, opset converted."""
+    """Load an ONNX file into Lamina's IR: validated, external data read, opset converted.
+
+    A ``.txt`` file is an IR dump in the text form (``--dump-ir``, ``--print-ir-*``); its big tensors come
+    from the ``.onnx`` of the same name beside it (see :mod:`compiler.ir.parser`).
+    """
     path = Path(path)
+    if path.suffix == ".txt":
+        return _load_text(path, check=check)
     proto = load_proto(path, check=check)
     proto = convert_opset(proto, opset, str(path))
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # noqa: BLE001
         raise FrontendError(f"{path}: cannot be read into the IR: {exc}") from None
+    model.graph.meta["lamina.source"] = str(path)
+    return model
+
+
+def _load_text(path: Path, *, check: bool) -> ir.Model:
+    from compiler.ir.parser import parse_ir
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FrontendError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    beside = path.with_suffix(".onnx")
+    weights = load_model(beside, check=check) if beside.exists() else None
+    model = parse_ir(text, weights=weights, source=str(path))
+    if check:
+        from compiler.ir import to_proto
+
+        try:
+            onnx.checker.check_model(to_proto(model))
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+            raise FrontendError(f"{path}: the parsed graph is not valid ONNX: {first}") from None
     model.graph.meta["lamina.source"] = str(path)
     return model
 

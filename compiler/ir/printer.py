@@ -4,12 +4,15 @@ Value names are the graph's own (passes name what they create deterministically)
 constants print inline, big tensors as dtype, shape and a content hash, and each created node shows the pass that
 made it. Two prints of the same graph are byte-identical, so ``diff -u`` between dumps means something::
 
-    graph main_graph (opsets: ""=18, lamina=1)
+    graph main_graph (opsets: ""=18, lamina=1) {
       input  %input_ids: int64[batch,seq]
-      init   %encoder.layer.0.attention.self.query.weight: float32[384,384] #9f2c41d07a3b
-      %q = MatMul(%x, %w)
-      %y: float32[batch,seq,384] = lamina::Attention(%q, %k, %v, %mask) {num_heads=12}  # fuse-attention
-      output %last_hidden_state: float32[batch,seq,384]
+      init   %encoder.layer.0.attention.self.query.weight: float[384,384] #9f2c41d07a3b
+      %q: float[batch,seq,384] = MatMul(%x, %w)
+      %y: float[batch,seq,384] = lamina::Attention(%q, %k, %v, %mask) {num_heads=12}  # fuse-attention
+      output %last_hidden_state: float[batch,seq,384]
+    }
+
+It parses back (:mod:`compiler.ir.parser`), with the big tensors taken from the model or the dump's ``.onnx``.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ def format_attr(attr: ir.Attr) -> str:
         return f"{attr.name}={_scalar(float(value))}"
     if kind == ir.AttributeType.FLOATS:
         return f"{attr.name}=[{', '.join(_scalar(float(v)) for v in value)}]"
+    if kind == ir.AttributeType.STRINGS:
+        return f"{attr.name}=[{', '.join(repr(v) for v in value)}]"
     if isinstance(value, (list, tuple)):
         return f"{attr.name}=[{', '.join(str(v) for v in value)}]"
     return f"{attr.name}={value}"
