@@ -3,8 +3,9 @@
 Protocol: every engine runs in its own fresh process (runtimes' thread pools disturb each other on small
 machines), ``--warmup`` untimed calls then ``--iters`` timed calls, one block per engine per round; rounds rotate
 the engine order (``--rounds``). Latencies of all rounds are pooled into p50/p90; throughput is
-batch / p50. Ratios are Lamina's p50 over the others'. All engines get the same feeds: random token ids, or real
-text (``--text``) tokenized, padded and truncated to ``--seq``.
+batch / p50. Ratios are Lamina's p50 over the others', pooled and round by round (median and range). All
+engines get the same feeds: random token ids, or real text (``--text``) tokenized, padded and truncated to
+``--seq``.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def main(args: argparse.Namespace) -> int:
         if torch_src == "none":
             engines = [e for e in engines if e != "pytorch"]
         samples: dict[str, list[float]] = {e: [] for e in engines}
+        round_p50: dict[str, list[float]] = {e: [] for e in engines}
         for r in range(args.rounds):
             order = engines[r % len(engines):] + engines[: r % len(engines)]
             for engine in order:
@@ -149,7 +151,9 @@ def main(args: argparse.Namespace) -> int:
                 if proc.returncode != 0:
                     tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
                     raise UsageError(f"benchmark worker for {engine} failed: {tail}")
-                samples[engine] += json.loads(proc.stdout.strip().splitlines()[-1])
+                lat = json.loads(proc.stdout.strip().splitlines()[-1])
+                samples[engine] += lat
+                round_p50[engine].append(float(np.percentile(lat, 50)))
                 print(f"round {r + 1}/{args.rounds}: {engine} done", file=sys.stderr)
     results = {}
     for engine, lat in samples.items():
@@ -159,8 +163,14 @@ def main(args: argparse.Namespace) -> int:
                            "mean_ms": float(arr.mean()), "calls": int(arr.size),
                            "throughput_seq_per_s": args.batch * 1e3 / p50}
     base = results.get("lamina", {}).get("p50_ms")
-    for res in results.values():
+    for engine, res in results.items():
         res["lamina_p50_over_this_p50"] = base / res["p50_ms"] if base else None
+        # The same ratio round by round (engines of a round run back to back, so slow phases of a
+        # shared machine hit both sides): its median and range say how stable the pooled ratio is.
+        per_round = ([a / b for a, b in zip(round_p50["lamina"], round_p50[engine], strict=True)]
+                     if base else [])
+        res["round_ratios"] = per_round
+        res["round_ratio_median"] = float(np.median(per_round)) if per_round else None
     report = {"batch": args.batch, "seq": args.seq, "threads": args.threads, "text": args.text,
               "rounds": args.rounds, "iters": args.iters, "results": results}
     if args.json:
@@ -168,11 +178,16 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"batch {args.batch}, seq {args.seq}, threads {args.threads}, "
               f"{'real text' if args.text else 'random ids'}; {args.rounds} rounds x {args.iters} calls")
-        print(f"{'engine':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'lamina/this':>12}")
+        print(f"{'engine':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'lamina/this':>12} "
+              f"{'by round: median [range]':>26}")
         for engine, res in results.items():
             ratio = res["lamina_p50_over_this_p50"]
+            rr = res["round_ratios"]
+            spread = (f"{res['round_ratio_median']:.2f}x [{min(rr):.2f}-{max(rr):.2f}]"
+                      if rr else "-")
             print(f"{engine:<12} {res['p50_ms']:9.2f} {res['p90_ms']:9.2f} "
-                  f"{res['throughput_seq_per_s']:9.1f} {ratio if ratio is None else f'{ratio:.2f}x':>12}")
+                  f"{res['throughput_seq_per_s']:9.1f} {ratio if ratio is None else f'{ratio:.2f}x':>12} "
+                  f"{spread:>26}")
     return 0
 
 

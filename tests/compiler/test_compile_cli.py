@@ -46,6 +46,8 @@ def test_bench_json(tiny_artifact: Path, capsys):
     assert set(report["results"]) == {"lamina", "onnxruntime"}
     assert report["results"]["lamina"]["calls"] == 2
     assert report["results"]["onnxruntime"]["lamina_p50_over_this_p50"] > 0
+    ort = report["results"]["onnxruntime"]
+    assert len(ort["round_ratios"]) == report["rounds"] and ort["round_ratio_median"] > 0
 
 
 def test_run_rejects_missing_input_file(tiny_artifact: Path, capsys):
