@@ -11,14 +11,16 @@ split or head merge copy is left. Schedule::
     parallel for (b, h):                                # one task per head
       Kt[d, skv] = K[b, :, h, :]^T                     # once per head (L1/L2), vector loads of rows
       for io in sq / mr:                               # a tile of mr queries
-        S[mr, skv] = Q[tile] @ Kt                      # register tiles of mr x 32 accumulators
+        S[mr, skv] = Q[tile] @ Kt                      # register tiles (8 x 32 on AVX-512)
         P = exp(scale * S + bias - rowmax)             # in L1; max and sum on vector lanes
-        acc[mr, d] = P @ V[b, :, h, :]                 # mr x d accumulators in registers
+        acc[mr, d] = P @ V[b, :, h, :]                 # register tiles (8 x 32 on AVX-512)
         O[b, tile, h, :] = acc / rowsum
 
 Only an ``mr x skv`` tile of scores ever exists (4 KB for MiniLM), against the ``[b, h, s, s]``
 tensor that separate batched matmuls and softmax write and read back. A query row whose keys are all
 masked gets uniform weights (the bias is finite), as Hugging Face's additive-mask attention does.
+The query tile and both register tiles are :class:`AttentionConfig` knobs: defaults per ISA (the most
+accumulators the register file allows), searched per shape when tuning (``tuning.kernel_search``).
 """
 
 from __future__ import annotations
