@@ -86,8 +86,7 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
     x = inputs[0]
     scale = inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
-    if any(o is not None and o.uses() for o in node.outputs[1:]):
-        raise ctx.error("the Mean / InvStdDev outputs of LayerNormalization are not supported")
+    stats_used = any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:])
     shape = ctx.shape(x)
     rank = len(shape)
     axis = normalize_axis(ctx, int(ctx.attr(node, "axis", -1)), rank)
@@ -105,6 +104,17 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
 
     gamma = operand(scale, 1.0)
     beta = operand(bias, 0.0)
+    if stats_used:
+        # Training-style outputs: Mean and InvStdDev = 1 / sqrt(Var + eps) over the normalized
+        # axes, kept as size-1 dims (ONNX's shape), and Y computed from them.
+        axes = list(range(axis, rank))
+        xe = ctx.expr(x)
+        mean = ctx.emit(relax.op.mean(xe, axes, keepdims=True))
+        centered = ctx.emit(relax.op.subtract(xe, mean))
+        var = ctx.emit(relax.op.mean(relax.op.multiply(centered, centered), axes, keepdims=True))
+        inv = ctx.emit(relax.op.rsqrt(relax.op.add(var, relax.const(eps, dtype))))
+        y = ctx.emit(relax.op.add(relax.op.multiply(relax.op.multiply(centered, inv), gamma), beta))
+        return [y, mean, inv]
     if ctx.target is not None and dtype == "float32" and axis == rank - 1:
         from ...kernels.layernorm import emit_layer_norm
 

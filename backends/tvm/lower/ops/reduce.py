@@ -51,11 +51,15 @@ def reduce(ctx: LowerContext, node: ir.Node, inputs):
 
 @converter("ArgMax", "ArgMin")
 def arg_reduce(ctx: LowerContext, node: ir.Node, inputs):
-    if ctx.attr(node, "select_last_index", 0):
-        raise ctx.error("select_last_index=1 is not supported")
     x = inputs[0]
     axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 0)), ctx.rank(x))
     keepdims = bool(ctx.attr(node, "keepdims", 1))
     fn = relax.op.argmax if node.op_type == "ArgMax" else relax.op.argmin
+    if ctx.attr(node, "select_last_index", 0):
+        # The last of tied extremes: the first one along the reversed axis, counted from the end.
+        n = ctx.shape(x)[axis]
+        first = ctx.emit(fn(relax.op.flip(ctx.expr(x), axis), axis, keepdims))
+        out = ctx.emit(relax.op.subtract(relax.const(n - 1, "int64"), relax.op.astype(first, "int64")))
+        return out
     out = ctx.emit(fn(ctx.expr(x), axis, keepdims))
     return ctx.cast(out, "int64")
