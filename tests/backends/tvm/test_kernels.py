@@ -244,6 +244,33 @@ def test_every_attention_candidate_is_correct(isa):
                                    err_msg=cfg.key())
 
 
+@pytest.mark.parametrize("kc", [0, 16, 32])
+def test_dense_panel_prefetch_is_correct_and_emitted(kc) -> None:
+    """The prefetch chunks split K (accumulators stored between chunks) without changing results;
+    the compiled kernel holds the prefetches only when a chunk size is given."""
+    target = host_target(2, ISA_MCPU["generic"])
+    M, K, N = 24, 64, 48
+    cfg = resolve_config(M, K, N, target, DenseConfig(mr=4, nb=16, mc=12, prefetch_kc=kc))
+    assert cfg.prefetch_kc == kc
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    w = rng.standard_normal((K, N), dtype=np.float32)
+    b = rng.standard_normal(N, dtype=np.float32)
+    func = dense_kernel(M, K, N, bias=True, epilogue="gelu_erf", target=target, config=cfg)
+    out = _run(func, [x, pack_weight(w, cfg.nb), b, np.zeros((M, N), np.float32)], target)
+    np.testing.assert_allclose(out, dense_reference(x, w, b, "gelu_erf"), rtol=1e-4, atol=1e-4)
+    asm = tvm.tirx.build(standalone_module(func), target).inspect_source("asm")
+    assert ("prefetch" in asm) == (kc > 0)
+
+
+def test_prefetch_chunks_fit_k() -> None:
+    target = host_target(2, ISA_MCPU["avx2"])
+    assert resolve_config(128, 384, 1536, target).prefetch_kc == 64
+    assert resolve_config(128, 1536, 384, target).prefetch_kc == 64
+    assert resolve_config(128, 20, 64, target).prefetch_kc == 0  # too short to split
+    assert resolve_config(128, 96, 64, target).prefetch_kc == 48
+
+
 def test_register_tiles_fit_the_isa() -> None:
     from backends.tvm.kernels.attention import register_tile
 
