@@ -204,20 +204,22 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
     else:
         xs = te.compute(s.shape, lambda bi, hh, i, j: s[bi, hh, i, j] * sc, name="x")
     nl = lanes_for(skv)
-    rk = te.reduce_axis((0, skv // nl), "rk")
-    mxv = te.compute((batch, heads, sq, nl),
-                     lambda bi, hh, i, w: te.max(xs[bi, hh, i, rk * nl + w], axis=rk), name="mxv")
-    rw = te.reduce_axis((0, nl), "rw")
-    mx = te.compute((batch, heads, sq), lambda bi, hh, i: te.max(mxv[bi, hh, i, rw], axis=rw),
-                    name="mx")
+
+    def row_reduce(t: te.Tensor, combine, name: str) -> te.Tensor:
+        """``combine`` over each row's keys: first into ``nl`` lane partials (vector ops), then
+        across the lanes."""
+        k = te.reduce_axis((0, skv // nl), f"{name}_k")
+        part = te.compute((batch, heads, sq, nl),
+                          lambda bi, hh, i, w: combine(t[bi, hh, i, k * nl + w], axis=k),
+                          name=f"{name}v")
+        w = te.reduce_axis((0, nl), f"{name}_w")
+        return te.compute((batch, heads, sq), lambda bi, hh, i: combine(part[bi, hh, i, w], axis=w),
+                          name=name)
+
+    mx = row_reduce(xs, te.max, "mx")
     dlt = te.compute(s.shape, lambda bi, hh, i, j: xs[bi, hh, i, j] - mx[bi, hh, i], name="dlt")
     p = topi.fast_exp(dlt)
-    rk2 = te.reduce_axis((0, skv // nl), "rk2")
-    smv = te.compute((batch, heads, sq, nl),
-                     lambda bi, hh, i, w: te.sum(p[bi, hh, i, rk2 * nl + w], axis=rk2), name="smv")
-    rw2 = te.reduce_axis((0, nl), "rw2")
-    total = te.compute((batch, heads, sq), lambda bi, hh, i: te.sum(smv[bi, hh, i, rw2], axis=rw2),
-                       name="total")
+    total = row_reduce(p, te.sum, "total")
     inv = te.compute((batch, heads, sq), lambda bi, hh, i: tirx.const(1.0, "float32") / total[bi, hh, i],
                      name="inv")
     rj = te.reduce_axis((0, skv), "j")
@@ -240,7 +242,7 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
     sch.parallel(task)
     sch.unroll(ii)
     sch.vectorize(e)
-    for name in ("PV", "inv", "total", "smv", p.op.name, "mx", "mxv", "x", "S"):
+    for name in ("PV", "inv", "total", "totalv", p.op.name, "mx", "mxv", "x", "S"):
         sch.compute_at(sch.get_sblock(name), io)
     sch.compute_at(sch.get_sblock("Kt"), task)
 
@@ -260,7 +262,7 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
         for name in ("x", p.op.name):
             loop = sch.get_loops(sch.get_sblock(name))[-1]
             sch.vectorize(sch.split(loop, [None, nl])[1])
-        for name in ("mxv", "smv"):
+        for name in ("mxv", "totalv"):
             b = sch.get_sblock(name)
             loops = sch.get_loops(b)  # ..., i, w, k
             sch.reorder(loops[-1], loops[-2])

@@ -288,13 +288,22 @@ class KernelTiles:
         self.cache = cache
         self.measure = measure
         self.on_search = on_search
+        # Every layer of every bucket asks again for the same few shapes: answer from memory
+        # instead of re-reading the JSON file each time.
+        self._known: dict[tuple, DenseConfig | AttentionConfig] = {}
 
     def dense(self, M: int, K: int, N: int, target: tvm.target.Target) -> DenseConfig:
-        return best_dense_config(M, K, N, target, cache=self.cache, measure=self.measure,
-                                 on_search=self.on_search)
+        key = ("dense", M, K, N, str(target))
+        if key not in self._known:
+            self._known[key] = best_dense_config(M, K, N, target, cache=self.cache,
+                                                 measure=self.measure, on_search=self.on_search)
+        return self._known[key]  # type: ignore[return-value]
 
     def attention(self, batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
                   mask: bool, target: tvm.target.Target) -> AttentionConfig:
-        return best_attention_config(batch, sq, skv, heads, d, merged=merged, mask=mask,
-                                     target=target, cache=self.cache, measure=self.measure,
-                                     on_search=self.on_search)
+        key = ("attention", batch, sq, skv, heads, d, merged, mask, str(target))
+        if key not in self._known:
+            self._known[key] = best_attention_config(
+                batch, sq, skv, heads, d, merged=merged, mask=mask, target=target,
+                cache=self.cache, measure=self.measure, on_search=self.on_search)
+        return self._known[key]  # type: ignore[return-value]

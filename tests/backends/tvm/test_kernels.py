@@ -164,15 +164,20 @@ def test_emit_into_relax_matches_numpy() -> None:
 @pytest.mark.parametrize("cfg", [DenseConfig(mr=4, nb=16, mc=8, n_inner=2, unroll_k=4),
                                  DenseConfig(mr=3, nb=8, mc=0, n_inner=1, unroll_k=2)])
 def test_all_knobs(cfg: DenseConfig) -> None:
-    target = _target("avx2")
-    M, K, N = 16, 24, 64
-    rng = np.random.default_rng(4)
+    _check_biased_dense(16, 24, 64, cfg, "gelu_tanh", _target("avx2"), seed=4)
+
+
+def _check_biased_dense(M: int, K: int, N: int, cfg: DenseConfig, epilogue: str, target,
+                        seed: int):
+    """``epilogue(x @ w + b)`` with tile ``cfg`` against numpy; returns the scheduled PrimFunc."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((M, K), dtype=np.float32)
     w = rng.standard_normal((K, N), dtype=np.float32)
     b = rng.standard_normal(N, dtype=np.float32)
-    func = dense_kernel(M, K, N, bias=True, epilogue="gelu_tanh", target=target, config=cfg)
+    func = dense_kernel(M, K, N, bias=True, epilogue=epilogue, target=target, config=cfg)
     out = _run(func, [x, pack_weight(w, cfg.nb), b, np.zeros((M, N), np.float32)], target)
-    np.testing.assert_allclose(out, dense_reference(x, w, b, "gelu_tanh"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, dense_reference(x, w, b, epilogue), rtol=1e-4, atol=1e-4)
+    return func
 
 
 def _attention_reference(q, k, v, bias, heads, scale):
@@ -252,13 +257,7 @@ def test_dense_panel_prefetch_is_correct_and_emitted(kc) -> None:
     M, K, N = 24, 64, 48
     cfg = resolve_config(M, K, N, target, DenseConfig(mr=4, nb=16, mc=12, prefetch_kc=kc))
     assert cfg.prefetch_kc == kc
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((M, K), dtype=np.float32)
-    w = rng.standard_normal((K, N), dtype=np.float32)
-    b = rng.standard_normal(N, dtype=np.float32)
-    func = dense_kernel(M, K, N, bias=True, epilogue="gelu_erf", target=target, config=cfg)
-    out = _run(func, [x, pack_weight(w, cfg.nb), b, np.zeros((M, N), np.float32)], target)
-    np.testing.assert_allclose(out, dense_reference(x, w, b, "gelu_erf"), rtol=1e-4, atol=1e-4)
+    func = _check_biased_dense(M, K, N, cfg, "gelu_erf", target, seed=6)
     asm = tvm.tirx.build(standalone_module(func), target).inspect_source("asm")
     assert ("prefetch" in asm) == (kc > 0)
 
