@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.tvm.kernels.bench import main  # noqa: E402
+from lamina.backends.tvm.kernels.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -30,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from backends.reference import run
-    from compiler.frontend import load_model
-    from compiler.frontend.feeds import make_feeds
-    from compiler.pipeline import PassManager, parse_pipeline
-    from tests.models import export_model
+    from lamina.backends.reference import run
+    from lamina.compiler.frontend import load_model
+    from lamina.compiler.frontend.feeds import make_feeds
+    from lamina.compiler.pipeline import PassManager, parse_pipeline
+    from lamina.zoo import export_model
     from tests.passes.fusion.test_o1_models import fusion_counts
 
     rows = []

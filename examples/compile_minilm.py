@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     step("run", ["lamina", "run", str(artifact), "--text", TEXTS[0], "--tokenizer", str(tokenizer)])
 
     print("\n== compare with ONNX Runtime on the original file (real sentences)")
-    import backends.reference as reference
-    import backends.tvm as lamina_tvm
-    from compiler.driver.text import tokenize
+    import lamina.backends.reference as reference
+    import lamina.backends.tvm as lamina_tvm
+    from lamina.compiler.driver.text import tokenize
 
     model = lamina_tvm.load(artifact)
     names = [i.name for i in model.inputs]

@@ -19,8 +19,8 @@ import sys
 
 import onnx_ir as ir
 
-from compiler.ir import Namer, const_array, set_origin
-from compiler.pipeline import Pass, PassContext, PassResult, register
+from lamina.compiler.ir import Namer, const_array, set_origin
+from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
 
 
 @register("fold-scale-into-matmul")
@@ -69,7 +69,7 @@ class FoldScaleIntoMatMulPass(Pass):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compiler.driver import api
+    from lamina.compiler.driver import api
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the model hub
 
-# Run from a checkout: the model zoo lives in tests/models.py.
+# Run from a checkout: the model zoo is lamina/zoo.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SENTENCE = "Lamina compiles Transformer encoders into fast CPU code."
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         import onnx
         import onnxruntime as ort
 
-        from tests.models import export_model, pytorch_reference, real_text_inputs
+        from lamina.zoo import export_model, pytorch_reference, real_text_inputs
     except ImportError as e:
         print(f"error: {e.name} is missing; install the export extras: pip install -e .[export]")
         return 1

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: ONNX exports from the model zoo in ``tests/models.py``.
+"""Shared pytest fixtures: ONNX exports from the model zoo in ``lamina/zoo.py``.
 
 Exports are cached on disk (``$LAMINA_TEST_CACHE`` or ``~/.cache/lamina-tests``), so only the first
 run pays for them. Tests that need torch / transformers / the MiniLM package skip with a reason
@@ -38,7 +38,7 @@ def tiny_model() -> Callable[..., Path]:
     """Factory: ``tiny_model(arch, exporter="torchscript", opset=17, attn="eager") -> Path`` to a
     tiny export (``attn="sdpa"``: Hugging Face's scaled_dot_product_attention implementation)."""
     require_export_stack()
-    from tests.models import export_model
+    from lamina.zoo import export_model
 
     def make(arch: str, exporter: str = "torchscript", opset: int = 17, attn: str = "eager") -> Path:
         return export_model(arch, exporter, opset, tiny=True, attn_implementation=attn)
@@ -50,7 +50,7 @@ def tiny_model() -> Callable[..., Path]:
 def minilm_model() -> Callable[..., Path]:
     """Factory: ``minilm_model(exporter="torchscript", opset=17) -> Path`` to the real MiniLM."""
     require_export_stack(minilm=True)
-    from tests.models import export_model
+    from lamina.zoo import export_model
 
     def make(exporter: str = "torchscript", opset: int = 17) -> Path:
         return export_model("minilm", exporter, opset)
@@ -86,6 +86,6 @@ def tiny_bert(tiny_model: Callable[..., Path]) -> Path:
 def real_text_feeds() -> dict:
     """MiniLM-tokenized ``SAMPLE_TEXTS`` (16 sentences, padded to the longest)."""
     require_export_stack(minilm=True)
-    from tests.models import real_text_inputs
+    from lamina.zoo import real_text_inputs
 
     return real_text_inputs()

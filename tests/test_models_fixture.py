@@ -33,7 +33,7 @@ def test_tiny_export_matches_pytorch(tiny_model: Callable[..., Path], arch: str,
                                      opset: int) -> None:
     import onnx
 
-    from tests.models import input_names, make_inputs, pytorch_reference
+    from lamina.zoo import input_names, make_inputs, pytorch_reference
 
     path = tiny_model(arch, exporter, opset)
     model = onnx.load(str(path), load_external_data=False)
@@ -50,7 +50,7 @@ def test_tiny_export_matches_pytorch(tiny_model: Callable[..., Path], arch: str,
 
 def test_make_inputs_is_realistic() -> None:
     require_export_stack()
-    from tests.models import make_inputs
+    from lamina.zoo import make_inputs
 
     feeds = make_inputs("bert", batch=4, seq=12, seed=0)
     assert set(feeds) == {"input_ids", "attention_mask", "token_type_ids"}
@@ -69,7 +69,7 @@ def test_make_inputs_is_realistic() -> None:
 
 def test_real_text_inputs() -> None:
     require_export_stack(minilm=True)
-    from tests.models import SAMPLE_TEXTS, real_text_inputs
+    from lamina.zoo import SAMPLE_TEXTS, real_text_inputs
 
     feeds = real_text_inputs()
     assert feeds["input_ids"].shape[0] == len(SAMPLE_TEXTS) >= 16
@@ -80,7 +80,7 @@ def test_real_text_inputs() -> None:
 
 @pytest.mark.slow
 def test_minilm_export_matches_pytorch(minilm_ts17: Path, real_text_feeds: dict) -> None:
-    from tests.models import pytorch_reference
+    from lamina.zoo import pytorch_reference
 
     got = _run_ort(minilm_ts17, real_text_feeds)
     np.testing.assert_allclose(got, pytorch_reference("minilm", real_text_feeds),

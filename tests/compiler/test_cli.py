@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import onnx.helper as h
 
-from compiler.driver.cli import main
+from lamina.compiler.driver.cli import main
 
 
 def lamina(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compiler.driver.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lamina.compiler.driver.cli", *args], capture_output=True,
                           text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
 
 
@@ -108,7 +108,7 @@ def test_passes_lists_registry(capsys):
 def test_custom_pass_from_file(tiny_bert: Path, tmp_path: Path):
     plugin = tmp_path / "my_passes.py"
     plugin.write_text(
-        "from compiler.pipeline import Pass, PassResult, register\n"
+        "from lamina.compiler.pipeline import Pass, PassResult, register\n"
         "@register('count-matmuls')\n"
         "class CountMatMulsPass(Pass):\n"
         "    '''Count MatMul nodes (changes nothing).'''\n"

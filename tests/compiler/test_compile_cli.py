@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.driver.cli import main
+from lamina.compiler.driver.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def tiny_artifact(tiny_bert: Path, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_compile_then_run_cli(tiny_artifact: Path, tiny_bert: Path, tmp_path: Path, capsys):
-    from tests.models import make_inputs
+    from lamina.zoo import make_inputs
 
     feeds = make_inputs(tiny_bert, 2, 9)
     args = []
@@ -30,7 +30,7 @@ def test_compile_then_run_cli(tiny_artifact: Path, tiny_bert: Path, tmp_path: Pa
     assert main(["run", str(tiny_artifact), *args, "--save", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "[2, 9, 64]" in out and "time:" in out
-    import backends.reference as reference
+    import lamina.backends.reference as reference
 
     ref = reference.run(tiny_bert, feeds)
     for name, value in ref.items():

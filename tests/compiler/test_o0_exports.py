@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends.reference as reference
-from compiler.driver import api
-from compiler.ir import count_nodes
+import lamina.backends.reference as reference
+from lamina.compiler.driver import api
+from lamina.compiler.ir import count_nodes
 
 CASES = [
     ("minilm", "torchscript", 14), ("minilm", "torchscript", 17), ("minilm", "dynamo", 18),
@@ -22,7 +22,7 @@ CASES = [
 @pytest.mark.parametrize("arch, exporter, opset", CASES)
 def test_o0_matches_and_shrinks(arch, exporter, opset, tmp_path):
     from tests.conftest import require_export_stack
-    from tests.models import export_model, make_inputs
+    from lamina.zoo import export_model, make_inputs
 
     require_export_stack(minilm=arch == "minilm")
     path = export_model(arch, exporter, opset, tiny=True)

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.errors import FrontendError
-from compiler.ir.parser import parse_ir
-from compiler.ir.printer import print_ir
+from lamina.compiler.errors import FrontendError
+from lamina.compiler.ir.parser import parse_ir
+from lamina.compiler.ir.printer import print_ir
 
 
 def _o1(path: Path):
-    from compiler.frontend import load_model
-    from compiler.pipeline import PassManager, parse_pipeline
+    from lamina.compiler.frontend import load_model
+    from lamina.compiler.pipeline import PassManager, parse_pipeline
 
     return PassManager(parse_pipeline("O1")).run(load_model(path))
 
@@ -25,9 +25,9 @@ def _o1(path: Path):
     ("roberta", "torchscript", 14, "eager"),
 ])
 def test_round_trip_is_byte_identical_and_runs_the_same(tiny_model, arch, exporter, opset, attn):
-    from backends.reference import run
-    from compiler.frontend import load_model
-    from compiler.frontend.feeds import make_feeds
+    from lamina.backends.reference import run
+    from lamina.compiler.frontend import load_model
+    from lamina.compiler.frontend.feeds import make_feeds
 
     path = tiny_model(arch, exporter, opset, attn)
     for model in (load_model(path), _o1(path)):
@@ -53,7 +53,7 @@ graph tiny (opsets: ""=18, lamina=1) {
 
 
 def test_hand_written_text_needs_no_weights():
-    from backends.reference import run
+    from lamina.backends.reference import run
 
     model = parse_ir(SMALL)
     assert print_ir(model) == SMALL
@@ -67,7 +67,7 @@ def test_hand_written_text_needs_no_weights():
 
 
 def test_big_tensors_come_from_the_weights_and_are_checked(tiny_bert):
-    from compiler.frontend import load_model
+    from lamina.compiler.frontend import load_model
 
     model = load_model(tiny_bert)
     text = print_ir(model)
@@ -95,10 +95,10 @@ def test_syntax_errors_name_the_line(text, message):
 
 def test_an_edited_dump_runs_through_the_cli(tiny_bert, tmp_path):
     """Dump, edit a line of the text (GELU -> tanh approximation), run the edited text again."""
-    from backends.reference import run
-    from compiler.driver.cli import main
-    from compiler.frontend import load_model
-    from compiler.frontend.feeds import make_feeds
+    from lamina.backends.reference import run
+    from lamina.compiler.driver.cli import main
+    from lamina.compiler.frontend import load_model
+    from lamina.compiler.frontend.feeds import make_feeds
 
     dump = tmp_path / "dump"
     assert main(["opt", str(tiny_bert), "-o", str(tmp_path / "o1.onnx"), "--pipeline", "O1",

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from compiler.errors import PassError, PipelineError, VerifyError
-from compiler.ir import count_nodes, print_ir
-from compiler.pipeline import (
+from lamina.compiler.errors import PassError, PipelineError, VerifyError
+from lamina.compiler.ir import count_nodes, print_ir
+from lamina.compiler.pipeline import (
     Pass,
     PassContext,
     PassManager,
@@ -19,8 +19,8 @@ from compiler.pipeline import (
     parse_pipeline,
     register,
 )
-from compiler.pipeline.instruments import DumpIR, PrintIR, Recorder, VerifyEach
-from compiler.pipeline.registry import unregister
+from lamina.compiler.pipeline.instruments import DumpIR, PrintIR, Recorder, VerifyEach
+from lamina.compiler.pipeline.registry import unregister
 from tests.compiler._graphs import reshape_graph
 
 
@@ -152,7 +152,7 @@ def test_explanations_are_collected():
 
 
 def test_printer_shows_origin_and_hashes():
-    from compiler.ir import set_origin
+    from lamina.compiler.ir import set_origin
 
     model = reshape_graph()
     node = next(iter(model.graph))
@@ -166,11 +166,11 @@ def test_entry_point_plugins_register(tmp_path, monkeypatch):
     """A package exposing ``lamina.passes`` entry points gets its passes registered."""
     import sys
 
-    from compiler.pipeline.plugins import load_entry_points
-    from compiler.pipeline.registry import registered_passes
+    from lamina.compiler.pipeline.plugins import load_entry_points
+    from lamina.compiler.pipeline.registry import registered_passes
 
     (tmp_path / "lamina_ep_plugin.py").write_text(
-        "from compiler.pipeline import Pass, PassResult, register\n"
+        "from lamina.compiler.pipeline import Pass, PassResult, register\n"
         "@register('ep-noop')\n"
         "class EpNoopPass(Pass):\n"
         "    '''Does nothing (entry point test).'''\n"

@@ -16,7 +16,7 @@ import onnx_ir as ir
 import pytest
 from tvm_test_utils import ort_run, static_canonical
 
-from compiler.errors import ArtifactError, UsageError
+from lamina.compiler.errors import ArtifactError, UsageError
 
 pytestmark = pytest.mark.tvm
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from backends.tvm import build_artifact, io_dims_from_model
+    from lamina.backends.tvm import build_artifact, io_dims_from_model
 
     models = {k: static_canonical(tiny_bert, *k) for k in BUCKETS}
     dims = io_dims_from_model(ir.load(str(tiny_bert)))
@@ -42,13 +42,13 @@ def artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(artifact: Path):
-    from backends.tvm import load
+    from lamina.backends.tvm import load
 
     return load(artifact, threads=1)
 
 
 def _feeds(path: Path, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    from tests.models import make_inputs
+    from lamina.zoo import make_inputs
 
     return make_inputs(path, batch, seq, seed)
 
@@ -133,7 +133,7 @@ def test_fresh_process_round_trip(model, artifact: Path, tiny_bert: Path, tmp_pa
     np.savez(tmp_path / "feeds.npz", **feeds)
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        import backends.tvm as bt
+        import lamina.backends.tvm as bt
         import tvm
         m = bt.load({str(artifact)!r}, threads=2)
         feeds = dict(np.load({str(tmp_path / 'feeds.npz')!r}))
@@ -159,7 +159,7 @@ def _copy(artifact: Path, tmp_path: Path) -> Path:
 
 
 def _resign(path: Path, edit) -> None:
-    from backends.tvm.artifact import manifest_checksum
+    from lamina.backends.tvm.artifact import manifest_checksum
 
     m = json.loads((path / "manifest.json").read_text())
     edit(m)
@@ -169,7 +169,7 @@ def _resign(path: Path, edit) -> None:
 
 @pytest.mark.parametrize("name", ["model.so", "params.bin"])
 def test_tampered_file_refused(artifact: Path, tmp_path: Path, name: str):
-    from backends.tvm import load
+    from lamina.backends.tvm import load
 
     dst = _copy(artifact, tmp_path)
     with open(dst / name, "r+b") as f:
@@ -182,7 +182,7 @@ def test_tampered_file_refused(artifact: Path, tmp_path: Path, name: str):
 
 
 def test_tampered_manifest_refused(artifact: Path, tmp_path: Path):
-    from backends.tvm import load
+    from lamina.backends.tvm import load
 
     dst = _copy(artifact, tmp_path)
     m = json.loads((dst / "manifest.json").read_text())
@@ -196,7 +196,7 @@ def test_tampered_manifest_refused(artifact: Path, tmp_path: Path):
 
 
 def test_missing_isa_feature_refused(artifact: Path, tmp_path: Path):
-    from backends.tvm import load
+    from lamina.backends.tvm import load
 
     dst = _copy(artifact, tmp_path)
     _resign(dst, lambda m: m["target"]["required_features"].append("avx10_9"))
@@ -205,7 +205,7 @@ def test_missing_isa_feature_refused(artifact: Path, tmp_path: Path):
 
 
 def test_other_tvm_version_refused(artifact: Path, tmp_path: Path):
-    from backends.tvm import load
+    from lamina.backends.tvm import load
 
     dst = _copy(artifact, tmp_path)
     _resign(dst, lambda m: m.update(tvm_version="0.1.0"))
@@ -214,7 +214,7 @@ def test_other_tvm_version_refused(artifact: Path, tmp_path: Path):
 
 
 def test_not_an_artifact(tmp_path: Path):
-    from backends.tvm import load
+    from lamina.backends.tvm import load
 
     with pytest.raises(ArtifactError, match="not a Lamina artifact"):
         load(tmp_path)
@@ -222,7 +222,7 @@ def test_not_an_artifact(tmp_path: Path):
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_atomic_write(tmp_path: Path, exc: type[BaseException]):
-    from backends.tvm.artifact import write_artifact
+    from lamina.backends.tvm.artifact import write_artifact
 
     out = tmp_path / "x.lamina"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backends.tvm.buckets import default_buckets, parse_buckets, plan_request, select_bucket
-from compiler.errors import UsageError
+from lamina.backends.tvm.buckets import default_buckets, parse_buckets, plan_request, select_bucket
+from lamina.compiler.errors import UsageError
 
 
 def test_parse_buckets():
@@ -46,7 +46,7 @@ def test_plan_request_splits_batches_when_cheaper():
 
 def test_target_presets_and_auto():
     pytest.importorskip("tvm")
-    from backends.tvm.target import ISA_LEVELS, host_features, resolve_target
+    from lamina.backends.tvm.target import ISA_LEVELS, host_features, resolve_target
 
     auto = resolve_target("auto", threads=3)
     assert auto.num_cores == 3
@@ -69,8 +69,8 @@ def test_target_presets_and_auto():
                                        ('{"kind": "cuda"}', "not supported")])
 def test_target_rejects(bad, match):
     pytest.importorskip("tvm")
-    from backends.tvm.target import resolve_target
-    from compiler.errors import BackendError
+    from lamina.backends.tvm.target import resolve_target
+    from lamina.compiler.errors import BackendError
 
     with pytest.raises(BackendError, match=match):
         resolve_target(bad)

@@ -7,7 +7,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from backends.tvm.kernels import (  # noqa: E402
+from lamina.backends.tvm.kernels import (  # noqa: E402
     DenseConfig,
     batch_matmul_kernel,
     candidate_configs,
@@ -22,7 +22,7 @@ from backends.tvm.kernels import (  # noqa: E402
     standalone_module,
     unpack_weight,
 )
-from backends.tvm.kernels.isa import ISA_MCPU  # noqa: E402
+from lamina.backends.tvm.kernels.isa import ISA_MCPU  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
@@ -131,7 +131,7 @@ def test_emit_into_relax_matches_numpy() -> None:
     """Converter path: emit_dense / emit_batch_matmul in a Relax program, default tvm.compile."""
     from tvm import relax
 
-    from backends.tvm.kernels.relax_emit import emit_batch_matmul, emit_dense
+    from lamina.backends.tvm.kernels.relax_emit import emit_batch_matmul, emit_dense
 
     target = host_target(1)
     rng = np.random.default_rng(3)
@@ -204,7 +204,7 @@ def _attention_reference(q, k, v, bias, heads, scale):
     (1, 24, 32, 1, 64, False, True),  # a d = 64 head (BERT-base)
 ])
 def test_attention_kernel(isa, batch, sq, skv, heads, d, merged, mask):
-    from backends.tvm.kernels.attention import attention_kernel
+    from lamina.backends.tvm.kernels.attention import attention_kernel
 
     target = _target(isa)
     rng = np.random.default_rng(4)
@@ -230,7 +230,7 @@ def test_attention_kernel(isa, batch, sq, skv, heads, d, merged, mask):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_attention_candidate_is_correct(isa):
-    from backends.tvm.kernels.attention import attention_kernel, candidate_attention_configs
+    from lamina.backends.tvm.kernels.attention import attention_kernel, candidate_attention_configs
 
     target = _target(isa)
     batch, sq, skv, heads, d = 1, 16, 24, 2, 16
@@ -271,7 +271,7 @@ def test_prefetch_chunks_fit_k() -> None:
 
 
 def test_register_tiles_fit_the_isa() -> None:
-    from backends.tvm.kernels.attention import register_tile
+    from lamina.backends.tvm.kernels.attention import register_tile
 
     for isa, budget, nl in (("avx512", 16, 16), ("avx2", 12, 8), ("generic", 8, 4)):
         target = host_target(2, ISA_MCPU[isa])
@@ -286,7 +286,7 @@ def test_register_tiles_fit_the_isa() -> None:
 def test_layer_norm_kernel(rows, n):
     import tvm
 
-    from backends.tvm.kernels.layernorm import layer_norm_kernel
+    from lamina.backends.tvm.kernels.layernorm import layer_norm_kernel
 
     func = layer_norm_kernel(rows, n, 1e-12).with_attr("global_symbol", "ln")
     lib = tvm.compile(tvm.IRModule({"ln": func}), target=tvm.target.Target({"kind": "llvm"}))

@@ -25,7 +25,7 @@ def _model(nodes, inputs, outputs, inits=()):
 
 
 def check(model: ir.Model, feeds, tol=1e-5):
-    from backends.reference import run
+    from lamina.backends.reference import run
 
     want = run(model, feeds)
     got = run_tvm(model, feeds)

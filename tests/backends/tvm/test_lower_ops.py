@@ -208,8 +208,8 @@ def test_gemm(trans):
 def test_gemm_linear_takes_the_dense_kernel(trans_b, bias):
     """A Linear layer exported as Gemm (the BERT pooler) runs the packed-weight kernel: the weight
     transpose happens at compile time, and no permute_dims is left in the program."""
-    from backends.tvm.lower import lower_buckets
-    from backends.tvm.target import resolve_target
+    from lamina.backends.tvm.lower import lower_buckets
+    from lamina.backends.tvm.target import resolve_target
 
     rng = np.random.default_rng(3)
     w = rng.standard_normal((16, 8) if trans_b else (8, 16)).astype(np.float32)
@@ -300,7 +300,7 @@ def test_constant_node_and_cumsum():
 
 
 def test_unsupported_op_names_node():
-    from compiler.errors import BackendError
+    from lamina.compiler.errors import BackendError
 
     m = _model([helper.make_node("Det", ["x"], ["z"], name="my_det")], [("x", F, [3, 3])],
                [("z", F)])
@@ -309,7 +309,7 @@ def test_unsupported_op_names_node():
 
 
 def test_symbolic_input_refused():
-    from compiler.errors import BackendError
+    from lamina.compiler.errors import BackendError
 
     m = _model([helper.make_node("Relu", ["x"], ["z"])], [("x", F, ["batch", 3])], [("z", F)])
     with pytest.raises(BackendError, match="'x'.*symbolic dim 'batch'"):

@@ -17,9 +17,9 @@ BUCKETS = [(1, 16), (1, 64), (1, 128), (4, 128)]
 
 @pytest.mark.parametrize("exporter,opset", [("torchscript", 17), ("dynamo", 18)])
 def test_minilm_matches_onnxruntime(minilm_model, tmp_path: Path, exporter: str, opset: int):
-    from backends.tvm import load
-    from compiler.driver import api
-    from tests.models import make_inputs
+    from lamina.backends.tvm import load
+    from lamina.compiler.driver import api
+    from lamina.zoo import make_inputs
 
     path = minilm_model(exporter, opset)
     t0 = time.perf_counter()

@@ -15,14 +15,14 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 from tvm.script import relax as R  # noqa: E402
 
-from backends.tvm.kernels import host_target  # noqa: E402
-from backends.tvm.tuning import apply, database_dir, plan_tasks, tune  # noqa: E402
-from backends.tvm.tuning.kernel_search import (  # noqa: E402
+from lamina.backends.tvm.kernels import host_target  # noqa: E402
+from lamina.backends.tvm.tuning import apply, database_dir, plan_tasks, tune  # noqa: E402
+from lamina.backends.tvm.tuning.kernel_search import (  # noqa: E402
     KernelTiles,
     best_attention_config,
     best_dense_config,
 )
-from backends.tvm.tuning.meta import LEDGER, _share  # noqa: E402
+from lamina.backends.tvm.tuning.meta import LEDGER, _share  # noqa: E402
 
 pytestmark = [pytest.mark.tvm]
 
@@ -59,7 +59,7 @@ def test_share_is_proportional_with_floor() -> None:
 
 
 def test_plan_skips_scheduled_kernels(tmp_path) -> None:
-    from backends.tvm.kernels import dense_kernel
+    from lamina.backends.tvm.kernels import dense_kernel
 
     target = host_target(2)
     mod = _tiny_module()
@@ -104,7 +104,7 @@ def test_failing_builds_do_not_end_the_run(tmp_path) -> None:
     ledger = json.loads((database_dir(tmp_path, target) / LEDGER).read_text())
     assert sum(ledger.values()) >= 2
     # apply ignores the failed records, falls back to default schedules, and still builds.
-    from backends.tvm.tuning import open_database
+    from lamina.backends.tvm.tuning import open_database
 
     db = open_database(tmp_path, target)
     for rec in db.get_all_tuning_records():
@@ -121,7 +121,7 @@ def test_kernel_search_caches(tmp_path) -> None:
 
 
 def test_attention_tile_search_caches_and_reports(tmp_path) -> None:
-    from backends.tvm.kernels.attention import candidate_attention_configs
+    from lamina.backends.tvm.kernels.attention import candidate_attention_configs
 
     target = host_target(2)
     assert len(candidate_attention_configs(16, 16, 8, target)) > 1

@@ -23,9 +23,9 @@ CASES = [
 
 @pytest.mark.parametrize("arch,exporter,opset,attn", CASES)
 def test_tiny_zoo_compiles_and_matches(tiny_model, tmp_path: Path, arch, exporter, opset, attn):
-    from backends.tvm import load
-    from compiler.driver import api
-    from tests.models import make_inputs
+    from lamina.backends.tvm import load
+    from lamina.compiler.driver import api
+    from lamina.zoo import make_inputs
 
     path = tiny_model(arch, exporter, opset, attn)
     out = api.compile(path, tmp_path / "m.lamina", buckets=[(1, 16), (2, 32)])

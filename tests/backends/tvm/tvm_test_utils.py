@@ -69,9 +69,9 @@ def run_tvm(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray],
     import tvm
     from tvm import relax
 
-    from backends.tvm.build import build_module
-    from backends.tvm.lower import lower_buckets
-    from backends.tvm.target import resolve_target
+    from lamina.backends.tvm.build import build_module
+    from lamina.backends.tvm.lower import lower_buckets
+    from lamina.backends.tvm.target import resolve_target
 
     m = ir.from_proto(model) if isinstance(model, onnx.ModelProto) else model
     target = resolve_target("x86-64", threads=1)

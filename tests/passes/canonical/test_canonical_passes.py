@@ -6,12 +6,12 @@ import numpy as np
 import onnx.helper as h
 import pytest
 
-import backends.reference as reference
-from compiler.frontend import apply_shapes
-from compiler.frontend.feeds import make_feeds
-from compiler.ir import op_histogram, to_proto
-from compiler.ir.core import from_proto
-from compiler.pipeline import PassContext, parse_pipeline
+import lamina.backends.reference as reference
+from lamina.compiler.frontend import apply_shapes
+from lamina.compiler.frontend.feeds import make_feeds
+from lamina.compiler.ir import op_histogram, to_proto
+from lamina.compiler.ir.core import from_proto
+from lamina.compiler.pipeline import PassContext, parse_pipeline
 from tests.compiler._graphs import const, f32, model_from_nodes, reshape_graph
 
 

@@ -9,9 +9,9 @@ import onnx
 import onnx.helper as h
 import onnx_ir as ir
 
-from backends.reference import run
-from compiler.ir import clone
-from compiler.pipeline import PassContext, get_pass
+from lamina.backends.reference import run
+from lamina.compiler.ir import clone
+from lamina.compiler.pipeline import PassContext, get_pass
 
 RNG = np.random.default_rng(0)
 B, S, HID, HEADS, FF = 2, 6, 16, 2, 32

@@ -37,12 +37,12 @@ def fusion_counts(model) -> dict[str, int]:
 
 def _check(arch: str, exporter: str, opset: int, attn: str, layers: int) -> None:
     require_export_stack(minilm=arch == "minilm")
-    from backends.reference import run
-    from compiler.frontend import load_model
-    from compiler.frontend.feeds import make_feeds
-    from compiler.ir import clone
-    from compiler.pipeline import PassManager, parse_pipeline
-    from tests.models import export_model
+    from lamina.backends.reference import run
+    from lamina.compiler.frontend import load_model
+    from lamina.compiler.frontend.feeds import make_feeds
+    from lamina.compiler.ir import clone
+    from lamina.compiler.pipeline import PassManager, parse_pipeline
+    from lamina.zoo import export_model
 
     path = export_model(arch, exporter, opset, tiny=True, attn_implementation=attn)
     m0 = PassManager(parse_pipeline("O0")).run(load_model(path))

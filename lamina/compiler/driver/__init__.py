@@ -1,0 +1,1 @@
+"""The driver: Python API (:mod:`lamina.compiler.driver.api`) and the ``lamina`` command line."""

@@ -1,0 +1,169 @@
+"""Lamina's Python API: load, optimize, compile, run.
+
+    from lamina.compiler.driver import api
+    model = api.load("minilm.onnx")
+    model = api.optimize(model, "O1", verify_each=True)
+    api.save(model, "minilm.opt.onnx")
+    api.compile("minilm.onnx", "minilm.lamina", buckets=[(1, 128)])
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import onnx_ir as ir
+
+from lamina.compiler.errors import UsageError
+from lamina.compiler.frontend import apply_shapes, load_model, save_model
+from lamina.compiler.pipeline import PassContext, PassManager, format_pipeline, parse_pipeline
+from lamina.compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Recorder, VerifyEach
+from lamina.compiler.pipeline.plugins import load_module
+
+DEFAULT_COMPILE_PIPELINE = "O1"
+
+
+@dataclass
+class Debug:
+    """IR printing, dumps and checks around a pipeline (the ``--print-ir-*``, ``--dump-ir``... flags)."""
+
+    print_ir_after_all: bool = False
+    print_ir_after: frozenset[str] = frozenset()
+    print_ir_before: frozenset[str] = frozenset()
+    print_ir_after_change: bool = False
+    print_ir_after_failure: bool = False
+    dump_ir: str | None = None
+    pass_timing: bool = False
+    pass_stats: bool = False
+    verify_each: bool = False
+    debug_match: frozenset[str] = frozenset()
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    report_stream: TextIO = field(default_factory=lambda: sys.stderr)
+
+
+@dataclass
+class OptimizeReport:
+    recorder: Recorder
+    explanations: list[str]
+    pipeline: str
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    input_shapes: dict[str, list[int]] | None = None,
+    dims: dict[str, int] | None = None,
+) -> ir.Model:
+    model = load_model(path)
+    if input_shapes or dims:
+        apply_shapes(model, input_shapes, dims)
+    return model
+
+
+def save(model: ir.Model, path: str | os.PathLike) -> Path:
+    return save_model(model, path)
+
+
+def load_passes(modules: list[str]) -> None:
+    for module in modules:
+        load_module(module)
+
+
+def optimize(
+    model: ir.Model,
+    pipeline: str = "O0",
+    debug: Debug | None = None,
+    dims: dict[str, int] | None = None,
+) -> tuple[ir.Model, OptimizeReport]:
+    """Run ``pipeline`` (text or named) on ``model`` under the instruments ``debug`` asks for."""
+    debug = debug or Debug()
+    passes = parse_pipeline(pipeline)
+    recorder = Recorder()
+    instruments: list[Instrument] = [recorder]
+    if (debug.print_ir_after_all or debug.print_ir_after or debug.print_ir_before
+            or debug.print_ir_after_change or debug.print_ir_after_failure):
+        known = {p.name for p in passes}
+        for name in debug.print_ir_after | debug.print_ir_before:
+            if name not in known:
+                raise UsageError(f"--print-ir-after/--print-ir-before name {name!r}, which is not in the "
+                                 f"pipeline ({format_pipeline(passes)})")
+        instruments.append(PrintIR(debug.print_ir_after_all, debug.print_ir_after, debug.print_ir_before,
+                                   debug.print_ir_after_change, debug.print_ir_after_failure,
+                                   debug.stream))
+    if debug.verify_each:
+        instruments.append(VerifyEach(recorder, dims=dims, stream=debug.report_stream))
+    if debug.dump_ir:
+        instruments.append(DumpIR(debug.dump_ir, recorder))
+    ctx = PassContext(debug_match=debug.debug_match, dims=dict(dims or {}))
+    crash_dir = Path(debug.dump_ir) / "crash" if debug.dump_ir else None
+    model = PassManager(passes, instruments, ctx, crash_dir=crash_dir).run(model)
+    if debug.pass_timing:
+        debug.report_stream.write(recorder.timing_report())
+    if debug.pass_stats:
+        debug.report_stream.write(recorder.stats_report())
+    if ctx.explanations:
+        debug.report_stream.write("\n".join(ctx.explanations) + "\n")
+    return model, OptimizeReport(recorder, ctx.explanations, format_pipeline(passes))
+
+
+def compile(  # noqa: A001 - the verb users expect
+    model_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    pipeline: str | None = None,
+    buckets: list[tuple[int, int]] | None = None,
+    target: str = "auto",
+    threads: int | None = None,
+    tune_trials: int = 0,
+    tuning_db: str | None = None,
+    debug: Debug | None = None,
+) -> Path:
+    """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend."""
+    from lamina.backends import tvm as tvm_backend
+    from lamina.backends.tvm.artifact import sha256_file
+    from lamina.backends.tvm.buckets import check_buckets
+    from lamina.compiler.frontend import specialize
+
+    model_path = Path(model_path)
+    model = load_model(model_path)
+    model, report = optimize(model, pipeline or DEFAULT_COMPILE_PIPELINE, debug)
+    positions = max_positions(model)
+    buckets = buckets or tvm_backend.default_buckets(positions)
+    check_buckets(buckets, positions)
+    specialized = {}
+    for batch, seq in buckets:
+        specialized[(batch, seq)] = specialize(model, _bucket_dims(model, batch, seq))
+    extra = {"pipeline": report.pipeline, "source_model": str(model_path.resolve()),
+             "source_model_sha256": sha256_file(model_path)}
+    dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
+    return tvm_backend.build_artifact(
+        specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
+        io_dims=tvm_backend.io_dims_from_model(model), tune_trials=tune_trials, tuning_db=tuning_db,
+    )
+
+
+def max_positions(model: ir.Model) -> int | None:
+    """Rows of the position-embedding table, the longest sequence the model takes (None if unknown)."""
+    for name, value in model.graph.initializers.items():
+        if "position" in name.lower() and value.shape is not None and len(value.shape) == 2:
+            rows = value.shape[0]
+            if isinstance(rows, int) and rows > 1:
+                return rows - 2 if "roberta" in name.lower() else rows
+    return None
+
+
+def _bucket_dims(model: ir.Model, batch: int, seq: int) -> dict[str, int]:
+    """Map a (batch, seq) bucket onto the model's symbolic input dims (dim 0 is batch, dim 1 sequence)."""
+    dims: dict[str, int] = {}
+    for value in model.graph.inputs:
+        for axis, dim in enumerate(value.shape or ()):
+            if isinstance(dim, int) or not dim.value:
+                continue
+            if axis == 0:
+                dims[dim.value] = batch
+            elif axis == 1:
+                dims[dim.value] = seq
+    return dims

@@ -1,0 +1,198 @@
+"""Pass base class, typed options, the ``@register`` registry and named pipelines."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import difflib
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+from lamina.compiler.errors import PipelineError
+
+
+def option(default: Any, doc: str) -> Any:
+    """A pass option: a dataclass field with a default and a one-line doc."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Passes without options use this."""
+
+
+@dataclass
+class PassResult:
+    model: ir.Model
+    changed: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """What a pass may read besides the model: user settings and a channel for match explanations."""
+
+    debug_match: frozenset[str] = frozenset()
+    dims: dict[str, int] = field(default_factory=dict)
+    explanations: list[str] = field(default_factory=list)
+    current_pass: str = ""
+
+    def explain(self, where: str, reason: str) -> None:
+        """Record why a pattern did not match at ``where`` (shown with ``--debug-match``)."""
+        self.explanations.append(f"[{self.current_pass}] {where}: {reason}")
+
+    def wants_explanations(self, pass_name: str) -> bool:
+        return pass_name in self.debug_match or "all" in self.debug_match
+
+
+class Pass(abc.ABC):
+    """Base class of all passes. Subclasses set ``Options`` and implement :meth:`run`.
+
+    ``atol``/``rtol`` bound the numeric change ``--verify-each`` accepts from the pass (0 = exact).
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    atol: ClassVar[float] = 1e-6
+    rtol: ClassVar[float] = 0.0
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abc.abstractmethod
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        """Rewrite ``model`` (in place or not) and say whether anything changed."""
+
+    def __call__(self, model: ir.Model, ctx: PassContext | None = None) -> PassResult:
+        return self.run(model, ctx or PassContext())
+
+    @classmethod
+    def doc_line(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def spec(self) -> str:
+        """The textual form of this pass with its non-default options, e.g. ``fold-constants{max-size=1024}``."""
+        parts = []
+        default = self.Options()
+        for f in dataclasses.fields(self.options):
+            value = getattr(self.options, f.name)
+            if value != getattr(default, f.name):
+                parts.append(f"{f.name.replace('_', '-')}={format_option(value)}")
+        return self.name + ("{" + ",".join(parts) + "}" if parts else "")
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    name: str
+    type: str
+    default: Any
+    doc: str
+
+
+def option_infos(cls: type[Pass]) -> list[OptionInfo]:
+    hints = typing.get_type_hints(cls.Options)
+    infos = []
+    for f in dataclasses.fields(cls.Options):
+        tp = hints.get(f.name, str)
+        infos.append(
+            OptionInfo(f.name.replace("_", "-"), getattr(tp, "__name__", str(tp)), f.default,
+                       f.metadata.get("doc", ""))
+        )
+    return infos
+
+
+def format_option(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_option(pass_name: str, key: str, text: str, tp: Any) -> Any:
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if tp in (int, float, str):
+            return tp(text)
+    except ValueError:
+        raise PipelineError(
+            f"pass {pass_name!r}: option {key!r} expects {tp.__name__}, got {text!r}"
+        ) from None
+    return text
+
+
+_PASSES: dict[str, type[Pass]] = {}
+_PIPELINES: dict[str, tuple[str, str]] = {}
+
+
+def register(name: str) -> Callable[[type[Pass]], type[Pass]]:
+    """Class decorator: register a pass under its kebab-case ``name``."""
+
+    def deco(cls: type[Pass]) -> type[Pass]:
+        if name in _PASSES or name in _PIPELINES:
+            raise PipelineError(
+                f"pass name {name!r} is registered twice ({_PASSES.get(name, cls).__module__} and "
+                f"{cls.__module__}); pick another name"
+            )
+        cls.name = name
+        _PASSES[name] = cls
+        return cls
+
+    return deco
+
+
+def register_pipeline(name: str, text: str, doc: str = "") -> None:
+    """Register a named pipeline (``O0``, ``O1``...) that expands to ``text``."""
+    if name in _PASSES or name in _PIPELINES:
+        raise PipelineError(f"pipeline name {name!r} is registered twice")
+    _PIPELINES[name] = (text, doc)
+
+
+def unregister(name: str) -> None:
+    """Remove a pass or pipeline (tests and interactive sessions)."""
+    _PASSES.pop(name, None)
+    _PIPELINES.pop(name, None)
+
+
+def registered_passes() -> dict[str, type[Pass]]:
+    ensure_builtins()
+    return dict(sorted(_PASSES.items()))
+
+
+def registered_pipelines() -> dict[str, tuple[str, str]]:
+    ensure_builtins()
+    return dict(_PIPELINES)
+
+
+_builtins_loaded = False
+
+
+def ensure_builtins() -> None:
+    """Import the built-in passes and pipelines, and those of installed ``lamina.passes`` entry points."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    import lamina.passes  # noqa: F401  (registers built-in passes and pipelines)
+    from lamina.compiler.pipeline.plugins import load_entry_points
+
+    load_entry_points()
+
+
+def get_pass(name: str) -> type[Pass]:
+    ensure_builtins()
+    if name in _PASSES:
+        return _PASSES[name]
+    candidates = list(_PASSES) + list(_PIPELINES)
+    close = difflib.get_close_matches(name, candidates, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `lamina passes` lists them"
+    raise PipelineError(f"unknown pass {name!r}{hint}")

@@ -1,0 +1,133 @@
+"""Small matching helpers shared by the fusion passes.
+
+A matcher walks the graph from an anchor node and raises :class:`NoMatch` with a one-line reason as soon as a
+check fails; the pass turns the reason into a ``--debug-match`` explanation. Helpers here never mutate the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from lamina.compiler.ir import const_array
+
+STANDARD = ("", "ai.onnx")
+
+
+class NoMatch(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """A pattern check failed; ``str(exc)`` says which one."""
+
+
+def is_op(node: ir.Node | None, *op_types: str, domain: str | None = None) -> bool:
+    if node is None:
+        return False
+    if domain is None:
+        ok = node.domain in STANDARD
+    else:
+        ok = node.domain == domain
+    return ok and (not op_types or node.op_type in op_types)
+
+
+def producer(value: ir.Value | None, *op_types: str, domain: str | None = None) -> ir.Node | None:
+    """The node producing ``value`` if it is one of ``op_types`` (standard domain unless ``domain``)."""
+    if value is None:
+        return None
+    node = value.producer()
+    return node if is_op(node, *op_types, domain=domain) else None
+
+
+def need_producer(value: ir.Value | None, what: str, *op_types: str, domain: str | None = None) -> ir.Node:
+    node = producer(value, *op_types, domain=domain)
+    if node is None:
+        got = value.producer() if value is not None else None
+        got_s = f"{got.op_type} {got.name!r}" if got is not None else "a graph input or constant"
+        raise NoMatch(f"{what}: expected {'/'.join(op_types)}, found {got_s}")
+    return node
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """The value of a constant with exactly one element, else None."""
+    arr = const_array(value)
+    if arr is None or arr.size != 1:
+        return None
+    return float(arr.reshape(-1)[0])
+
+
+def close(a: float | None, b: float, rtol: float = 1e-3) -> bool:
+    return a is not None and abs(a - b) <= rtol * abs(b)
+
+
+def other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    """For a binary node, the input that is not ``value`` (None when ``value`` is not an input)."""
+    a, b = node.inputs[0], node.inputs[1]
+    if a is value:
+        return b
+    if b is value:
+        return a
+    return None
+
+
+def single_consumer(value: ir.Value) -> ir.Node | None:
+    """The only node using ``value`` (None if several uses, none, or it is a graph output)."""
+    if value.is_graph_output():
+        return None
+    users = {id(u.node): u.node for u in value.uses()}
+    return next(iter(users.values())) if len(users) == 1 else None
+
+
+def only_used_by(values: Iterable[ir.Value], nodes: Iterable[ir.Node]) -> ir.Value | None:
+    """The first value used outside ``nodes`` (or a graph output), else None."""
+    inside = {id(n) for n in nodes}
+    for v in values:
+        if v.is_graph_output():
+            return v
+        for use in v.uses():
+            if id(use.node) not in inside:
+                return v
+    return None
+
+
+def reduce_axes(node: ir.Node) -> list[int] | None:
+    """Axes of a Reduce* node (attribute, opset < 18, or input), None if not constant."""
+    attr = node.attributes.get("axes")
+    if attr is not None:
+        return [int(a) for a in attr.value]
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        arr = const_array(node.inputs[1])
+        return None if arr is None else [int(a) for a in arr.reshape(-1)]
+    return None
+
+
+def keepdims(node: ir.Node) -> bool:
+    attr = node.attributes.get("keepdims")
+    return attr is None or bool(attr.value)
+
+
+def is_last_axis(axes: list[int] | None, rank: int | None) -> bool:
+    if axes is None or len(axes) != 1:
+        return False
+    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+
+
+def rank(value: ir.Value | None) -> int | None:
+    return None if value is None or value.shape is None else len(value.shape)
+
+
+def last_dim(value: ir.Value | None) -> int | None:
+    if value is None or value.shape is None or len(value.shape) == 0:
+        return None
+    d = value.shape[-1]
+    return d if isinstance(d, int) else None
+
+
+def const_vector(value: ir.Value | None, length: int | None = None) -> np.ndarray | None:
+    arr = const_array(value)
+    if arr is None or arr.ndim != 1 or (length is not None and arr.shape[0] != length):
+        return None
+    return arr
+
+
+def where(node: ir.Node) -> str:
+    return f"{node.op_type} {node.name!r}" if node.name else node.op_type
