@@ -190,6 +190,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
     lowered = lower_buckets({k: models[k] for k in buckets},
                             target=spec.tvm_target if kernels else None, tiles=tiles)
     t_lower = time.perf_counter() - t0
+    # Build and require only the extra features the kernels use (VNNI only for INT8 kernels...).
+    spec = spec.narrowed(lowered.features)
     inputs, outputs = _io_specs(lowered.functions, io_dims)
     ex = build_module(lowered.mod, spec, dump_dir=Path(dump_dir) if dump_dir else None,
                       schedule=schedule)

@@ -9,7 +9,14 @@ level                LLVM mcpu (+mattr)         required features
 ``x86-avx2``         ``x86-64-v3``              avx2, fma
 ``x86-avx512``       ``x86-64-v4``              avx2, fma, avx512f, avx512bw, avx512vl, avx512dq
 ``x86-avx512-vnni``  ``x86-64-v4`` +avx512vnni  the above + avx512vnni
+``x86-avx512-amx``   ``x86-64-v4`` +amx-...     the above + amx-tile, amx-int8, amx-bf16, avx512bf16
 ===================  =========================  =================================================
+
+This module is the one model of CPU features; the kernels see it through ``kernels/isa.py``.
+A level's extra features (``mattr``) are what the target *allows*; the artifact *requires* only the
+ones its kernels use (:meth:`TargetSpec.narrowed`): an fp32 model built with ``auto`` on a VNNI
+host uses no VNNI instruction and loads on any AVX-512 host, an INT8-VNNI one refuses a host without
+VNNI.
 
 ``auto`` picks the highest level the host supports (features from ``/proc/cpuinfo``, which
 agree with LLVM's). It uses the portable ``x86-64-vN`` CPU names, never the host's own CPU
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -40,6 +47,10 @@ FEATURES: dict[str, str] = {
     "avx512vl": "avx512vl",
     "avx512dq": "avx512dq",
     "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
+    "amx-bf16": "amx_bf16",
 }
 
 _AVX2 = ("avx2", "fma")
@@ -62,6 +73,9 @@ ISA_LEVELS: dict[str, IsaLevel] = {
         IsaLevel("x86-avx2", "x86-64-v3", (), _AVX2),
         IsaLevel("x86-avx512", "x86-64-v4", (), _AVX512),
         IsaLevel("x86-avx512-vnni", "x86-64-v4", ("+avx512vnni",), (*_AVX512, "avx512vnni")),
+        IsaLevel("x86-avx512-amx", "x86-64-v4",
+                 ("+avx512vnni", "+avx512bf16", "+amx-tile", "+amx-int8", "+amx-bf16"),
+                 (*_AVX512, "avx512vnni", "avx512bf16", "amx-tile", "amx-int8", "amx-bf16")),
     )
 }
 PRESETS: tuple[str, ...] = ("auto", "host", *ISA_LEVELS)
@@ -86,6 +100,21 @@ class TargetSpec:
         if self.mattr:
             cfg["mattr"] = list(self.mattr)
         return tvm.target.Target(cfg)
+
+    def narrowed(self, used: set[str] | frozenset[str]) -> TargetSpec:
+        """This target with only the extra (``mattr``) features the code ``used`` enabled and
+        required. A portable ``x86-64-vN`` CPU's own features stay; a CPU-model target (``host``)
+        enables its CPU's features anyway and is returned unchanged."""
+        if self.mcpu not in PORTABLE_CPUS:
+            return self
+        extra = {a.lstrip("+") for a in self.mattr if a.startswith("+")}
+        mattr = tuple(a for a in self.mattr if a.lstrip("+-") not in extra or a.lstrip("+") in used)
+        required = tuple(f for f in self.required_features if f not in extra or f in used)
+        level = "x86-64"
+        for lvl in ISA_LEVELS.values():
+            if set(lvl.features) <= set(required):
+                level = lvl.name
+        return replace(self, mattr=mattr, required_features=required, isa_level=level)
 
     def to_manifest(self) -> dict[str, Any]:
         return {

@@ -244,3 +244,15 @@ def test_atomic_write(tmp_path: Path, exc: type[BaseException]):
     write_artifact(out, {"format": "lamina-artifact", "v": 3}, {"a.bin": ok})
     assert json.loads((out / "manifest.json").read_text())["v"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["x.lamina"]
+
+
+def test_fp32_artifact_loads_on_a_host_without_vnni(artifact: Path, monkeypatch):
+    """Built with ``auto`` (VNNI allowed on a VNNI host), but no fp32 kernel uses VNNI."""
+    import lamina.backends.tvm.target as target
+    from lamina.backends.tvm import load
+
+    required = json.loads((artifact / "manifest.json").read_text())["target"]["required_features"]
+    assert "avx512vnni" not in required and not any(f.startswith("amx") for f in required)
+    have = target.host_features() - {"avx512vnni"}
+    monkeypatch.setattr(target, "host_features", lambda: have)
+    load(artifact)

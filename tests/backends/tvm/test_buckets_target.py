@@ -74,3 +74,17 @@ def test_target_rejects(bad, match):
 
     with pytest.raises(BackendError, match=match):
         resolve_target(bad)
+
+
+def test_narrowed_requires_only_the_features_the_code_uses():
+    pytest.importorskip("tvm")
+    from lamina.backends.tvm.target import resolve_target
+
+    vnni = resolve_target("x86-avx512-vnni", threads=2)
+    fp32 = vnni.narrowed(set())  # no kernel used VNNI
+    assert fp32.mattr == () and "avx512vnni" not in fp32.required_features
+    assert fp32.isa_level == "x86-avx512" and "avx512f" in fp32.required_features
+    int8 = vnni.narrowed({"avx512vnni"})
+    assert int8.mattr == ("+avx512vnni",) and int8.isa_level == "x86-avx512-vnni"
+    amx = resolve_target("x86-avx512-amx", threads=2).narrowed({"avx512vnni"})
+    assert amx.isa_level == "x86-avx512-vnni" and "amx-int8" not in amx.required_features

@@ -20,9 +20,9 @@ from lamina.backends.tvm.kernels import (  # noqa: E402
     pack_weight,
     resolve_config,
     standalone_module,
+    target_for,
     unpack_weight,
 )
-from lamina.backends.tvm.kernels.isa import ISA_MCPU  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
@@ -32,7 +32,7 @@ ISAS = ["avx512", "avx2", "generic"]
 def _target(isa: str) -> tvm.target.Target:
     if not host_supports(isa):
         pytest.skip(f"host CPU cannot run {isa} code (host ISA: {isa_of(host_target())})")
-    return host_target(2, ISA_MCPU[isa])
+    return target_for(isa, 2)
 
 
 def _run(func, args: list[np.ndarray], target) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_pack_roundtrip() -> None:
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_isa_detection(isa: str) -> None:
-    assert isa_of(host_target(2, ISA_MCPU[isa])) == isa
+    assert isa_of(target_for(isa, 2)) == isa
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -100,7 +100,7 @@ def test_every_candidate_tile_is_correct(isa: str) -> None:
 
 
 def test_config_knobs_are_fitted_to_shape() -> None:
-    target = host_target(2, ISA_MCPU["avx2"])
+    target = target_for("avx2", 2)
     cfg = resolve_config(10, 8, 24, target, DenseConfig(mr=14, nb=32, mc=64, n_inner=5))
     assert 24 % cfg.nb == 0 and cfg.mr <= 10 and cfg.mc <= 10
     assert (24 // cfg.nb) % cfg.n_inner == 0
@@ -108,7 +108,7 @@ def test_config_knobs_are_fitted_to_shape() -> None:
 
 
 def test_scheduled_attr_set() -> None:
-    target = host_target(2, ISA_MCPU["generic"])
+    target = target_for("generic", 2)
     func = dense_kernel(8, 8, 8, target=target)
     assert bool(func.attrs["tirx.is_scheduled"])
     assert "global_symbol" not in func.attrs
@@ -253,7 +253,7 @@ def test_every_attention_candidate_is_correct(isa):
 def test_dense_panel_prefetch_is_correct_and_emitted(kc) -> None:
     """The prefetch chunks split K (accumulators stored between chunks) without changing results;
     the compiled kernel holds the prefetches only when a chunk size is given."""
-    target = host_target(2, ISA_MCPU["generic"])
+    target = target_for("generic", 2)
     M, K, N = 24, 64, 48
     cfg = resolve_config(M, K, N, target, DenseConfig(mr=4, nb=16, mc=12, prefetch_kc=kc))
     assert cfg.prefetch_kc == kc
@@ -263,7 +263,7 @@ def test_dense_panel_prefetch_is_correct_and_emitted(kc) -> None:
 
 
 def test_prefetch_chunks_fit_k() -> None:
-    target = host_target(2, ISA_MCPU["avx2"])
+    target = target_for("avx2", 2)
     assert resolve_config(128, 384, 1536, target).prefetch_kc == 64
     assert resolve_config(128, 1536, 384, target).prefetch_kc == 64
     assert resolve_config(128, 20, 64, target).prefetch_kc == 0  # too short to split
@@ -274,12 +274,12 @@ def test_register_tiles_fit_the_isa() -> None:
     from lamina.backends.tvm.kernels.attention import register_tile
 
     for isa, budget, nl in (("avx512", 16, 16), ("avx2", 12, 8), ("generic", 8, 4)):
-        target = host_target(2, ISA_MCPU[isa])
+        target = target_for(isa, 2)
         for rows, cols in ((8, 32), (8, 64), (8, 128), (5, 12), (1, 6)):
             r, c = register_tile(rows, cols, target)
             assert rows % r == 0 and cols % c == 0
             assert r * -(-c // nl) <= budget
-    assert register_tile(8, 32, host_target(2, ISA_MCPU["avx512"])) == (8, 32)
+    assert register_tile(8, 32, target_for("avx512", 2)) == (8, 32)
 
 
 @pytest.mark.parametrize("rows, n", [(5, 48), (3, 20), (128, 384)])
@@ -300,3 +300,11 @@ def test_layer_norm_kernel(rows, n):
     xd = x.astype(np.float64)
     ref = (xd - xd.mean(1, keepdims=True)) / np.sqrt(xd.var(1, keepdims=True) + 1e-12) * g + b
     np.testing.assert_allclose(out.numpy(), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_row_kernels_use_the_target_vector_width():
+    from lamina.backends.tvm.kernels._rows import lanes_for
+
+    assert lanes_for(384, target_for("avx512", 2)) == 16
+    assert lanes_for(384, target_for("avx2", 2)) == 8
+    assert lanes_for(20, target_for("avx2", 2)) == 1  # not a whole number of vectors: scalar

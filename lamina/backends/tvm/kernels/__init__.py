@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .common import standalone_module
 from .dense import (
     DenseConfig,
     batch_matmul_kernel,
@@ -13,10 +14,9 @@ from .dense import (
     pack_weight,
     packed_weight_shape,
     resolve_config,
-    standalone_module,
     unpack_weight,
 )
-from .isa import host_supports, host_target, isa_of
+from .isa import host_supports, host_target, int8_isa, isa_of, target_for
 
 __all__ = [
     "DenseConfig",
@@ -28,10 +28,12 @@ __all__ = [
     "dense_reference",
     "host_supports",
     "host_target",
+    "int8_isa",
     "isa_of",
     "pack_weight",
     "packed_weight_shape",
     "resolve_config",
     "standalone_module",
+    "target_for",
     "unpack_weight",
 ]

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import tvm
 
-from .dense import finish_kernel
+from .common import finish_kernel
+from .isa import vector_lanes
 
-VECTOR = 16
 
-
-def lanes_for(n: int) -> int:
-    """Vector lanes for rows of length ``n`` (1: scalar code when n does not split into lanes)."""
-    return VECTOR if n % VECTOR == 0 and n >= 2 * VECTOR else 1
+def lanes_for(n: int, target: tvm.target.Target | None) -> int:
+    """Vector lanes of ``target`` for rows of length ``n`` (16 on AVX-512, 8 on AVX2; 1: scalar
+    code when n does not split into lanes). Without a target: 16, which LLVM splits as needed."""
+    vec = vector_lanes(target) if target is not None else 16
+    return vec if n % vec == 0 and n >= 2 * vec else 1
 
 
 def schedule_rows(sch: tvm.s_tir.Schedule, output: str, inner: list[str], row_loops: list[str],

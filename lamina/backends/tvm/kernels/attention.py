@@ -31,8 +31,8 @@ import tvm
 from tvm import relax, te, tirx, topi
 
 from ._rows import lanes_for
-from .dense import finish_kernel, lanes
-from .isa import isa_of
+from .common import finish_kernel
+from .isa import isa_of, lanes
 
 # Accumulator registers the QK^T and PV register tiles may use (of 32 zmm / 16 ymm / 16 xmm).
 _ACC_REGS = {"avx512": 16, "avx2": 12, "generic": 8}
@@ -203,7 +203,7 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
         xs = te.compute(s.shape, lambda bi, hh, i, j: s[bi, hh, i, j] * sc + bias[bi, j], name="x")
     else:
         xs = te.compute(s.shape, lambda bi, hh, i, j: s[bi, hh, i, j] * sc, name="x")
-    nl = lanes_for(skv)
+    nl = lanes_for(skv, target)
 
     def row_reduce(t: te.Tensor, combine, name: str) -> te.Tensor:
         """``combine`` over each row's keys: first into ``nl`` lane partials (vector ops), then

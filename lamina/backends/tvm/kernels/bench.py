@@ -190,10 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from lamina.backends.tvm.kernels import host_target, isa_of, resolve_config
-    from lamina.backends.tvm.kernels.isa import ISA_MCPU
     from lamina.backends.tvm.tuning.kernel_search import best_dense_config
 
-    target = host_target(args.threads, None if args.isa == "auto" else ISA_MCPU[args.isa])
+    target = host_target(args.threads, None if args.isa == "auto" else args.isa)
     shapes = [(M, K, N) for M in args.m for s in args.shapes for K, N in SHAPES[s]]
     print(f"# target {target.attrs['mcpu']} ({isa_of(target)}), {args.threads} threads, "
           f"{args.rounds} rounds x {args.calls} calls, medians", flush=True)

@@ -41,7 +41,6 @@ them alone.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -49,10 +48,15 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
-from .isa import Isa, isa_of, num_threads
-
-Epilogue = Literal["gelu_erf", "gelu_tanh", "relu"] | None
-EPILOGUES: tuple[str | None, ...] = (None, "gelu_erf", "gelu_tanh", "relu")
+from .common import (
+    Epilogue,
+    apply_epilogue,
+    check_epilogue,
+    epilogue_reference,
+    f32,
+    finish_kernel,
+)
+from .isa import isa_of, num_threads
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,6 @@ class DenseConfig:
 # Default register tiles per ISA: accumulators + one B vector per lane group + a broadcast must fit
 # the register file (32 zmm / 16 ymm).
 _DEFAULT_TILE: dict[str, tuple[int, int]] = {"avx512": (8, 32), "avx2": (6, 16), "generic": (4, 8)}
-_LANES: dict[str, int] = {"avx512": 16, "avx2": 8, "generic": 4}
-
-
-def lanes(isa: Isa) -> int:
-    """fp32 lanes of one vector register."""
-    return _LANES[isa]
-
-
 def _fit_nb(n: int, nb: int) -> int:
     """Largest panel width <= nb dividing n (powers of two first)."""
     cand = nb
@@ -229,24 +225,13 @@ def unpack_weight(wp: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wp.transpose(1, 0, 2).reshape(K, nblk * nb))
 
 
-def _np_erf(x: np.ndarray) -> np.ndarray:
-    import math as _m
-
-    return np.vectorize(_m.erf, otypes=[np.float64])(x)
-
-
 def dense_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
                     epilogue: Epilogue = None, residual: np.ndarray | None = None) -> np.ndarray:
     """numpy reference of :func:`dense_kernel` (w in ``[K, N]``), computed in float64."""
     y = x.astype(np.float64) @ w.astype(np.float64)
     if bias is not None:
         y = y + bias
-    if epilogue == "gelu_erf":
-        y = 0.5 * y * (1.0 + _np_erf(y / math.sqrt(2.0)))
-    elif epilogue == "gelu_tanh":
-        y = 0.5 * y * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * y**3)))
-    elif epilogue == "relu":
-        y = np.maximum(y, 0.0)
+    y = epilogue_reference(y, epilogue)
     if residual is not None:
         y = y + residual
     return y.astype(np.float32)
@@ -255,55 +240,6 @@ def dense_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None
 # ---------------------------------------------------------------------------------------------
 # TIR side
 # ---------------------------------------------------------------------------------------------
-
-
-def _f(v: float) -> tirx.PrimExpr:
-    return tirx.const(v, "float32")
-
-
-def _poly(x2: tirx.PrimExpr, coeffs: list[float]) -> tirx.PrimExpr:
-    p = _f(coeffs[0])
-    for c in coeffs[1:]:
-        p = p * x2 + _f(c)
-    return p
-
-
-def fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """Rational erf approximation (Eigen's, as in TVM's ``fast_erf``), max error ~1e-6, vectorizes."""
-    x = tirx.max(tirx.min(x, _f(4.0)), _f(-4.0))
-    x2 = x * x
-    p = x * _poly(x2, [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-                       -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-                       -1.60960333262415e-02])
-    q = _poly(x2, [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-                   -7.37332916720468e-03, -1.42647390514189e-02])
-    return p / q
-
-
-def fast_tanh(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """Rational tanh approximation (Eigen's, as in TVM's ``fast_tanh``), vectorizes."""
-    x = tirx.max(tirx.min(x, _f(9.0)), _f(-9.0))
-    x2 = x * x
-    p = x * _poly(x2, [-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                       5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                       4.89352455891786e-03])
-    q = _poly(x2, [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                   4.89352518554385e-03])
-    return p / q
-
-
-def apply_epilogue(v: tirx.PrimExpr, epilogue: Epilogue) -> tirx.PrimExpr:
-    """The elementwise epilogue applied to ``acc + bias`` (fast, vectorizable forms)."""
-    if epilogue is None:
-        return v
-    if epilogue == "gelu_erf":
-        return _f(0.5) * v * (_f(1.0) + fast_erf(v * _f(1.0 / math.sqrt(2.0))))
-    if epilogue == "gelu_tanh":
-        inner = _f(math.sqrt(2.0 / math.pi)) * (v + _f(0.044715) * v * v * v)
-        return _f(0.5) * v * (_f(1.0) + fast_tanh(inner))
-    if epilogue == "relu":
-        return tirx.max(v, _f(0.0))
-    raise ValueError(f"unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
 
 
 def _schedule(sch: tvm.s_tir.Schedule, cfg: DenseConfig, batched: bool
@@ -384,31 +320,10 @@ def _add_panel_prefetch(sch: tvm.s_tir.Schedule, loops: tuple[object, object, ob
     return prepend_to_loop(func, chunk, make)
 
 
-OPAQUE = 8  # relax OpPatternKind.kOpaque
-
-
-def finish_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Mark a hand-scheduled kernel: MetaSchedule and dlight skip it (``tirx.is_scheduled``), and
-    FuseOps never merges it with its neighbours (``op_pattern`` opaque: FuseTIR cannot splice a
-    scheduled kernel, e.g. the pooler's dense followed by Tanh)."""
-    return (func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
-            .without_attr("global_symbol"))
-
-
-def _finish(sch: tvm.s_tir.Schedule) -> tirx.PrimFunc:
-    return finish_kernel(sch.mod["main"])
-
-
-def standalone_module(func: tirx.PrimFunc, name: str = "main") -> tvm.IRModule:
-    """Wrap a kernel as a one-function IRModule callable as ``name`` (tests, benchmarks)."""
-    return tvm.IRModule({name: func.with_attr("global_symbol", name)})
-
-
 def dense_compute(M: int, K: int, N: int, nb: int, *, bias: bool, epilogue: Epilogue,
                   residual: bool) -> tirx.PrimFunc:
     """The unscheduled PrimFunc (args ``X, Wp, [bias], [R], Y``); blocks ``matmul``, ``epilogue``."""
-    if epilogue not in EPILOGUES:
-        raise ValueError(f"unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
+    check_epilogue(epilogue)
     X = te.placeholder((M, K), "float32", "X")
     W = te.placeholder(packed_weight_shape(K, N, nb), "float32", "W_packed")
     k = te.reduce_axis((0, K), "k")
@@ -451,7 +366,7 @@ def dense_kernel(M: int, K: int, N: int, *, bias: bool = False, epilogue: Epilog
     sch = tvm.s_tir.Schedule(func)
     loops = _schedule(sch, cfg, batched=False)
     if loops is None:
-        return _finish(sch)
+        return finish_kernel(sch.mod["main"])
     return finish_kernel(_add_panel_prefetch(sch, loops, cfg, M, K, N))
 
 
@@ -492,7 +407,7 @@ def batch_matmul_kernel(batch: int, M: int, K: int, N: int, *, scale: float | No
     if scale is None:
         Y = te.compute((batch, M, N), lambda b, i, j: C[b, i, j], name="epilogue")
     else:
-        Y = te.compute((batch, M, N), lambda b, i, j: C[b, i, j] * _f(scale), name="epilogue")
+        Y = te.compute((batch, M, N), lambda b, i, j: C[b, i, j] * f32(scale), name="epilogue")
     sch = tvm.s_tir.Schedule(te.create_prim_func([A, B, Y]))
     _schedule(sch, cfg, batched=True)
-    return _finish(sch)
+    return finish_kernel(sch.mod["main"])

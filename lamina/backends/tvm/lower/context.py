@@ -30,6 +30,8 @@ class LowerContext:
         # Kernel tiles (``tuning.kernel_search.KernelTiles``: .dense(), .attention()); None: the
         # per-ISA defaults.
         self.tiles: Any = None
+        # LLVM features beyond the base vector ISA that emitted kernels use (see FunctionInfo).
+        self.features: set[str] = set()
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}
         self.param_values: dict[str, np.ndarray] = {}

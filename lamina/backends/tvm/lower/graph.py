@@ -44,6 +44,9 @@ class FunctionInfo:
     params: list[str]
     param_values: dict[str, np.ndarray] = field(repr=False)
     folded_nodes: int = 0
+    # LLVM features beyond the target's base vector ISA that the emitted kernels use
+    # (``avx512vnni``, ``amx-int8``...): what the artifact must require of a host.
+    features: set[str] = field(default_factory=set)
 
 
 def _input_spec(v: ir.Value) -> TensorSpec:
@@ -130,7 +133,7 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
     log.debug("lowered %s: %d nodes, %d folded, %d weights", func_name, len(graph), folded,
               len(ctx.params))
     return FunctionInfo(func_name, in_specs, out_specs, list(ctx.params), ctx.param_values,
-                        folded)
+                        folded, set(ctx.features))
 
 
 def _op_name(node: ir.Node) -> str:

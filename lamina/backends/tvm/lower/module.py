@@ -30,6 +30,11 @@ class LoweredModule:
     functions: dict[tuple[int, int], FunctionInfo]
     params: dict[str, np.ndarray]
 
+    @property
+    def features(self) -> set[str]:
+        """Extra LLVM features the kernels of any bucket use (``TargetSpec.narrowed``)."""
+        return set().union(*(f.features for f in self.functions.values()))
+
 
 def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None,
                   tiles: object = None) -> LoweredModule:

@@ -37,13 +37,13 @@ from ..kernels.attention import (
     candidate_attention_configs,
     resolve_attention_config,
 )
+from ..kernels.common import standalone_module
 from ..kernels.dense import (
     DenseConfig,
     candidate_configs,
     dense_kernel,
     pack_weight,
     resolve_config,
-    standalone_module,
 )
 from ..kernels.isa import host_supports, isa_of, num_threads
 from .meta import database_dir

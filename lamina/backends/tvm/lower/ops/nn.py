@@ -118,7 +118,8 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
     if ctx.target is not None and dtype == "float32" and axis == rank - 1:
         from ...kernels.layernorm import emit_layer_norm
 
-        return [emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps), None, None]
+        return [emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps,
+                                ctx.target), None, None]
     y = ctx.emit(relax.op.nn.layer_norm(ctx.expr(x), gamma, beta,
                                         axes=list(range(axis, rank)), epsilon=eps))
     return [y, None, None]

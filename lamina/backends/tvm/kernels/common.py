@@ -1,0 +1,101 @@
+"""What every hand-written kernel shares: the fused elementwise epilogues (TIR and numpy forms),
+the vectorizable fast erf / tanh, and the marks a finished kernel carries.
+
+The dense kernels (fp32 and INT8), the attention kernel and the row kernels (LayerNorm, softmax) all
+import from here, so an epilogue means the same thing in each of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import tvm
+from tvm import tirx
+
+Epilogue = Literal["gelu_erf", "gelu_tanh", "relu"] | None
+EPILOGUES: tuple[str | None, ...] = (None, "gelu_erf", "gelu_tanh", "relu")
+
+
+def f32(v: float) -> tirx.PrimExpr:
+    """A float32 TIR constant."""
+    return tirx.const(v, "float32")
+
+
+def _poly(x2: tirx.PrimExpr, coeffs: list[float]) -> tirx.PrimExpr:
+    p = f32(coeffs[0])
+    for c in coeffs[1:]:
+        p = p * x2 + f32(c)
+    return p
+
+
+def fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Rational erf approximation (Eigen's, as in TVM's ``fast_erf``), max error ~1e-6, vectorizes."""
+    x = tirx.max(tirx.min(x, f32(4.0)), f32(-4.0))
+    x2 = x * x
+    p = x * _poly(x2, [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                       -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                       -1.60960333262415e-02])
+    q = _poly(x2, [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                   -7.37332916720468e-03, -1.42647390514189e-02])
+    return p / q
+
+
+def fast_tanh(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Rational tanh approximation (Eigen's, as in TVM's ``fast_tanh``), vectorizes."""
+    x = tirx.max(tirx.min(x, f32(9.0)), f32(-9.0))
+    x2 = x * x
+    p = x * _poly(x2, [-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                       5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                       4.89352455891786e-03])
+    q = _poly(x2, [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                   4.89352518554385e-03])
+    return p / q
+
+
+def apply_epilogue(v: tirx.PrimExpr, epilogue: Epilogue) -> tirx.PrimExpr:
+    """The elementwise epilogue applied to ``acc + bias`` (fast, vectorizable forms)."""
+    if epilogue is None:
+        return v
+    if epilogue == "gelu_erf":
+        return f32(0.5) * v * (f32(1.0) + fast_erf(v * f32(1.0 / math.sqrt(2.0))))
+    if epilogue == "gelu_tanh":
+        inner = f32(math.sqrt(2.0 / math.pi)) * (v + f32(0.044715) * v * v * v)
+        return f32(0.5) * v * (f32(1.0) + fast_tanh(inner))
+    if epilogue == "relu":
+        return tirx.max(v, f32(0.0))
+    raise ValueError(f"unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
+
+
+def check_epilogue(epilogue: Epilogue) -> None:
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
+
+
+def epilogue_reference(y: np.ndarray, epilogue: Epilogue) -> np.ndarray:
+    """numpy (float64) form of :func:`apply_epilogue` with the exact erf / tanh."""
+    if epilogue == "gelu_erf":
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+        return 0.5 * y * (1.0 + erf(y / math.sqrt(2.0)))
+    if epilogue == "gelu_tanh":
+        return 0.5 * y * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * y**3)))
+    if epilogue == "relu":
+        return np.maximum(y, 0.0)
+    return y
+
+
+OPAQUE = 8  # relax OpPatternKind.kOpaque
+
+
+def finish_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Mark a hand-scheduled kernel: MetaSchedule and dlight skip it (``tirx.is_scheduled``), and
+    FuseOps never merges it with its neighbours (``op_pattern`` opaque: FuseTIR cannot splice a
+    scheduled kernel, e.g. the pooler's dense followed by Tanh)."""
+    return (func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+            .without_attr("global_symbol"))
+
+
+def standalone_module(func: tirx.PrimFunc, name: str = "main") -> tvm.IRModule:
+    """Wrap a kernel as a one-function IRModule callable as ``name`` (tests, benchmarks)."""
+    return tvm.IRModule({name: func.with_attr("global_symbol", name)})
