@@ -136,6 +136,23 @@ def test_attention_tile_search_caches_and_reports(tmp_path) -> None:
     assert again == cfg and len(seen) == 1
 
 
+def test_int8_tile_search_caches_and_reports(tmp_path) -> None:
+    from lamina.backends.tvm.kernels import host_supports, int8_isa, target_for
+
+    fam = "vnni" if host_supports("vnni") else "avx2"
+    if not host_supports(fam):
+        pytest.skip("host CPU runs no INT8 kernel family")
+    target = target_for(fam, 2)
+    seen = []
+    tiles = KernelTiles(tmp_path, measure=True, on_search=lambda *a: seen.append(a))
+    cfg = tiles.int8(16, 32, 64, target)
+    key = f"16x32x64_{int8_isa(target)}"
+    assert [s[0] for s in seen] == [f"int8 dense {key}"] and seen[0][3] > 1
+    path = database_dir(tmp_path, target) / "int8_tiles.json"
+    assert key in json.loads(path.read_text())
+    assert KernelTiles(tmp_path).int8(16, 32, 64, target) == cfg and len(seen) == 1
+
+
 @pytest.mark.slow
 def test_interrupt_keeps_records_and_resumes(tmp_path) -> None:
     target = host_target(2)

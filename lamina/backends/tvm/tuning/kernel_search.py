@@ -8,6 +8,10 @@ in well under a second), so we measure it directly::
     func = dense_kernel(M, K, N, bias=True, target=target, config=cfg)
     wp = pack_weight(w, cfg.nb)
 
+INT8 dense (``Int8Config``): the register tile of ``kernels/dense_int8.py`` (its panel width also
+fixes the packed layout), about 10 candidates per shape, ``int8_tiles.json`` keyed like the dense
+records plus the instruction family (``best_int8_config``).
+
 Attention (``AttentionConfig``): query tile and register tiles of the fused kernel, about 10
 candidates per shape (``best_attention_config``).
 
@@ -45,13 +49,23 @@ from ..kernels.dense import (
     pack_weight,
     resolve_config,
 )
-from ..kernels.isa import host_supports, isa_of, num_threads
+from ..kernels.dense_int8 import (
+    Int8Config,
+    candidate_int8_configs,
+    dense_int8_kernel,
+    lanes32,
+    pack_weight_int8,
+    padded_k,
+    resolve_int8_config,
+)
+from ..kernels.isa import host_supports, int8_isa, isa_of, num_threads
 from .meta import database_dir
 
 log = logging.getLogger(__name__)
 
 TILES_FILE = "dense_tiles.json"
 ATTENTION_FILE = "attention_tiles.json"
+INT8_FILE = "int8_tiles.json"
 
 
 def _cache_file(cache: str | os.PathLike[str], target: tvm.target.Target,
@@ -226,6 +240,74 @@ def best_dense_config(M: int, K: int, N: int, target: tvm.target.Target, *,
     return best
 
 
+def _prepare_int8(M: int, K: int, N: int, cfg: Int8Config, target: tvm.target.Target,
+                  min_repeat_ms: int, repeat: int) -> Callable[[], float]:
+    """Timer of the INT8 dense kernel (bias epilogue) with cold weights, as :func:`_prepare`."""
+    from ..runtime import use_threads
+
+    fam = int8_isa(target)
+    func = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True)
+    ex = tvm.compile(standalone_module(func), target)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    w = pack_weight_int8(rng.integers(-127, 128, (K, N), dtype=np.int8), cfg.nv * lanes32(fam))
+    copies = int(min(64, max(2, -(-COLD_BYTES // w.nbytes))))
+    weights = [tvm.runtime.tensor(w, dev) for _ in range(copies)]
+    rest = [tvm.runtime.tensor(a, dev) for a in (
+        np.zeros(N, np.int32), np.ones(N, np.float32), np.array([0.1, 128], np.float32),
+        np.zeros(N, np.float32), np.zeros((M, N), np.float32))]
+    x = tvm.runtime.tensor(rng.integers(0, 256, (M, padded_k(K)), dtype=np.uint8), dev)
+    fn = ex.mod["main"]
+    threads = num_threads(target)
+
+    def block() -> float:
+        t0 = time.perf_counter()
+        for i in range(copies):
+            fn(x, weights[i], *rest)
+        return (time.perf_counter() - t0) / copies
+
+    def run() -> float:
+        use_threads(threads)
+        block()
+        samples: list[float] = []
+        t0 = time.perf_counter()
+        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
+            samples.append(block())
+        return float(np.median(samples))
+
+    return run
+
+
+def best_int8_config(M: int, K: int, N: int, target: tvm.target.Target, *,
+                     cache: str | os.PathLike[str] | None = None, measure: bool = True,
+                     budget_s: float | None = None,
+                     on_search: SearchReport | None = None) -> Int8Config:
+    """The fastest known INT8 dense tile for this shape and target (measured once, then cached)."""
+    fam = int8_isa(target)
+    key = f"{M}x{K}x{N}_{fam}"
+    path = _cache_file(cache, target, INT8_FILE) if cache is not None else None
+    if path is not None:
+        rec = _load(path).get(key)
+        if rec is not None:
+            return resolve_int8_config(M, K, N, target, Int8Config.from_dict(rec["config"]))
+    if not measure or fam is None or not host_supports(fam):
+        return resolve_int8_config(M, K, N, target)
+    t0 = time.monotonic()
+    results = _search(f"int8 dense {key}", candidate_int8_configs(M, K, N, target),
+                      lambda cfg, ms, rep: _prepare_int8(M, K, N, cfg, target, ms, rep),  # type: ignore[arg-type]
+                      budget_s, 4, 3, 0.03)
+    if not results:
+        return resolve_int8_config(M, K, N, target)
+    best_s, best = results[0]
+    if on_search is not None:
+        on_search(f"int8 dense {key}", best.key(), best_s, len(results),  # type: ignore[attr-defined]
+                  time.monotonic() - t0)
+    if path is not None:
+        _store(path, key, {"config": best.to_dict(), "us": best_s * 1e6,  # type: ignore[attr-defined]
+                           "gops": 2.0 * M * K * N / best_s / 1e9, "candidates": len(results)})
+    return best  # type: ignore[return-value]
+
+
 def _prepare_attention(shape: tuple[int, int, int, int, int], merged: bool, mask: bool,
                        cfg: AttentionConfig, target: tvm.target.Target, min_repeat_ms: int,
                        repeat: int) -> Callable[[], float]:
@@ -290,13 +372,20 @@ class KernelTiles:
         self.on_search = on_search
         # Every layer of every bucket asks again for the same few shapes: answer from memory
         # instead of re-reading the JSON file each time.
-        self._known: dict[tuple, DenseConfig | AttentionConfig] = {}
+        self._known: dict[tuple, DenseConfig | AttentionConfig | Int8Config] = {}
 
     def dense(self, M: int, K: int, N: int, target: tvm.target.Target) -> DenseConfig:
         key = ("dense", M, K, N, str(target))
         if key not in self._known:
             self._known[key] = best_dense_config(M, K, N, target, cache=self.cache,
                                                  measure=self.measure, on_search=self.on_search)
+        return self._known[key]  # type: ignore[return-value]
+
+    def int8(self, M: int, K: int, N: int, target: tvm.target.Target) -> Int8Config:
+        key = ("int8", M, K, N, str(target))
+        if key not in self._known:
+            self._known[key] = best_int8_config(M, K, N, target, cache=self.cache,
+                                                measure=self.measure, on_search=self.on_search)
         return self._known[key]  # type: ignore[return-value]
 
     def attention(self, batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,

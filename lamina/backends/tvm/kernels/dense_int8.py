@@ -1,0 +1,338 @@
+"""INT8 dense kernels: u8 activations x s8 weights, int32 accumulation, fused dequantizing epilogue.
+
+``Y[M, N] = epilogue((Xq @ Wq - zp * colsum(Wq)) * (x_scale * w_scale[N]) + bias[N]) + R[M, N]``
+
+``Xq`` is the activation quantized to uint8 with zero point ``zp`` (signed int8 activations arrive
+shifted by +128, with ``zp + 128``: the same integers, so the instructions always see u8 x s8);
+``Wq`` is the per-channel symmetric int8 weight, packed at compile time (:func:`pack_weight_int8`)
+into the layout of the ISA's dot-product instruction: ``Wp[N // nb, K4, 4 * nb]`` with
+``Wp[p, k4, 4 * c + j] = Wq[4 * k4 + j, p * nb + c]``. Each run of ``4 * lanes`` bytes is what one
+instruction multiplies against a broadcast group of 4 activation bytes, and for ``nb = 16`` this is
+byte for byte the VNNI / AMX-INT8 layout. K is padded to a multiple of 4 with zero weights.
+
+Instruction families (``isa.int8_isa``):
+
+- ``vnni`` (AVX-512 VNNI): ``acc[16 x i32] = vpdpbusd(acc, bcast4(Xq[i, 4k4:4k4+4]), Wp[p, k4, v])``;
+  exact.
+- ``avx2``: ``vpmaddwd(vpmaddubsw(bcast4(X), W), 1)`` added to ``acc[8 x i32]``. ``vpmaddubsw``
+  saturates its int16 pair sums (255 * 127 * 2 > 32767), so this family uses **reduce-range
+  weights**: the lowering requantizes the int8 weights to 7 bits (``[-64, 63]``, scale doubled,
+  :func:`reduce_range`), after which no pair sum can saturate (255 * 64 * 2 = 32640) and the kernel is
+  exact for the weights it gets. The cost is one bit of weight precision (measured in the notes).
+
+Schedule (written directly in TIR, the register tile is explicit)::
+
+    parallel for (p, mt) in (N / nb) x (M / mr):       # one weight panel x one row tile
+      acc[mr, nb] = 0                                  # local, mr * nv vector registers
+      for k4 in K / 4:
+        for i in unroll(mr): for v in unroll(nv):      # nv = nb / lanes
+          acc[i, v] = dot4(acc[i, v], bcast(Xq[row i, 4 k4 : 4 k4 + 4]), Wp[p, k4, v])
+      Y[tile] = epilogue(...)                          # vectorized over the tile's columns
+
+Tiles (``mr``, ``nv``) are :class:`Int8Config`; :func:`candidate_int8_configs` lists the grid that
+``tuning.kernel_search`` measures per shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .common import Epilogue, apply_epilogue, check_epilogue, epilogue_reference, finish_kernel
+from .isa import int8_isa
+
+_INT32_LANES = {"vnni": 16, "amx": 16, "avx2": 8}
+# Accumulator vectors the register tile may use (of 32 zmm / 16 ymm), leaving room for the
+# weight vectors, the broadcast and (AVX2) the int16 temporaries and the ones vector.
+_ACC_BUDGET = {"vnni": 24, "amx": 24, "avx2": 10}
+_DEFAULT = {"vnni": (6, 4), "amx": (6, 4), "avx2": (4, 2)}
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """Register tile of the INT8 dense kernel: ``mr`` rows x ``nv`` int32 vectors (``nb = nv *
+    lanes`` columns, which fixes the packed weight layout)."""
+
+    mr: int = 6
+    nv: int = 4
+
+    def key(self) -> str:
+        return f"mr{self.mr}_nv{self.nv}"
+
+    def to_dict(self) -> dict[str, int]:
+        return {"mr": self.mr, "nv": self.nv}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> Int8Config:
+        return cls(**{k: int(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def family(target: tvm.target.Target) -> str:
+    fam = int8_isa(target)
+    if fam is None:
+        raise ValueError(f"no INT8 kernel for target {target} (needs AVX2 or AVX-512)")
+    return fam
+
+
+def lanes32(fam: str) -> int:
+    """int32 lanes of one vector of the family."""
+    return _INT32_LANES[fam]
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    for v in range(max(1, min(cap, n)), 0, -1):
+        if n % v == 0:
+            return v
+    return 1
+
+
+def resolve_int8_config(M: int, K: int, N: int, target: tvm.target.Target,
+                        config: Int8Config | None = None) -> Int8Config:
+    """The tile the kernel really uses: ``nb`` divides N (else narrower), ``mr`` divides M."""
+    fam = family(target)
+    L = lanes32(fam)
+    cfg = config or Int8Config(*_DEFAULT[fam])
+    if N % L:
+        raise ValueError(f"N={N} is not a multiple of the {L} int32 lanes of {fam}")
+    nv = _divisor_at_most(N // L, max(1, cfg.nv))
+    mr = _divisor_at_most(M, max(1, min(cfg.mr, _ACC_BUDGET[fam] // nv)))
+    return Int8Config(mr=mr, nv=nv)
+
+
+def candidate_int8_configs(M: int, K: int, N: int, target: tvm.target.Target) -> list[Int8Config]:
+    """The default tile first, then every tile within the family's register budget."""
+    fam = family(target)
+    out = [resolve_int8_config(M, K, N, target)]
+    for nv in (1, 2, 3, 4, 6):
+        for mr in (2, 3, 4, 6, 8, 12, 16):
+            if mr * nv > _ACC_BUDGET[fam] or mr * nv < _ACC_BUDGET[fam] // 3:
+                continue
+            cfg = resolve_int8_config(M, K, N, target, Int8Config(mr, nv))
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy side: packing, weight remedies, references
+# ---------------------------------------------------------------------------------------------
+
+
+def padded_k(K: int) -> int:
+    return -(-K // 4) * 4
+
+
+def pack_weight_int8(w: np.ndarray, nb: int) -> np.ndarray:
+    """``[K, N]`` int8 -> ``[N // nb, ceil(K / 4), 4 * nb]`` (see the module doc), K zero-padded."""
+    w = np.asarray(w)
+    if w.ndim != 2 or w.dtype != np.int8:
+        raise ValueError(f"pack_weight_int8 expects a 2-D int8 weight, got {w.dtype} {w.shape}")
+    K, N = w.shape
+    if N % nb:
+        raise ValueError(f"N={N} is not a multiple of the panel width nb={nb}")
+    Kp = padded_k(K)
+    if Kp != K:
+        w = np.concatenate([w, np.zeros((Kp - K, N), np.int8)])
+    return np.ascontiguousarray(
+        w.reshape(Kp // 4, 4, N // nb, nb).transpose(2, 0, 3, 1).reshape(N // nb, Kp // 4, 4 * nb))
+
+
+def column_sums(w: np.ndarray) -> np.ndarray:
+    """``sum_k w[k, n]`` in int32: the zero-point correction ``zp * colsum`` of the epilogue."""
+    return np.asarray(w, np.int64).sum(axis=0).astype(np.int32)
+
+
+def reduce_range(w: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """7-bit weights for the AVX2 family: ``round_half_even(w / 2)`` clipped to ``[-64, 63]`` and
+    the scale doubled (ONNX Runtime's ``reduce_range`` on an already int8 weight)."""
+    w7 = np.clip(np.round(np.asarray(w, np.float32) / 2.0), -64, 63).astype(np.int8)
+    return w7, np.asarray(scale, np.float32) * 2.0
+
+
+def dense_int8_reference(xq: np.ndarray, wq: np.ndarray) -> np.ndarray:
+    """The exact int32 accumulators ``Xq @ Wq`` (numpy, int64 then checked into int32)."""
+    acc = np.asarray(xq, np.int64) @ np.asarray(wq, np.int64)
+    assert np.abs(acc).max(initial=0) < 2**31
+    return acc.astype(np.int32)
+
+
+def dense_int8_float_reference(xq: np.ndarray, wq: np.ndarray, zp: int, x_scale: float,
+                               w_scale: np.ndarray, bias: np.ndarray | None = None,
+                               epilogue: Epilogue = None,
+                               residual: np.ndarray | None = None) -> np.ndarray:
+    """float64 reference of the dequantizing epilogue."""
+    acc = dense_int8_reference(xq, wq).astype(np.int64) - int(zp) * column_sums(wq)
+    y = acc.astype(np.float64) * (float(x_scale) * np.asarray(w_scale, np.float64))
+    if bias is not None:
+        y = y + bias
+    y = epilogue_reference(y, epilogue)
+    if residual is not None:
+        y = y + residual
+    return y.astype(np.float32)
+
+
+def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = False) -> np.ndarray:
+    """ONNX QuantizeLinear (round half to even, saturate), then as the u8 the kernel reads."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    q = np.clip(np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zp, lo, hi)
+    return (q + (128 if signed else 0)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# TIR side
+# ---------------------------------------------------------------------------------------------
+
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+_PMADDWD = "llvm.x86.avx2.pmadd.wd"
+
+
+def _drop_unused(func: tirx.PrimFunc, keep: list[str]) -> tirx.PrimFunc:
+    """``func`` with only the parameters whose buffers are named in ``keep`` (the others are
+    never read by the body: the optional inputs of the template)."""
+    params = [p for p in func.params if p.name in keep]
+    return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
+
+
+def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
+                      config: Int8Config | None = None, bias: bool = False,
+                      epilogue: Epilogue = None, residual: bool = False,
+                      raw: bool = False) -> tirx.PrimFunc:
+    """The scheduled INT8 dense kernel.
+
+    Arguments, in order: ``Xq[M, Kp]`` uint8 (Kp = K rounded up to 4), ``Wp`` int8
+    (:func:`pack_weight_int8` with ``nb = config.nv * lanes``), ``colsum[N]`` int32,
+    ``w_scale[N]`` float32, ``qp[2]`` float32 (activation scale, u8 zero point), ``bias[N]`` if
+    ``bias``, ``R[M, N]`` if ``residual``, output ``Y[M, N]`` float32. With ``raw`` the output is
+    the int32 accumulator ``Xq @ Wq`` itself and only ``Xq, Wp, Y`` are arguments (tests).
+    """
+    check_epilogue(epilogue)
+    fam = family(target)
+    cfg = resolve_int8_config(M, K, N, target, config)
+    L = lanes32(fam)
+    mr, nv = cfg.mr, cfg.nv
+    nb = nv * L
+    Kp = padded_k(K)
+    K4 = Kp // 4
+    P = N // nb
+    MT = M // mr
+    VB = 4 * L  # weight bytes per vector
+    vnni = fam in ("vnni", "amx")
+    out_dtype = "int32" if raw else "float32"
+    i32v = f"int32x{L}"
+    u8v = f"uint8x{VB}"
+    i16v = f"int16x{2 * L}"
+
+    def epi(i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r) -> tirx.PrimExpr:
+        zp = tirx.Cast("int32", qp[1])
+        v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])
+        if bias:
+            v = v + b[j]
+        v = apply_epilogue(v, epilogue)
+        if residual:
+            v = v + r[i, j]
+        return v
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),
+             CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
+             QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
+             R: T.Buffer((M, N), "float32"), Y: T.Buffer((M, N), out_dtype)):
+        T.func_attr({"tirx.noalias": True})
+        for task in T.parallel(P * MT):
+            acc = T.alloc_buffer((mr, nb), "int32", scope="local")
+            p = task // MT
+            row = task % MT * mr
+            for i in T.unroll(mr):
+                for v in T.unroll(nv):
+                    acc[i, T.ramp(v * L, 1, L)] = T.broadcast(T.int32(0), L)
+            for k4 in range(K4):
+                for i in T.unroll(mr):
+                    for v in T.unroll(nv):
+                        if vnni:
+                            acc[i, T.ramp(v * L, 1, L)] = T.call_llvm_pure_intrin(
+                                i32v, _VPDPBUSD, acc[i, T.ramp(v * L, 1, L)],
+                                T.reinterpret(u8v, T.broadcast(T.reinterpret(
+                                    "int32", X[row + i, T.ramp(k4 * 4, 1, 4)]), L)),
+                                W[p, k4, T.ramp(v * VB, 1, VB)])
+                        else:
+                            acc[i, T.ramp(v * L, 1, L)] = acc[i, T.ramp(v * L, 1, L)] + (
+                                T.call_llvm_pure_intrin(
+                                    i32v, _PMADDWD,
+                                    T.call_llvm_pure_intrin(
+                                        i16v, _PMADDUBSW,
+                                        T.reinterpret(u8v, T.broadcast(T.reinterpret(
+                                            "int32", X[row + i, T.ramp(k4 * 4, 1, 4)]), L)),
+                                        W[p, k4, T.ramp(v * VB, 1, VB)]),
+                                    T.broadcast(T.int16(1), 2 * L)))
+            for i in T.unroll(mr):
+                for c in T.vectorized(nb):
+                    if raw:
+                        Y[row + i, p * nb + c] = acc[i, c]
+                    else:
+                        Y[row + i, p * nb + c] = epi(row + i, p * nb + c, acc[i, c], CS, WS, QP,
+                                                     B, R)
+
+    keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
+                                        + (["R"] if residual else []) + ["Y"])
+    return finish_kernel(_drop_unused(func, keep))
+
+
+def quantize_kernel(M: int, K: int, *, signed: bool = False,
+                    target: tvm.target.Target) -> tirx.PrimFunc:
+    """``Xq[M, Kp] = saturate(round_half_even(X / qp[0]) + qp[1])`` as the kernel's u8 (int8
+    activations shifted by +128), zero-padded columns up to Kp; arguments ``X[M, K]``, ``qp[2]``
+    (the ONNX scale and zero point), output ``Xq``. Parallel over rows, vectorized along them."""
+    del target  # one form for every ISA: LLVM vectorizes the row loop to the target's width
+    Kp = padded_k(K)
+    lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
+    shift = 128.0 if signed else 0.0
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, K), "float32"), QP: T.Buffer((2,), "float32"),
+             Y: T.Buffer((M, Kp), "uint8")):
+        T.func_attr({"tirx.noalias": True})
+        for r in T.parallel(M):
+            for c in T.vectorized(K):
+                Y[r, c] = T.Cast("uint8", T.max(T.min(T.nearbyint(X[r, c] / QP[0]) + QP[1],
+                                                      T.float32(hi)), T.float32(lo))
+                                 + T.float32(shift))
+            for c in range(Kp - K):
+                Y[r, K + c] = T.uint8(0)
+
+    return finish_kernel(func)
+
+
+def dynamic_qparams_kernel(M: int, K: int) -> tirx.PrimFunc:
+    """ONNX DynamicQuantizeLinear's parameters of ``X[M, K]``: ``qp = [scale, zero point]`` with
+    ``scale = (max(0, max X) - min(0, min X)) / 255`` (1 when X is all zeros) and
+    ``zp = saturate(round_half_even(-min(0, min X) / scale))``."""
+    n = M * K
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((n,), "float32"), QP: T.Buffer((2,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        lohi = T.alloc_buffer((32,), "float32", scope="local")
+        for v in T.vectorized(16):
+            lohi[v] = T.float32(0)
+            lohi[16 + v] = T.float32(0)
+        for o in range(n // 16):
+            for v in T.vectorized(16):
+                lohi[v] = T.min(lohi[v], X[o * 16 + v])
+                lohi[16 + v] = T.max(lohi[16 + v], X[o * 16 + v])
+        for t in range(n % 16):
+            lohi[0] = T.min(lohi[0], X[n // 16 * 16 + t])
+            lohi[16] = T.max(lohi[16], X[n // 16 * 16 + t])
+        for v in range(1, 16):
+            lohi[0] = T.min(lohi[0], lohi[v])
+            lohi[16] = T.max(lohi[16], lohi[16 + v])
+        QP[0] = T.Select(lohi[16] - lohi[0] > T.float32(0), (lohi[16] - lohi[0]) / T.float32(255),
+                         T.float32(1))
+        QP[1] = T.max(T.min(T.nearbyint(T.float32(0) - lohi[0] / QP[0]), T.float32(255)),
+                      T.float32(0))
+
+    return finish_kernel(func)

@@ -1,0 +1,147 @@
+"""INT8 dense kernels per ISA family: bit-exact int32 accumulators against numpy, the dequantizing
+epilogue, the quantize and dynamic-parameter kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from lamina.backends.tvm.kernels import host_supports, target_for  # noqa: E402
+from lamina.backends.tvm.kernels.common import standalone_module  # noqa: E402
+from lamina.backends.tvm.kernels.dense_int8 import (  # noqa: E402
+    Int8Config,
+    candidate_int8_configs,
+    column_sums,
+    dense_int8_float_reference,
+    dense_int8_kernel,
+    dense_int8_reference,
+    dynamic_qparams_kernel,
+    lanes32,
+    pack_weight_int8,
+    padded_k,
+    quantize_kernel,
+    quantize_reference,
+    reduce_range,
+    resolve_int8_config,
+)
+
+pytestmark = pytest.mark.tvm
+
+
+def _target(fam: str):
+    if not host_supports(fam):
+        pytest.skip(f"host CPU cannot run {fam} code")
+    return target_for(fam, 2)
+
+
+def _run(func, arrays, out_shape, out_dtype, target) -> np.ndarray:
+    ex = tvm.compile(standalone_module(func), target)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
+    ex.mod["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays], out)
+    return out.numpy()
+
+
+def _operands(M, K, N, seed=0, avx2=False):
+    rng = np.random.default_rng(seed)
+    xq = rng.integers(0, 256, (M, K), dtype=np.uint8)
+    # Extreme values on purpose: 255 x +-127 pairs are where vpmaddubsw saturates.
+    wq = rng.integers(-127, 128, (K, N), dtype=np.int8)
+    wq[:4] = 127
+    xq[:, :4] = 255
+    if avx2:
+        wq, _ = reduce_range(wq, np.ones(N, np.float32))
+    return xq, wq
+
+
+def _pad(xq: np.ndarray) -> np.ndarray:
+    M, K = xq.shape
+    return np.concatenate([xq, np.zeros((M, padded_k(K) - K), np.uint8)], axis=1)
+
+
+@pytest.mark.parametrize("fam", ["vnni", "avx2"])
+@pytest.mark.parametrize("M, K, N, tile", [(16, 64, 64, None), (24, 30, 48, (4, 2)),
+                                           (7, 128, 32, (8, 1)), (128, 384, 96, (6, 3))])
+def test_int8_accumulators_bit_exact(fam, M, K, N, tile):
+    target = _target(fam)
+    cfg = resolve_int8_config(M, K, N, target, Int8Config(*tile) if tile else None)
+    xq, wq = _operands(M, K, N, avx2=fam == "avx2")
+    func = dense_int8_kernel(M, K, N, target=target, config=cfg, raw=True)
+    wp = pack_weight_int8(wq, cfg.nv * lanes32(fam))
+    got = _run(func, [_pad(xq), wp], (M, N), np.int32, target)
+    np.testing.assert_array_equal(got, dense_int8_reference(xq, wq))
+
+
+@pytest.mark.parametrize("fam", ["vnni", "avx2"])
+def test_every_candidate_tile_is_exact(fam):
+    target = _target(fam)
+    M, K, N = 24, 40, 96
+    xq, wq = _operands(M, K, N, seed=3, avx2=fam == "avx2")
+    ref = dense_int8_reference(xq, wq)
+    for cfg in candidate_int8_configs(M, K, N, target):
+        wp = pack_weight_int8(wq, cfg.nv * lanes32(fam))
+        func = dense_int8_kernel(M, K, N, target=target, config=cfg, raw=True)
+        np.testing.assert_array_equal(_run(func, [_pad(xq), wp], (M, N), np.int32, target), ref,
+                                      err_msg=cfg.key())
+
+
+def test_avx2_without_reduce_range_would_saturate():
+    """Why the AVX2 family needs 7-bit weights: full int8 weights give wrong sums."""
+    target = _target("avx2")
+    M, K, N = 8, 16, 16
+    xq = np.full((M, K), 255, np.uint8)
+    wq = np.full((K, N), 127, np.int8)
+    cfg = resolve_int8_config(M, K, N, target)
+    got = _run(dense_int8_kernel(M, K, N, target=target, config=cfg, raw=True),
+               [xq, pack_weight_int8(wq, cfg.nv * 8)], (M, N), np.int32, target)
+    assert (got != dense_int8_reference(xq, wq)).all()
+
+
+@pytest.mark.parametrize("epilogue, bias, residual", [(None, True, False), ("gelu_erf", True, True),
+                                                      (None, False, True)])
+def test_int8_dequantizing_epilogue(epilogue, bias, residual):
+    target = _target("vnni")
+    M, K, N = 32, 64, 64
+    xq, wq = _operands(M, K, N, seed=1)
+    rng = np.random.default_rng(2)
+    ws = rng.uniform(0.001, 0.01, N).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    r = rng.standard_normal((M, N)).astype(np.float32)
+    xs, zp = 0.02, 131
+    cfg = resolve_int8_config(M, K, N, target)
+    func = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=bias, epilogue=epilogue,
+                             residual=residual)
+    args = [xq, pack_weight_int8(wq, cfg.nv * 16), column_sums(wq), ws,
+            np.array([xs, zp], np.float32)] + ([b] if bias else []) + ([r] if residual else [])
+    got = _run(func, args, (M, N), np.float32, target)
+    ref = dense_int8_float_reference(xq, wq, zp, xs, ws, b if bias else None, epilogue,
+                                     r if residual else None)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_quantize_kernel_matches_onnx_rounding(signed):
+    target = _target("avx2")
+    M, K = 6, 30
+    rng = np.random.default_rng(4)
+    scale = np.float32(0.05)
+    x = (rng.standard_normal((M, K)) * 4).astype(np.float32)
+    x[0, :6] = np.array([0.025, 0.075, -0.025, 100.0, -100.0, 0.125], np.float32)  # ties, clamp
+    zp = 0 if signed else 128
+    got = _run(quantize_kernel(M, K, signed=signed, target=target),
+               [x, np.array([scale, zp], np.float32)], (M, padded_k(K)), np.uint8, target)
+    np.testing.assert_array_equal(got[:, :K], quantize_reference(x, scale, zp, signed))
+    assert (got[:, K:] == 0).all()
+
+
+def test_dynamic_qparams_kernel():
+    target = _target("avx2")
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((5, 37)) * 3 + 1).astype(np.float32)
+    got = _run(dynamic_qparams_kernel(5, 37), [x.reshape(-1)], (2,), np.float32, target)
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(255))
+    assert got[0] == scale
+    assert got[1] == np.clip(np.rint(-np.float32(lo) / scale), 0, 255)
