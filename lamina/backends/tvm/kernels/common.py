@@ -96,6 +96,17 @@ def finish_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
             .without_attr("global_symbol"))
 
 
+def root_block(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Wrap the body of a kernel written as plain loops (no blocks) in the root block Relax's
+    analyses expect of every PrimFunc."""
+    from tvm import s_tir
+
+    if isinstance(func.body, s_tir.SBlockRealize):
+        return func
+    block = s_tir.SBlock([], [], [], "root", func.body)
+    return func.with_body(s_tir.SBlockRealize([], True, block))
+
+
 def standalone_module(func: tirx.PrimFunc, name: str = "main") -> tvm.IRModule:
     """Wrap a kernel as a one-function IRModule callable as ``name`` (tests, benchmarks)."""
     return tvm.IRModule({name: func.with_attr("global_symbol", name)})

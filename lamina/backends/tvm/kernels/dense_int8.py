@@ -42,7 +42,14 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import Epilogue, apply_epilogue, check_epilogue, epilogue_reference, finish_kernel
+from .common import (
+    Epilogue,
+    apply_epilogue,
+    check_epilogue,
+    epilogue_reference,
+    finish_kernel,
+    root_block,
+)
 from .isa import int8_isa
 
 _INT32_LANES = {"vnni": 16, "amx": 16, "avx2": 8}
@@ -279,7 +286,7 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
                                         + (["R"] if residual else []) + ["Y"])
-    return finish_kernel(_drop_unused(func, keep))
+    return finish_kernel(root_block(_drop_unused(func, keep)))
 
 
 def quantize_kernel(M: int, K: int, *, signed: bool = False,
@@ -304,7 +311,7 @@ def quantize_kernel(M: int, K: int, *, signed: bool = False,
             for c in range(Kp - K):
                 Y[r, K + c] = T.uint8(0)
 
-    return finish_kernel(func)
+    return finish_kernel(root_block(func))
 
 
 def dynamic_qparams_kernel(M: int, K: int) -> tirx.PrimFunc:
@@ -335,4 +342,4 @@ def dynamic_qparams_kernel(M: int, K: int) -> tirx.PrimFunc:
         QP[1] = T.max(T.min(T.nearbyint(T.float32(0) - lohi[0] / QP[0]), T.float32(255)),
                       T.float32(0))
 
-    return finish_kernel(func)
+    return finish_kernel(root_block(func))

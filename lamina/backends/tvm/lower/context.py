@@ -32,6 +32,10 @@ class LowerContext:
         self.tiles: Any = None
         # LLVM features beyond the base vector ISA that emitted kernels use (see FunctionInfo).
         self.features: set[str] = set()
+        # INT8: the consumers lowered to INT8 kernels (node -> ops.quant_dense.Int8Dense), and the
+        # quantized activations they share ((value, mode...) -> (Xq, qparams)).
+        self.int8: dict = {}
+        self.int8_inputs: dict = {}
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}
         self.param_values: dict[str, np.ndarray] = {}

@@ -18,6 +18,7 @@ from tvm import relax
 
 from .._errors import BackendError
 from .context import LowerContext, _dtype_str
+from .ops.quant_dense import plan_int8
 from .registry import Const, Value, lookup, supported_ops
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
     ctx.tiles = tiles
     env: dict[ir.Value, Value] = {}
     ctx.env = env  # converters may look at the values behind their inputs (fused head split)
+    # Quantized dense layers in QDQ form lower to INT8 kernels; their Q / DQ nodes are not lowered.
+    ctx.int8, absorbed = plan_int8(graph, target)
     for name, v in graph.initializers.items():
         if v.const_value is None:
             raise BackendError(f"initializer {name!r} has no value (external data not loaded?)")
@@ -91,9 +94,13 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
     with bb.function(func_name, attrs={"num_input": len(in_vars)}):
         with bb.dataflow():
             for node in graph:
-                ins = [None if v is None else env[v] for v in node.inputs]
+                if node in absorbed:
+                    continue
+                # An INT8 consumer's quantized inputs may have no value of their own (absorbed).
+                lookup_in = env.get if node in ctx.int8 else env.__getitem__
+                ins = [None if v is None else lookup_in(v) for v in node.inputs]
                 ctx.node_desc = f"node {node.name!r} ({_op_name(node)})"
-                if _foldable(node, ins):
+                if node not in ctx.int8 and _foldable(node, ins):
                     outs = _fold(ctx, node, ins)
                     folded += 1
                 else:

@@ -13,6 +13,7 @@ from tvm import relax
 from ..context import LowerContext
 from ..registry import converter
 from ._dense import emit_kernel_dense, kernel_weight
+from .quant_dense import emit_int8_dense
 
 MASK_FILL = float(np.finfo(np.float32).min)
 
@@ -39,6 +40,10 @@ def linear(ctx: LowerContext, node: ir.Node, inputs):
     if act not in _ACTIVATIONS:
         raise ctx.error(f"activation={act!r} is not supported")
     has_res = int(ctx.attr(node, "has_residual", 0))
+    q = ctx.int8.get(node)
+    if q is not None:
+        return emit_int8_dense(ctx, q, bias=inputs[2], activation=act,
+                               residual=inputs[3] if has_res else None)
     weight = kernel_weight(ctx, inputs[1])
     if weight is not None and len(ctx.shape(inputs[0])) >= 2:
         return emit_kernel_dense(ctx, inputs[0], inputs[1], weight, bias=inputs[2], activation=act,

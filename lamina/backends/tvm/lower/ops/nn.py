@@ -9,11 +9,15 @@ from tvm import relax
 from ..context import LowerContext, normalize_axis
 from ..registry import converter
 from ._dense import emit_kernel_dense, kernel_weight
+from .quant_dense import emit_int8_dense
 
 
 @converter("MatMul")
 def matmul(ctx: LowerContext, node: ir.Node, inputs):
     a, b = inputs
+    q = ctx.int8.get(node)
+    if q is not None:
+        return emit_int8_dense(ctx, q)
     weight = kernel_weight(ctx, b)
     if weight is not None and len(ctx.shape(a)) >= 2:
         return emit_kernel_dense(ctx, a, b, weight)
@@ -26,6 +30,9 @@ def gemm(ctx: LowerContext, node: ir.Node, inputs):
     alpha = float(ctx.attr(node, "alpha", 1.0))
     beta = float(ctx.attr(node, "beta", 1.0))
     trans_b = int(ctx.attr(node, "transB", 0))
+    q = ctx.int8.get(node)
+    if q is not None:
+        return emit_int8_dense(ctx, q, bias=c)
     weight = kernel_weight(ctx, inputs[1])
     if (weight is not None and not ctx.attr(node, "transA", 0) and alpha == 1.0
             and (c is None or beta == 1.0 and _is_row_bias(ctx, c, weight.shape[0 if trans_b else 1]))):

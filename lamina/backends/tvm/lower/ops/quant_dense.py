@@ -1,0 +1,276 @@
+"""The QDQ form of a quantized dense layer, lowered to one INT8 kernel call (``kernels/dense_int8``).
+
+The ``quantize-int8`` pass leaves, for every quantized ``lamina::Linear`` (or MatMul / Gemm on a
+constant weight)::
+
+    X -> QuantizeLinear(s, zp) -> DequantizeLinear(s, zp) -> Linear.X        (static)
+    X -> DynamicQuantizeLinear -> DequantizeLinear(y, s, zp) -> Linear.X     (dynamic)
+    W_q[K, N] int8 -> DequantizeLinear(w_scale[N], w_zp = 0, axis=1) -> Linear.W
+
+:func:`plan_int8` finds these before the graph is lowered (``lower/graph.py`` calls it). A matched
+consumer becomes ``quantize(X) -> dense_int8(Xq, packed W_q) -> epilogue`` in its own converter
+(:func:`emit_int8_dense`); the Q / DQ nodes whose every use is such a consumer are not lowered at
+all. One quantized copy of X is made per tensor and shared by its consumers (Q, K and V). Anything
+else (a DQ that also feeds a float op, a weight that is not a per-channel symmetric int8 constant,
+N not a multiple of the vector lanes) is left to the standalone Q / DQ converters.
+
+The arithmetic is ONNX's: the kernel computes the integers of ``DQ(Q(X)) @ DQ(W_q)`` exactly
+(int32 accumulators), then ``(acc - zp * colsum(W_q)) * s * w_scale + bias``, so the only
+differences from ONNX Runtime on the same QDQ graph are float rounding in the epilogue, and on the
+AVX2 family the 7-bit weights of its saturation remedy (``dense_int8.reduce_range``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax
+
+from ..context import LowerContext
+from ..registry import Value
+
+_ONNX = ("", "ai.onnx")
+
+
+@dataclass
+class Int8Dense:
+    """A matched quantized dense: where X comes from and the integer weight ``[K, N]``."""
+
+    x: ir.Value  # the float activation (QuantizeLinear's / DynamicQuantizeLinear's input)
+    dynamic: bool
+    x_scale: float = 0.0
+    x_zp: int = 0
+    signed: bool = False
+    wq: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))  # [K, N] int8
+    w_scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [N]
+    w_name: str = "weight"
+    via: tuple[ir.Node, ...] = ()  # the Q / DQ nodes this consumer reads through
+
+
+def _producer(v: ir.Value | None, op: str) -> ir.Node | None:
+    if v is None:
+        return None
+    p = v.producer()
+    if p is None or p.op_type != op or p.domain not in _ONNX:
+        return None
+    return p
+
+
+def _const(v: ir.Value | None) -> np.ndarray | None:
+    if v is None or v.const_value is None:
+        return None
+    return v.const_value.numpy()
+
+
+def _scalar(v: ir.Value | None) -> np.ndarray | None:
+    a = _const(v)
+    return a if a is not None and a.size == 1 else None
+
+
+def _activation(xv: ir.Value) -> Int8Dense | None:
+    """``DQ(Q(x))`` or ``DQ(DynamicQuantizeLinear(x))`` on the activation input."""
+    dq = _producer(xv, "DequantizeLinear")
+    if dq is None or len(dq.inputs) < 2:
+        return None
+    dyn = _producer(dq.inputs[0], "DynamicQuantizeLinear")
+    if dyn is not None:
+        outs = list(dyn.outputs)
+        if list(dq.inputs[:3]) != outs[:3] or dyn.inputs[0] is None:
+            return None
+        return Int8Dense(x=dyn.inputs[0], dynamic=True, via=(dq, dyn))
+    q = _producer(dq.inputs[0], "QuantizeLinear")
+    if q is None or q.inputs[0] is None or len(q.inputs) < 3:
+        return None
+    s_q, z_q = _scalar(q.inputs[1]), _scalar(q.inputs[2])
+    s_d = _scalar(dq.inputs[1])
+    z_d = _scalar(dq.inputs[2]) if len(dq.inputs) > 2 else None
+    if s_q is None or z_q is None or s_d is None or z_d is None:
+        return None
+    if z_q.dtype not in (np.uint8, np.int8) or z_d.dtype != z_q.dtype:
+        return None
+    if float(s_q) != float(s_d) or int(z_q) != int(z_d) or not float(s_q) > 0:
+        return None
+    return Int8Dense(x=q.inputs[0], dynamic=False, x_scale=float(s_q), x_zp=int(z_q),
+                     signed=z_q.dtype == np.int8, via=(dq, q))
+
+
+def _weight(wv: ir.Value, trans_b: bool) -> tuple[np.ndarray, np.ndarray, str, ir.Node] | None:
+    """``DQ(W_q int8 const, per-channel or per-tensor scale, zero zero-points)`` -> ``[K, N]``."""
+    dq = _producer(wv, "DequantizeLinear")
+    if dq is None:
+        return None
+    wq = _const(dq.inputs[0])
+    scale = _const(dq.inputs[1]) if len(dq.inputs) > 1 else None
+    zp = _const(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
+    if wq is None or wq.dtype != np.int8 or wq.ndim != 2 or scale is None:
+        return None
+    if zp is not None and (zp.dtype != np.int8 or np.any(zp != 0)):
+        return None
+    n_axis = 0 if trans_b else 1
+    attr = dq.attributes.get("axis")
+    axis = int(attr.value) if attr is not None else 1
+    axis = axis + 2 if axis < 0 else axis
+    n = wq.shape[n_axis]
+    if scale.size == 1:
+        scale = np.full(n, float(scale.reshape(())), np.float32)
+    elif scale.ndim != 1 or axis != n_axis or scale.size != n:
+        return None
+    w_kn = wq.T if trans_b else wq
+    return (np.ascontiguousarray(w_kn), scale.astype(np.float32),
+            dq.inputs[0].name or "weight", dq)
+
+
+def _match(node: ir.Node, lanes: int) -> Int8Dense | None:
+    domain = node.domain
+    if domain == "lamina" and node.op_type == "Linear":
+        trans_b = False
+    elif domain in _ONNX and node.op_type == "MatMul":
+        trans_b = False
+    elif domain in _ONNX and node.op_type == "Gemm":
+        attrs = {k: a.value for k, a in node.attributes.items()}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return None
+        trans_b = bool(attrs.get("transB", 0))
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = _const(node.inputs[2])
+            if c is None or c.ndim != 1:
+                return None
+    else:
+        return None
+    if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
+        return None
+    act = _activation(node.inputs[0])
+    w = _weight(node.inputs[1], trans_b)
+    if act is None or w is None:
+        return None
+    w_kn, w_scale, name, wdq = w
+    if w_kn.shape[1] % lanes:
+        return None
+    act.wq, act.w_scale, act.w_name = w_kn, w_scale, name
+    act.via = (*act.via, wdq)
+    return act
+
+
+def plan_int8(graph: ir.Graph, target: object) -> tuple[dict[ir.Node, Int8Dense], set[ir.Node]]:
+    """The consumers that lower to INT8 kernels, and the Q / DQ nodes nothing else needs.
+
+    Empty without a target or on a target with no INT8 kernel family."""
+    if target is None:
+        return {}, set()
+    from ...kernels.dense_int8 import lanes32
+    from ...kernels.isa import int8_isa
+
+    fam = int8_isa(target)  # type: ignore[arg-type]
+    if fam is None:
+        return {}, set()
+    matches: dict[ir.Node, Int8Dense] = {}
+    for node in graph:
+        m = _match(node, lanes32(fam))
+        if m is not None:
+            matches[node] = m
+    outputs = set(graph.outputs)
+    skip: set[ir.Node] = set()
+
+    def only_used_by(node: ir.Node, ok) -> bool:
+        for out in node.outputs:
+            if out in outputs:
+                return False
+            for user, _ in out.uses():
+                if not ok(user):
+                    return False
+        return True
+
+    # DQ first (its users are the matched consumers), then the Q / DynamicQuantizeLinear feeding
+    # only skipped DQs.
+    candidates = {n for m in matches.values() for n in m.via}
+    for n in candidates:
+        if n.op_type == "DequantizeLinear" and only_used_by(n, lambda u: u in matches):
+            skip.add(n)
+    for n in candidates:
+        if n.op_type != "DequantizeLinear" and only_used_by(n, lambda u: u in skip):
+            skip.add(n)
+    return matches, skip
+
+
+def emit_int8_dense(ctx: LowerContext, m: Int8Dense, *, bias: Value | None = None,
+                    activation: str = "none", residual: Value | None = None) -> relax.Expr:
+    """``act(DQ(Q(x)) @ DQ(W_q) + bias) + residual`` as quantize + one INT8 kernel call."""
+    from ...kernels.dense_int8 import (
+        column_sums,
+        dense_int8_kernel,
+        dynamic_qparams_kernel,
+        family,
+        lanes32,
+        pack_weight_int8,
+        padded_k,
+        quantize_kernel,
+        reduce_range,
+        resolve_int8_config,
+    )
+    from ...kernels.isa import INT8_FEATURES
+    from ._dense import EPILOGUES
+
+    target = ctx.target
+    fam = family(target)
+    x = ctx.env[m.x]
+    shape = ctx.shape(x)
+    k = shape[-1]
+    rows = int(np.prod(shape[:-1]))
+    n = m.wq.shape[1]
+    if m.wq.shape[0] != k:
+        raise ctx.error(f"INT8 weight {m.w_name!r} has K={m.wq.shape[0]}, the input has {k}")
+    bb = ctx.bb
+
+    # One quantized copy of x for all its consumers.
+    cache = ctx.int8_inputs
+    key = (m.x, m.dynamic, m.x_scale, m.x_zp, m.signed)
+    if key not in cache:
+        x2 = bb.emit(relax.op.reshape(ctx.expr(x), (rows, k)))
+        if m.dynamic:
+            flat = bb.emit(relax.op.reshape(x2, (rows * k,)))
+            gq = bb.add_func(dynamic_qparams_kernel(rows, k), f"lamina_dyn_qparams_{rows}x{k}")
+            qp = bb.emit(relax.call_tir(gq, [flat], relax.TensorType((2,), "float32")))
+            qp_dense = qp
+        else:
+            qp = relax.const(np.array([m.x_scale, m.x_zp], np.float32), "float32")
+            qp_dense = relax.const(np.array([m.x_scale, m.x_zp + (128 if m.signed else 0)],
+                                            np.float32), "float32")
+        gv = bb.add_func(quantize_kernel(rows, k, signed=m.signed, target=target),
+                         f"lamina_quantize_{rows}x{k}{'_s8' if m.signed else ''}")
+        xq = bb.emit(relax.call_tir(gv, [x2, qp],
+                                    relax.TensorType((rows, padded_k(k)), "uint8")))
+        cache[key] = (xq, qp_dense)
+    xq, qp_dense = cache[key]
+
+    chosen = ctx.tiles.int8(rows, k, n, target) if ctx.tiles is not None else None
+    cfg = resolve_int8_config(rows, k, n, target, chosen)
+    nb = cfg.nv * lanes32(fam)
+    wq, w_scale = (reduce_range(m.wq, m.w_scale) if fam == "avx2" else (m.wq, m.w_scale))
+    tag = f"@int8{fam}{nb}"
+    wp_var = _param(ctx, f"{m.w_name}{tag}", pack_weight_int8(wq, nb))
+    cs_var = _param(ctx, f"{m.w_name}{tag}:colsum", column_sums(wq))
+    ws_var = _param(ctx, f"{m.w_name}{tag}:scale", w_scale)
+    epilogue = EPILOGUES[activation]
+    func = dense_int8_kernel(rows, k, n, target=target, config=cfg, bias=bias is not None,
+                             epilogue=epilogue, residual=residual is not None)
+    name = (f"lamina_dense_int8_{rows}x{k}x{n}{'_' + epilogue if epilogue else ''}"
+            f"{'_res' if residual is not None else ''}")
+    gv = bb.add_func(func, name)
+    args = [xq, wp_var, cs_var, ws_var, qp_dense]
+    if bias is not None:
+        args.append(ctx.expr(ctx.cast(bias, "float32")))
+    if residual is not None:
+        args.append(bb.emit(relax.op.reshape(ctx.expr(residual), (rows, n))))
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
+    ctx.features.update(INT8_FEATURES[fam])
+    return bb.emit(relax.op.reshape(y, (*shape[:-1], n)))
+
+
+def _param(ctx: LowerContext, name: str, value: np.ndarray) -> relax.Var:
+    existing = ctx.params.get(name)
+    if existing is not None:
+        return existing
+    dtype = str(value.dtype)
+    return ctx.add_param(name, relax.Var(name, relax.TensorType(value.shape, dtype)), value)

@@ -1,0 +1,151 @@
+"""The QDQ form of quantized dense layers (static u8 / s8 activations, dynamic, per-channel int8
+weights on lamina::Linear, MatMul and Gemm) lowered to INT8 kernels, against ONNX Runtime running
+the same QDQ graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytestmark = pytest.mark.tvm
+
+F = TensorProto.FLOAT
+B, S, H, FF = 1, 16, 64, 128
+
+
+def _qdq_weight(name: str, w: np.ndarray, axis: int):
+    """Per-channel symmetric int8 weight + its DequantizeLinear (the quantize-int8 contract)."""
+    amax = np.abs(w).max(axis=1 - axis)
+    scale = (amax / 127).astype(np.float32)
+    shape = (1, -1) if axis == 1 else (-1, 1)
+    wq = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    inits = [(f"{name}_q", wq), (f"{name}_s", scale), (f"{name}_zp", np.zeros_like(wq[0] if axis
+                                                                               else wq[:, 0]))]
+    node = helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_zp"], [name],
+                            axis=axis)
+    return [node], inits
+
+
+def _qdq_act(x: str, scale: float, zp: int, signed: bool):
+    zdt = np.int8 if signed else np.uint8
+    inits = [(f"{x}_s", np.float32(scale)), (f"{x}_zp", np.array(zp, zdt))]
+    nodes = [helper.make_node("QuantizeLinear", [x, f"{x}_s", f"{x}_zp"], [f"{x}_q"]),
+             helper.make_node("DequantizeLinear", [f"{x}_q", f"{x}_s", f"{x}_zp"], [f"{x}_dq"])]
+    return nodes, inits
+
+
+def qdq_model() -> ir.Model:
+    """LayerNorm -> Linear(gelu) -> Linear(+residual) with u8 activations; a Gemm (transB) on s8
+    activations; a MatMul on dynamically quantized activations. Three outputs."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    inits += [("ln_g", np.ones(H, np.float32)), ("ln_b", np.zeros(H, np.float32))]
+    nodes.append(helper.make_node("LayerNormalization", ["x", "ln_g", "ln_b"], ["h"], axis=-1))
+    for part in (_qdq_act("h", 8.0 / 255, 128, False),
+                 _qdq_weight("w1", rng.standard_normal((H, FF)).astype(np.float32) * 0.1, 1),
+                 _qdq_act("g", 2.5 / 255, 20, False),
+                 _qdq_weight("w2", rng.standard_normal((FF, H)).astype(np.float32) * 0.1, 1),
+                 _qdq_act("y2d", 6.0 / 127, 0, True),
+                 _qdq_weight("w3", rng.standard_normal((32, H)).astype(np.float32) * 0.1, 0),
+                 _qdq_weight("w4", rng.standard_normal((H, 16)).astype(np.float32) * 0.1, 1)):
+        nodes += part[0]
+        inits += part[1]
+    inits += [("b1", rng.standard_normal(FF).astype(np.float32) * 0.1),
+              ("b2", rng.standard_normal(H).astype(np.float32) * 0.1),
+              ("b3", rng.standard_normal(32).astype(np.float32) * 0.1)]
+    nodes += [
+        helper.make_node("Linear", ["h_dq", "w1", "b1"], ["g"], domain="lamina", activation="gelu"),
+        helper.make_node("Linear", ["g_dq", "w2", "b2", "h"], ["y"], domain="lamina",
+                         has_residual=1),
+        helper.make_node("Reshape", ["y", "shape2d"], ["y2d"]),
+        helper.make_node("Gemm", ["y2d_dq", "w3", "b3"], ["out_gemm"], transB=1),
+        helper.make_node("DynamicQuantizeLinear", ["y"], ["yd_q", "yd_s", "yd_zp"]),
+        helper.make_node("DequantizeLinear", ["yd_q", "yd_s", "yd_zp"], ["yd_dq"]),
+        helper.make_node("MatMul", ["yd_dq", "w4"], ["out_dyn"]),
+    ]
+    inits.append(("shape2d", np.array([B * S, H], np.int64)))
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F, [B, S, H])],
+                          [helper.make_tensor_value_info(n, F, None)
+                           for n in ("y", "out_gemm", "out_dyn")],
+                          [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19),
+                                            helper.make_opsetid("lamina", 1)])
+    m.ir_version = 9
+    return ir.from_proto(m)
+
+
+def test_plan_absorbs_the_qdq_nodes():
+    from lamina.backends.tvm.kernels import host_supports, target_for
+    from lamina.backends.tvm.lower.ops.quant_dense import plan_int8
+
+    if not host_supports("avx2"):
+        pytest.skip("host CPU runs no INT8 kernel family")
+    m = qdq_model()
+    matches, skip = plan_int8(m.graph, target_for("avx2", 2))
+    assert sorted(n.op_type for n in matches) == ["Gemm", "Linear", "Linear", "MatMul"]
+    kinds = sorted(n.op_type for n in skip)
+    assert kinds == ["DequantizeLinear"] * 8 + ["DynamicQuantizeLinear"] + ["QuantizeLinear"] * 3
+    assert plan_int8(m.graph, target_for("generic", 2)) == ({}, set())
+    assert plan_int8(m.graph, None) == ({}, set())
+
+
+def _build(tmp: Path, target: str) -> Path:
+    from lamina.backends.tvm import build_artifact
+
+    return build_artifact({(B, S): qdq_model()}, tmp / f"{target}.lamina", target=target,
+                          threads=2, schedule="none")
+
+
+def _feeds() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).standard_normal((B, S, H)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("fam", ["vnni", "avx2"])
+def test_int8_artifact_matches_onnxruntime_on_the_qdq_graph(fam, tmp_path):
+    from lamina.backends.reference import run
+    from lamina.backends.tvm import load
+    from lamina.backends.tvm.kernels import host_supports
+
+    if not host_supports(fam):
+        pytest.skip(f"host CPU cannot run {fam} code")
+    art = _build(tmp_path, {"vnni": "x86-avx512-vnni", "avx2": "x86-avx2"}[fam])
+    got = load(art).run(_feeds())
+    want = run(qdq_model(), _feeds())
+    for name, w in want.items():
+        g = got[name]
+        assert g.shape == w.shape, name
+        err = np.abs(g - w)
+        if fam == "vnni":
+            # Same integers as ONNX Runtime; only float rounding differs, and where it moves a
+            # value across a rounding boundary of the next quantizer, one quantization step.
+            assert np.mean(err < 1e-4) > 0.97, (name, err.max())
+            assert err.max() < 0.1, name
+        else:
+            # 7-bit weights (the AVX2 saturation remedy) against ORT's 8-bit ones.
+            cos = float(np.dot(g.ravel(), w.ravel())
+                        / (np.linalg.norm(g) * np.linalg.norm(w)))
+            assert cos > 0.999, (name, cos)
+
+
+def test_manifest_requires_vnni_only_for_int8_vnni_code(tmp_path, monkeypatch):
+    import json
+
+    import lamina.backends.tvm.target as target
+    from lamina.backends.tvm import load
+    from lamina.backends.tvm.kernels import host_supports
+    from lamina.compiler.errors import ArtifactError
+
+    if not host_supports("vnni"):
+        pytest.skip("host CPU has no AVX-512 VNNI")
+    art = _build(tmp_path, "x86-avx512-vnni")
+    tgt = json.loads((art / "manifest.json").read_text())["target"]
+    assert "avx512vnni" in tgt["required_features"] and tgt["isa_level"] == "x86-avx512-vnni"
+    have = target.host_features() - {"avx512vnni"}
+    monkeypatch.setattr(target, "host_features", lambda: have)
+    with pytest.raises(ArtifactError, match=r"lacks avx512vnni") as err:
+        load(art)
+    assert "\n" not in str(err.value)
