@@ -171,7 +171,7 @@ def collect_ranges(model: ir.Model, names: list[str], batches: list[Feeds], meth
 
     def sweep(desc: str, hist: bool) -> None:
         for feeds in iterate(batches, desc):
-            outs = dict(zip(fetch, sess.run(fetch, feeds), strict=True))
+            outs = dict(zip(fetch, sess.run(fetch, feeds), strict=True)) if fetch else {}
             for n in names:
                 x = feeds[n] if n in inputs else outs[n]
                 obs = observers[n]
