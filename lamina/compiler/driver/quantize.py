@@ -42,6 +42,7 @@ class QuantizeConfig:
     target_cos: float | None = 0.995
     smooth_alpha: float | None = None
     percentile: float = 99.999
+    always_sensitivity: bool = False
 
 
 @dataclass
@@ -54,6 +55,11 @@ class QuantizeResult:
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     pipeline: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """What the artifact manifest and the compile log record."""
+        return {"pipeline": self.pipeline, "quantized_ops": len(self.quantized), "fp32_ops": self.fp32,
+                "cosine": self.cosine, "target_met": self.target_met}
 
     def to_json(self) -> dict[str, Any]:
         return {"quantized": self.quantized, "fp32": self.fp32, "cosine": self.cosine,
@@ -154,6 +160,7 @@ def quantize_model(model: ir.Model, cfg: QuantizeConfig) -> tuple[ir.Model, Quan
         names = list(dict.fromkeys(op.x.name for op in ops))
         result.ranges = collect_ranges(model, names, calib, cfg.method, cfg.percentile)
     all_names = [op.name for op in ops]
+    result.pipeline = _pipeline_text(cfg)
     quantized = _quantize(model, set(all_names), cfg, result.ranges)
     if cfg.target_cos is None:
         result.quantized = all_names
@@ -165,7 +172,8 @@ def quantize_model(model: ir.Model, cfg: QuantizeConfig) -> tuple[ir.Model, Quan
              result.cosine_all, len(ref))
     if result.cosine_all >= cfg.target_cos:
         result.quantized, result.target_met = all_names, True
-        result.sensitivity = []
+        if cfg.always_sensitivity:
+            result.sensitivity = sensitivity(model, ops, cfg, result.ranges, holdout, ref)
         return quantized, result
     result.sensitivity = sensitivity(model, ops, cfg, result.ranges, holdout, ref)
     order = [row["op"] for row in sorted(result.sensitivity, key=lambda r: r["cosine"])]
@@ -186,11 +194,31 @@ def quantize_model(model: ir.Model, cfg: QuantizeConfig) -> tuple[ir.Model, Quan
     result.cosine, quantized, result.fp32 = best
     result.quantized = [n for n in all_names if n not in result.fp32]
     result.target_met = result.cosine >= cfg.target_cos
+    result.pipeline = _pipeline_text(cfg, result.fp32)
+    if result.target_met:
+        log.info("quantize: mean cosine %.5f >= target %s with %d of %d ops in INT8; kept in fp32: %s",
+                    result.cosine, cfg.target_cos, len(result.quantized), len(all_names), ", ".join(result.fp32))
     if not result.target_met:
         raise UsageError(f"--target-cos {cfg.target_cos}: cannot be met; the best mean cosine reached is "
                          f"{result.cosine:.5f} (with {len(result.fp32)} of {len(all_names)} ops in fp32); "
                          "lower the target or try --method percentile/--smooth-quant")
     return quantized, result
+
+
+def _pipeline_text(cfg: QuantizeConfig, exclude: list[str] | None = None) -> str:
+    """The textual pipeline equivalent of what ran (calibration files by name)."""
+    opts = [f"mode={cfg.mode}"]
+    if cfg.mode == "static":
+        opts += [f"activation={cfg.activation}", f"method={cfg.method}", f"calibration={cfg.calibration}",
+                 f"calibration-size={cfg.calibration_size}"]
+        if cfg.tokenizer:
+            opts.append(f"tokenizer={cfg.tokenizer}")
+    if exclude:
+        opts.append("exclude=" + ";".join(exclude))
+    text = "quantize-int8{" + ",".join(opts) + "}"
+    if cfg.smooth_alpha is not None:
+        text = f"smooth-quant{{alpha={cfg.smooth_alpha}}}," + text
+    return text
 
 
 def _holdout(model: ir.Model, cfg: QuantizeConfig, positions: int | None, text_batches) -> list[Feeds]:
