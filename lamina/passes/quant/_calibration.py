@@ -126,8 +126,8 @@ def load_batches(model: ir.Model, path: str | os.PathLike, tokenizer: str | os.P
         raise UsageError(f"--calibration {path}: no such file")
     if p.suffix == ".npz":
         return npz_batches(model, p, size)
-    tdir = _check_tokenizer_dir(tokenizer, path)
-    return text_batches(model, read_texts(p, size), tdir, max_positions=max_positions)
+    texts = read_texts(p, size)
+    return text_batches(model, texts, _check_tokenizer_dir(tokenizer, path), max_positions=max_positions)
 
 
 def batch_rows(batches: list[Feeds]) -> int:
