@@ -6,6 +6,7 @@ from lamina.compiler.pipeline import register_pipeline
 
 O0 = ",".join([
     "lift-constants",
+    "canonicalize-quant",
     "remove-dropout",
     "eliminate-identity",
     "infer-shapes",

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import onnx_ir as ir
 
@@ -22,6 +22,9 @@ from lamina.compiler.frontend import apply_shapes, load_model, save_model
 from lamina.compiler.pipeline import PassContext, PassManager, format_pipeline, parse_pipeline
 from lamina.compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Recorder, VerifyEach
 from lamina.compiler.pipeline.plugins import load_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lamina.compiler.driver.quantize import QuantizeConfig
 
 DEFAULT_COMPILE_PIPELINE = "O1"
 
@@ -120,8 +123,13 @@ def compile(  # noqa: A001 - the verb users expect
     tune_trials: int = 0,
     tuning_db: str | None = None,
     debug: Debug | None = None,
+    quantize: QuantizeConfig | None = None,
 ) -> Path:
-    """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend."""
+    """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend.
+
+    ``quantize``: INT8 after the pipeline (``O1`` then ``quantize-int8``, with accuracy-driven fallback, see
+    :mod:`lamina.compiler.driver.quantize`); the manifest records what was quantized and the cosine reached.
+    """
     from lamina.backends import tvm as tvm_backend
     from lamina.backends.tvm.artifact import sha256_file
     from lamina.backends.tvm.buckets import check_buckets
@@ -130,6 +138,13 @@ def compile(  # noqa: A001 - the verb users expect
     model_path = Path(model_path)
     model = load_model(model_path)
     model, report = optimize(model, pipeline or DEFAULT_COMPILE_PIPELINE, debug)
+    quant_info = None
+    if quantize is not None:
+        from lamina.compiler.driver.quantize import quantize_model
+
+        model, qres = quantize_model(model, quantize)
+        quant_info = qres.summary()
+        report.pipeline += "," + qres.pipeline
     positions = max_positions(model)
     buckets = buckets or tvm_backend.default_buckets(positions)
     check_buckets(buckets, positions)
@@ -138,6 +153,8 @@ def compile(  # noqa: A001 - the verb users expect
         specialized[(batch, seq)] = specialize(model, _bucket_dims(model, batch, seq))
     extra = {"pipeline": report.pipeline, "source_model": str(model_path.resolve()),
              "source_model_sha256": sha256_file(model_path)}
+    if quant_info is not None:
+        extra["quantization"] = quant_info
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
     return tvm_backend.build_artifact(
         specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,

@@ -132,13 +132,92 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     api.load_passes(args.load_passes)
     buckets = _parse_buckets(args.buckets) if args.buckets else None
+    quantize = None
+    if args.quantize == "int8":
+        quantize = _quantize_config(args)
+    elif args.calibration or args.report or args.plot:
+        raise UsageError("--calibration, --report and --plot belong to --quantize int8")
     start = time.perf_counter()
     out = api.compile(
         args.model, args.output, pipeline=args.pipeline, buckets=buckets, target=args.target,
         threads=args.threads, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-        debug=_debug_from(args),
+        debug=_debug_from(args), quantize=quantize,
     )
+    if quantize is not None:
+        import json as _json
+
+        info = _json.loads((Path(out) / "manifest.json").read_text()).get("quantization", {})
+        print(f"lamina: INT8 ({info.get('pipeline', '')}): {info.get('quantized_ops')} ops quantized, "
+              f"mean cosine {info.get('cosine')}, kept in fp32: {', '.join(info.get('fp32_ops') or []) or 'none'}",
+              file=sys.stderr)
     print(f"lamina: wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _add_quantize_args(p: argparse.ArgumentParser, *, in_compile: bool) -> None:
+    g = p.add_argument_group("INT8 quantization" + (" (with --quantize int8)" if in_compile else ""))
+    g.add_argument("--calibration", metavar="FILE",
+                   help="calibration data: a text file (one text a line, with --tokenizer) or an .npz of feeds")
+    g.add_argument("--tokenizer", metavar="DIR", help="directory with tokenizer.json (for a text --calibration)")
+    g.add_argument("--calibration-size", type=int, default=300, metavar="N",
+                   help="calibration samples (default 300); the next 200 measure accuracy for --target-cos")
+    g.add_argument("--mode", choices=["static", "dynamic"], default="static",
+                   help="static: activation scales calibrated; dynamic: computed at run time")
+    g.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"], default="minmax",
+                   help="calibration range method (static mode)")
+    g.add_argument("--activation", choices=["u8", "s8"], default="u8",
+                   help="activation type: u8 asymmetric or s8 symmetric (static mode)")
+    g.add_argument("--target-cos", type=float, default=0.995,
+                   help="keep the most sensitive ops in fp32 until the mean cosine of the first output to fp32 "
+                        "reaches this (default 0.995); 0 quantizes everything without measuring")
+    g.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
+                   help="SmoothQuant migration with this alpha before quantizing (exact in fp32)")
+    g.add_argument("--report", metavar="FILE.json", help="write the per-layer sensitivity table and result")
+    g.add_argument("--plot", metavar="FILE.png", help="draw per-layer sensitivity (matplotlib)")
+
+
+def _quantize_config(args: argparse.Namespace):
+    from lamina.compiler.driver.quantize import QuantizeConfig
+
+    if not args.calibration and (args.mode == "static" or args.target_cos):
+        raise UsageError("INT8 quantization needs --calibration FILE (texts with --tokenizer DIR, or an .npz)")
+    if args.calibration_size <= 0:
+        raise UsageError(f"--calibration-size must be positive, got {args.calibration_size}")
+    return QuantizeConfig(
+        calibration=args.calibration, tokenizer=args.tokenizer, mode=args.mode, method=args.method,
+        activation=args.activation, calibration_size=args.calibration_size,
+        target_cos=args.target_cos or None, smooth_alpha=args.smooth_quant,
+        always_sensitivity=bool(args.plot or args.report))
+
+
+def _quantize_outputs(args: argparse.Namespace, cfg, result) -> None:
+    from lamina.compiler.driver.quantize import plot_sensitivity, write_report
+
+    if args.report:
+        write_report(args.report, result, cfg)
+    if args.plot:
+        plot_sensitivity(args.plot, result, cfg.target_cos)
+    total = len(result.quantized) + len(result.fp32)
+    line = f"lamina: INT8 {cfg.mode}: {len(result.quantized)} of {total} ops quantized"
+    if result.cosine is not None:
+        line += f"; mean cosine to fp32 {result.cosine:.5f} (target {cfg.target_cos}) on the held-out samples"
+    if result.fp32:
+        line += f"; kept in fp32: {', '.join(result.fp32)}"
+    print(line, file=sys.stderr)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from lamina.compiler.driver import api
+    from lamina.compiler.driver.quantize import quantize_model
+
+    api.load_passes(args.load_passes)
+    cfg = _quantize_config(args)
+    model = api.load(args.model)
+    model, report = api.optimize(model, args.pipeline, _debug_from(args))
+    model, result = quantize_model(model, cfg)
+    path = api.save(model, args.output)
+    _quantize_outputs(args, cfg, result)
+    print(f"lamina: wrote {path} (pipeline {report.pipeline},{result.pipeline})", file=sys.stderr)
     return 0
 
 
@@ -247,7 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuning-db", default=os.environ.get("LAMINA_TUNING_DB"),
                    help="tuning database directory (default: a per-user cache directory)")
     _add_pipeline_args(p, os.environ.get("LAMINA_COMPILE_PIPELINE", "O1"))
+    p.add_argument("--quantize", choices=["int8"], help="INT8: O1 then quantize-int8 with accuracy fallback")
+    _add_quantize_args(p, in_compile=True)
     p.set_defaults(func=cmd_compile, pipeline=None)
+
+    p = sub.add_parser("quantize", help="quantize a model to INT8 (QDQ ONNX that ONNX Runtime runs)")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("-o", "--output", required=True, help="output .onnx file (QDQ form)")
+    _add_quantize_args(p, in_compile=False)
+    _add_pipeline_args(p, "O1")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("run", help="run a .lamina artifact")
     p.add_argument("artifact", help="a NAME.lamina directory")

@@ -54,6 +54,42 @@ def _num_heads(model: ir.Model, hidden: int | None) -> int | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+def _dq_params(value: ir.Value | None) -> dict[str, Any] | None:
+    """Scale / zero point of the DequantizeLinear (or dynamic quantization) that produces ``value``."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    src = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if src is not None and src.op_type == "DynamicQuantizeLinear":
+        return {"kind": "dynamic"}
+    scale = const_array(node.inputs[1])
+    zp = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
+    if scale is None:
+        return {"kind": "unknown"}
+    out: dict[str, Any] = {"dtype": str(zp.dtype) if zp is not None else "uint8"}
+    if scale.size == 1:
+        out.update(scale=float(scale.reshape(())), zero_point=int(zp.reshape(())) if zp is not None else 0)
+    else:
+        out.update(channels=int(scale.size), scale_min=float(scale.min()), scale_max=float(scale.max()))
+    return out
+
+
+def _quantization(model: ir.Model) -> list[dict[str, Any]]:
+    """One entry per quantized op: its tag, activation scale / zero point, weight scales."""
+    rows = []
+    for node in model.graph:
+        if node.op_type in ("MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv"):
+            rows.append({"op": node.name, "kind": node.op_type, "tag": "onnxruntime-" + node.op_type})
+            continue
+        w = _dq_params(node.inputs[1]) if len(node.inputs) > 1 else None
+        if w is None or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        kind = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        rows.append({"op": node.name, "kind": kind, "tag": node.metadata_props.get("lamina.quant", "qdq"),
+                     "activation": _dq_params(node.inputs[0]), "weight": w})
+    return rows
+
+
 def describe(model: ir.Model, canonical: ir.Model | None = None) -> dict[str, Any]:
     """A JSON-able description of ``model``. ``canonical`` (the O0 form) helps detect heads and layers."""
     graph = model.graph
@@ -105,6 +141,7 @@ def describe(model: ir.Model, canonical: ir.Model | None = None) -> dict[str, An
         "hidden_size": hidden,
         "vocab_size": vocab,
         "weight_zero_fraction": zero_fraction,
+        "quantized_ops": _quantization(model),
     }
 
 
@@ -128,4 +165,16 @@ def format_description(path: str, info: dict[str, Any]) -> str:
     lines.append(f"  weights (2-D+): {len(zf)}, with >1% zeros: {len(sparse)}")
     for name, frac in sorted(sparse.items(), key=lambda kv: -kv[1])[:20]:
         lines.append(f"    {name}: {100 * frac:.1f}% zeros")
+    quant = info.get("quantized_ops") or []
+    if quant:
+        lines.append(f"  quantized ops: {len(quant)}")
+        for q in quant:
+            a, w = q.get("activation") or {}, q.get("weight") or {}
+            if "scale" in a:
+                act = f"x {a['dtype']} scale {a['scale']:.4g} zp {a['zero_point']}"
+            else:
+                act = f"x {a.get('kind', '-')}"
+            wt = (f"w int8 x{w['channels']} scales {w['scale_min']:.3g}..{w['scale_max']:.3g}"
+                  if "channels" in w else (f"w scale {w['scale']:.4g}" if "scale" in w else ""))
+            lines.append(f"    {q['op']} ({q['kind']}, {q['tag']}): {act}; {wt}".rstrip("; "))
     return "\n".join(lines) + "\n"

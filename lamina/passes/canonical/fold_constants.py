@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 # Ops whose result is not a function of their inputs, or that we never want to materialise.
 NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-              "Bernoulli", "Dropout", "If", "Loop", "Scan", "SequenceConstruct"}
+              "Bernoulli", "Dropout", "If", "Loop", "Scan", "SequenceConstruct",
+              # INT8 weights stay int8 + DequantizeLinear: the form quantized kernels consume.
+              "DequantizeLinear"}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # Nodes whose inputs are all constants and this small (in elements, summed) are evaluated at
 # compile time with ONNX's reference evaluator; bigger ones (weights) stay in the Relax graph.
 FOLD_MAX_ELEMENTS = 1 << 16
+# Ops whose converters fold constant inputs themselves (onnx.reference lacks their older opset versions).
+SELF_FOLDING = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
 @dataclass
@@ -159,7 +161,7 @@ def _check_shape(ctx: LowerContext, ov: ir.Value, got: Value) -> None:
 
 
 def _foldable(node: ir.Node, ins: list[Value | None]) -> bool:
-    if node.domain not in ("", "ai.onnx") or not ins:
+    if node.domain not in ("", "ai.onnx") or not ins or node.op_type in SELF_FOLDING:
         return False
     if any(not isinstance(v, Const) for v in ins if v is not None):
         return False

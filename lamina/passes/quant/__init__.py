@@ -1,0 +1,1 @@
+"""INT8 rewriting: calibration, SmoothQuant migration, static/dynamic QDQ quantization, accuracy fallback."""
