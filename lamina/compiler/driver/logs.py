@@ -46,15 +46,28 @@ class OneLineFilter(logging.Filter):
         return True
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (the CLI may run in-process
+    under a test runner that swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def setup_logging(debug: bool) -> None:
     """Route all logging (Lamina's and third-party) through one stderr handler (see the module doc)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     if not debug:
         handler.addFilter(OneLineFilter())
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(old)  # an earlier in-process run's
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.captureWarnings(True)

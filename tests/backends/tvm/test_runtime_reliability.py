@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
@@ -219,3 +220,27 @@ def test_real_write_failure_leaves_nothing(tmp_path: Path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert list(tmp_path.iterdir()) == []
+
+
+# -- NaN / Inf weights ------------------------------------------------------------------------
+
+def test_nan_weights_compile_with_a_warning(tmp_path: Path, caplog):
+    import logging
+
+    from lamina.backends.tvm import load
+    from lamina.compiler.driver import api
+
+    src = _mean_pool_model(tmp_path / "nan.onnx")
+    m = onnx.load(str(src))
+    w = next(t for t in m.graph.initializer if t.name == "w")
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr[2, 1] = np.nan
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, "w"))
+    onnx.save(m, str(src))
+    with caplog.at_level(logging.WARNING):
+        out = api.compile(src, tmp_path / "nan.lamina", buckets=[(1, 8)])
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("weight 'w' (1 NaN, 0 Inf of 32) holds NaN or Inf values" in w for w in warned), \
+        warned
+    pooled = load(out, threads=1).run({"input_ids": np.ones((1, 8), np.int64)})["pooled"]
+    assert np.isnan(pooled[0, 1]) and np.isfinite(pooled[0, [0, 2, 3]]).all()
