@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 Dims = Sequence[int | str]
 _RESERVED = {"format", "format_version", "lamina_version", "tvm_version", "tvm_ffi_version",
              "created_utc", "target", "threads", "buckets", "inputs", "outputs", "files",
-             "manifest_sha256", "build_seconds", "extra", "tuning"}
+             "manifest_sha256", "build_seconds", "extra", "tuning", "index_checks"}
+# Ops an index passes through unchanged on its way from an input to a Gather (for index_checks).
+_INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
 
 
 def io_dims_from_model(model: ir.Model, batch_dim: str | int = 0, seq_dim: str | int = 1
@@ -66,6 +68,49 @@ def io_dims_from_model(model: ir.Model, batch_dim: str | int = 0, seq_dim: str |
         else:
             out[v.name or ""] = dims
     return out
+
+
+def index_checks(model: ir.Model) -> list[dict[str, Any]]:
+    """Inputs whose values index a constant table: ``[{input, size, table}]`` for the manifest.
+
+    An integer graph input that reaches the index operand of a standard ``Gather`` whose data is
+    a constant (an embedding table) through shape-only ops (Cast, Reshape, Unsqueeze, ...) must
+    hold values in ``[0, size)``, ``size`` being the table's extent on the gathered axis (the
+    smallest such table when it feeds several). The runtime checks this with one min/max per
+    input before a call (:meth:`CompiledModel.run`).
+    """
+    checks: dict[str, dict[str, Any]] = {}
+    for inp in model.graph.inputs:
+        if inp.dtype is None or not inp.dtype.is_integer():
+            continue
+        frontier, seen = [inp], set()
+        while frontier:
+            v = frontier.pop()
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            for node, idx in v.uses():
+                if node.domain not in ("", "ai.onnx"):
+                    continue
+                if node.op_type == "Gather" and idx == 1:
+                    table = node.inputs[0]
+                    if table is None or table.shape is None or (
+                            table.const_value is None and table.name not in
+                            model.graph.initializers):
+                        continue
+                    attr = node.attributes.get("axis")
+                    axis = int(attr.value) if attr is not None else 0
+                    rank = len(table.shape)
+                    axis = axis + rank if axis < 0 else axis
+                    if not 0 <= axis < rank or not isinstance(table.shape[axis], int):
+                        continue
+                    size = int(table.shape[axis])
+                    if inp.name not in checks or size < checks[inp.name]["size"]:
+                        checks[inp.name or ""] = {"input": inp.name, "size": size,
+                                                  "table": table.name or ""}
+                elif node.op_type in _INDEX_PASS_THROUGH and idx == 0:
+                    frontier.extend(node.outputs)
+    return [checks[k] for k in sorted(checks)]
 
 
 def _infer_dims(specs: dict[Bucket, TensorSpec], is_input: bool) -> list[int | str]:
@@ -208,6 +253,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                      "params": lowered.functions[(b, s)].params} for b, s in buckets],
         "inputs": inputs,
         "outputs": outputs,
+        "index_checks": index_checks(models[buckets[0]]),
         "pipeline": extra.pop("pipeline", None),
         "source_model_sha256": extra.pop("source_model_sha256", None),
         "source_model": extra.pop("source_model", None),

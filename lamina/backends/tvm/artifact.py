@@ -10,17 +10,25 @@
 The manifest carries its own checksum (``manifest_sha256``, over its canonical JSON without that
 field), so an edited manifest is refused like an edited library. Writing is atomic: everything
 goes to a temporary directory beside the destination and is renamed into place at the end, so a
-failure or Ctrl-C never leaves a half-written artifact. Verification happens before the library
-is loaded (loading a shared object runs its code).
+failure or Ctrl-C never leaves a half-written artifact; a write that fails for lack of space (or
+any other OS error) is reported in one line. Verification happens before the library is loaded
+(loading a shared object runs its code).
+
+Trust: the checksums detect corruption and accidental edits, not malice (whoever can rewrite a
+file can rewrite the manifest's checksums too). Loading an artifact runs its native code with the
+loader's rights, so :func:`check_permissions` refuses an artifact that users other than its
+owner could have modified; files are written without group/other write bits whatever the umask.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +84,22 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _no_space(exc: BaseException, where: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    try:  # TVM's writers raise their own errors: judge by the free space left
+        return shutil.disk_usage(where).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _private(path: Path) -> None:
+    """Drop group/other write bits (a umask of 002 would leave them, and load() refuses them)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.chmod(path, mode & ~(stat.S_IWGRP | stat.S_IWOTH))
+
+
 def write_artifact(out_path: str | os.PathLike[str], manifest: dict[str, Any],
                    writers: dict[str, Callable[[Path], None]]) -> Path:
     """Atomically create ``out_path`` with ``manifest.json`` plus one file per ``writers`` entry.
@@ -97,19 +121,31 @@ def write_artifact(out_path: str | os.PathLike[str], manifest: dict[str, Any],
         for name, write in writers.items():
             write(tmp / name)
             _fsync(tmp / name)
+            _private(tmp / name)
             files[name] = sha256_file(tmp / name)
         manifest = dict(manifest, files=files)
         manifest["manifest_sha256"] = manifest_checksum(manifest)
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
         _fsync(tmp / MANIFEST)
+        _private(tmp / MANIFEST)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, old / out.name)
         os.rename(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         if old is not None and not out.exists():
             os.rename(old / out.name, out)  # put the previous artifact back
+        if isinstance(exc, Exception) and _no_space(exc, out.parent):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ArtifactError(f"{out}: cannot write the artifact, no space left on the device "
+                                f"({type(exc).__name__}: {str(exc).strip()[:200]}); nothing was "
+                                f"written: free space under {out.parent} or write elsewhere "
+                                "with -o") from exc
+        if isinstance(exc, OSError):
+            raise ArtifactError(f"{out}: cannot write the artifact ({exc.strerror or exc}"
+                                f"{': ' + str(exc.filename) if exc.filename else ''}); nothing "
+                                "was written") from exc
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,6 +153,38 @@ def write_artifact(out_path: str | os.PathLike[str], manifest: dict[str, Any],
             shutil.rmtree(old, ignore_errors=True)
     log.info("wrote artifact %s", out)
     return out
+
+
+def check_permissions(path: str | os.PathLike[str]) -> None:
+    """Refuse an artifact that users other than its owner (and root) may have modified.
+
+    Loading runs the library's code, so the directory and every file in it must not be group- or
+    world-writable, nor owned by another (non-root) user. A missing artifact is left to
+    :func:`read_manifest` to report.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return
+    me = os.geteuid()
+    for p in [root, *sorted(root.iterdir())]:
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ArtifactError(f"{p}: is a symbolic link; an artifact's files must be its own "
+                                "(copy the real file in, or recompile)")
+        owner_ok = st.st_uid in (me, 0)
+        if owner_ok and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            continue
+        why = (f"is owned by uid {st.st_uid}, not by you (uid {me}) or root" if not owner_ok
+               else f"is writable by {'other users' if st.st_mode & stat.S_IWOTH else 'its group'}"
+               f" (mode {stat.filemode(st.st_mode)})")
+        raise ArtifactError(
+            f"{p}: {why}; loading an artifact runs its code, so it must be writable only by its "
+            f"owner: run `chmod -R go-w {root}` (and chown it to yourself) if you trust it, or set "
+            "LAMINA_ALLOW_WRITABLE_ARTIFACTS=1 (load(..., allow_writable=True)) in a container "
+            "image whose files are writable by design")
 
 
 def _recompile_hint(manifest: dict[str, Any] | None = None) -> str:

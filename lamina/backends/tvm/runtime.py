@@ -14,7 +14,21 @@ Feeds: names must match the artifact's inputs exactly. Integer inputs accept any
 Threads: TVM sizes its thread pool from ``TVM_NUM_THREADS`` when the pool first starts and
 ``runtime.config_threadpool`` can only lower the count afterwards; the pool is per calling
 thread. So :func:`load` raises the ceiling through the environment while it still can, and
-each thread that calls :meth:`CompiledModel.run` sets its own count on its first call.
+each thread that calls :meth:`CompiledModel.run` sets its own count when it needs another.
+
+Concurrency: :meth:`CompiledModel.run` may be called from any number of threads at once. A Relax
+VM is not reentrant, so each call in flight takes a VM of its own from a small pool (VMs share
+the loaded library and the weights; a VM holds only its call's registers and scratch memory).
+Concurrent calls share the cores instead of each starting ``threads`` workers: a call that
+starts while ``n`` calls are in flight (itself included) runs on ``max(1, cores // n)`` threads
+(at most ``threads``; a lone call gets ``threads``), and at most ``cores`` calls run at once, the
+others wait for one to finish. So two callers on 2 cores run one thread each, side by side,
+instead of four threads fighting over two cores; the pool never holds more than ``cores`` VMs.
+
+Checks besides the feeds: ids fed to an embedding-style lookup (a Gather on a constant table,
+recorded at compile time as ``index_checks`` in the manifest) must lie in ``[0, rows)``, and a
+request is padded along ``seq`` only when the model has an attention-mask input (padding
+without a mask would change the outputs silently).
 """
 
 from __future__ import annotations
@@ -22,7 +36,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ArtifactError, BackendError, UsageError
-from .artifact import LIBRARY, PARAMS, read_manifest
+from .artifact import LIBRARY, PARAMS, check_permissions, read_manifest
 from .buckets import Bucket, format_buckets, plan_request
 
 log = logging.getLogger(__name__)
@@ -49,6 +64,14 @@ class IOSpec:
 
 
 _pool_started = False
+_thread_state = threading.local()  # the calling thread's TVM pool size (TVM's pool is per thread)
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _prepare_thread_pool(threads: int) -> None:
@@ -100,12 +123,22 @@ class CompiledModel:
             raise ArtifactError(f"{root}: cannot load the library or weights ({e}); recompile "
                                 "it on this machine with `lamina compile`") from e
         self._dev = tvm.cpu()
-        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._lib = lib
+        self._idle_vms = [relax.VirtualMachine(lib, self._dev)]
         self._params = {k: params[k] for k in {p for _, ps in self._functions.values()
                                                  for p in ps}}
         self._local = threading.local()
         # A batch may be split into chunks only if every input and output has a batch dim.
         self._can_split = all(BATCH in s.dims for s in [*self.inputs, *self.outputs])
+        # Concurrent calls: see the module docstring.
+        self._cores = _cores()
+        self._max_active = self._cores
+        self._active = 0
+        self._cv = threading.Condition()
+        self._index_checks = [(str(c["input"]), int(c["size"]), str(c.get("table", "")))
+                              for c in manifest.get("index_checks", [])]
+        self._mask_input = next((s.name for s in self.inputs
+                                 if "mask" in s.name.lower() and SEQ in s.dims), None)
 
     @property
     def buckets(self) -> list[Bucket]:
@@ -161,6 +194,72 @@ class CompiledModel:
         seq = roles.get(SEQ, (1, ""))[0]
         return arrays, batch, seq
 
+    def _check_indices(self, arrays: dict[str, np.ndarray]) -> None:
+        """Ids that index a constant table must lie in [0, rows): one min/max per checked input."""
+        for name, size, table in self._index_checks:
+            a = arrays.get(name)
+            if a is None or a.size == 0:
+                continue
+            lo, hi = int(a.min()), int(a.max())
+            if lo >= 0 and hi < size:
+                continue
+            bad = lo if lo < 0 else hi
+            where = tuple(int(i) for i in np.argwhere(a == bad)[0])
+            raise UsageError(
+                f"input {name!r} holds {bad} at {list(where)}, outside [0, {size}) of the table "
+                f"{table or 'it indexes'} ({size} rows); ids must come from the tokenizer the "
+                "model was trained with")
+
+    def _check_padding(self, bucket: Bucket, seq: int) -> None:
+        """Padding ``seq`` is only invisible to a model that masks the padded positions."""
+        if seq == bucket[1] or self._mask_input is not None or not any(
+                SEQ in s.dims for s in self.inputs):
+            return
+        raise UsageError(
+            f"sequence length {seq} would run in bucket {bucket[0]}x{bucket[1]} padded to "
+            f"{bucket[1]}, but the model has no attention-mask input, so padding would change "
+            f"its outputs; feed sequences of exactly a bucket's length "
+            f"({', '.join(str(s) for s in sorted({s for _, s in self._functions}))}) or "
+            f"recompile with `--buckets {format_buckets([*self._functions, (bucket[0], seq)])}`")
+
+    @property
+    def _vm(self) -> Any:
+        """The VM of the calling thread's call in flight (taken from the pool by ``_slot``)."""
+        return self._local.vm
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Admit one call (at most ``cores`` at once), lend it a VM and size its thread pool."""
+        with self._cv:
+            while self._active >= self._max_active:
+                self._cv.wait()
+            self._active += 1
+            active = self._active
+            vm = self._idle_vms.pop() if self._idle_vms else None
+        threads = self.threads if active == 1 else max(1, min(self.threads,
+                                                               self._cores // active))
+        try:
+            if vm is None:
+                from tvm import relax
+
+                vm = relax.VirtualMachine(self._lib, self._dev)
+            if getattr(_thread_state, "threads", None) != threads:
+                got = _set_threads(threads)
+                if got != threads:
+                    log.warning("TVM runs %d threads, not %d: its thread pool started before "
+                                "load(); set TVM_NUM_THREADS=%d before the first TVM call",
+                                got, threads, threads)
+                _thread_state.threads = threads
+            self._local.vm = vm
+            yield
+        finally:
+            self._local.vm = None
+            with self._cv:
+                if vm is not None:
+                    self._idle_vms.append(vm)
+                self._active -= 1
+                self._cv.notify()
+
     def plan(self, batch: int, seq: int) -> tuple[Bucket, int]:
         """(bucket, calls) a request of ``batch`` x ``seq`` runs as; a clear error if none."""
         plan = plan_request(self._functions, batch, seq, split_batch=self._can_split)
@@ -186,21 +285,18 @@ class CompiledModel:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one request; returns one array per output, padding removed."""
         arrays, batch, seq = self._check_feeds(feeds)
+        self._check_indices(arrays)
         bucket, calls = self.plan(batch, seq)
-        if getattr(self._local, "threads", None) != self.threads:
-            got = _set_threads(self.threads)
-            if got != self.threads:
-                log.warning("TVM runs %d threads, not %d: its thread pool started before "
-                            "load(); set TVM_NUM_THREADS=%d before the first TVM call",
-                            got, self.threads, self.threads)
-            self._local.threads = self.threads
+        self._check_padding(bucket, seq)
         if calls == 1:
-            return self._run_bucket(arrays, bucket, batch, seq)
+            with self._slot():
+                return self._run_bucket(arrays, bucket, batch, seq)
         parts = []
-        for lo in range(0, batch, bucket[0]):
-            hi = min(batch, lo + bucket[0])
-            chunk = {n: self._rows(n, a, lo, hi) for n, a in arrays.items()}
-            parts.append(self._run_bucket(chunk, bucket, hi - lo, seq))
+        with self._slot():
+            for lo in range(0, batch, bucket[0]):
+                hi = min(batch, lo + bucket[0])
+                chunk = {n: self._rows(n, a, lo, hi) for n, a in arrays.items()}
+                parts.append(self._run_bucket(chunk, bucket, hi - lo, seq))
         return {spec.name: np.concatenate([p[spec.name] for p in parts],
                                           axis=spec.dims.index(BATCH))
                 for spec in self.outputs}
@@ -242,9 +338,20 @@ class CompiledModel:
     __call__ = run
 
 
-def load(path: str | os.PathLike[str], threads: int | None = None) -> CompiledModel:
-    """Verify and load the artifact at ``path`` (see :func:`artifact.read_manifest`)."""
+def load(path: str | os.PathLike[str], threads: int | None = None, *,
+         allow_writable: bool | None = None) -> CompiledModel:
+    """Verify and load the artifact at ``path`` (see :func:`artifact.read_manifest`).
+
+    Loading runs the artifact's native code, so an artifact whose directory or files other users
+    may write is refused (:func:`artifact.check_permissions`). ``allow_writable=True``, or the
+    environment variable ``LAMINA_ALLOW_WRITABLE_ARTIFACTS=1`` when it is None, skips that check
+    (container images whose files are all group-writable by design).
+    """
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be >= 1, got {threads}")
+    if allow_writable is None:
+        allow_writable = os.environ.get("LAMINA_ALLOW_WRITABLE_ARTIFACTS", "") == "1"
+    if not allow_writable:
+        check_permissions(path)
     root, manifest = read_manifest(path)
     return CompiledModel(root, manifest, threads)

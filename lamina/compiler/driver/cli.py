@@ -358,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("LAMINA_DEBUG") == "1"
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="lamina: %(levelname)s: %(message)s")
+    from lamina.compiler.driver.logs import setup_logging, silence_native_stderr
+
+    setup_logging(debug)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"lamina: error: {exc}", file=sys.stderr)
+        if argv is None:  # a process of its own: TVM's C++ teardown warnings must not follow
+            silence_native_stderr()
         return exc.exit_code
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
@@ -381,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"lamina: internal error: {type(exc).__name__}: {first}; rerun with --debug for the "
               "traceback and report it", file=sys.stderr)
+        if argv is None:
+            silence_native_stderr()
         return 3
 
 

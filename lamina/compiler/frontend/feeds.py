@@ -7,10 +7,16 @@ table that consumes them), ``attention_mask`` ones followed by padding zeros on 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_ir as ir
 
+from lamina.compiler.errors import UsageError
+
 DEFAULT_DIMS = {"batch": 2, "seq": 16}
+# Seeded feeds are small examples: a declared shape beyond this is refused rather than allocated.
+MAX_FEED_ELEMENTS = 1 << 26
 
 
 def default_dim(name: str, dims: dict[str, int]) -> int:
@@ -61,6 +67,11 @@ def make_feeds(model: ir.Model, dims: dict[str, int] | None = None, seed: int = 
         if value.name in model.graph.initializers:
             continue
         shape = concrete_shape(value, dims)
+        if any(d < 0 for d in shape) or math.prod(shape) > MAX_FEED_ELEMENTS:
+            raise UsageError(
+                f"input {value.name!r}: example inputs of shape {shape} ({math.prod(shape)} elements) exceed "
+                f"the budget of {MAX_FEED_ELEMENTS} elements for seeded feeds; bind smaller dims with --dim "
+                "or --input-shape")
         dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         name = value.name.lower()
         if np.issubdtype(dtype, np.integer) or dtype == np.bool_:

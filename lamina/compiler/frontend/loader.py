@@ -1,11 +1,18 @@
-"""Loading ONNX files: existence, decoding, external data, validation, domains and opset conversion."""
+"""Loading ONNX files: existence, decoding, external data, validation, domains and opset conversion.
+
+What a model declares is checked against what it holds before anything allocates from it (a fuzzed or
+hostile file must not take the machine's memory): every tensor's dims against the size of its data, and
+every graph input's static dims against :data:`MAX_DIM` and :data:`MAX_INPUT_ELEMENTS`.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -18,6 +25,11 @@ log = logging.getLogger(__name__)
 TARGET_OPSET = 18
 MAX_OPSET = 22
 KNOWN_DOMAINS = {"", "ai.onnx", DOMAIN}
+# Sane bounds for the static dims of a graph input (an encoder's batch or sequence is far below them).
+MAX_DIM = 1 << 24
+MAX_INPUT_ELEMENTS = 1 << 28
+_FOUR_BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+_COMPLEX = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
@@ -63,6 +75,64 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
             )
 
 
+def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
+    """Why ``tensor``'s declared dims and type disagree with the data it holds, or None."""
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        return f"has a negative dim ({dims})"
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None  # its length was checked against the data file
+    try:
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+    except KeyError:
+        return f"has an unknown data type ({tensor.data_type})"
+    n = math.prod(dims)
+    if tensor.HasField("raw_data"):
+        if tensor.data_type == onnx.TensorProto.STRING:
+            return "is a string tensor stored as raw bytes"
+        bits = 4 if tensor.data_type in _FOUR_BIT else 8 * np_dtype.itemsize
+        need, held = (n * bits + 7) // 8, len(tensor.raw_data)
+        unit = "bytes"
+    else:
+        held = len(getattr(tensor, field))
+        need = 2 * n if tensor.data_type in _COMPLEX else (n + 1) // 2 if tensor.data_type in _FOUR_BIT else n
+        unit = "values"
+    if held != need:
+        return f"declares dims {dims} of {np_dtype} ({need} {unit}) but holds {held} {unit}"
+    return None
+
+
+def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        problem = _tensor_problem(tensor)
+        if problem:
+            name = repr(tensor.name) if tensor.name else "(a Constant's value)"
+            raise FrontendError(f"{path}: tensor {name} {problem}; the file is corrupt, re-export the model")
+
+
+def _check_inputs(proto: onnx.ModelProto, path: Path) -> None:
+    for vi in proto.graph.input:
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        total = 1
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                continue
+            v = d.dim_value
+            if v <= 0 or v > MAX_DIM:
+                why = "an empty input cannot run" if v == 0 else (
+                    "a dim cannot be negative" if v < 0 else f"beyond Lamina's limit of {MAX_DIM} per dim")
+                raise FrontendError(
+                    f"{path}: input {vi.name!r} declares dim {i} = {v}: {why}; fix the export (a symbolic dim "
+                    "can be bound later with --dim or --input-shape)")
+            total *= v
+        if total > MAX_INPUT_ELEMENTS:
+            raise FrontendError(
+                f"{path}: input {vi.name!r} declares {total} elements, beyond Lamina's limit of "
+                f"{MAX_INPUT_ELEMENTS}; fix the export (a symbolic dim can be bound later with --dim)")
+
+
 def _check_domains(proto: onnx.ModelProto, path: Path) -> None:
     local = {(f.domain, f.name) for f in proto.functions}
     for node in proto.graph.node:
@@ -92,6 +162,8 @@ def load_proto(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:  # noqa: BLE001
         raise FrontendError(f"{path}: cannot read its external data: {exc}") from None
+    _check_tensors(proto, path)
+    _check_inputs(proto, path)
     if check:
         try:
             if proto.ByteSize() < 2**31 - 1:
@@ -99,8 +171,11 @@ def load_proto(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
             else:
                 onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = " ".join(str(exc).split())[:400]  # its messages continue on the next lines
             raise FrontendError(f"{path}: the ONNX checker rejects the model: {first}") from None
+        except UnicodeDecodeError:  # the checker's message quotes a name that is not valid UTF-8
+            raise FrontendError(f"{path}: the ONNX checker rejects the model, and a name in it is not valid "
+                                "UTF-8: the file is corrupt; re-export it or check the download") from None
     return proto
 
 
@@ -140,7 +215,46 @@ def load_model(path: str | os.PathLike, *, check: bool = True, opset: int = TARG
     except Exception as exc:  # noqa: BLE001
         raise FrontendError(f"{path}: cannot be read into the IR: {exc}") from None
     model.graph.meta["lamina.source"] = str(path)
+    warn_non_finite(model, str(path))
     return model
+
+
+def non_finite_weights(model: ir.Model) -> list[tuple[str, int, int, int]]:
+    """``(name, nan, inf, size)`` for each float initializer or Constant of the main graph holding NaN or Inf.
+
+    A single-element Inf is left out: exporters write ``-inf`` scalars on purpose (mask fill values).
+    """
+    found = []
+    tensors = [(name, v.const_value) for name, v in model.graph.initializers.items()]
+    for node in model.graph:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in node.attributes:
+            tensors.append((node.outputs[0].name or node.name or "?", node.attributes["value"].value))
+    for name, tensor in tensors:
+        if tensor is None or tensor.dtype is None or not tensor.dtype.is_floating_point():
+            continue
+        try:
+            arr = np.asarray(tensor.numpy())
+        except Exception:  # noqa: BLE001 - dtypes numpy cannot hold (float8...): not checked
+            continue
+        if arr.dtype.kind != "f" or np.isfinite(arr).all():
+            continue
+        nan = int(np.isnan(arr).sum())
+        inf = int(np.isinf(arr).sum())
+        if nan or arr.size > 1:
+            found.append((name, nan, inf, int(arr.size)))
+    return found
+
+
+def warn_non_finite(model: ir.Model, where: str) -> None:
+    """Log one warning naming the weights that hold NaN or Inf (outputs depending on them will too)."""
+    bad = non_finite_weights(model)
+    if not bad:
+        return
+    parts = [f"{name!r} ({nan} NaN, {inf} Inf of {size})" for name, nan, inf, size in bad[:5]]
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    log.warning("%s: weight%s %s%s hold%s NaN or Inf values; outputs that depend on them will be NaN or "
+                "Inf: fix the checkpoint (or the export) that produced them", where,
+                "s" if len(bad) > 1 else "", ", ".join(parts), more, "" if len(bad) > 1 else "s")
 
 
 def _load_text(path: Path, *, check: bool) -> ir.Model:

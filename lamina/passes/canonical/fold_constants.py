@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lamina.compiler.ir import const_array
-from lamina.compiler.ir.evaluate import evaluate_node
+from lamina.compiler.ir.evaluate import TooLarge, evaluate_node
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, option, register
 from lamina.passes.canonical._utils import add_initializer, is_standard, replace_value
 from lamina.passes.canonical.infer_shapes import InferShapesPass
@@ -130,12 +130,17 @@ class FoldConstantsPass(Pass):
         if any(a is None for a, v in zip(arrays, node.inputs, strict=True) if v is not None):
             return None
         largest = max((a.size for a in arrays if a is not None), default=0)
+        budget = max(self.options.max_elements, largest)
         try:
-            results = evaluate_node(node, arrays, opset)
+            # The budget is checked before evaluating: a declared ConstantOfShape([2**40]) must not allocate.
+            results = evaluate_node(node, arrays, opset, max_elements=budget)
+        except TooLarge as exc:
+            log.debug("not folding %s: %s", node.name, exc)
+            return None
         except Exception as exc:  # noqa: BLE001 - leave what the evaluator cannot do to the runtime
             log.debug("cannot fold %s (%s): %s", node.name, node.op_type, exc)
             return None
-        if any(r.size > max(self.options.max_elements, largest) for r in results):
+        if any(r.size > budget for r in results):
             return None
         for out, r in zip(node.outputs, results, strict=True):
             if out.dtype is not None and r.dtype != out.dtype.numpy():

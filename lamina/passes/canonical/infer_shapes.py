@@ -2,11 +2,65 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from lamina.compiler.ir.domain import attach_reference_functions
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
+
+log = logging.getLogger(__name__)
+
+
+_ONNX_IR_LOGGER = "onnx_ir.passes.common.shape_inference"
+# ONNX's messages name the node: "[ShapeInferenceError] (op_type:Reshape, node name: /Reshape_1): ...".
+_NODE = re.compile(r"\(op_type:\s*([^,]+),\s*node name:\s*([^)]*)\)")
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _describe(exc: BaseException | None) -> str:
+    """`` at node 'n' (Op): first line of the error`` from ONNX's shape inference error."""
+    if exc is None:
+        return ""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    m = _NODE.search(text)
+    where = f" at node {m.group(2).strip()!r} ({m.group(1).strip()})" if m else ""
+    if m:
+        first = first.replace(m.group(0), "").replace("[ShapeInferenceError]", "").strip(" :")
+    return f"{where}: {first[:300]}"
+
+
+def _infer(model: ir.Model, data_prop: bool) -> tuple[ir.Model, str | None]:
+    """onnx-ir's shape inference with its failure (which it logs with a traceback and swallows)
+    turned into one line naming the node, or None."""
+    logger = logging.getLogger(_ONNX_IR_LOGGER)
+    capture = _Capture()
+    old_propagate = logger.propagate
+    logger.addHandler(capture)
+    logger.propagate = False
+    try:
+        model = common.ShapeInferencePass(strict_mode=False, data_prop=data_prop)(model).model
+    except Exception as exc:  # noqa: BLE001 - shape inference is best effort on partial models
+        return model, _describe(exc)
+    finally:
+        logger.removeHandler(capture)
+        logger.propagate = old_propagate
+    for record in capture.records:
+        if record.levelno >= logging.WARNING:
+            exc = record.exc_info[1] if record.exc_info else None
+            return model, _describe(exc) or f": {record.getMessage()}"
+    return model, None
 
 
 def _rank(dim: object) -> int:
@@ -50,10 +104,13 @@ class InferShapesPass(Pass):
                 out.shape = None
         # Reference functions let ONNX shape inference see through lamina ops.
         attach_reference_functions(model)
-        try:
-            model = common.ShapeInferencePass(strict_mode=False, data_prop=True)(model).model
-        except Exception:  # noqa: BLE001 - shape inference is best effort on partial models
-            model = common.ShapeInferencePass(strict_mode=False, data_prop=False)(model).model
+        model, failure = _infer(model, data_prop=True)
+        if failure is not None:  # data propagation is the fragile part: retry without it
+            log.debug("infer-shapes: with data propagation: %s; retrying without it", failure)
+            model, failure = _infer(model, data_prop=False)
+            if failure is not None:
+                log.warning("infer-shapes: ONNX shape inference failed%s; shapes stay as they were, and "
+                            "passes or lowering that need them may fail later", failure)
         for node in model.graph:
             for out in node.outputs:
                 old = previous.get(id(out))

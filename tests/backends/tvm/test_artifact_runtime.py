@@ -120,12 +120,13 @@ def test_bad_feeds(model, tiny_bert: Path):
         model.run({**feeds, "attention_mask": np.ones((1, 9), np.int64)})
 
 
-def test_out_of_range_token_id_does_not_crash(model, tiny_bert: Path):
-    # Run-time indices use take(mode="wrap"): a bad id gives garbage, never a segfault.
+def test_out_of_range_token_id_refused(model, tiny_bert: Path):
+    # The manifest's index_checks refuse it before the call (the kernels' take(mode="wrap")
+    # would only keep the process alive); see test_runtime_reliability.py.
     feeds = _feeds(tiny_bert, 1, 8)
     feeds["input_ids"][0, 1] = 10**9
-    out = model.run(feeds)["last_hidden_state"]
-    assert out.shape[:2] == (1, 8)
+    with pytest.raises(UsageError, match="input 'input_ids' holds 1000000000"):
+        model.run(feeds)
 
 
 def test_fresh_process_round_trip(model, artifact: Path, tiny_bert: Path, tmp_path: Path):
