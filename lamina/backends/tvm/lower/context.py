@@ -129,6 +129,29 @@ class LowerContext:
         return [int(x) for x in a.value]
 
 
+# ONNX element types the TVM backend computes in (NumPy dtype names); others are refused.
+SUPPORTED_DTYPES = frozenset({"float32", "float64", "float16", "int8", "int16", "int32", "int64",
+                              "uint8", "uint16", "uint32", "uint64", "bool"})
+
+
+def unsupported_dtype(dtype: Any) -> str | None:
+    """Why an ONNX element type (``onnx_ir.DataType``) cannot be lowered, or None if it can."""
+    import onnx_ir as ir
+
+    if dtype is None or ir.DataType(dtype) == ir.DataType.UNDEFINED:
+        return None
+    dt = ir.DataType(dtype)
+    if dt == ir.DataType.STRING:
+        return "string tensors are not supported"
+    try:
+        name = str(np.dtype(dt.numpy()))
+    except Exception:  # noqa: BLE001 - no NumPy equivalent
+        name = None
+    if name in SUPPORTED_DTYPES:
+        return None
+    return f"{dt.name.lower()} tensors are not supported"
+
+
 def _dtype_str(dt: Any) -> str:
     s = str(np.dtype(dt))
     return "bool" if s == "bool" else s
