@@ -73,7 +73,7 @@ class LowerContext:
                 self.params[v.name] = var
                 self.param_values[v.name] = arr
             return var
-        return relax.const(np.ascontiguousarray(arr), _dtype_str(arr.dtype))
+        return relax.const(np.require(arr, requirements="C"), _dtype_str(arr.dtype))
 
     def add_param(self, name: str, var: relax.Var, value: np.ndarray) -> relax.Var:
         """Register a weight computed at compile time (e.g. a packed panel) as a parameter."""

@@ -87,7 +87,13 @@ def pow_(ctx: LowerContext, node: ir.Node, inputs):
             return ctx.emit(relax.op.multiply(x, x))
         if e == 0.5:
             return ctx.emit(relax.op.sqrt(x))
-    exp = ctx.cast(exp, ctx.dtype(base))
+    dtype = ctx.dtype(base)
+    if not dtype.startswith("float"):
+        # TVM's power is float-only: integer powers in float64 (exact below 2**53), truncated
+        # back to the base's type as ONNX does.
+        y = relax.op.power(ctx.expr(ctx.cast(base, "float64")), ctx.expr(ctx.cast(exp, "float64")))
+        return ctx.emit(relax.op.astype(relax.op.trunc(y), dtype))
+    exp = ctx.cast(exp, dtype)
     return ctx.emit(relax.op.power(ctx.expr(base), ctx.expr(exp)))
 
 
