@@ -271,7 +271,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         import tvm
 
         tvm.runtime.save_param_dict_to_file(
-            {k: tvm.runtime.tensor(np.ascontiguousarray(v)) for k, v in lowered.params.items()},
+            {k: tvm.runtime.tensor(np.require(v, requirements="C")) for k, v in lowered.params.items()},
             str(p))
 
     out = write_artifact(out_path, manifest, {LIBRARY: write_lib, PARAMS: write_params})

@@ -319,7 +319,7 @@ class CompiledModel:
                 padded = np.zeros(shape, dtype=a.dtype)
                 padded[tuple(slice(0, n) for n in a.shape)] = a
                 a = padded
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
+            args.append(tvm.runtime.tensor(_contiguous(a), self._dev))
         args.extend(self._params[p] for p in pnames)
         try:
             result = self._vm[fname](*args)
@@ -332,10 +332,16 @@ class CompiledModel:
             arr = result[i].numpy()
             sl = tuple(slice(0, real[d]) if isinstance(d, str) else slice(None)
                        for d in spec.dims)
-            outs[spec.name] = np.ascontiguousarray(arr[sl])
+            outs[spec.name] = _contiguous(arr[sl])
         return outs
 
     __call__ = run
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy or view of ``a`` with its shape (``np.ascontiguousarray`` turns a
+    rank-0 array into shape (1,), which the compiled function rejects)."""
+    return np.require(a, requirements="C")
 
 
 def load(path: str | os.PathLike[str], threads: int | None = None, *,

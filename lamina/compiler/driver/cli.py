@@ -351,7 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
+    _debug_anywhere(parser, sub)
     return parser
+
+
+def _debug_anywhere(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """``--debug`` before or after the verb; no option abbreviations (``--debug`` must never be
+    read as a prefix of ``--debug-match``)."""
+    parser.allow_abbrev = False
+    for p in sub.choices.values():
+        p.allow_abbrev = False
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks and debug logs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,9 @@ from lamina.compiler.ir.domain import DOMAIN
 log = logging.getLogger(__name__)
 
 TARGET_OPSET = 18
-MAX_OPSET = 22
+# The newest opset the installed ``onnx`` defines: newer op versions of the ops Lamina lowers are
+# checked one by one at lowering (``backends/tvm/lower/versions.py``), not refused wholesale here.
+MAX_OPSET = onnx.defs.onnx_opset_version()
 KNOWN_DOMAINS = {"", "ai.onnx", DOMAIN}
 # Sane bounds for the static dims of a graph input (an encoder's batch or sequence is far below them).
 MAX_DIM = 1 << 24
@@ -186,7 +188,8 @@ def convert_opset(proto: onnx.ModelProto, target: int = TARGET_OPSET, where: str
         raise FrontendError(f"{where}: imports no standard ONNX opset; it is not a usable model")
     if current > MAX_OPSET:
         raise FrontendError(
-            f"{where}: uses ONNX opset {current}; Lamina supports up to {MAX_OPSET}, export with a lower opset"
+            f"{where}: uses ONNX opset {current}, newer than the installed onnx package knows ({MAX_OPSET}); "
+            f"upgrade onnx or export with opset {MAX_OPSET} or lower"
         )
     if current >= target:
         return proto

@@ -79,7 +79,7 @@ class LowerContext:
                 self.params[v.name] = var
                 self.param_values[v.name] = arr
             return var
-        return relax.const(np.ascontiguousarray(arr), _dtype_str(arr.dtype))
+        return relax.const(np.require(arr, requirements="C"), _dtype_str(arr.dtype))
 
     def add_param(self, name: str, var: relax.Var, value: np.ndarray) -> relax.Var:
         """Register a weight computed at compile time (e.g. a packed panel) as a parameter."""
@@ -133,6 +133,29 @@ class LowerContext:
         if a is None:
             return None if default is None else list(default)
         return [int(x) for x in a.value]
+
+
+# ONNX element types the TVM backend computes in (NumPy dtype names); others are refused.
+SUPPORTED_DTYPES = frozenset({"float32", "float64", "float16", "int8", "int16", "int32", "int64",
+                              "uint8", "uint16", "uint32", "uint64", "bool"})
+
+
+def unsupported_dtype(dtype: Any) -> str | None:
+    """Why an ONNX element type (``onnx_ir.DataType``) cannot be lowered, or None if it can."""
+    import onnx_ir as ir
+
+    if dtype is None or ir.DataType(dtype) == ir.DataType.UNDEFINED:
+        return None
+    dt = ir.DataType(dtype)
+    if dt == ir.DataType.STRING:
+        return "string tensors are not supported"
+    try:
+        name = str(np.dtype(dt.numpy()))
+    except Exception:  # noqa: BLE001 - no NumPy equivalent
+        name = None
+    if name in SUPPORTED_DTYPES:
+        return None
+    return f"{dt.name.lower()} tensors are not supported"
 
 
 def _dtype_str(dt: Any) -> str:

@@ -17,9 +17,10 @@ import onnx_ir as ir
 from tvm import relax
 
 from .._errors import BackendError
-from .context import LowerContext, _dtype_str
+from .context import LowerContext, _dtype_str, unsupported_dtype
 from .ops.quant_dense import plan_int8
 from .registry import Const, Value, lookup, supported_ops
+from .versions import unsupported_version
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ class FunctionInfo:
 
 
 def _input_spec(v: ir.Value) -> TensorSpec:
+    if v.type is not None and not isinstance(v.type, ir.TensorType):
+        raise BackendError(f"graph input {v.name!r} is a {v.type}, not a tensor; the TVM backend "
+                           "takes tensor inputs only")
+    why = unsupported_dtype(v.dtype)
+    if why:
+        readers = sorted({_op_name(n) for n, _ in v.uses()})
+        by = f" (read by {', '.join(readers)})" if readers else ""
+        raise BackendError(f"graph input {v.name!r}{by}: {why} by the TVM backend")
     if v.shape is None or v.type is None:
         raise BackendError(f"graph input {v.name!r} has no shape or type")
     dims = []
@@ -93,56 +102,98 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
         in_vars.append(var)
 
     folded = 0
-    with bb.function(func_name, attrs={"num_input": len(in_vars)}):
-        with bb.dataflow():
-            for node in graph:
-                if node in absorbed:
-                    continue
-                # An INT8 consumer's quantized inputs may have no value of their own (absorbed).
-                lookup_in = env.get if node in ctx.int8 else env.__getitem__
-                ins = [None if v is None else lookup_in(v) for v in node.inputs]
-                ctx.node_desc = f"node {node.name!r} ({_op_name(node)})"
-                if node not in ctx.int8 and _foldable(node, ins):
-                    outs = _fold(ctx, node, ins)
-                    folded += 1
-                else:
-                    fn = lookup(node.domain, node.op_type)
-                    if fn is None:
-                        raise BackendError(
-                            f"{ctx.node_desc}: no TVM lowering for operator {_op_name(node)!r} "
-                            f"(opset {ctx.opset(node.domain)}); supported: "
-                            f"{', '.join(supported_ops())}")
-                    try:
-                        outs = fn(ctx, node, ins)
-                    except BackendError:
-                        raise
-                    except Exception as e:  # a TVM type error: name the node
-                        raise BackendError(f"{ctx.node_desc}: lowering failed: "
-                                           f"{type(e).__name__}: {str(e).strip()[:500]}") from e
-                if not isinstance(outs, (list, tuple)):
-                    outs = [outs]
-                for i, ov in enumerate(node.outputs):
-                    if ov is None or not ov.name:
+    try:
+        with bb.function(func_name, attrs={"num_input": len(in_vars)}):
+            with bb.dataflow():
+                for node in graph:
+                    if node in absorbed:
                         continue
-                    if i >= len(outs) or outs[i] is None:
-                        if ov.uses() or ov in graph.outputs:
-                            raise BackendError(f"{ctx.node_desc}: output {i} ({ov.name!r}) "
-                                               "is not supported")
-                        continue
-                    _check_shape(ctx, ov, outs[i])
-                    env[ov] = outs[i]
-            ctx.node_desc = "<graph outputs>"
-            out_exprs, out_specs = [], []
-            for v in graph.outputs:
-                e = ctx.expr(env[v])
-                out_exprs.append(e)
-                out_specs.append(TensorSpec(v.name or "", tuple(ctx.shape(e)), ctx.dtype(e)))
-            out = bb.emit_output(relax.Tuple(out_exprs))
-        bb.emit_func_output(out, params=in_vars + list(ctx.params.values()))
+                    # An INT8 consumer's quantized inputs may have no value of their own (absorbed).
+                    lookup_in = env.get if node in ctx.int8 else env.__getitem__
+                    ins = [None if v is None else lookup_in(v) for v in node.inputs]
+                    ctx.node_desc = f"node {_node_name(node)!r} ({_op_name(node)})"
+                    _check_dtypes(ctx, node)
+                    if node not in ctx.int8 and _foldable(node, ins):
+                        outs = _fold(ctx, node, ins)
+                        folded += 1
+                    else:
+                        fn = lookup(node.domain, node.op_type)
+                        why = None if node.domain not in ("", "ai.onnx") else \
+                            unsupported_version(node.op_type, ctx.opset(""))
+                        if fn is not None and why:
+                            raise BackendError(f"{ctx.node_desc}: {why}")
+                        if fn is None:
+                            raise BackendError(
+                                f"{ctx.node_desc}: no TVM lowering for operator {_op_name(node)!r} "
+                                f"(opset {ctx.opset(node.domain)}); supported: "
+                                f"{', '.join(supported_ops())}")
+                        try:
+                            outs = fn(ctx, node, ins)
+                        except BackendError:
+                            raise
+                        except Exception as e:  # a TVM type error: name the node
+                            raise BackendError(f"{ctx.node_desc}: lowering failed: "
+                                               f"{type(e).__name__}: {str(e).strip()[:500]}") from e
+                    if not isinstance(outs, (list, tuple)):
+                        outs = [outs]
+                    for i, ov in enumerate(node.outputs):
+                        if ov is None or not ov.name:
+                            continue
+                        if i >= len(outs) or outs[i] is None:
+                            if ov.uses() or ov in graph.outputs:
+                                raise BackendError(f"{ctx.node_desc}: output {i} ({ov.name!r}) "
+                                                   "is not supported")
+                            continue
+                        _check_shape(ctx, ov, outs[i])
+                        env[ov] = outs[i]
+                ctx.node_desc = "<graph outputs>"
+                out_exprs, out_specs = [], []
+                for v in graph.outputs:
+                    e = ctx.expr(env[v])
+                    out_exprs.append(e)
+                    out_specs.append(TensorSpec(v.name or "", tuple(ctx.shape(e)), ctx.dtype(e)))
+                out = bb.emit_output(relax.Tuple(out_exprs))
+            bb.emit_func_output(out, params=in_vars + list(ctx.params.values()))
+    except BaseException:
+        _close_open_blocks(bb)
+        raise
     log.debug("lowered %s: %d nodes, %d folded, %d weights", func_name, len(graph), folded,
               len(ctx.params))
     return FunctionInfo(func_name, in_specs, out_specs, list(ctx.params), ctx.param_values,
                         folded, set(ctx.features))
+
+
+def _close_open_blocks(bb: relax.BlockBuilder) -> None:
+    """End the binding block and scope a failed ``bb.function`` left open.
+
+    TVM's function scope does not unwind them on an exception; the C++ builder then warns
+    "BlockBuilder destroyed with remaining blocks!" after Lamina's error line.
+    """
+    for close in (bb._end_block, bb.end_scope):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - nothing of that kind was left open
+            log.debug("no open Relax block or scope to close")
+
+
+def _check_dtypes(ctx: LowerContext, node: ir.Node) -> None:
+    """Refuse a node that reads or writes a tensor type the backend cannot compute in."""
+    for kind, values in (("input", node.inputs), ("output", node.outputs)):
+        for v in values:
+            if v is None:
+                continue
+            if v.type is not None and not isinstance(v.type, ir.TensorType):
+                raise ctx.error(f"{kind} {v.name!r} is a {v.type}; only tensors are supported")
+            why = unsupported_dtype(v.dtype)
+            if why:
+                raise ctx.error(f"{kind} {v.name!r}: {why}")
+
+
+def _node_name(node: ir.Node) -> str:
+    """The node's name, or its first output's when it has none (ONNX allows unnamed nodes)."""
+    if node.name:
+        return node.name
+    return next((o.name for o in node.outputs if o is not None and o.name), "")
 
 
 def _op_name(node: ir.Node) -> str:

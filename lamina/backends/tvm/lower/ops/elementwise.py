@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax
 
-from ..context import LowerContext
+from ..context import LowerContext, unsupported_dtype
 from ..registry import Const, converter
 
 _BINARY = {
@@ -35,7 +35,6 @@ _UNARY = {
     "Sigmoid": relax.op.sigmoid,
     "Not": relax.op.logical_not,
     "IsNaN": relax.op.isnan,
-    "IsInf": relax.op.isinf,
     "Floor": relax.op.floor,
     "Ceil": relax.op.ceil,
     "Round": relax.op.round,
@@ -88,13 +87,35 @@ def pow_(ctx: LowerContext, node: ir.Node, inputs):
             return ctx.emit(relax.op.multiply(x, x))
         if e == 0.5:
             return ctx.emit(relax.op.sqrt(x))
-    exp = ctx.cast(exp, ctx.dtype(base))
+    dtype = ctx.dtype(base)
+    if not dtype.startswith("float"):
+        # TVM's power is float-only: integer powers in float64 (exact below 2**53), truncated
+        # back to the base's type as ONNX does.
+        y = relax.op.power(ctx.expr(ctx.cast(base, "float64")), ctx.expr(ctx.cast(exp, "float64")))
+        return ctx.emit(relax.op.astype(relax.op.trunc(y), dtype))
+    exp = ctx.cast(exp, dtype)
     return ctx.emit(relax.op.power(ctx.expr(base), ctx.expr(exp)))
 
 
 @converter(*_UNARY)
 def unary(ctx: LowerContext, node: ir.Node, inputs):
     return ctx.emit(_UNARY[node.op_type](ctx.expr(inputs[0])))
+
+
+@converter("IsInf")
+def is_inf(ctx: LowerContext, node: ir.Node, inputs):
+    x = ctx.expr(inputs[0])
+    pos = bool(ctx.attr(node, "detect_positive", 1))
+    neg = bool(ctx.attr(node, "detect_negative", 1))
+    if not (pos or neg):
+        return Const(np.zeros(ctx.shape(x), dtype=bool))
+    inf = ctx.emit(relax.op.isinf(x))
+    if pos and neg:
+        return inf
+    # One sign only: an infinity of that sign.
+    zero = relax.const(0, ctx.dtype(x))
+    sign = relax.op.greater(x, zero) if pos else relax.op.less(x, zero)
+    return ctx.emit(relax.op.logical_and(inf, sign))
 
 
 @converter("Reciprocal")
@@ -127,8 +148,19 @@ def identity(ctx: LowerContext, node: ir.Node, inputs):
 def dropout(ctx: LowerContext, node: ir.Node, inputs):
     # Inference: identity. The optional mask output (all True) is only produced if used.
     x = inputs[0]
+    training = inputs[2] if len(inputs) > 2 else None
+    if training is not None:
+        if not isinstance(training, Const):
+            raise ctx.error("training_mode is a run-time input; Lamina compiles inference graphs "
+                            "(make training_mode a constant false or drop it)")
+        ratio = inputs[1] if len(inputs) > 1 else None
+        zero_ratio = isinstance(ratio, Const) and float(np.asarray(ratio.value).reshape(())) == 0
+        if bool(np.asarray(training.value).reshape(())) and not zero_ratio:
+            raise ctx.error("training-mode Dropout (random masking) is not supported; Lamina "
+                            "compiles inference graphs (set training_mode to false)")
     mask = None
-    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].uses():
+    m = node.outputs[1] if len(node.outputs) > 1 else None
+    if m is not None and (m.uses() or m.is_graph_output()):
         mask = Const(np.ones(ctx.shape(x), dtype=bool))
     return [x, mask]
 
@@ -136,6 +168,9 @@ def dropout(ctx: LowerContext, node: ir.Node, inputs):
 @converter("Cast")
 def cast(ctx: LowerContext, node: ir.Node, inputs):
     to = ctx.attr(node, "to")
+    why = unsupported_dtype(to)
+    if why:
+        raise ctx.error(f"Cast to {ir.DataType(to).name.lower()}: {why}")
     dtype = str(np.dtype(ir.DataType(to).numpy()))
     return ctx.cast(inputs[0], dtype)
 

@@ -38,8 +38,14 @@ def gather_elements(ctx: LowerContext, node: ir.Node, inputs):
     data, idx = inputs
     shape = ctx.shape(data)
     axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 0)), len(shape))
-    return ctx.emit(relax.op.gather_elements(ctx.expr(data), _indices(ctx, idx, shape[axis]),
-                                             axis=axis))
+    if isinstance(idx, Const):
+        ind = _indices(ctx, idx, shape[axis])
+    else:  # run-time indices may be negative (counted from the end)
+        iv = ctx.expr(idx)
+        dt = ctx.dtype(idx)
+        ind = ctx.emit(relax.op.where(relax.op.less(iv, relax.const(0, dt)),
+                                      relax.op.add(iv, relax.const(shape[axis], dt)), iv))
+    return ctx.emit(relax.op.gather_elements(ctx.expr(data), ind, axis=axis))
 
 
 @converter("GatherND")

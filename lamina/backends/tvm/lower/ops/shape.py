@@ -53,7 +53,10 @@ def reshape(ctx: LowerContext, node: ir.Node, inputs):
 def flatten(ctx: LowerContext, node: ir.Node, inputs):
     x = inputs[0]
     shape = ctx.shape(x)
-    axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 1)), len(shape) + 1)
+    axis = int(ctx.attr(node, "axis", 1))
+    if not -len(shape) <= axis <= len(shape):
+        raise ctx.error(f"axis {axis} out of range for rank {len(shape)}")
+    axis = axis + len(shape) if axis < 0 else axis  # [-r, r]: -1 is r - 1, not r
     rows = int(np.prod(shape[:axis], dtype=np.int64))
     cols = int(np.prod(shape[axis:], dtype=np.int64))
     return _reshape(ctx, x, [rows, cols])
