@@ -24,6 +24,9 @@ from lamina.compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Re
 from lamina.compiler.pipeline.plugins import load_module
 
 DEFAULT_COMPILE_PIPELINE = "O1"
+# What the default compile adds after O1 unless ``sparsity=False`` (``--no-sparsity``): exact rewrites that
+# only fire on pruned weights.
+SPARSITY_PASSES = "shrink-structured"
 
 
 @dataclass
@@ -120,8 +123,12 @@ def compile(  # noqa: A001 - the verb users expect
     tune_trials: int = 0,
     tuning_db: str | None = None,
     debug: Debug | None = None,
+    sparsity: bool = True,
 ) -> Path:
-    """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend."""
+    """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend.
+
+    Without ``pipeline`` it runs O1 and, unless ``sparsity=False``, the sparsity passes (they change
+    nothing in a dense model)."""
     from lamina.backends import tvm as tvm_backend
     from lamina.backends.tvm.artifact import sha256_file
     from lamina.backends.tvm.buckets import check_buckets
@@ -129,7 +136,9 @@ def compile(  # noqa: A001 - the verb users expect
 
     model_path = Path(model_path)
     model = load_model(model_path)
-    model, report = optimize(model, pipeline or DEFAULT_COMPILE_PIPELINE, debug)
+    if pipeline is None:
+        pipeline = DEFAULT_COMPILE_PIPELINE + ("," + SPARSITY_PASSES if sparsity else "")
+    model, report = optimize(model, pipeline, debug)
     positions = max_positions(model)
     buckets = buckets or tvm_backend.default_buckets(positions)
     check_buckets(buckets, positions)

@@ -137,7 +137,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = api.compile(
         args.model, args.output, pipeline=args.pipeline, buckets=buckets, target=args.target,
         threads=args.threads, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-        debug=_debug_from(args),
+        debug=_debug_from(args), sparsity=not args.no_sparsity,
     )
     print(f"lamina: wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MetaSchedule trials to spend (0: use database records and default schedules)")
     p.add_argument("--tuning-db", default=os.environ.get("LAMINA_TUNING_DB"),
                    help="tuning database directory (default: a per-user cache directory)")
+    p.add_argument("--no-sparsity", action="store_true",
+                   help="leave pruned weights dense (no shrink-structured / encode-sparsity)")
     _add_pipeline_args(p, os.environ.get("LAMINA_COMPILE_PIPELINE", "O1"))
     p.set_defaults(func=cmd_compile, pipeline=None)
 
