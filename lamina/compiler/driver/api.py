@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from lamina.compiler.driver.quantize import QuantizeConfig
 
 DEFAULT_COMPILE_PIPELINE = "O1"
+# What the default compile adds after O1 unless ``sparsity=False`` (``--no-sparsity``): exact rewrites that
+# only fire on pruned weights.
+SPARSITY_PASSES = "shrink-structured"
 
 
 @dataclass
@@ -124,11 +127,14 @@ def compile(  # noqa: A001 - the verb users expect
     tuning_db: str | None = None,
     debug: Debug | None = None,
     quantize: QuantizeConfig | None = None,
+    sparsity: bool = True,
 ) -> Path:
     """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend.
 
-    ``quantize``: INT8 after the pipeline (``O1`` then ``quantize-int8``, with accuracy-driven fallback, see
-    :mod:`lamina.compiler.driver.quantize`); the manifest records what was quantized and the cosine reached.
+    Without ``pipeline`` it runs O1 and, unless ``sparsity=False``, the sparsity passes (they change
+    nothing in a dense model). ``quantize``: INT8 after the pipeline (``quantize-int8``, with
+    accuracy-driven fallback, see :mod:`lamina.compiler.driver.quantize`); the manifest records what was
+    quantized and the cosine reached.
     """
     from lamina.backends import tvm as tvm_backend
     from lamina.backends.tvm.artifact import sha256_file
@@ -137,7 +143,9 @@ def compile(  # noqa: A001 - the verb users expect
 
     model_path = Path(model_path)
     model = load_model(model_path)
-    model, report = optimize(model, pipeline or DEFAULT_COMPILE_PIPELINE, debug)
+    if pipeline is None:
+        pipeline = DEFAULT_COMPILE_PIPELINE + ("," + SPARSITY_PASSES if sparsity else "")
+    model, report = optimize(model, pipeline, debug)
     quant_info = None
     if quantize is not None:
         from lamina.compiler.driver.quantize import quantize_model

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer directory for --text (default: the packaged MiniLM's)")
     p.add_argument("--engines", default="lamina,onnxruntime,pytorch")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--baseline", metavar="ARTIFACT",
+                   help="another .lamina artifact timed as engine 'baseline' (e.g. the dense model's, "
+                        "against a pruned model's artifact)")
 
 
 def _minilm_dir() -> str:
@@ -107,6 +110,7 @@ def _make_feeds(args: argparse.Namespace, onnx_path: str, names: list[str]) -> d
 
 
 def _worker_cmd(engine: str, path: str, feeds: str, args: argparse.Namespace) -> list[str]:
+    engine = "lamina" if engine == "baseline" else engine
     return [sys.executable, "-m", "lamina.compiler.driver.bench", "--worker", engine, path, feeds,
             str(args.threads), str(args.warmup), str(args.iters)]
 
@@ -141,6 +145,9 @@ def main(args: argparse.Namespace) -> int:
                  "pytorch": _minilm_dir() if torch_src == "minilm" else torch_src}
         if torch_src == "none":
             engines = [e for e in engines if e != "pytorch"]
+        if args.baseline:
+            paths["baseline"] = args.baseline
+            engines.append("baseline")
         samples: dict[str, list[float]] = {e: [] for e in engines}
         round_p50: dict[str, list[float]] = {e: [] for e in engines}
         for r in range(args.rounds):

@@ -81,7 +81,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     shapes, dims = _shapes_from(args)
     model = api.load(args.model, input_shapes=shapes, dims=dims)
     canonical, _ = api.optimize(model.clone(), "O0")
-    info = describe(model, canonical)
+    fused, _ = api.optimize(canonical.clone(), "O1")
+    info = describe(model, canonical, fused)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -141,7 +142,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = api.compile(
         args.model, args.output, pipeline=args.pipeline, buckets=buckets, target=args.target,
         threads=args.threads, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-        debug=_debug_from(args), quantize=quantize,
+        debug=_debug_from(args), quantize=quantize, sparsity=not args.no_sparsity,
     )
     if quantize is not None:
         import json as _json
@@ -281,6 +282,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lamina.compiler.driver import api
+    from lamina.passes.sparsity._analysis import analyze_weight
+    from lamina.passes.sparsity._prune import matmul_weight_values, prune_model
+
+    patterns = [p.strip() for p in args.pattern.split(",") if p.strip()]
+    model = api.load(args.model)
+    reference = model.clone() if args.tokenizer else None
+    stats = prune_model(model, args.sparsity, patterns)
+    path = api.save(model, args.output)
+    zeros = [analyze_weight(v.const_value.numpy()).zeros for v, _ in matmul_weight_values(model)]
+    print(f"lamina: wrote {path}: pattern {args.pattern}, sparsity {args.sparsity:g}; "
+          f"{stats['weights']} weights, {stats['heads']} heads, {stats['neurons']} neurons pruned; "
+          f"matmul weights now {100 * float(np.mean(zeros)) if zeros else 0:.1f}% zeros", file=sys.stderr)
+    if args.tokenizer:
+        from lamina.compiler.driver.prune import accuracy_cost, read_texts
+
+        acc = accuracy_cost(reference, model, read_texts(args.corpus, args.texts), args.tokenizer)
+        print(f"accuracy cost on {acc['texts']} held-out sentences (no fine-tuning): mean cosine "
+              f"{acc['mean_cosine']:.4f} (min {acc['min_cosine']:.4f}) vs the unpruned model, top-1 "
+              f"neighbour agreement {100 * acc['top1_neighbour_agreement']:.1f}%")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lamina.compiler.driver.bench import main as bench_main
 
@@ -325,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MetaSchedule trials to spend (0: use database records and default schedules)")
     p.add_argument("--tuning-db", default=os.environ.get("LAMINA_TUNING_DB"),
                    help="tuning database directory (default: a per-user cache directory)")
+    p.add_argument("--no-sparsity", action="store_true",
+                   help="leave pruned weights dense (no shrink-structured / encode-sparsity)")
     _add_pipeline_args(p, os.environ.get("LAMINA_COMPILE_PIPELINE", "O1"))
     p.add_argument("--quantize", choices=["int8"], help="INT8: O1 then quantize-int8 with accuracy fallback")
     _add_quantize_args(p, in_compile=True)
@@ -345,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--save", metavar="DIR", help="save the outputs as DIR/<name>.npy")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("prune", help="magnitude-prune matmul weights (makes sparse models to study)")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("-o", "--output", required=True, help="the pruned .onnx file")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction to zero, e.g. 0.9")
+    p.add_argument("--pattern", default="unstructured",
+                   help="unstructured, RxC blocks in [out, in] order (4x1, 1x4, 16x1...), 2:4, heads, "
+                        "neurons, or heads,neurons (default unstructured)")
+    p.add_argument("--tokenizer", help="directory with tokenizer.json: print the accuracy cost on real text")
+    p.add_argument("--corpus", help="sentences for the accuracy figures (default data/corpus/heldout.txt)")
+    p.add_argument("--texts", type=int, default=64, help="how many sentences (default 64)")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("bench", help="benchmark Lamina against ONNX Runtime and PyTorch, side by side")
     from lamina.compiler.driver.bench import add_arguments

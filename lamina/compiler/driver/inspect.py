@@ -89,9 +89,52 @@ def _quantization(model: ir.Model) -> list[dict[str, Any]]:
                      "activation": _dq_params(node.inputs[0]), "weight": w})
     return rows
 
+def _matmul_weights(model: ir.Model) -> dict[str, np.ndarray]:
+    """2-D float initializers used as a MatMul / Gemm weight, in the MatMul orientation ``[K, N]``."""
+    out: dict[str, np.ndarray] = {}
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm") \
+                or len(node.inputs) < 2:
+            continue
+        value = node.inputs[1]
+        if value is None or value.name in out:
+            continue
+        arr = const_array(value)
+        if arr is None or arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+            continue
+        trans = node.attributes.get("transB")
+        out[value.name] = arr.T if node.op_type == "Gemm" and trans is not None and trans.value else arr
+    return out
 
-def describe(model: ir.Model, canonical: ir.Model | None = None) -> dict[str, Any]:
-    """A JSON-able description of ``model``. ``canonical`` (the O0 form) helps detect heads and layers."""
+
+def sparsity_section(model: ir.Model, fused: ir.Model | None = None) -> dict[str, Any]:
+    """Per matmul weight: zeros, all-zero block fractions, 2:4, zero rows / columns and the detected
+    pattern; per layer (from the O1 form ``fused``): all-zero attention heads and FFN neurons."""
+    from lamina.passes.sparsity._analysis import analyze_weight
+    from lamina.passes.sparsity._structure import find_attention_blocks, find_ffn_blocks
+
+    weights = {name: analyze_weight(w).to_dict() for name, w in sorted(_matmul_weights(model).items())}
+    layers: list[dict[str, Any]] = []
+    if fused is not None:
+        for i, blk in enumerate(find_attention_blocks(fused)):
+            z = blk.zero_heads()
+            layers.append({"layer": i, "kind": "attention", "heads": blk.heads,
+                           "zero_heads": int((z["q"] & z["k"] & z["v"] & z["o"]).sum()),
+                           "zero_qk_heads": int((z["q"] | z["k"]).sum()),
+                           "no_output_heads": int((z["v"] | z["o"]).sum())})
+        for i, ffn in enumerate(find_ffn_blocks(fused)):
+            z = ffn.zero_neurons()
+            layers.append({"layer": i, "kind": "ffn", "neurons": int(z["up"].size),
+                           "zero_neurons": int((z["up"] & z["up_bias"] & z["down"]).sum()),
+                           "no_output_neurons": int(z["down"].sum()),
+                           "zero_input_neurons": int(z["up"].sum())})
+    return {"weights": weights, "layers": layers}
+
+
+def describe(model: ir.Model, canonical: ir.Model | None = None,
+             fused: ir.Model | None = None) -> dict[str, Any]:
+    """A JSON-able description of ``model``. ``canonical`` (the O0 form) helps detect heads and layers;
+    ``fused`` (the O1 form) locates attention heads and FFN neurons for the sparsity report."""
     graph = model.graph
     inits = _float_initializers(model)
     num_params = int(sum(a.size for a in inits.values()))
@@ -142,6 +185,7 @@ def describe(model: ir.Model, canonical: ir.Model | None = None) -> dict[str, An
         "vocab_size": vocab,
         "weight_zero_fraction": zero_fraction,
         "quantized_ops": _quantization(model),
+        "sparsity": sparsity_section(model, fused),
     }
 
 
@@ -177,4 +221,38 @@ def format_description(path: str, info: dict[str, Any]) -> str:
             wt = (f"w int8 x{w['channels']} scales {w['scale_min']:.3g}..{w['scale_max']:.3g}"
                   if "channels" in w else (f"w scale {w['scale']:.4g}" if "scale" in w else ""))
             lines.append(f"    {q['op']} ({q['kind']}, {q['tag']}): {act}; {wt}".rstrip("; "))
+    lines += format_sparsity(info.get("sparsity"))
     return "\n".join(lines) + "\n"
+
+
+def format_sparsity(sp: dict[str, Any] | None, limit: int = 40) -> list[str]:
+    if not sp or not sp["weights"]:
+        return []
+    weights = sp["weights"]
+    patterns = collections.Counter(w["pattern"] for w in weights.values())
+    lines = ["  sparsity (matmul weights; blocks are OUTxIN, 4x1 = 4 outputs of one input):",
+             "    patterns: " + ", ".join(f"{p} {n}" for p, n in patterns.most_common())]
+    shown = [(n, w) for n, w in weights.items() if w["zeros"] > 0.01]
+    if shown:
+        lines.append(f"    {'weight':<44} {'shape':>11} {'zeros':>6} {'pattern':>12} "
+                     + " ".join(f"{b:>5}" for b in ("4x1", "1x4", "16x1", "1x16")) + "   2:4  0-out 0-in")
+    for name, w in sorted(shown, key=lambda kv: -kv[1]["zeros"])[:limit]:
+        blocks = w["zero_blocks"]
+        cells = " ".join(f"{100 * blocks[b]:5.1f}" if b in blocks else "    -"
+                         for b in ("4x1", "1x4", "16x1", "1x16"))
+        nm = "    -" if w["nm_2_4"] is None else f"{100 * w['nm_2_4']:5.1f}"
+        shape = "x".join(str(d) for d in w["shape"])
+        lines.append(f"    {name[-44:]:<44} {shape:>11} {100 * w['zeros']:5.1f}% {w['pattern']:>12} {cells} "
+                     f"{nm} {w['zero_outputs']:>5} {w['zero_inputs']:>4}")
+    if len(shown) > limit:
+        lines.append(f"    ... {len(shown) - limit} more (--json lists all)")
+    for layer in sp["layers"]:
+        if layer["kind"] == "attention" and (layer["zero_heads"] or layer["zero_qk_heads"]
+                                             or layer["no_output_heads"]):
+            lines.append(f"    attention {layer['layer']}: {layer['zero_heads']}/{layer['heads']} heads all "
+                         f"zero, {layer['no_output_heads']} with zero V or output rows, "
+                         f"{layer['zero_qk_heads']} with zero Q or K")
+        elif layer["kind"] == "ffn" and (layer["zero_neurons"] or layer["no_output_neurons"]):
+            lines.append(f"    ffn {layer['layer']}: {layer['zero_neurons']}/{layer['neurons']} neurons all "
+                         f"zero, {layer['no_output_neurons']} with a zero output row")
+    return lines

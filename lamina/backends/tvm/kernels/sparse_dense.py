@@ -1,0 +1,197 @@
+"""Block-sparse fp32 dense kernel for constant pruned weights: ``Y = epilogue(X @ W + bias) + R``.
+
+Format (built by numpy at compile time, :func:`encode_blocks`). ``W[K, N]`` is cut into *blocks of R
+consecutive outputs of one input row* (``Rx1`` in the ``[out, in]`` naming of
+``lamina.passes.sparsity._analysis``: ``4x1`` = ``W[k, 4g:4g+4]``). Output group ``g`` (columns
+``[gR, gR+R)``) keeps only its nonzero blocks, in CSR form::
+
+    indptr[G + 1]   int32   blocks of group g are indptr[g] .. indptr[g+1]
+    kidx[nnzb]      int32   their input row k
+    data[nnzb, R]   float32 their R weights
+
+``R = 1`` is the unstructured case (CSR over outputs). A weight pruned with 4x1 blocks has exactly its
+nonzero blocks stored; an unstructured one may be stored with ``R = 4`` too (zeros inside stored blocks
+are multiplied), which the cost model picks when fewer, fuller blocks win.
+
+Why this layout: the kernel vectorises over *rows of X* (tokens), not over N. With ``X^T[K, M]``
+(transposed once per call, in parallel) a block is one vector load per ``lanes`` tokens, reused by
+the R weights of the block; a register tile of ``R x mc`` accumulators (AVX-512, R = 4: 4 x 64 = 16
+zmm) takes ``mc / lanes`` loads, R broadcasts and ``R * mc / lanes`` FMAs per block, the ratio of the
+dense kernel's 8 x 32 tile. Vectorising over N instead would need blocks 16-32 outputs wide to fill a
+vector, a much coarser pattern than the 4x1 blocks pruning keeps accuracy with. Schedule::
+
+    parallel for kc:  XT[k, :] = X[:, k]                    # transpose, once per call
+    parallel for (mo, g):                                   # mc tokens x one output group
+      acc[R, mc] = 0                                        # registers
+      for b in indptr[g] .. indptr[g+1]:                    # nonzero blocks (data-dependent trip)
+        for j in unroll(R): acc[j, :] += data[b, j] * XT[kidx[b], mo*mc : mo*mc+mc]
+      acc = epilogue(acc + bias[gR:gR+R])                   # vectorised over tokens
+      Y[mo*mc + m, gR + j] = acc[j, m] (+ R[...])           # R contiguous floats per token
+
+The nonzero structure of each weight is fixed at compile time: the kernel is generated for its exact
+``nnzb`` and the index arrays are constants of the artifact (a params entry beside the data).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .dense import EPILOGUES, Epilogue, apply_epilogue, finish_kernel, lanes
+from .isa import isa_of
+
+# Accumulator vector registers a tile may use (of 32 zmm / 16 ymm / 16 xmm).
+_ACC_REGS = {"avx512": 16, "avx2": 12, "generic": 8}
+
+
+@dataclass(frozen=True)
+class SparseWeight:
+    """A weight in the block format above (see the module doc)."""
+
+    K: int
+    N: int
+    R: int
+    indptr: np.ndarray   # int32 [N / R + 1]
+    kidx: np.ndarray     # int32 [nnzb]
+    data: np.ndarray     # float32 [nnzb, R]
+
+    @property
+    def nnzb(self) -> int:
+        return int(self.kidx.size)
+
+    @property
+    def density(self) -> float:
+        """Stored blocks over all blocks (the fraction of the dense FLOPs the kernel does)."""
+        return self.nnzb / max(1, self.K * (self.N // self.R))
+
+    def to_dense(self) -> np.ndarray:
+        w = np.zeros((self.K, self.N), np.float32)
+        for g in range(self.N // self.R):
+            lo, hi = int(self.indptr[g]), int(self.indptr[g + 1])
+            w[self.kidx[lo:hi], g * self.R:(g + 1) * self.R] = self.data[lo:hi]
+        return w
+
+
+def encode_blocks(w_kn: np.ndarray, R: int) -> SparseWeight:
+    """Encode ``W[K, N]`` with blocks of ``R`` outputs x 1 input (keeps every block with a nonzero)."""
+    w = np.asarray(w_kn, np.float32)
+    K, N = w.shape
+    if N % R:
+        raise ValueError(f"N={N} is not a multiple of the block width R={R}")
+    blocks = w.reshape(K, N // R, R).transpose(1, 0, 2)          # [G, K, R]
+    nz = (blocks != 0).any(axis=2)                                # [G, K]
+    counts = nz.sum(axis=1)
+    indptr = np.zeros(N // R + 1, np.int32)
+    indptr[1:] = np.cumsum(counts)
+    g_idx, k_idx = np.nonzero(nz)                                 # row-major: grouped by g, k ascending
+    data = np.ascontiguousarray(blocks[g_idx, k_idx], np.float32)
+    if data.size == 0:   # keep the buffers non-empty (an all-zero weight): one explicit zero block
+        k_idx = np.zeros(1, np.int64)
+        data = np.zeros((1, R), np.float32)
+        indptr[1:] = 1
+    return SparseWeight(K, N, R, indptr, np.ascontiguousarray(k_idx, np.int32), data)
+
+
+def token_tile(M: int, R: int, target: tvm.target.Target) -> int:
+    """Tokens per register tile: the most whole vectors within the ISA's accumulator budget that
+    divide M (else M itself when it is small)."""
+    isa = isa_of(target)
+    nl = lanes(isa)
+    vecs = max(1, _ACC_REGS[isa] // R)
+    for mc in range(min(M, vecs * nl), 0, -1):
+        if M % mc == 0 and (mc % nl == 0 or mc == M):
+            return mc
+    return M if M <= vecs * nl else math.gcd(M, vecs * nl)
+
+
+def sparse_dense_kernel(M: int, sw: SparseWeight, *, epilogue: Epilogue = None,
+                        residual: bool = False, target: tvm.target.Target) -> tirx.PrimFunc:
+    """The kernel for ``X[M, K]`` and the constant pattern of ``sw``.
+
+    Arguments, in order: ``X[M, K]``, ``indptr``, ``kidx``, ``data`` (``sw``'s arrays), ``bias[N]``
+    (zeros for a layer without one), ``R[M, N]`` if ``residual``, and the output ``Y[M, N]``
+    (destination-passing).
+    """
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
+    K, N, Rb, nnzb = sw.K, sw.N, sw.R, sw.nnzb
+    G = N // Rb
+    mc = token_tile(M, Rb, target)
+    n_mo = M // mc
+    kc = 16 if K % 16 == 0 else 1
+    halves = 2 if mc % 2 == 0 and Rb * mc * 4 >= 1024 else 1
+    mh = mc // halves
+
+    def epi(v: tirx.PrimExpr) -> tirx.PrimExpr:
+        return apply_epilogue(v, epilogue)
+
+    # One body, two signatures (with / without the residual input); the bias is always an argument
+    # (zeros when the layer has none: N floats).
+    @T.macro
+    def store(acc, half, Y, B, task, res_add):
+        tile = T.alloc_buffer((Rb, mh), "float32", scope="local")
+        for j in T.unroll(Rb):
+            for m in T.vectorized(mh):
+                tile[j, m] = epi(acc[j, m] + B[task % G * Rb + j])
+        for m in range(mh):
+            for j in T.unroll(Rb):
+                Y[task // G * mc + half * mh + m, task % G * Rb + j] = res_add(
+                    tile[j, m], task // G * mc + half * mh + m, task % G * Rb + j)
+
+    # The register tile is two local buffers of Rb x mh: TVM puts a local buffer on the stack (where
+    # LLVM promotes it to registers) only below 1 KB; a 4 x 64 tile would go to a heap workspace and
+    # every FMA would store its accumulator back.
+    @T.macro
+    def body(X, indptr, kidx, data, B, Y, XT, res_add):
+        for ko in T.parallel(K // kc):
+            for m in range(M):
+                for kk in T.vectorized(kc):
+                    XT[ko * kc + kk, m] = X[m, ko * kc + kk]
+        for task in T.parallel(n_mo * G):
+            acc0 = T.alloc_buffer((Rb, mh), "float32", scope="local")
+            acc1 = T.alloc_buffer((Rb, mh), "float32", scope="local")
+            for j in T.unroll(Rb):
+                for m in T.vectorized(mh):
+                    acc0[j, m] = T.float32(0)
+                    acc1[j, m] = T.float32(0)
+            for b in range(indptr[task % G], indptr[task % G + 1]):
+                for j in T.unroll(Rb):
+                    for m in T.vectorized(mh):
+                        acc0[j, m] = acc0[j, m] + data[b, j] * XT[kidx[b], task // G * mc + m]
+                    if halves == 2:
+                        for m in T.vectorized(mh):
+                            acc1[j, m] = acc1[j, m] + data[b, j] * XT[kidx[b], task // G * mc + mh + m]
+            store(acc0, 0, Y, B, task, res_add)
+            if halves == 2:
+                store(acc1, 1, Y, B, task, res_add)
+
+    if residual:
+        @T.prim_func(private=True)
+        def kernel(X: T.Buffer((M, K), "float32"), indptr: T.Buffer((G + 1,), "int32"),
+                   kidx: T.Buffer((nnzb,), "int32"), data: T.Buffer((nnzb, Rb), "float32"),
+                   B: T.Buffer((N,), "float32"), Res: T.Buffer((M, N), "float32"),
+                   Y: T.Buffer((M, N), "float32")):
+            XT = T.alloc_buffer((K, M), "float32")
+            body(X, indptr, kidx, data, B, Y, XT, lambda v, i, n: v + Res[i, n])
+    else:
+        @T.prim_func(private=True)
+        def kernel(X: T.Buffer((M, K), "float32"), indptr: T.Buffer((G + 1,), "int32"),
+                   kidx: T.Buffer((nnzb,), "int32"), data: T.Buffer((nnzb, Rb), "float32"),
+                   B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32")):
+            XT = T.alloc_buffer((K, M), "float32")
+            body(X, indptr, kidx, data, B, Y, XT, lambda v, i, n: v)
+
+    return finish_kernel(kernel.with_attr("tirx.noalias", True))
+
+
+def sparse_dense_reference(x: np.ndarray, sw: SparseWeight, bias: np.ndarray | None = None,
+                           epilogue: Epilogue = None, residual: np.ndarray | None = None) -> np.ndarray:
+    """numpy reference of :func:`sparse_dense_kernel` (through the dense reference)."""
+    from .dense import dense_reference
+
+    return dense_reference(x, sw.to_dense(), bias, epilogue, residual)
