@@ -136,10 +136,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = api.compile(
         args.model, args.output, pipeline=args.pipeline, buckets=buckets, target=args.target,
         threads=args.threads, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-        debug=_debug_from(args),
+        debug=_debug_from(args), packed=_parse_packed(getattr(args, "packed", None)),
+        packed_seqs=getattr(args, "packed_seqs", 32),
     )
     print(f"lamina: wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
+
+
+def _parse_packed(text: str | None) -> list[int] | bool:
+    """``--packed``: 'auto' (the default token buckets) or token counts, e.g. 64,128,256."""
+    if text is None:
+        return False
+    if text.strip().lower() == "auto":
+        return True
+    try:
+        tokens = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise UsageError(f"--packed {text!r}: give 'auto' or token counts, e.g. 64,128,256") from None
+    if not tokens or tokens[0] < 1:
+        raise UsageError(f"--packed {text!r}: token counts must be positive")
+    return tokens
 
 
 def _parse_buckets(text: str) -> list[tuple[int, int]]:
@@ -246,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MetaSchedule trials to spend (0: use database records and default schedules)")
     p.add_argument("--tuning-db", default=os.environ.get("LAMINA_TUNING_DB"),
                    help="tuning database directory (default: a per-user cache directory)")
+    p.add_argument("--packed", nargs="?", const="auto", default=None, metavar="TOKENS",
+                   help="also compile padding-free functions (uneven batches run without padding): "
+                        "'auto' (token buckets 32..1024) or token counts, e.g. 64,128,256")
+    p.add_argument("--packed-seqs", type=int, default=32,
+                   help="with --packed: the most sequences one packed call holds (default 32)")
     _add_pipeline_args(p, os.environ.get("LAMINA_COMPILE_PIPELINE", "O1"))
     p.set_defaults(func=cmd_compile, pipeline=None)
 
