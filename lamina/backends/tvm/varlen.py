@@ -42,7 +42,8 @@ _ROW_OPS = {("", op) for op in ("Add", "Sub", "Mul", "Div", "LayerNormalization"
 _ROW_OPS |= {("lamina", op) for op in ("Linear", "Gelu", "LayerNorm", "PackedAttention")}
 _SEQ_OPS = {("", op) for op in ("Gemm", "Tanh", "Add", "Mul", "Identity", "Reshape")}
 
-# Token buckets: steps of 32 up to 256 tokens, 64 up to 512, 128 beyond (a bucket wastes < 13%).
+# Token buckets: steps of 32 up to 256 tokens, 64 up to 512, 128 beyond (a bucket pads by less
+# than one step: a quarter of the tokens at most from 128 up).
 DEFAULT_MAX_TOKENS = 1024
 DEFAULT_MAX_SEQS = 32
 

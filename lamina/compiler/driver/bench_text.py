@@ -100,9 +100,11 @@ def main(args: argparse.Namespace) -> int:
     pad_to = args.pad_to
     longest = make_batches(sentences, args.batch, tok, names, None, pad_to)
     fixed = make_batches(sentences, args.batch, tok, names, pad_to, pad_to)
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    engines = [e if e in ENGINES else {"onnxruntime": "ort-longest"}.get(e, e) for e in engines]
-    engines = [e for e in dict.fromkeys(engines) if e in ENGINES] or list(ENGINES)
+    # "onnxruntime" (in the default --engines) means both ONNX Runtime paddings; pytorch is skipped.
+    wanted = []
+    for e in (e.strip() for e in args.engines.split(",") if e.strip()):
+        wanted += ["ort-longest", "ort-128"] if e == "onnxruntime" else [e]
+    engines = [e for e in dict.fromkeys(wanted) if e in ENGINES] or list(ENGINES)
     if "lamina" not in engines:
         engines.insert(0, "lamina")
     with tempfile.TemporaryDirectory(prefix="lamina-bench-text-") as tmp:
