@@ -190,7 +190,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    schedule: str | ScheduleFn | None = "database",
                    kernels: bool = True,
                    tune_trials: int = 0,
-                   tuning_db: str | os.PathLike[str] | None = None) -> Path:
+                   tuning_db: str | os.PathLike[str] | None = None,
+                   packed: Sequence[Any] | None = None) -> Path:
     """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
 
     - ``models``: ``{(batch, seq): model}``, each the canonical graph specialized to its bucket
@@ -210,6 +211,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
     - ``tune_trials`` / ``tuning_db``: stage 3 first tunes that many MetaSchedule trials (0: none,
       reuse records) into the database directory (default ``~/.cache/lamina/tuning``, seeded from
       the records shipped in ``backends/tvm/records`` for the same target key).
+    - ``packed``: ``varlen.PackedGraph`` s, one padding-free function per token bucket (manifest
+      ``packed``; the runtime runs uneven batches through them, see ``packed_runtime.py``).
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
@@ -232,8 +235,10 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
 
         tiles = KernelTiles(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB,
                             measure=tune_trials > 0, on_search=_report_tile_search)
+    packed_funcs = {f"packed_t{p.tokens}_n{p.seqs}": p for p in packed or ()}
     lowered = lower_buckets({k: models[k] for k in buckets},
-                            target=spec.tvm_target if kernels else None, tiles=tiles)
+                            target=spec.tvm_target if kernels else None, tiles=tiles,
+                            extra={n: p.model for n, p in packed_funcs.items()})
     t_lower = time.perf_counter() - t0
     # Build and require only the extra features the kernels use (VNNI only for INT8 kernels...).
     spec = spec.narrowed(lowered.features)
@@ -254,6 +259,10 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         "inputs": inputs,
         "outputs": outputs,
         "index_checks": index_checks(models[buckets[0]]),
+        "packed": [{"tokens": p.tokens, "seqs": p.seqs, "function": n,
+                    "params": lowered.extra[n].params, "inputs": p.inputs,
+                    "token_outputs": p.token_outputs, "seq_outputs": p.seq_outputs}
+                   for n, p in packed_funcs.items()],
         "pipeline": extra.pop("pipeline", None),
         "source_model_sha256": extra.pop("source_model_sha256", None),
         "source_model": extra.pop("source_model", None),

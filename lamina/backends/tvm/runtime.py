@@ -128,6 +128,11 @@ class CompiledModel:
         self._params = {k: params[k] for k in {p for _, ps in self._functions.values()
                                                  for p in ps}}
         self._local = threading.local()
+        from .packed_runtime import PackedRunner
+
+        # Padding-free functions for uneven batches (``varlen.py``), when the artifact has them.
+        self._packed = PackedRunner.create(self, manifest, params)
+        self.last_plan = ""  # how the last request ran: "packed ..." or "bucket ..."
         # A batch may be split into chunks only if every input and output has a batch dim.
         self._can_split = all(BATCH in s.dims for s in [*self.inputs, *self.outputs])
         # Concurrent calls: see the module docstring.
@@ -288,6 +293,15 @@ class CompiledModel:
         self._check_indices(arrays)
         bucket, calls = self.plan(batch, seq)
         self._check_padding(bucket, seq)
+        if self._packed is not None:
+            lens = self._packed.lengths(arrays)
+            chunks = self._packed.plan(lens) if lens is not None else None
+            if chunks is not None and \
+                    sum(f.tokens for *_, f in chunks) <= calls * bucket[0] * bucket[1]:
+                self.last_plan = "packed " + "+".join(f"{f.tokens}" for *_, f in chunks)
+                with self._slot():
+                    return self._packed.run(arrays, lens, chunks)
+        self.last_plan = f"bucket {bucket[0]}x{bucket[1]}" + (f" x{calls}" if calls > 1 else "")
         if calls == 1:
             with self._slot():
                 return self._run_bucket(arrays, bucket, batch, seq)

@@ -128,6 +128,8 @@ def compile(  # noqa: A001 - the verb users expect
     debug: Debug | None = None,
     quantize: QuantizeConfig | None = None,
     sparsity: bool = True,
+    packed: bool | list[int] = False,
+    packed_seqs: int = 32,
 ) -> Path:
     """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend.
 
@@ -135,6 +137,10 @@ def compile(  # noqa: A001 - the verb users expect
     nothing in a dense model). ``quantize``: INT8 after the pipeline (``quantize-int8``, with
     accuracy-driven fallback, see :mod:`lamina.compiler.driver.quantize`); the manifest records what was
     quantized and the cosine reached.
+
+    ``packed``: also compile padding-free functions, one per token bucket (True: the default
+    buckets, or a list of token counts), each holding up to ``packed_seqs`` sequences; the runtime
+    runs uneven batches through them when that computes fewer tokens (``backends/tvm/varlen.py``).
     """
     from lamina.backends import tvm as tvm_backend
     from lamina.backends.tvm.artifact import sha256_file
@@ -164,10 +170,31 @@ def compile(  # noqa: A001 - the verb users expect
     if quant_info is not None:
         extra["quantization"] = quant_info
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
+    packed_graphs = _packed_graphs(model, packed, packed_seqs, positions) if packed else None
     return tvm_backend.build_artifact(
         specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
         io_dims=tvm_backend.io_dims_from_model(model), tune_trials=tune_trials, tuning_db=tuning_db,
+        packed=packed_graphs,
     )
+
+
+def _packed_graphs(model: ir.Model, packed: bool | list[int], seqs: int,
+                   positions: int | None) -> list:
+    """The packed graphs for the token buckets ``packed`` asks for; a clear error if the model
+    cannot run packed."""
+    from lamina.backends.tvm.varlen import NotPackable, default_token_buckets, pack_model
+
+    if seqs < 1:
+        raise UsageError(f"--packed-seqs must be >= 1, got {seqs}")
+    tokens = default_token_buckets() if packed is True else list(packed)
+    out = []
+    for t in tokens:
+        try:
+            out.append(pack_model(model, t, min(seqs, t), positions))
+        except NotPackable as e:
+            raise UsageError(f"--packed: this model cannot run padding-free ({e}); compile "
+                             "without --packed") from None
+    return out
 
 
 def max_positions(model: ir.Model) -> int | None:

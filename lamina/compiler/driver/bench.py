@@ -56,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="ARTIFACT",
                    help="another .lamina artifact timed as engine 'baseline' (e.g. the dense model's, "
                         "against a pruned model's artifact)")
+    p.add_argument("--text-file", help="real-text throughput on the sentences of this file (one a line, "
+                                       "in order, batches of --batch): Lamina vs ONNX Runtime padded to "
+                                       "each batch's longest row and to --pad-to (see bench_text.py)")
+    p.add_argument("--sentences", type=int, default=256, help="with --text-file: the first N sentences")
+    p.add_argument("--pad-to", type=int, default=128, help="with --text-file: ONNX Runtime's fixed length")
 
 
 def _minilm_dir() -> str:
@@ -116,6 +121,10 @@ def _worker_cmd(engine: str, path: str, feeds: str, args: argparse.Namespace) ->
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "text_file", None):
+        from lamina.compiler.driver.bench_text import main as text_main
+
+        return text_main(args)
     target = Path(args.target)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     with tempfile.TemporaryDirectory(prefix="lamina-bench-") as tmp:

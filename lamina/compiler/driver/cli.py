@@ -143,6 +143,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         args.model, args.output, pipeline=args.pipeline, buckets=buckets, target=args.target,
         threads=args.threads, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
         debug=_debug_from(args), quantize=quantize, sparsity=not args.no_sparsity,
+        packed=_parse_packed(getattr(args, "packed", None)), packed_seqs=getattr(args, "packed_seqs", 32),
     )
     if quantize is not None:
         import json as _json
@@ -220,6 +221,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _quantize_outputs(args, cfg, result)
     print(f"lamina: wrote {path} (pipeline {report.pipeline},{result.pipeline})", file=sys.stderr)
     return 0
+def _parse_packed(text: str | None) -> list[int] | bool:
+    """``--packed``: 'auto' (the default token buckets) or token counts, e.g. 64,128,256."""
+    if text is None:
+        return False
+    if text.strip().lower() == "auto":
+        return True
+    try:
+        tokens = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise UsageError(f"--packed {text!r}: give 'auto' or token counts, e.g. 64,128,256") from None
+    if not tokens or tokens[0] < 1:
+        raise UsageError(f"--packed {text!r}: token counts must be positive")
+    return tokens
 
 
 def _parse_buckets(text: str) -> list[tuple[int, int]]:
@@ -354,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tuning database directory (default: a per-user cache directory)")
     p.add_argument("--no-sparsity", action="store_true",
                    help="leave pruned weights dense (no shrink-structured / encode-sparsity)")
+    p.add_argument("--packed", nargs="?", const="auto", default=None, metavar="TOKENS",
+                   help="also compile padding-free functions (uneven batches run without padding): "
+                        "'auto' (token buckets 32..1024) or token counts, e.g. 64,128,256")
+    p.add_argument("--packed-seqs", type=int, default=32,
+                   help="with --packed: the most sequences one packed call holds (default 32)")
     _add_pipeline_args(p, os.environ.get("LAMINA_COMPILE_PIPELINE", "O1"))
     p.add_argument("--quantize", choices=["int8"], help="INT8: O1 then quantize-int8 with accuracy fallback")
     _add_quantize_args(p, in_compile=True)

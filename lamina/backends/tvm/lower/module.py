@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -29,6 +29,7 @@ class LoweredModule:
     mod: tvm.IRModule
     functions: dict[tuple[int, int], FunctionInfo]
     params: dict[str, np.ndarray]
+    extra: dict[str, FunctionInfo] = field(default_factory=dict)
 
     @property
     def features(self) -> set[str]:
@@ -37,24 +38,28 @@ class LoweredModule:
 
 
 def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None,
-                  tiles: object = None) -> LoweredModule:
+                  tiles: object = None, extra: dict[str, ir.Model] | None = None) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
     Buckets are specializations of one model, so weights with the same name normally have the
     same value and are stored once; a name whose value differs in some bucket (a constant folded
     to that bucket's shape) is stored again as ``name@b{batch}_s{seq}``. With ``target``, matmuls on
     constant weights use the hand-written kernels of ``backends/tvm/kernels`` for that target. ``FunctionInfo.params``
-    lists the parameter-file keys each function takes, in order.
+    lists the parameter-file keys each function takes, in order. ``extra``: more functions by name
+    (e.g. the packed, padding-free ones of ``varlen.py``), lowered after the buckets with the same
+    weight pooling.
     """
     if not models:
         raise BackendError("no buckets to compile")
     bb = relax.BlockBuilder()
     functions: dict[tuple[int, int], FunctionInfo] = {}
     params: dict[str, np.ndarray] = {}
-    for key in sorted(models):
-        batch, seq = key
-        info = lower_function(bb, models[key], bucket_function_name(batch, seq), target=target,
-                              tiles=tiles)
+    jobs = [(key, bucket_function_name(*key), models[key]) for key in sorted(models)]
+    jobs += [(None, name, m) for name, m in (extra or {}).items()]
+    extras: dict[str, FunctionInfo] = {}
+    for key, fname, model in jobs:
+        batch, seq = key if key is not None else (0, 0)
+        info = lower_function(bb, model, fname, target=target, tiles=tiles)
         keys = []
         for name in info.params:
             value = info.param_values[name]
@@ -63,12 +68,15 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
             if seen is not None and seen is not value and not _same(seen, value):
                 # A bucket-specific constant under a shared name (e.g. position embeddings
                 # folded to this bucket's length): keep it beside the shared one.
-                key_name = f"{name}@b{batch}_s{seq}"
+                key_name = f"{name}@b{batch}_s{seq}" if key is not None else f"{name}@{fname}"
                 log.debug("bucket %dx%d: weight %r differs from other buckets', stored as %r",
                           batch, seq, name, key_name)
             params.setdefault(key_name, value)
             keys.append(key_name)
         info.params = keys
         info.param_values = {}
-        functions[key] = info
-    return LoweredModule(bb.get(), functions, params)
+        if key is None:
+            extras[fname] = info
+        else:
+            functions[key] = info
+    return LoweredModule(bb.get(), functions, params, extras)

@@ -1,0 +1,183 @@
+"""Variable-length fused attention over a packed token stream (no padding computed).
+
+Rows of different lengths are packed one after another into ``X[T, 3 * h * d]`` (the merged QKV
+projection of all tokens); sequence ``b`` owns rows ``cu[b] .. cu[b + 1] - 1`` (``cu``: int32
+cumulative lengths, ``cu[0] = 0``, non-decreasing; an empty sequence is skipped). For each sequence and
+head::
+
+    O[cu[b] + i, h, :] = softmax(scale * Q[i, h, :] . K[:, h, :]) @ V[:, h, :]    over that sequence only
+
+which is the fused kernel of :mod:`.attention` with the key-padding mask implied by the offsets:
+equal, for every real token, to running that kernel on the batch padded to its longest row. Rows of
+``X`` outside every sequence (a token bucket's tail) are left unwritten in ``O``. Schedule::
+
+    parallel for (b, h):                               # one task per sequence and head
+      L = cu[b + 1] - cu[b]; keys in chunks of one vector (kc = 16 on AVX-512), ceil(L / kc) chunks
+      Kt[d, L] = K[b, :, h, :]^T                      # once per task, zero-filled to whole chunks
+      for each tile of mr queries (8 on AVX-512, 4 elsewhere):
+        S[mr, chunk] = Q[tile] @ Kt[:, chunk]         # mr x kc accumulators in registers
+        P = exp(S - rowmax) on keys < L, 0 beyond     # vector max / sum over lanes, fast exp
+        acc[mr, d] = P @ V[b, :L, h, :]               # mr x d accumulators in registers
+        O[tile rows < L, h, :] = acc / rowsum
+
+Loop bounds come from ``cu`` at run time, so one compiled function serves every mix of lengths that
+fits its token count; only the token count ``T``, the sequence capacity and the longest sequence
+(the scratch size) are static. Written directly in TIR (the loops have data-dependent extents, which
+TE cannot express); the exponential is TVM's ``fast_exp`` polynomial, as in :mod:`.attention`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+from tvm.script import tirx as T
+
+from .dense import finish_kernel, lanes
+from .isa import isa_of
+
+MASK_FILL = float(np.finfo(np.float32).min)
+
+
+def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """TVM's ``fast_exp`` for float32 (topi ``fast_exp_float32``): range reduction to 2^n * e^f and a
+    degree-7 polynomial for e^f; relative error ~1e-7 on [-88, 88], clamped outside."""
+    f32 = "float32"
+
+    def c(v: float) -> tirx.PrimExpr:
+        return tirx.const(v, f32)
+
+    xc = tirx.max(tirx.min(x, c(88.3762626647950)), c(-88.3762626647949))
+    n = tirx.floor(xc * c(1.44269504088896341) + c(0.5))
+    f = xc - n * c(0.6931471805599453)
+    p = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+         5.0000001201e-1]
+    y = c(p[0])
+    for coef in p[1:]:
+        y = y * f + c(coef)
+    y = y * f * f + f + c(1.0)
+    ef = tirx.reinterpret(f32, tirx.shift_left(tirx.Cast("int32", n + c(127.0)),
+                                               tirx.const(23, "int32")))
+    return tirx.max(ef * y, x)
+
+
+def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
+                            scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
+    """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, O[tokens, h*d])``; every sequence must be
+    at most ``max_len`` tokens long (the caller guarantees it: the runtime packs no longer row)."""
+    isa = isa_of(target)
+    kc = lanes(isa)                      # keys per chunk: one vector
+    mr = 8 if isa == "avx512" else 4     # queries per tile: mr x d PV accumulators in registers
+    hid = heads * d
+    smax = -(-max_len // kc) * kc
+    sc = float(scale)
+    fill = MASK_FILL
+
+    @T.prim_func(private=True)
+    def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
+             o: T.Buffer((tokens, hid), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for task in T.parallel(seqs * heads):
+            kt = T.decl_buffer((d, smax), "float32")
+            s = T.decl_buffer((mr, smax), "float32")
+            acc = T.decl_buffer((mr, kc), "float32", scope="local")
+            oacc = T.decl_buffer((mr, d), "float32", scope="local")
+            lane = T.decl_buffer((kc,), "float32", scope="local")
+            rmax = T.decl_buffer((mr,), "float32", scope="local")
+            rinv = T.decl_buffer((mr,), "float32", scope="local")
+            b = task // heads
+            h = task % heads
+            start = cu[b]
+            length = cu[b + 1] - start
+            chunks = (length + kc - 1) // kc
+            for j in range(length):
+                for e in range(d):
+                    kt[e, j] = x[start + j, hid + h * d + e]
+            for j in range(length, chunks * kc):
+                for e in range(d):
+                    kt[e, j] = T.float32(0)
+            for qt in range((length + mr - 1) // mr):
+                # Scores of the tile's queries, one key chunk at a time.
+                for c in range(chunks):
+                    for r in T.unroll(mr):
+                        for w in T.vectorized(kc):
+                            acc[r, w] = T.float32(0)
+                    for e in range(d):
+                        for r in T.unroll(mr):
+                            for w in T.vectorized(kc):
+                                acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
+                                                          h * d + e] * kt[e, c * kc + w]
+                    for r in T.unroll(mr):
+                        for w in T.vectorized(kc):
+                            s[r, c * kc + w] = T.if_then_else(c * kc + w < length,
+                                                              acc[r, w] * T.float32(sc),
+                                                              T.float32(fill))
+                # Softmax along each row: vector max and sum over the chunks, then across lanes.
+                for r in range(mr):
+                    for w in T.vectorized(kc):
+                        lane[w] = s[r, w]
+                    for c in range(1, chunks):
+                        for w in T.vectorized(kc):
+                            lane[w] = T.max(lane[w], s[r, c * kc + w])
+                    rmax[r] = lane[0]
+                    for w in range(1, kc):
+                        rmax[r] = T.max(rmax[r], lane[w])
+                    for w in T.vectorized(kc):
+                        lane[w] = T.float32(0)
+                    for c in range(chunks):
+                        for w in T.vectorized(kc):
+                            s[r, c * kc + w] = T.if_then_else(
+                                c * kc + w < length, fast_exp(s[r, c * kc + w] - rmax[r]),
+                                T.float32(0))
+                            lane[w] = lane[w] + s[r, c * kc + w]
+                    rinv[r] = lane[0]
+                    for w in range(1, kc):
+                        rinv[r] = rinv[r] + lane[w]
+                    rinv[r] = T.float32(1) / rinv[r]
+                # P @ V over the sequence's keys.
+                for r in T.unroll(mr):
+                    for e in T.vectorized(d):
+                        oacc[r, e] = T.float32(0)
+                for j in range(length):
+                    for r in T.unroll(mr):
+                        for e in T.vectorized(d):
+                            oacc[r, e] = oacc[r, e] + s[r, j] * x[start + j, 2 * hid + h * d + e]
+                for r in range(mr):
+                    if qt * mr + r < length:
+                        for e in T.vectorized(d):
+                            o[start + qt * mr + r, h * d + e] = oacc[r, e] * rinv[r]
+
+    return finish_kernel(func)
+
+
+def varlen_attention_reference(x: np.ndarray, cu: np.ndarray, heads: int, scale: float
+                               ) -> np.ndarray:
+    """NumPy reference of the kernel (rows outside every sequence are zero)."""
+    tokens, three_hid = x.shape
+    hid = three_hid // 3
+    d = hid // heads
+    out = np.zeros((tokens, hid), np.float32)
+    for b in range(len(cu) - 1):
+        lo, hi = int(cu[b]), int(cu[b + 1])
+        if hi <= lo:
+            continue
+        q = x[lo:hi, :hid].reshape(hi - lo, heads, d).transpose(1, 0, 2)
+        k = x[lo:hi, hid:2 * hid].reshape(hi - lo, heads, d).transpose(1, 2, 0)
+        v = x[lo:hi, 2 * hid:].reshape(hi - lo, heads, d).transpose(1, 0, 2)
+        s = (q @ k) * scale
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out[lo:hi] = (p @ v).transpose(1, 0, 2).reshape(hi - lo, hid)
+    return out
+
+
+def emit_varlen_attention(bb: relax.BlockBuilder, qkv: relax.Expr, cu: relax.Expr, *, tokens: int,
+                          seqs: int, heads: int, d: int, max_len: int, scale: float,
+                          target: tvm.target.Target) -> relax.Expr:
+    """``[1, tokens, h * d]`` attention output of the packed merged projection ``qkv``
+    (``[1, tokens, 3 * h * d]``), sequences given by ``cu`` (``[seqs + 1]`` int32)."""
+    func = varlen_attention_kernel(tokens, seqs, heads, d, max_len, scale=scale, target=target)
+    gv = bb.add_func(func, f"lamina_varlen_attention_{tokens}x{seqs}x{heads}x{d}x{max_len}")
+    x2 = bb.emit(relax.op.reshape(qkv, (tokens, 3 * heads * d)))
+    o = bb.emit(relax.call_tir(gv, [x2, cu], relax.TensorType((tokens, heads * d), "float32")))
+    return bb.emit(relax.op.reshape(o, (1, tokens, heads * d)))

@@ -1,0 +1,166 @@
+"""Run uneven batches padding-free through an artifact's packed functions (``varlen.py``).
+
+A request arrives padded as usual (``[batch, seq]`` ids with a right-padded ``attention_mask``). The
+runner drops the padding: each row's real tokens go one after another into a ``[1, T]`` stream (``T``
+the smallest token bucket that holds them), with per-token position ids, the sequences' offsets
+(``cu_seqlens``) and each sequence's first token (for poolers). Token outputs come back as
+``[batch, seq, ...]`` with zeros at padded positions (real positions equal the padded run within float
+rounding); sequence outputs as ``[batch, ...]``. A batch too big for one packed call is cut into
+consecutive chunks.
+
+The choice is automatic: packed when its token count (the buckets' ``T`` summed over chunks) is at
+most what the fixed buckets would compute for the request; the fixed buckets otherwise, and always
+for a mask that is not right-padded (a row with gaps, or an empty row).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._errors import BackendError
+from .varlen import CU_SEQLENS, FIRST_TOKEN, POSITION_IDS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackedFunction:
+    tokens: int
+    seqs: int
+    function: str
+    params: tuple[str, ...]
+    inputs: tuple[str, ...]
+    token_outputs: tuple[str, ...]
+    seq_outputs: tuple[str, ...]
+
+
+class PackedRunner:
+    """The packed functions of one loaded artifact (see the module docstring)."""
+
+    def __init__(self, model: Any, entries: list[dict[str, Any]], params: Mapping[str, Any]) -> None:
+        self._model = model
+        self.functions = sorted(
+            (PackedFunction(int(e["tokens"]), int(e["seqs"]), e["function"], tuple(e["params"]),
+                            tuple(e["inputs"]), tuple(e["token_outputs"]), tuple(e["seq_outputs"]))
+             for e in entries), key=lambda f: (f.tokens, f.seqs))
+        self._params = {p: params[p] for f in self.functions for p in f.params}
+        names = [s.name for s in model.inputs]
+        masks = [n for n in names if "mask" in n.lower()]
+        self._mask = masks[0] if len(masks) == 1 else None
+        self.max_tokens = self.functions[-1].tokens
+        self.max_seqs = max(f.seqs for f in self.functions)
+
+    @classmethod
+    def create(cls, model: Any, manifest: Mapping[str, Any], params: Mapping[str, Any]
+               ) -> PackedRunner | None:
+        entries = manifest.get("packed") or []
+        return cls(model, entries, params) if entries else None
+
+    # -- planning ---------------------------------------------------------------------------
+    def lengths(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """Each row's real length, or None when the mask is not right-padded (or absent)."""
+        if self._mask is None:
+            return None
+        mask = arrays[self._mask]
+        if mask.ndim != 2:
+            return None
+        lens = (mask != 0).sum(axis=1)
+        if lens.min() < 1:
+            return None
+        if not np.array_equal(mask != 0, np.arange(mask.shape[1])[None, :] < lens[:, None]):
+            return None
+        return lens
+
+    def _fit(self, total: int, rows: int, longest: int) -> PackedFunction | None:
+        for f in self.functions:
+            if f.tokens >= total and f.seqs >= rows and f.tokens >= longest:
+                return f
+        return None
+
+    def plan(self, lens: np.ndarray) -> list[tuple[int, int, PackedFunction]] | None:
+        """``[(lo, hi, function)]``: consecutive row chunks and the packed function of each."""
+        out = []
+        lo = 0
+        n = len(lens)
+        while lo < n:
+            hi, total = lo, 0
+            while hi < n and total + int(lens[hi]) <= self.max_tokens and hi - lo < self.max_seqs:
+                total += int(lens[hi])
+                hi += 1
+            if hi == lo:
+                return None  # a row longer than every packed function
+            f = self._fit(total, hi - lo, int(lens[lo:hi].max()))
+            if f is None:
+                return None
+            out.append((lo, hi, f))
+            lo = hi
+        return out
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray,
+            chunks: list[tuple[int, int, PackedFunction]]) -> dict[str, np.ndarray]:
+        batch, seq = next(iter(arrays.values())).shape[:2]
+        outs: dict[str, np.ndarray] = {}
+        for lo, hi, f in chunks:
+            part = self._run_chunk(arrays, lens, lo, hi, f)
+            for spec in self._model.outputs:
+                got = part[spec.name]
+                if spec.name not in outs:
+                    shape = [batch if d == "batch" else seq if d == "seq" else d for d in spec.dims]
+                    outs[spec.name] = np.zeros(shape, got.dtype)
+                outs[spec.name][lo:hi, :got.shape[1]] = got
+        return outs
+
+    def _run_chunk(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray, lo: int, hi: int,
+                   f: PackedFunction) -> dict[str, np.ndarray]:
+        import tvm
+
+        m = self._model
+        rows = lens[lo:hi]
+        cu = np.zeros(f.seqs + 1, np.int32)
+        cu[1:len(rows) + 1] = np.cumsum(rows)
+        cu[len(rows) + 1:] = cu[len(rows)]
+        total = int(cu[len(rows)])
+        sel = np.arange(lens[lo:hi].max())[None, :] < rows[:, None]   # real positions
+        feeds: dict[str, np.ndarray] = {}
+        for name in f.inputs:
+            if name == POSITION_IDS:
+                pos = np.zeros((1, f.tokens), np.int64)
+                pos[0, :total] = np.nonzero(sel)[1]
+                feeds[name] = pos
+            elif name == CU_SEQLENS:
+                feeds[name] = cu
+            elif name == FIRST_TOKEN:
+                first = np.zeros(f.seqs, np.int64)
+                first[:len(rows)] = cu[:len(rows)]
+                feeds[name] = first
+            else:
+                a = arrays[name][lo:hi, :sel.shape[1]]
+                stream = np.zeros((1, f.tokens), a.dtype)
+                stream[0, :total] = a[sel]
+                feeds[name] = stream
+        args = [tvm.runtime.tensor(feeds[n], m._dev) for n in f.inputs]
+        args.extend(self._params[p] for p in f.params)
+        try:
+            result = m._vm[f.function](*args)
+        except Exception as e:
+            raise BackendError(f"{m.path}: {f.function} failed: {type(e).__name__}: "
+                               f"{str(e).strip()[:500]}") from e
+        names = [o.name for o in m.outputs]
+        order = list(f.token_outputs) + list(f.seq_outputs)
+        graph_order = [n for n in names if n in order]
+        out: dict[str, np.ndarray] = {}
+        for i, name in enumerate(graph_order):
+            arr = result[i].numpy()
+            if name in f.token_outputs:
+                dense = np.zeros((len(rows), sel.shape[1], *arr.shape[2:]), arr.dtype)
+                dense[sel] = arr[0, :total]
+                out[name] = dense
+            else:
+                out[name] = arr[:len(rows)]
+        return out

@@ -1,0 +1,201 @@
+"""``lamina bench --text-file FILE``: real-text throughput, sentences per second.
+
+Real inputs are short and uneven, so a fixed-shape benchmark says little about serving them. This one
+reads sentences from ``FILE`` (one a line, in file order, the first ``--sentences``), cuts them into
+batches of ``--batch`` and times three engines on the same batches:
+
+- ``lamina``: the artifact fed each batch padded to its longest row (the runtime chooses how to run
+  it: packed without padding when the artifact holds packed functions, else its fixed buckets);
+- ``ort-longest``: ONNX Runtime (``ORT_ENABLE_ALL``, the same threads) fed the same padded batches;
+- ``ort-128``: ONNX Runtime fed each batch padded to ``--pad-to`` (128), as many deployments do.
+
+Protocol as in :mod:`.bench`: each engine in its own fresh process, one untimed pass over all batches,
+then ``--iters`` timed passes; ``--rounds`` rounds rotate the engine order. An engine's figure is the
+median pass time over all rounds; throughput = sentences / median pass time; ratios are Lamina's
+throughput over each engine's, pooled and round by round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lamina.compiler.errors import UsageError
+
+ENGINES = ("lamina", "ort-longest", "ort-128")
+
+
+def read_sentences(path: str | Path, limit: int | None) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--text-file {path}: no such file")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise UsageError(f"--text-file {path}: no sentences (one per line expected)")
+    return lines[:limit] if limit else lines
+
+
+def make_batches(sentences: list[str], batch: int, tokenizer_dir: str, names: list[str],
+                 pad_to: int | None, max_len: int) -> list[dict[str, np.ndarray]]:
+    """Feeds per batch of ``batch`` sentences: padded to the batch's longest row (``pad_to`` None)
+    or to ``pad_to``; rows longer than ``max_len`` tokens are truncated."""
+    from lamina.compiler.driver.text import tokenize
+
+    out = []
+    for lo in range(0, len(sentences), batch):
+        chunk = sentences[lo:lo + batch]
+        longest = tokenize(chunk, tokenizer_dir, names)
+        length = min(max_len, next(iter(longest.values())).shape[1])
+        out.append(tokenize(chunk, tokenizer_dir, names, seq=pad_to or length))
+    return out
+
+
+def token_stats(batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    real = padded = 0
+    for b in batches:
+        mask = next(v for k, v in b.items() if "mask" in k.lower())
+        real += int(mask.sum())
+        padded += int(mask.size)
+    return {"real_tokens": real, "padded_tokens": padded,
+            "padding_fraction": 1.0 - real / padded if padded else 0.0}
+
+
+def _save(batches: list[dict[str, np.ndarray]], path: Path) -> None:
+    arrays = {f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()}
+    np.savez(path, **arrays)
+
+
+def _load(path: str) -> list[dict[str, np.ndarray]]:
+    data = np.load(path)
+    batches: dict[int, dict[str, np.ndarray]] = {}
+    for key in data.files:
+        i, name = key.split("/", 1)
+        batches.setdefault(int(i), {})[name] = data[key]
+    return [batches[i] for i in sorted(batches)]
+
+
+def main(args: argparse.Namespace) -> int:
+    from lamina.backends.tvm.artifact import read_manifest
+    from lamina.compiler.driver.bench import _minilm_dir
+
+    target = Path(args.target)
+    if target.suffix == ".onnx":
+        raise UsageError("--text-file benchmarks an artifact: compile it first with `lamina compile`")
+    _, manifest = read_manifest(target)
+    onnx_path = args.onnx or manifest.get("source_model") or ""
+    if not Path(onnx_path).exists():
+        raise UsageError(f"the artifact's source model {onnx_path!r} is not there; give it with --onnx")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    names = [i["name"] for i in manifest["inputs"]]
+    tok = args.tokenizer or _minilm_dir()
+    sentences = read_sentences(args.text_file, args.sentences)
+    pad_to = args.pad_to
+    longest = make_batches(sentences, args.batch, tok, names, None, pad_to)
+    fixed = make_batches(sentences, args.batch, tok, names, pad_to, pad_to)
+    # "onnxruntime" (in the default --engines) means both ONNX Runtime paddings; pytorch is skipped.
+    wanted = []
+    for e in (e.strip() for e in args.engines.split(",") if e.strip()):
+        wanted += ["ort-longest", "ort-128"] if e == "onnxruntime" else [e]
+    engines = [e for e in dict.fromkeys(wanted) if e in ENGINES] or list(ENGINES)
+    if "lamina" not in engines:
+        engines.insert(0, "lamina")
+    with tempfile.TemporaryDirectory(prefix="lamina-bench-text-") as tmp:
+        feeds = {"longest": Path(tmp) / "longest.npz", "fixed": Path(tmp) / "fixed.npz"}
+        _save(longest, feeds["longest"])
+        _save(fixed, feeds["fixed"])
+        src = {"lamina": (str(target), feeds["longest"]),
+               "ort-longest": (onnx_path, feeds["longest"]),
+               "ort-128": (onnx_path, feeds["fixed"])}
+        passes: dict[str, list[float]] = {e: [] for e in engines}
+        round_med: dict[str, list[float]] = {e: [] for e in engines}
+        for r in range(args.rounds):
+            order = engines[r % len(engines):] + engines[: r % len(engines)]
+            for engine in order:
+                path, fpath = src[engine]
+                cmd = [sys.executable, "-m", "lamina.compiler.driver.bench_text", "--worker",
+                       engine, path, str(fpath), str(args.threads), str(args.iters)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                    raise UsageError(f"benchmark worker for {engine} failed: {tail}")
+                lat = json.loads(proc.stdout.strip().splitlines()[-1])
+                passes[engine] += lat
+                round_med[engine].append(float(np.median(lat)))
+                print(f"round {r + 1}/{args.rounds}: {engine} done", file=sys.stderr)
+    n = len(sentences)
+    results = {}
+    for engine, lat in passes.items():
+        med = float(np.median(lat))
+        results[engine] = {"pass_ms": med, "sentences_per_s": n * 1e3 / med, "passes": len(lat)}
+    base = results["lamina"]["pass_ms"]
+    for engine, res in results.items():
+        res["lamina_speedup"] = res["pass_ms"] / base
+        rr = [b / a for a, b in zip(round_med["lamina"], round_med[engine], strict=True)]
+        res["round_speedups"] = rr
+    report = {"text_file": str(args.text_file), "sentences": n, "batch": args.batch,
+              "batches": len(longest), "threads": args.threads, "pad_to": pad_to,
+              "rounds": args.rounds, "iters": args.iters,
+              "tokens_longest": token_stats(longest), "tokens_fixed": token_stats(fixed),
+              "results": results}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    st = report["tokens_longest"]
+    print(f"{n} sentences from {args.text_file} in {len(longest)} batches of {args.batch}, "
+          f"threads {args.threads}; {args.rounds} rounds x {args.iters} passes")
+    print(f"tokens: {st['real_tokens']} real; padded to longest {st['padded_tokens']} "
+          f"({100 * st['padding_fraction']:.0f}% padding), to {pad_to} "
+          f"{report['tokens_fixed']['padded_tokens']} "
+          f"({100 * report['tokens_fixed']['padding_fraction']:.0f}% padding)")
+    print(f"{'engine':<12} {'pass ms':>9} {'sent/s':>9} {'lamina speedup':>15} "
+          f"{'by round: median [range]':>26}")
+    for engine, res in results.items():
+        rr = res["round_speedups"]
+        print(f"{engine:<12} {res['pass_ms']:9.1f} {res['sentences_per_s']:9.1f} "
+              f"{res['lamina_speedup']:14.2f}x {np.median(rr):17.2f}x [{min(rr):.2f}-{max(rr):.2f}]")
+    return 0
+
+
+def _worker(engine: str, path: str, feeds_path: str, threads: int, iters: int) -> list[float]:
+    batches = _load(feeds_path)
+    if engine == "lamina":
+        import lamina.backends.tvm as lamina_tvm
+
+        model = lamina_tvm.load(path, threads=threads)
+
+        def call(feeds: dict[str, np.ndarray]) -> object:
+            return model.run(feeds)
+    else:
+        from lamina.backends.reference import session
+
+        sess = session(path, threads=threads, optimize=True)
+        wanted = {i.name for i in sess.get_inputs()}
+        batches = [{k: v for k, v in b.items() if k in wanted} for b in batches]
+
+        def call(feeds: dict[str, np.ndarray]) -> object:
+            return sess.run(None, feeds)
+    for b in batches:  # one untimed pass
+        call(b)
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        for b in batches:
+            call(b)
+        out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "--worker":
+        engine, path, feeds_path, threads, iters = sys.argv[2:]
+        print(json.dumps(_worker(engine, path, feeds_path, int(threads), int(iters))))
+    else:
+        sys.exit("usage: lamina bench --text-file ... (this module's __main__ is its worker)")
