@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from lamina._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from lamina.backends.tvm.runtime import CompiledModel, load

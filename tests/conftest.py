@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import lamina.passes  # noqa: F401  (tests assemble pipelines, so they register the built-in passes)
+
 # Nothing may reach the model hub at test time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

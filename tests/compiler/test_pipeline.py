@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from lamina.backends import reference
 from lamina.compiler.errors import PassError, PipelineError, VerifyError
 from lamina.compiler.ir import count_nodes, print_ir
 from lamina.compiler.pipeline import (
@@ -114,12 +115,12 @@ def test_dump_ir_files(tmp_path):
 def test_verify_each_catches_a_numeric_change(scaling_pass):
     rec = Recorder()
     with pytest.raises(VerifyError, match="test-scale.*beyond its tolerance"):
-        PassManager(parse_pipeline("test-scale"), [rec, VerifyEach(rec)], crash_dir=None).run(reshape_graph())
+        PassManager(parse_pipeline("test-scale"), [rec, VerifyEach(rec, reference.run)], crash_dir=None).run(reshape_graph())
 
 
 def test_verify_each_accepts_exact_passes():
     rec = Recorder()
-    PassManager(parse_pipeline("O0"), [rec, VerifyEach(rec)]).run(reshape_graph())
+    PassManager(parse_pipeline("O0"), [rec, VerifyEach(rec, reference.run)]).run(reshape_graph())
     assert all((r.max_abs_error or 0.0) == 0.0 for r in rec.records)
 
 

@@ -21,7 +21,7 @@ from lamina.compiler.errors import UsageError
 from lamina.compiler.frontend import apply_shapes, load_model, save_model
 from lamina.compiler.pipeline import PassContext, PassManager, format_pipeline, parse_pipeline
 from lamina.compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Recorder, VerifyEach
-from lamina.compiler.pipeline.plugins import load_module
+from lamina.compiler.pipeline.plugins import load_entry_points, load_module
 
 DEFAULT_COMPILE_PIPELINE = "O1"
 
@@ -67,7 +67,25 @@ def save(model: ir.Model, path: str | os.PathLike) -> Path:
     return save_model(model, path)
 
 
+_passes_registered = False
+
+
+def register_passes() -> None:
+    """Register the passes the driver offers: the built-in ones (:mod:`lamina.passes`, with the named
+    pipelines) and those of installed ``lamina.passes`` entry points. The core registry imports neither:
+    whoever assembles a pipeline decides which passes exist."""
+    global _passes_registered
+    if _passes_registered:
+        return
+    _passes_registered = True
+    import lamina.passes  # noqa: F401  (registers the built-in passes and pipelines)
+
+    load_entry_points()
+
+
 def load_passes(modules: list[str]) -> None:
+    """Register the built-in passes, then import each of ``modules`` (a module name or a ``.py`` file)."""
+    register_passes()
     for module in modules:
         load_module(module)
 
@@ -80,6 +98,7 @@ def optimize(
 ) -> tuple[ir.Model, OptimizeReport]:
     """Run ``pipeline`` (text or named) on ``model`` under the instruments ``debug`` asks for."""
     debug = debug or Debug()
+    register_passes()
     passes = parse_pipeline(pipeline)
     recorder = Recorder()
     instruments: list[Instrument] = [recorder]
@@ -94,7 +113,9 @@ def optimize(
                                    debug.print_ir_after_change, debug.print_ir_after_failure,
                                    debug.stream))
     if debug.verify_each:
-        instruments.append(VerifyEach(recorder, dims=dims, stream=debug.report_stream))
+        from lamina.backends.reference import run as reference_run
+
+        instruments.append(VerifyEach(recorder, reference_run, dims=dims, stream=debug.report_stream))
     if debug.dump_ir:
         instruments.append(DumpIR(debug.dump_ir, recorder))
     ctx = PassContext(debug_match=debug.debug_match, dims=dict(dims or {}))
@@ -135,7 +156,8 @@ def compile(  # noqa: A001 - the verb users expect
     check_buckets(buckets, positions)
     specialized = {}
     for batch, seq in buckets:
-        specialized[(batch, seq)] = specialize(model, _bucket_dims(model, batch, seq))
+        dims = _bucket_dims(model, batch, seq)
+        specialized[(batch, seq)], _ = optimize(specialize(model, dims), "O0", dims=dims)
     extra = {"pipeline": report.pipeline, "source_model": str(model_path.resolve()),
              "source_model_sha256": sha256_file(model_path)}
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None

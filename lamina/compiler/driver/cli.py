@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lamina import __version__
+from lamina._version import __version__
 from lamina.compiler.errors import LaminaError, UsageError
 
 log = logging.getLogger("lamina")

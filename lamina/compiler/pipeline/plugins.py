@@ -14,9 +14,6 @@ ENTRY_POINT_GROUP = "lamina.passes"
 
 def load_module(path: str) -> None:
     """Import ``path`` (a module name, or a ``.py`` file) so its ``@register`` passes join the registry."""
-    from lamina.compiler.pipeline.registry import ensure_builtins
-
-    ensure_builtins()
     try:
         if path.endswith(".py"):
             import importlib.util

@@ -8,10 +8,11 @@ by shape is brittle, so the analysis works on meaning, in two steps:
 1. Provenance (structural): the mask's values may depend on exactly one graph input, a rank-2 tensor
    (``[batch, seq]``); every other dependence must go through ``Shape`` (sizes only). No subgraphs, no
    non-standard ops, no random ops.
-2. Behaviour (evaluated): the mask's producer cone is run by ONNX Runtime on probe masks of two sizes, each
-   row with at least one kept key. The result must broadcast to ``[batch, 1|heads, seq, seq]``, be exactly 0
-   where ``mask[b, k] != 0`` and at most ``-1e4`` where it is 0 (so ``exp`` underflows to 0 in float32, the
-   same softmax as the ``finfo.min`` bias ``lamina::Attention`` adds).
+2. Behaviour (evaluated): the mask's producer cone is run by the reference backend (ONNX Runtime) on
+   probe masks of two sizes, each row with at least one kept key. The result must broadcast to
+   ``[batch, 1|heads, seq, seq]``, be exactly 0 where ``mask[b, k] != 0`` and at most ``-1e4`` where it
+   is 0 (so ``exp`` underflows to 0 in float32, the same softmax as the ``finfo.min`` bias
+   ``lamina::Attention`` adds).
 
 If both hold the mask is a key padding mask over that input; otherwise it stays an additive input.
 """
@@ -22,6 +23,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from lamina.backends import reference
+from lamina.compiler.errors import LaminaError
 from lamina.passes.fusion._match import STANDARD
 
 PROBES = ((2, 5), (3, 8))
@@ -58,7 +61,8 @@ def _cone(value: ir.Value) -> tuple[list[ir.Node], set[str], list[ir.Value]]:
     return list(nodes.values()), data_inputs, list(inputs.values())
 
 
-def _sub_model(model: ir.Model, value: ir.Value, nodes: list[ir.Node], inputs: list[ir.Value]) -> bytes:
+def _sub_model(model: ir.Model, value: ir.Value, nodes: list[ir.Node], inputs: list[ir.Value]
+               ) -> onnx.ModelProto:
     keep = {id(n) for n in nodes}
     node_protos = [ir.serde.serialize_node(n) for n in model.graph if id(n) in keep]
     used = {i.name for n in nodes for i in n.inputs if i is not None}
@@ -72,7 +76,7 @@ def _sub_model(model: ir.Model, value: ir.Value, nodes: list[ir.Node], inputs: l
     out = onnx.helper.make_tensor_value_info(value.name, value.dtype.value if value.dtype else 1, None)
     graph = onnx.helper.make_graph(node_protos, "mask_probe", vin, [out], inits)
     opsets = [onnx.helper.make_opsetid(d or "", v) for d, v in model.opset_imports.items() if d in STANDARD]
-    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10)
 
 
 def analyze(model: ir.Model, value: ir.Value) -> tuple[ir.Value | None, str]:
@@ -96,14 +100,8 @@ def analyze(model: ir.Model, value: ir.Value) -> tuple[ir.Value | None, str]:
         if i.shape is None or any(not isinstance(d, int) and str(d) not in dims for d in i.shape):
             return None, f"cannot size probe input {i.name!r} (dims other than {key.name}'s)"
     try:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(_sub_model(model, value, nodes, inputs), so,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+        sess = reference.session(_sub_model(model, value, nodes, inputs))
+    except LaminaError as exc:
         return None, f"mask cone cannot be evaluated: {str(exc).strip().splitlines()[0][:160]}"
     rng = np.random.default_rng(0)
     for batch, seq in PROBES:
