@@ -45,7 +45,6 @@ def test_plan_request_splits_batches_when_cheaper():
 
 
 def test_target_presets_and_auto():
-    pytest.importorskip("tvm")
     from lamina.backends.tvm.target import ISA_LEVELS, host_features, resolve_target
 
     auto = resolve_target("auto", threads=3)
@@ -68,7 +67,6 @@ def test_target_presets_and_auto():
                                        ('{"kind": "llvm", "mcpu": "native"}', "native"),
                                        ('{"kind": "cuda"}', "not supported")])
 def test_target_rejects(bad, match):
-    pytest.importorskip("tvm")
     from lamina.backends.tvm.target import resolve_target
     from lamina.compiler.errors import BackendError
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tvm
 
-tvm = pytest.importorskip("tvm")
-
-from lamina.backends.tvm.kernels import (  # noqa: E402
+from lamina.backends.tvm.kernels import (
     DenseConfig,
     batch_matmul_kernel,
     candidate_configs,
@@ -22,7 +21,7 @@ from lamina.backends.tvm.kernels import (  # noqa: E402
     standalone_module,
     unpack_weight,
 )
-from lamina.backends.tvm.kernels.isa import ISA_MCPU  # noqa: E402
+from lamina.backends.tvm.kernels.isa import ISA_MCPU
 
 pytestmark = pytest.mark.tvm
 
