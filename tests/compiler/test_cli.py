@@ -119,3 +119,21 @@ def test_custom_pass_from_file(tiny_bert: Path, tmp_path: Path):
                   "--pipeline", "O0,count-matmuls", "--pass-stats")
     assert proc.returncode == 0, proc.stderr
     assert "count-matmuls: no change" in proc.stderr and "matmuls=" in proc.stderr
+
+
+def test_pipeline_environment_variables(monkeypatch):
+    """LAMINA_PIPELINE sets --pipeline's default for opt and compile; LAMINA_COMPILE_PIPELINE, for
+    compile only, wins over it; the flag wins over both."""
+    from lamina.compiler.driver.cli import build_parser
+
+    compile_args = ["compile", "m.onnx", "-o", "m.lamina"]
+    monkeypatch.delenv("LAMINA_COMPILE_PIPELINE", raising=False)
+    monkeypatch.delenv("LAMINA_PIPELINE", raising=False)
+    assert build_parser().parse_args(compile_args).pipeline == "O1"
+    monkeypatch.setenv("LAMINA_PIPELINE", "O0")
+    assert build_parser().parse_args(compile_args).pipeline == "O0"
+    assert build_parser().parse_args(["opt", "m.onnx", "-o", "o.onnx"]).pipeline == "O0"
+    monkeypatch.setenv("LAMINA_COMPILE_PIPELINE", "O0,fuse-gelu")
+    assert build_parser().parse_args(compile_args).pipeline == "O0,fuse-gelu"
+    assert build_parser().parse_args(["opt", "m.onnx", "-o", "o.onnx"]).pipeline == "O0"
+    assert build_parser().parse_args([*compile_args, "--pipeline", "O1"]).pipeline == "O1"

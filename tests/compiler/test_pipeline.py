@@ -118,6 +118,36 @@ def test_verify_each_catches_a_numeric_change(scaling_pass):
         PassManager(parse_pipeline("test-scale"), [rec, VerifyEach(rec, reference.run)], crash_dir=None).run(reshape_graph())
 
 
+def test_verify_each_checks_what_changed_not_what_the_pass_says():
+    """A pass that rewrites the graph but reports ``changed=False`` is still verified."""
+
+    @register("test-quiet-scale")
+    class QuietScalePass(Pass):
+        """Scale the output and claim nothing changed."""
+
+        def run(self, model, ctx):
+            import numpy as np
+            import onnx_ir as ir
+
+            out = model.graph.outputs[0]
+            c = ir.Value(name="quiet_factor", const_value=ir.tensor(np.array(3.0, dtype="float32")))
+            model.graph.register_initializer(c)
+            node = ir.Node("", "Mul", [out, c], name="quiet_mul")
+            model.graph.append(node)
+            new = node.outputs[0]
+            new.name, out.name = out.name, "pre_quiet"
+            model.graph.outputs[0] = new
+            return PassResult(model, changed=False)
+
+    try:
+        rec = Recorder()
+        with pytest.raises(VerifyError, match="test-quiet-scale.*beyond its tolerance"):
+            PassManager(parse_pipeline("test-quiet-scale"), [rec, VerifyEach(rec, reference.run)],
+                        crash_dir=None).run(reshape_graph())
+    finally:
+        unregister("test-quiet-scale")
+
+
 def test_verify_each_accepts_exact_passes():
     rec = Recorder()
     PassManager(parse_pipeline("O0"), [rec, VerifyEach(rec, reference.run)]).run(reshape_graph())
@@ -137,7 +167,7 @@ def test_failing_pass_writes_reproducer(tmp_path):
             PassManager(parse_pipeline("lift-constants,test-boom"), crash_dir=tmp_path).run(reshape_graph())
         msg = str(info.value)
         assert "pass 'test-boom' failed after [lift-constants]: kaboom" in msg
-        assert "lamina opt" in msg and "--pipeline test-boom" in msg
+        assert "lamina --debug opt" in msg and "--pipeline test-boom" in msg
         assert (tmp_path / "input.onnx").exists() and (tmp_path / "reproducer.sh").exists()
         assert "Constant" not in (tmp_path / "input.txt").read_text()  # IR as the failing pass got it
     finally:

@@ -27,8 +27,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="bind a symbolic dim, e.g. --dim batch=1 --dim seq=128 (repeatable)")
 
 
-def _add_pipeline_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--pipeline", default=os.environ.get("LAMINA_PIPELINE", default),
+def _add_pipeline_args(p: argparse.ArgumentParser, default: str,
+                       env: tuple[str, ...] = ("LAMINA_PIPELINE",)) -> None:
+    # The first of ``env`` that is set overrides ``default``.
+    default = next((os.environ[e] for e in env if os.environ.get(e)), default)
+    p.add_argument("--pipeline", default=default,
                    help=f"pass pipeline: a named one (O0, O1) or 'a,b{{key=value}}' (default {default})")
     p.add_argument("--load-passes", action="append", default=[], metavar="MODULE",
                    help="import a module (or .py file) that registers extra passes (repeatable)")
@@ -246,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MetaSchedule trials to spend (0: use database records and default schedules)")
     p.add_argument("--tuning-db", default=os.environ.get("LAMINA_TUNING_DB"),
                    help="tuning database directory (default: a per-user cache directory)")
-    _add_pipeline_args(p, os.environ.get("LAMINA_COMPILE_PIPELINE", "O1"))
-    p.set_defaults(func=cmd_compile, pipeline=None)
+    _add_pipeline_args(p, "O1", env=("LAMINA_COMPILE_PIPELINE", "LAMINA_PIPELINE"))
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a .lamina artifact")
     p.add_argument("artifact", help="a NAME.lamina directory")

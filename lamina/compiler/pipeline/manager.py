@@ -13,6 +13,7 @@ import onnx_ir as ir
 from lamina.compiler.errors import LaminaError, PassError, VerifyError
 from lamina.compiler.ir import print_ir, to_proto
 from lamina.compiler.pipeline.instruments import Instrument
+from lamina.compiler.pipeline.plugins import load_passes_argument
 from lamina.compiler.pipeline.registry import Pass, PassContext
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,13 @@ class PassManager:
             else:
                 ir.save(model, onnx_path, external_data="input.onnx.data")
             (directory / "input.txt").write_text(print_ir(model))
-            cmd = ["lamina", "opt", str(onnx_path), "-o", str(directory / "output.onnx"),
-                   "--pipeline", p.spec(), "--debug"]
-            module = type(p).__module__
-            if not module.startswith("lamina.passes."):
-                cmd[2:2] = ["--load-passes", module]
+            # --debug is a flag of ``lamina`` itself: after the verb, argparse would take it for a
+            # prefix of --debug-match.
+            cmd = ["lamina", "--debug", "opt", str(onnx_path), "-o", str(directory / "output.onnx"),
+                   "--pipeline", p.spec()]
+            load = load_passes_argument(type(p).__module__)
+            if load is not None:
+                cmd[3:3] = ["--load-passes", load]
             line = shlex.join(cmd)
             (directory / "reproducer.sh").write_text(line + "\n")
             return f"; input IR in {directory}, reproduce with: {line}"

@@ -61,5 +61,5 @@ class InferShapesPass(Pass):
                     out.shape = _merge(out.shape, old)
         after = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))
                  for n in model.graph for v in n.outputs]
-        return PassResult(model, changed=False, stats={"annotated": sum(
-            a != b for a, b in zip(before, after, strict=False))})
+        annotated = sum(a != b for a, b in zip(before, after, strict=True))
+        return PassResult(model, changed=annotated > 0, stats={"annotated": annotated})

@@ -71,8 +71,12 @@ class Rewriter:
         else:
             old.replace_all_uses_with(new)
 
-    def remove_dead(self, nodes: Iterable[ir.Node]) -> int:
-        """Remove those of ``nodes`` whose outputs nothing uses any more (repeatedly, consumers first)."""
+    def remove_dead(self, nodes: Iterable[ir.Node], *, cascade: bool = False) -> int:
+        """Remove those of ``nodes`` whose outputs nothing uses any more (repeatedly, consumers first).
+
+        With ``cascade``, a removed node's producers become candidates too, so the cone that only fed
+        the replaced nodes (e.g. a mask's or a Reshape's shape arithmetic) goes with them; nothing
+        outside that cone is touched (this is not whole-model dead-code removal)."""
         pending = {id(n): n for n in nodes}
         removed = 0
         progress = True
@@ -84,10 +88,14 @@ class Rewriter:
                     continue
                 if any(o.uses() or o.is_graph_output() for o in n.outputs):
                     continue
+                producers = [v.producer() for v in n.inputs if v is not None] if cascade else []
                 self.graph.remove(n, safe=True)
                 del pending[key]
                 removed += 1
                 progress = True
+                for p in producers:
+                    if p is not None and p.graph is self.graph:
+                        pending.setdefault(id(p), p)
         return removed
 
 

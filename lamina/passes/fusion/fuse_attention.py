@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
 from lamina.passes.fusion import _mask
@@ -55,8 +54,6 @@ class FuseAttentionPass(Pass):
                 kinds[kind] = kinds.get(kind, 0) + 1
             except NoMatch as exc:
                 rw.explain(node, str(exc))
-        if fused:
-            common.RemoveUnusedNodesPass()(model)
         for mask, key, reason in masks.values():
             if key is None and rw.explain_on:
                 ctx.explain(f"mask {mask.name!r}", f"kept as an additive input: {reason}")
@@ -132,7 +129,8 @@ class FuseAttentionPass(Pass):
                        {"num_heads": q.heads, "scale": float(total_scale), "mask_kind": kind},
                        domain=DOMAIN, rule=kind, before=ctx_value.producer())
         rw.replace(ctx_value, attn.outputs[0])
-        rw.remove_dead(nodes)
+        # What only fed the replaced nodes (the mask and head-split shape arithmetic) goes with them.
+        rw.remove_dead(nodes, cascade=True)
         return kind
 
     @staticmethod

@@ -132,3 +132,12 @@ def test_identity_on_graph_output_passthrough_is_kept():
     model = model_from_nodes([h.make_node("Identity", ["x"], ["y"])], [f32("x", [2])], [f32("y", [2])])
     model, [res] = run("eliminate-identity", model)
     assert not res.changed and op_histogram(model) == {"Identity": 1}
+
+
+def test_infer_shapes_reports_what_it_annotated():
+    """infer-shapes says it changed the model when it recorded new shapes (so --print-ir-after-change
+    shows it), and not on a second run."""
+    model, (first,) = run("infer-shapes", reshape_graph())
+    assert first.changed and first.stats["annotated"] > 0
+    _, (second,) = run("infer-shapes", model)
+    assert not second.changed and second.stats["annotated"] == 0
