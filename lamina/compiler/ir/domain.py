@@ -62,11 +62,6 @@ def reference_op(name: str, *, doc: str = "") -> Callable[[Builder], Builder]:
     return deco
 
 
-def registered_ops() -> dict[str, OpDef]:
-    _load_builtin_ops()
-    return dict(_OPS)
-
-
 def _load_builtin_ops() -> None:
     import lamina.compiler.ir.ops  # noqa: F401  (registers the built-in lamina ops)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lamina.backends.tvm.buckets import default_buckets, parse_buckets, plan_request, select_bucket
+from lamina.backends.tvm.buckets import default_buckets, parse_buckets, plan_request
 from lamina.compiler.errors import UsageError
 
 
@@ -24,15 +24,6 @@ def test_default_buckets_capped_by_max_positions():
     assert (1, 128) in d and (1, 512) in d and max(s for _, s in d) == 512
     small = default_buckets(100)
     assert max(s for _, s in small) == 100 and (1, 64) in small
-
-
-def test_select_smallest_fitting_bucket():
-    bs = [(1, 16), (1, 64), (4, 64), (1, 128)]
-    assert select_bucket(bs, 1, 7) == (1, 16)
-    assert select_bucket(bs, 1, 17) == (1, 64)
-    assert select_bucket(bs, 2, 10) == (4, 64)
-    assert select_bucket(bs, 1, 100) == (1, 128)
-    assert select_bucket(bs, 2, 100) is None
 
 
 def test_plan_request_splits_batches_when_cheaper():

@@ -1,7 +1,11 @@
 """Fused ``lamina``-domain ops (reference definitions in ``compiler/ir/ops/``).
 
-Each lowers to the Relax ops of its reference definition, in the same order of operations, so
-results match the reference to float rounding; kernels and tuning then work on the fused TIR.
+With a target (``ctx.target``) and float32, ``Linear`` and ``Attention`` lower to the hand-written
+kernels (``kernels/``: packed-weight dense with fused epilogues, the fused attention kernel), whose
+order of operations differs from the reference (blocked, vectorised reductions), so results
+match it within float32 tolerances, not bit for bit. Without a target, or for what the kernels do
+not cover (an additive mask, other dtypes), each op lowers to the Relax ops of its reference
+definition.
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax
 
+from lamina.compiler.ir.ops.attention import MASK_FILL
+
 from ..context import LowerContext
 from ..registry import converter
 from ._dense import emit_kernel_dense, kernel_weight
-
-MASK_FILL = float(np.finfo(np.float32).min)
 
 
 def _gelu(x: relax.Expr, approximate: str) -> relax.Expr:
