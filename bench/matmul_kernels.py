@@ -4,13 +4,13 @@ encoder shapes.
     python bench/matmul_kernels.py --threads 2 --m 128 1024 [--search] [--ms-trials 64]
         [--isa avx2] [--shapes minilm bert] [--attention] [--tuning-db DIR]
 
-numpy runs in a child process (``OPENBLAS_NUM_THREADS=threads``) so its spinning pool never
-shares the cores with TVM's; the two alternate in blocks (``--rounds``) and the table shows
-medians. Columns: numpy; our kernel with the per-ISA default tile; with the grid-searched tile
+numpy runs in a child process (``OPENBLAS_NUM_THREADS=threads``) so its spinning pool never shares
+the cores with TVM's; the two alternate in blocks (``--rounds``) and the table shows medians.
+Columns: numpy; our kernel with the per-ISA default tile; with the grid-searched tile
 (``--search``); MetaSchedule on the same Relax matmul+bias with ``--ms-trials`` trials. Searched
 tiles and MetaSchedule records go to the tuning database ``lamina compile`` uses (``--tuning-db``,
-default ``$LAMINA_TUNING_DB`` or ``~/.cache/lamina/tuning``), so a search here serves later compiles.
-A benchmark script, outside the installed package (it drives TVM directly).
+default ``$LAMINA_TUNING_DB`` or ``~/.cache/lamina/tuning``), so a search here serves later
+compiles. A benchmark script, outside the installed package (it drives TVM directly).
 """
 
 from __future__ import annotations
@@ -246,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
               + f" | {best_ours / gf['numpy']:.2f} | {tile} |", flush=True)
         rows.append({"M": M, "K": K, "N": N, "gflops": gf, "tile": tile})
     if args.attention:
-        attention_table(target, args.threads, [128, 512], sorted({max(1, m // 128) for m in args.m}),
-                        args.rounds, args.calls)
+        attention_table(
+            target,
+            args.threads,
+            [128, 512],
+            sorted({max(1, m // 128) for m in args.m}),
+            args.rounds,
+            args.calls,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"target": str(target), "threads": args.threads,
                                                "rows": rows}, indent=1))

@@ -3,9 +3,10 @@
     python bench/o1_sweep.py [--archs bert distilbert roberta electra minilm] [--json out.json]
 
 For each architecture and exporter (TorchScript opset 17, dynamo opset 18) it exports the model
-(cached in $LAMINA_TEST_CACHE or ~/.cache/lamina-tests; base sizes take minutes the first time), runs `O1`, counts the
-fused ops and compares the O1 graph with the exported file in ONNX Runtime at batch 2, seq 32 with
-a padded second row. The tests do the same on tiny configs; this is the full-size evidence.
+(cached in $LAMINA_TEST_CACHE or ~/.cache/lamina-tests; base sizes take minutes the first time),
+runs `O1`, counts the fused ops and compares the O1 graph with the exported file in ONNX Runtime at
+batch 2, seq 32 with a padded second row. The tests do the same on tiny configs; this is the
+full-size evidence.
 """
 
 from __future__ import annotations

@@ -50,10 +50,29 @@ def main(argv: list[str] | None = None) -> int:
     artifact = work / f"minilm-{args.exporter}.lamina"
     opset = "17" if args.exporter == "torchscript" else "18"
     if not onnx_path.exists():
-        step("export", [sys.executable, str(ROOT / "examples/export_minilm.py"), "--exporter", args.exporter,
-                        "--opset", opset, "-o", str(onnx_path)])
+        step(
+            "export",
+            [
+                sys.executable,
+                str(ROOT / "examples/export_minilm.py"),
+                "--exporter",
+                args.exporter,
+                "--opset",
+                opset,
+                "-o",
+                str(onnx_path),
+            ],
+        )
     step("inspect", ["lamina", "inspect", str(onnx_path)])
-    compile_cmd = ["lamina", "compile", str(onnx_path), "-o", str(artifact), "--buckets", args.buckets]
+    compile_cmd = [
+        "lamina",
+        "compile",
+        str(onnx_path),
+        "-o",
+        str(artifact),
+        "--buckets",
+        args.buckets,
+    ]
     if args.tune_trials:
         compile_cmd += ["--tune-trials", str(args.tune_trials)]
     start = time.perf_counter()
@@ -80,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     # Sentence embeddings (mean pooling, as sentence-transformers does) and their similarities.
     hidden = got[next(iter(got))]
-    mask = feeds[names[[n.lower() for n in names].index(next(n for n in names if "mask" in n.lower()))]]
+    mask = feeds[
+        names[[n.lower() for n in names].index(next(n for n in names if "mask" in n.lower()))]
+    ]
     emb = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     print("cosine similarities of the sentence embeddings:")
     print(np.array2string(emb @ emb.T, precision=3))
-    print(f"\nartifact: {artifact} (run it again with: lamina run {artifact} --text '...' --tokenizer "
-          f"{tokenizer})")
+    print(
+        f"\nartifact: {artifact} (run it again with: lamina run {artifact} --text '...' "
+        f"--tokenizer {tokenizer})"
+    )
     return 0
 
 

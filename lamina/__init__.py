@@ -16,9 +16,9 @@ The public API::
     class CountMatMulsPass(lamina.Pass): ...
 
 Packages: ``lamina.compiler`` (IR, frontend, pass pipeline, driver/CLI), ``lamina.passes`` (built-in
-passes), ``lamina.backends`` (the ONNX Runtime oracle and the TVM backend), ``lamina.zoo`` (the model
-zoo the tests, examples and benchmarks export from). Names are resolved lazily, so ``import lamina``
-imports neither TVM nor ONNX Runtime.
+passes), ``lamina.backends`` (the ONNX Runtime oracle and the TVM backend), ``lamina.zoo`` (the
+model zoo the tests, examples and benchmarks export from). Names are resolved lazily, so ``import
+lamina`` imports neither TVM nor ONNX Runtime.
 """
 
 from __future__ import annotations

@@ -214,7 +214,8 @@ def build_model(arch: str, tiny: bool = True,
         model = cls(cfg, **kwargs)
         _perturb_vectors(model)
     model.eval()
-    # The real MiniLM is exported whole (BertModel: last_hidden_state and pooler_output, 22.7M parameters).
+    # The real MiniLM is exported whole (BertModel: last_hidden_state and pooler_output, 22.7M
+    # parameters).
     wrapped = _wrapper_class()(model, _HAS_TOKEN_TYPES[arch], pooler=arch == "minilm")
     wrapped.eval()
     return wrapped

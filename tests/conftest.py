@@ -65,7 +65,9 @@ def tiny_model() -> Callable[..., Path]:
     require_export_stack()
     from lamina.zoo import export_model
 
-    def make(arch: str, exporter: str = "torchscript", opset: int = 17, attn: str = "eager") -> Path:
+    def make(
+        arch: str, exporter: str = "torchscript", opset: int = 17, attn: str = "eager"
+    ) -> Path:
         return export_model(arch, exporter, opset, tiny=True, attn_implementation=attn)
 
     return make

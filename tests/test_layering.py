@@ -1,8 +1,9 @@
 """The import graph of the installed ``lamina`` package runs one way.
 
-The core (``lamina.compiler.errors``, ``ir``, ``frontend``, ``pipeline``) is the ground floor; passes and
-backends stand on it; the driver (API, CLI) is on top. Every import counts, including the ones inside
-functions (a lazy import is still a dependency), so the graph is read from the source with ``ast``.
+The core (``lamina.compiler.errors``, ``ir``, ``frontend``, ``pipeline``) is the ground floor;
+passes and backends stand on it; the driver (API, CLI) is on top. Every import counts, including the
+ones inside functions (a lazy import is still a dependency), so the graph is read from the source
+with ``ast``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, file: Path, known: set[str]) -> set[str]:
-    """The lamina modules ``name`` imports (``from a import b`` counts ``a.b`` when that is a module)."""
+    """The lamina modules ``name`` imports (``from a import b`` counts ``a.b`` when that is a
+    module)."""
     package = name if file.name == "__init__.py" else name.rsplit(".", 1)[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(file.read_text(), str(file))):
@@ -47,7 +49,8 @@ def _imports(name: str, file: Path, known: set[str]) -> set[str]:
 
 
 def _component(module: str) -> str:
-    """Layers are judged per component: compiler.<part>, backends.<backend>, passes, and the rest."""
+    """Layers are judged per component: compiler.<part>, backends.<backend>, passes, and the
+    rest."""
     parts = module.split(".")
     if parts[:2] in (["lamina", "compiler"], ["lamina", "backends"]) and len(parts) > 2:
         return ".".join(parts[:3])

@@ -115,7 +115,9 @@ def test_dump_ir_files(tmp_path):
 def test_verify_each_catches_a_numeric_change(scaling_pass):
     rec = Recorder()
     with pytest.raises(VerifyError, match="test-scale.*beyond its tolerance"):
-        PassManager(parse_pipeline("test-scale"), [rec, VerifyEach(rec, reference.run)], crash_dir=None).run(reshape_graph())
+        PassManager(
+            parse_pipeline("test-scale"), [rec, VerifyEach(rec, reference.run)], crash_dir=None
+        ).run(reshape_graph())
 
 
 def test_verify_each_checks_what_changed_not_what_the_pass_says():
@@ -164,12 +166,16 @@ def test_failing_pass_writes_reproducer(tmp_path):
 
     try:
         with pytest.raises(PassError) as info:
-            PassManager(parse_pipeline("lift-constants,test-boom"), crash_dir=tmp_path).run(reshape_graph())
+            PassManager(parse_pipeline("lift-constants,test-boom"), crash_dir=tmp_path).run(
+                reshape_graph()
+            )
         msg = str(info.value)
         assert "pass 'test-boom' failed after [lift-constants]: kaboom" in msg
         assert "lamina --debug opt" in msg and "--pipeline test-boom" in msg
         assert (tmp_path / "input.onnx").exists() and (tmp_path / "reproducer.sh").exists()
-        assert "Constant" not in (tmp_path / "input.txt").read_text()  # IR as the failing pass got it
+        assert (
+            "Constant" not in (tmp_path / "input.txt").read_text()
+        )  # IR as the failing pass got it
     finally:
         unregister("test-boom")
 

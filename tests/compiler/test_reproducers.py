@@ -42,7 +42,9 @@ def _model(tmp_path: Path) -> Path:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}
+    )
 
 
 def _reproduce(message: str) -> subprocess.CompletedProcess:
@@ -63,9 +65,23 @@ def test_reproducer_of_a_pass_loaded_from_a_file(tmp_path: Path):
     plugin = tmp_path / "boom_passes.py"
     plugin.write_text(BOOM)
     onnx_path = _model(tmp_path)
-    proc = _run([sys.executable, "-m", "lamina.compiler.driver.cli", "opt", str(onnx_path), "-o",
-                 str(tmp_path / "o.onnx"), "--load-passes", str(plugin), "--pipeline", "test-file-boom",
-                 "--dump-ir", str(tmp_path / "dump")])
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "lamina.compiler.driver.cli",
+            "opt",
+            str(onnx_path),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--load-passes",
+            str(plugin),
+            "--pipeline",
+            "test-file-boom",
+            "--dump-ir",
+            str(tmp_path / "dump"),
+        ]
+    )
     _assert_reproduces(proc)
     assert f"--load-passes {plugin.resolve()}" in proc.stderr
     _assert_reproduces(_reproduce(proc.stderr))

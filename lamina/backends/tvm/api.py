@@ -1,4 +1,5 @@
-"""``build_artifact``: static bucket graphs -> a verified artifact directory (the driver's entry)."""
+"""``build_artifact``: static bucket graphs -> a verified artifact directory (the driver's
+entry)."""
 
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ SCHEDULES: dict[str, ScheduleFn | None] = {"none": None, "dlight": _dlight_cpu}
 def default_tuning_db() -> Path:
     """The tuning database used when none is given: ``$LAMINA_TUNING_DB`` (what ``--tuning-db``
     defaults to; the test suite points it at a fresh directory per session), else
-    ``$XDG_CACHE_HOME/lamina/tuning`` (``~/.cache/lamina/tuning``). Read at each call, not at import."""
+    ``$XDG_CACHE_HOME/lamina/tuning`` (``~/.cache/lamina/tuning``). Read at each call, not at
+    import."""
     env = os.environ.get("LAMINA_TUNING_DB")
     if env:
         return Path(env)
@@ -63,7 +64,8 @@ SHIPPED_RECORDS = Path(__file__).parent / "records"
 
 
 def seed_database(db: Path, target: tvm.target.Target) -> bool:
-    """Copy the records shipped with Lamina for ``target`` into ``db`` when it has none for it yet."""
+    """Copy the records shipped with Lamina for ``target`` into ``db`` when it has none for it
+    yet."""
     from .tuning.meta import target_key
 
     key = target_key(target)

@@ -28,7 +28,8 @@ DEFAULT_COMPILE_PIPELINE = "O1"
 
 @dataclass
 class Debug:
-    """IR printing, dumps and checks around a pipeline (the ``--print-ir-*``, ``--dump-ir``... flags)."""
+    """IR printing, dumps and checks around a pipeline (the ``--print-ir-*``, ``--dump-ir``...
+    flags)."""
 
     print_ir_after_all: bool = False
     print_ir_after: frozenset[str] = frozenset()
@@ -71,9 +72,9 @@ _passes_registered = False
 
 
 def register_passes() -> None:
-    """Register the passes the driver offers: the built-in ones (:mod:`lamina.passes`, with the named
-    pipelines) and those of installed ``lamina.passes`` entry points. The core registry imports neither:
-    whoever assembles a pipeline decides which passes exist."""
+    """Register the passes the driver offers: the built-in ones (:mod:`lamina.passes`, with the
+    named pipelines) and those of installed ``lamina.passes`` entry points. The core registry
+    imports neither: whoever assembles a pipeline decides which passes exist."""
     global _passes_registered
     if _passes_registered:
         return
@@ -84,7 +85,8 @@ def register_passes() -> None:
 
 
 def load_passes(modules: list[str]) -> None:
-    """Register the built-in passes, then import each of ``modules`` (a module name or a ``.py`` file)."""
+    """Register the built-in passes, then import each of ``modules`` (a module name or a ``.py``
+    file)."""
     register_passes()
     for module in modules:
         load_module(module)
@@ -107,15 +109,26 @@ def optimize(
         known = {p.name for p in passes}
         for name in debug.print_ir_after | debug.print_ir_before:
             if name not in known:
-                raise UsageError(f"--print-ir-after/--print-ir-before name {name!r}, which is not in the "
-                                 f"pipeline ({format_pipeline(passes)})")
-        instruments.append(PrintIR(debug.print_ir_after_all, debug.print_ir_after, debug.print_ir_before,
-                                   debug.print_ir_after_change, debug.print_ir_after_failure,
-                                   debug.stream))
+                raise UsageError(
+                    f"--print-ir-after/--print-ir-before name {name!r}, which is not in the "
+                    f"pipeline ({format_pipeline(passes)})"
+                )
+        instruments.append(
+            PrintIR(
+                debug.print_ir_after_all,
+                debug.print_ir_after,
+                debug.print_ir_before,
+                debug.print_ir_after_change,
+                debug.print_ir_after_failure,
+                debug.stream,
+            )
+        )
     if debug.verify_each:
         from lamina.backends.reference import run as reference_run
 
-        instruments.append(VerifyEach(recorder, reference_run, dims=dims, stream=debug.report_stream))
+        instruments.append(
+            VerifyEach(recorder, reference_run, dims=dims, stream=debug.report_stream)
+        )
     if debug.dump_ir:
         instruments.append(DumpIR(debug.dump_ir, recorder))
     ctx = PassContext(debug_match=debug.debug_match, dims=dict(dims or {}))
@@ -162,13 +175,21 @@ def compile(  # noqa: A001 - the verb users expect
              "source_model_sha256": sha256_file(model_path)}
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
     return tvm_backend.build_artifact(
-        specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
-        io_dims=tvm_backend.io_dims_from_model(model), tune_trials=tune_trials, tuning_db=tuning_db,
+        specialized,
+        output,
+        target=target,
+        threads=threads,
+        manifest_extra=extra,
+        dump_dir=dump_dir,
+        io_dims=tvm_backend.io_dims_from_model(model),
+        tune_trials=tune_trials,
+        tuning_db=tuning_db,
     )
 
 
 def max_positions(model: ir.Model) -> int | None:
-    """Rows of the position-embedding table, the longest sequence the model takes (None if unknown)."""
+    """Rows of the position-embedding table, the longest sequence the model takes (None if
+    unknown)."""
     for name, value in model.graph.initializers.items():
         if "position" in name.lower() and value.shape is not None and len(value.shape) == 2:
             rows = value.shape[0]
@@ -178,7 +199,8 @@ def max_positions(model: ir.Model) -> int | None:
 
 
 def _bucket_dims(model: ir.Model, batch: int, seq: int) -> dict[str, int]:
-    """Map a (batch, seq) bucket onto the model's symbolic input dims (dim 0 is batch, dim 1 sequence)."""
+    """Map a (batch, seq) bucket onto the model's symbolic input dims (dim 0 is batch, dim 1
+    sequence)."""
     dims: dict[str, int] = {}
     for value in model.graph.inputs:
         for axis, dim in enumerate(value.shape or ()):

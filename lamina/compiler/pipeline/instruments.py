@@ -40,12 +40,17 @@ class Instrument:
 
 def _header(kind: str, p: Pass | None, index: int | None = None) -> str:
     what = p.spec() if p is not None else "input"
-    return f"// -----// IR {kind} {what} ({index}) //----- //" if index else f"// -----// IR {kind} //----- //"
+    return (
+        f"// -----// IR {kind} {what} ({index}) //----- //"
+        if index
+        else f"// -----// IR {kind} //----- //"
+    )
 
 
 @dataclass
 class PrintIR(Instrument):
-    """``--print-ir-after-all``, ``--print-ir-after=``, ``--print-ir-before=``, ``--print-ir-after-change``,
+    """``--print-ir-after-all``, ``--print-ir-after=``, ``--print-ir-before=``,
+    ``--print-ir-after-change``,
     ``--print-ir-after-failure``."""
 
     after_all: bool = False
@@ -82,7 +87,8 @@ class PassRecord:
 
 
 class Recorder(Instrument):
-    """Collects per-pass timing, node counts and statistics (``--pass-timing``, ``--pass-stats``, stats.json)."""
+    """Collects per-pass timing, node counts and statistics (``--pass-timing``, ``--pass-stats``,
+    stats.json)."""
 
     def __init__(self) -> None:
         self.records: list[PassRecord] = []
@@ -114,8 +120,10 @@ class Recorder(Instrument):
         for r in self.records:
             change = "changed" if r.changed else "no change"
             stats = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items()))
-            lines.append(f"{r.index:3d} {r.spec}: {change}, nodes {r.nodes_before} -> {r.nodes_after}"
-                         + (f"; {stats}" if stats else ""))
+            lines.append(
+                f"{r.index:3d} {r.spec}: {change}, nodes {r.nodes_before} -> {r.nodes_after}"
+                + (f"; {stats}" if stats else "")
+            )
         return "\n".join(lines) + "\n"
 
     def as_json(self) -> list[dict[str, Any]]:
@@ -123,7 +131,8 @@ class Recorder(Instrument):
 
 
 class DumpIR(Instrument):
-    """``--dump-ir DIR``: ``000_input.{txt,onnx}``, ``NNN_<pass>.{txt,onnx}``, ``.diff`` when changed,
+    """``--dump-ir DIR``: ``000_input.{txt,onnx}``, ``NNN_<pass>.{txt,onnx}``, ``.diff`` when
+    changed,
     ``pipeline.txt`` and ``stats.json``."""
 
     def __init__(self, directory: str | Path, recorder: Recorder, write_onnx: bool = True) -> None:
@@ -192,13 +201,14 @@ def max_abs_error(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tup
     return worst, where
 
 
-# Runs a model on feeds and returns its outputs by name: the numeric oracle VerifyEach compares against
-# (the driver passes the reference backend's ``run``; the core imports no backend).
+# Runs a model on feeds and returns its outputs by name: the numeric oracle VerifyEach compares
+# against (the driver passes the reference backend's ``run``; the core imports no backend).
 Oracle = Callable[[ir.Model, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 class VerifyEach(Instrument):
-    """``--verify-each``: run the graph before and after every pass on ``oracle`` with seeded inputs and
+    """``--verify-each``: run the graph before and after every pass on ``oracle`` with seeded inputs
+    and
     fail when the max abs error exceeds the pass's tolerance (``atol + rtol * max|reference|``).
 
     What changed is decided by comparing the printed IR before and after the pass, not by the pass's
@@ -235,12 +245,14 @@ class VerifyEach(Instrument):
             self.recorder.records[-1].max_abs_error = err
         if self.stream is not None:
             self.stream.write(f"verify {index:3d} {p.spec()}: max abs error {err:.3g}\n")
-        scale = max((float(np.max(np.abs(v))) for v in self._before.values() if v.size), default=0.0)
+        scale = max(
+            (float(np.max(np.abs(v))) for v in self._before.values() if v.size), default=0.0
+        )
         bound = p.atol + p.rtol * scale
         if not err <= bound:
             raise VerifyError(
-                f"pass {p.name!r} changed the outputs beyond its tolerance: max abs error {err:.3g} "
-                f"on {where!r} (allowed {bound:.3g})"
+                f"pass {p.name!r} changed the outputs beyond its tolerance: max abs error "
+                f"{err:.3g} on {where!r} (allowed {bound:.3g})"
             )
         if changed:
             self._before, self._text = after, text

@@ -1,4 +1,5 @@
-"""The pass manager: runs passes in order under instruments, and turns a failure into a reproducer."""
+"""The pass manager: runs passes in order under instruments, and turns a failure into a
+reproducer."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 class PassManager:
-    """Run ``passes`` on a model. A failing pass raises :class:`PassError` naming the passes before it, after
-    writing the IR it got and a one-line reproducer (in ``crash_dir``, or a fresh temporary directory)."""
+    """Run ``passes`` on a model. A failing pass raises :class:`PassError` naming the passes before
+    it, after writing the IR it got and a one-line reproducer (in ``crash_dir``, or a fresh
+    temporary directory)."""
 
     def __init__(
         self,

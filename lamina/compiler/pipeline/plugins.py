@@ -1,4 +1,5 @@
-"""Loading out-of-tree passes: ``--load-passes module.path`` and the ``lamina.passes`` entry point group."""
+"""Loading out-of-tree passes: ``--load-passes module.path`` and the ``lamina.passes`` entry point
+group."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ USER_MODULE_PREFIX = "lamina_user_passes."
 
 
 def load_module(path: str) -> None:
-    """Import ``path`` (a module name, or a ``.py`` file) so its ``@register`` passes join the registry."""
+    """Import ``path`` (a module name, or a ``.py`` file) so its ``@register`` passes join the
+    registry."""
     try:
         if path.endswith(".py"):
             file = Path(path)
@@ -40,10 +42,13 @@ def load_module(path: str) -> None:
         raise
     except ModuleNotFoundError as exc:
         raise PipelineError(
-            f"--load-passes {path}: cannot import it ({exc}); check PYTHONPATH or install the package"
+            f"--load-passes {path}: cannot import it ({exc}); check PYTHONPATH or install the "
+            "package"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - a user module may raise anything
-        raise PipelineError(f"--load-passes {path}: importing it failed: {type(exc).__name__}: {exc}") from exc
+        raise PipelineError(
+            f"--load-passes {path}: importing it failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def load_passes_argument(module: str) -> str | None:

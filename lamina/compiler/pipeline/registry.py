@@ -34,7 +34,8 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """What a pass may read besides the model: user settings and a channel for match explanations."""
+    """What a pass may read besides the model: user settings and a channel for match
+    explanations."""
 
     debug_match: frozenset[str] = frozenset()
     dims: dict[str, int] = field(default_factory=dict)
@@ -76,7 +77,8 @@ class Pass(abc.ABC):
         return doc.splitlines()[0] if doc else ""
 
     def spec(self) -> str:
-        """The textual form of this pass with its non-default options, e.g. ``fold-constants{max-size=1024}``."""
+        """The textual form of this pass with its non-default options, e.g.
+        ``fold-constants{max-size=1024}``."""
         parts = []
         default = self.Options()
         for f in dataclasses.fields(self.options):

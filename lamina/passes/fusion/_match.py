@@ -1,7 +1,8 @@
 """Small matching helpers shared by the fusion passes.
 
-A matcher walks the graph from an anchor node and raises :class:`NoMatch` with a one-line reason as soon as a
-check fails; the pass turns the reason into a ``--debug-match`` explanation. Helpers here never mutate the graph.
+A matcher walks the graph from an anchor node and raises :class:`NoMatch` with a one-line reason as
+soon as a check fails; the pass turns the reason into a ``--debug-match`` explanation. Helpers here
+never mutate the graph.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def is_op(node: ir.Node | None, *op_types: str, domain: str | None = None) -> bo
 
 
 def producer(value: ir.Value | None, *op_types: str, domain: str | None = None) -> ir.Node | None:
-    """The node producing ``value`` if it is one of ``op_types`` (standard domain unless ``domain``)."""
+    """The node producing ``value`` if it is one of ``op_types`` (standard domain unless
+    ``domain``)."""
     if value is None:
         return None
     node = value.producer()

@@ -1,4 +1,5 @@
-"""Rewrite helpers shared by the fusion passes: build a node, splice it in, drop what it replaced."""
+"""Rewrite helpers shared by the fusion passes: build a node, splice it in, drop what it
+replaced."""
 
 from __future__ import annotations
 
@@ -49,8 +50,14 @@ class Rewriter:
     ) -> ir.Node:
         """Create a node, insert it before ``before`` and record its origin."""
         base = f"{self.pass_name}_{op_type}".replace("-", "_")
-        node = ir.node(op_type, list(inputs), attributes or {}, domain=domain, num_outputs=num_outputs,
-                       name=self.namer(base))
+        node = ir.node(
+            op_type,
+            list(inputs),
+            attributes or {},
+            domain=domain,
+            num_outputs=num_outputs,
+            name=self.namer(base),
+        )
         for out in node.outputs:
             out.name = self.namer(f"{base}_out")
         set_origin(node, f"{self.pass_name}:{rule}" if rule else self.pass_name)
@@ -72,11 +79,12 @@ class Rewriter:
             old.replace_all_uses_with(new)
 
     def remove_dead(self, nodes: Iterable[ir.Node], *, cascade: bool = False) -> int:
-        """Remove those of ``nodes`` whose outputs nothing uses any more (repeatedly, consumers first).
+        """Remove those of ``nodes`` whose outputs nothing uses any more (repeatedly, consumers
+        first).
 
-        With ``cascade``, a removed node's producers become candidates too, so the cone that only fed
-        the replaced nodes (e.g. a mask's or a Reshape's shape arithmetic) goes with them; nothing
-        outside that cone is touched (this is not whole-model dead-code removal)."""
+        With ``cascade``, a removed node's producers become candidates too, so the cone that only
+        fed the replaced nodes (e.g. a mask's or a Reshape's shape arithmetic) goes with them;
+        nothing outside that cone is touched (this is not whole-model dead-code removal)."""
         pending = {id(n): n for n in nodes}
         removed = 0
         progress = True
@@ -102,8 +110,8 @@ class Rewriter:
 class AnchoredFusionPass(Pass):
     """A fusion pass: visit every anchor node, try the rewrite, explain the misses.
 
-    Subclasses implement :meth:`is_anchor` and :meth:`rewrite`, which raises ``NoMatch(reason)`` when the
-    pattern does not hold and may return extra counters for the stats.
+    Subclasses implement :meth:`is_anchor` and :meth:`rewrite`, which raises ``NoMatch(reason)``
+    when the pattern does not hold and may return extra counters for the stats.
     """
 
     rtol = 1e-4

@@ -66,8 +66,8 @@ def run_tvm(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray],
             schedule: str = "none", kernels: bool = False) -> list[np.ndarray]:
     """Lower ``model`` (static shapes) to one Relax function, build it, run it in the VM.
 
-    ``kernels``: lower for a generic x86-64 target, so constant-weight matmuls and attention take the
-    hand-written kernels (ISA-neutral: the generic tile runs on any x86-64 host)."""
+    ``kernels``: lower for a generic x86-64 target, so constant-weight matmuls and attention take
+    the hand-written kernels (ISA-neutral: the generic tile runs on any x86-64 host)."""
     import tvm
     from tvm import relax
 

@@ -58,7 +58,9 @@ def test_no_mask() -> None:
 
 
 def test_no_fire_when_probs_are_an_output() -> None:
-    check_no_fire("fuse-attention", attention(probs_output=True), "softmax output is not used only by")
+    check_no_fire(
+        "fuse-attention", attention(probs_output=True), "softmax output is not used only by"
+    )
 
 
 def test_no_fire_on_wrong_k_layout() -> None:
@@ -67,7 +69,9 @@ def test_no_fire_on_wrong_k_layout() -> None:
     for node in m.graph:
         if node.op_type == "Transpose" and list(node.attributes["perm"].value) == [0, 1, 3, 2]:
             node.attributes["perm"] = ir.AttrInt64s("perm", [0, 1, 2, 3])
-    check_no_fire("fuse-attention", m, "K: layout after the head chain is [b, h, s, d], expected [b, h, d, s]")
+    check_no_fire(
+        "fuse-attention", m, "K: layout after the head chain is [b, h, s, d], expected [b, h, d, s]"
+    )
 
 
 def test_leaves_unrelated_dead_nodes_and_initializers() -> None:

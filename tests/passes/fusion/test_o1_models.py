@@ -1,7 +1,8 @@
-"""O1 on real exports: every layer's attention and GELU fused once, 2 x layers + 1 layer norms, same outputs.
+"""O1 on real exports: every layer's attention and GELU fused once, 2 x layers + 1 layer norms, same
+outputs.
 
-Representative exports (tiny random models, plus the real MiniLM): each exporter, decomposed (opset 14) and
-native LayerNormalization, eager and SDPA attention.
+Representative exports (tiny random models, plus the real MiniLM): each exporter, decomposed (opset
+14) and native LayerNormalization, eager and SDPA attention.
 """
 
 from __future__ import annotations

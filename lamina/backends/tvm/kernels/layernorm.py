@@ -1,8 +1,9 @@
 """Row LayerNorm over the last axis: ``Y = (X - mean) / sqrt(var + eps) * gamma + beta``.
 
-One parallel loop over rows. Mean and variance (two passes, like ONNX's reference: no E[x^2] - mean^2
-cancellation) first reduce on 16 vector lanes, then across them; the normalisation is vectorized. For
-MiniLM's 128 x 384 rows this is a few microseconds where the legalized TOPI layer_norm, untuned, took tens.
+One parallel loop over rows. Mean and variance (two passes, like ONNX's reference: no E[x^2] -
+mean^2 cancellation) first reduce on 16 vector lanes, then across them; the normalisation is
+vectorized. For MiniLM's 128 x 384 rows this is a few microseconds where the legalized TOPI
+layer_norm, untuned, took tens.
 """
 
 from __future__ import annotations
@@ -26,19 +27,27 @@ def layer_norm_kernel(rows: int, n: int, eps: float) -> tvm.tirx.PrimFunc:
     k2 = te.reduce_axis((0, n // lanes), "k2")
     qv = te.compute(
         (rows, lanes),
-        lambda r, v: te.sum((x[r, k2 * lanes + v] - mean[r]) * (x[r, k2 * lanes + v] - mean[r]), axis=k2),
-        name="qv")
+        lambda r, v: te.sum(
+            (x[r, k2 * lanes + v] - mean[r]) * (x[r, k2 * lanes + v] - mean[r]), axis=k2
+        ),
+        name="qv",
+    )
     kv2 = te.reduce_axis((0, lanes), "kv2")
     sq = te.compute((rows,), lambda r: te.sum(qv[r, kv2], axis=kv2), name="sq")
     rstd = te.compute((rows,), lambda r: 1.0 / te.sqrt(sq[r] / n + eps), name="rstd")
-    y = te.compute((rows, n), lambda r, j: (x[r, j] - mean[r]) * rstd[r] * gamma[j] + beta[j], name="Y")
+    y = te.compute(
+        (rows, n), lambda r, j: (x[r, j] - mean[r]) * rstd[r] * gamma[j] + beta[j], name="Y"
+    )
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, y]))
-    return schedule_rows(sch, "Y", ["rstd", "sq", "qv", "mean", "total", "sv"], [], ["sv", "qv"], lanes)
+    return schedule_rows(
+        sch, "Y", ["rstd", "sq", "qv", "mean", "total", "sv"], [], ["sv", "qv"], lanes
+    )
 
 
 def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,
                     shape: list[int], eps: float) -> relax.Expr:
-    """LayerNorm of ``x`` (static ``shape``) over its last axis with ``gamma``/``beta`` of that length."""
+    """LayerNorm of ``x`` (static ``shape``) over its last axis with ``gamma``/``beta`` of that
+    length."""
     n = shape[-1]
     rows = 1
     for d in shape[:-1]:

@@ -35,11 +35,11 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
                   tiles: object = None) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
-    Buckets are specializations of one model, so weights with the same name normally have the
-    same value and are stored once; a name whose value differs in some bucket (a constant folded
-    to that bucket's shape) is stored again as ``name@b{batch}_s{seq}``. With ``target``, matmuls on
-    constant weights use the hand-written kernels of ``backends/tvm/kernels`` for that target. ``FunctionInfo.params``
-    lists the parameter-file keys each function takes, in order.
+    Buckets are specializations of one model, so weights with the same name normally have the same
+    value and are stored once; a name whose value differs in some bucket (a constant folded to that
+    bucket's shape) is stored again as ``name@b{batch}_s{seq}``. With ``target``, matmuls on
+    constant weights use the hand-written kernels of ``backends/tvm/kernels`` for that target.
+    ``FunctionInfo.params`` lists the parameter-file keys each function takes, in order.
     """
     if not models:
         raise BackendError("no buckets to compile")

@@ -133,8 +133,15 @@ def _prepare(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target
     return run
 
 
-def _search(what: str, candidates: list, prepare: Callable[[object, int, int], Callable[[], float]],
-            budget_s: float | None, finalists: int, rounds: int, min_gain: float) -> list[tuple[float, object]]:
+def _search(
+    what: str,
+    candidates: list,
+    prepare: Callable[[object, int, int], Callable[[], float]],
+    budget_s: float | None,
+    finalists: int,
+    rounds: int,
+    min_gain: float,
+) -> list[tuple[float, object]]:
     """Time every candidate (default first); returns ``[(seconds, cfg)]`` fastest first.
 
     The machines are shared and noisy, so the default and the fastest ``finalists`` are timed

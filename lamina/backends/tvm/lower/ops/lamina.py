@@ -73,14 +73,18 @@ def _merged_qkv(ctx: LowerContext, node: ir.Node, hidden: int) -> relax.Expr | N
         return None
     if len(split.inputs) > 1 and split.inputs[1] is not None:
         sizes = ctx.env.get(split.inputs[1])
-        if sizes is None or [int(v) for v in np.asarray(ctx.const(sizes)).reshape(-1)] != [hidden] * 3:
+        if (
+            sizes is None
+            or [int(v) for v in np.asarray(ctx.const(sizes)).reshape(-1)] != [hidden] * 3
+        ):
             return None
     return ctx.env[src]
 
 
 @converter("Attention", domain="lamina")
 def attention(ctx: LowerContext, node: ir.Node, inputs):
-    """``softmax(scale * Qh Kh^T + bias) Vh`` per head, heads split from / merged into the last dim."""
+    """``softmax(scale * Qh Kh^T + bias) Vh`` per head, heads split from / merged into the last
+    dim."""
     heads = int(ctx.attr(node, "num_heads"))
     scale = float(ctx.attr(node, "scale", 1.0))
     kind = ctx.attr(node, "mask_kind", "none")
@@ -96,7 +100,9 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
 
     def key_bias() -> relax.Expr:
         keep = ctx.expr(ctx.cast(inputs[3], "bool"))
-        return ctx.emit(relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype)))
+        return ctx.emit(
+            relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype))
+        )
 
     if use_kernels and kind != "additive":
         # One fused kernel reading Q, K, V from the projections (the merged one when merge-qkv ran)
@@ -134,6 +140,10 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
     p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
     # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
     p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
-    pv = emit_batch_matmul(ctx.bb, p, vh, target=ctx.target) if use_kernels else relax.op.matmul(p, vh)
+    pv = (
+        emit_batch_matmul(ctx.bb, p, vh, target=ctx.target)
+        if use_kernels
+        else relax.op.matmul(p, vh)
+    )
     o = ctx.emit(relax.op.permute_dims(pv, [0, 2, 1, 3]))
     return ctx.emit(relax.op.reshape(o, [batch, q_seq, hidden]))
