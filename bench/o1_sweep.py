@@ -3,20 +3,18 @@
     python bench/o1_sweep.py [--archs bert distilbert roberta electra minilm] [--json out.json]
 
 For each architecture and exporter (TorchScript opset 17, dynamo opset 18) it exports the model
-(cached in ~/.cache/lamina-tests; base sizes take minutes the first time), runs `O1`, counts the
-fused ops and compares the O1 graph with the exported file in ONNX Runtime at batch 2, seq 32 with
-a padded second row. The tests do the same on tiny configs; this is the full-size evidence.
+(cached in $LAMINA_TEST_CACHE or ~/.cache/lamina-tests; base sizes take minutes the first time),
+runs `O1`, counts the fused ops and compares the O1 graph with the exported file in ONNX Runtime at
+batch 2, seq 32 with a padded second row. The tests do the same on tiny configs; this is the
+full-size evidence.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LAYERS = {"bert": 12, "distilbert": 6, "roberta": 12, "electra": 12, "minilm": 6}
 EXPORTS = [("torchscript", 17), ("dynamo", 18)]
@@ -30,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    import lamina.passes  # noqa: F401  (registers the passes O1 names)
     from lamina.backends.reference import run
     from lamina.compiler.frontend import load_model
     from lamina.compiler.frontend.feeds import make_feeds
     from lamina.compiler.pipeline import PassManager, parse_pipeline
-    from lamina.zoo import export_model
-    from tests.passes.fusion.test_o1_models import fusion_counts
+    from lamina.zoo import export_model, fusion_counts
 
     rows = []
     print("| model | exporter | layers | Attention | GELU | LayerNorm | nodes in -> O1 | "

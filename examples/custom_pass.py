@@ -7,9 +7,9 @@ or from the command line, with this file as the plugin:
     lamina opt MODEL.onnx -o out.onnx --load-passes examples/custom_pass.py \
         --pipeline 'O0,fold-scale-into-matmul' --dump-ir dump --verify-each --pass-stats
 
-The pass folds a constant scalar ``Mul``/``Div`` that follows a ``MatMul`` with a constant weight into the weight:
-``(x @ W) * c  ->  x @ (W * c)``. TorchScript exports of BERT-family models have none of these by default, so on
-them it reports zero rewrites; it is a template for your own passes.
+The pass folds a constant scalar ``Mul``/``Div`` that follows a ``MatMul`` with a constant weight
+into the weight: ``(x @ W) * c  ->  x @ (W * c)``. TorchScript exports of BERT-family models have
+none of these by default, so on them it reports zero rewrites; it is a template for your own passes.
 """
 
 from __future__ import annotations

@@ -22,9 +22,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the model hub
 
-# Run from a checkout: the model zoo is lamina/zoo.py.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 SENTENCE = "Lamina compiles Transformer encoders into fast CPU code."
 
 

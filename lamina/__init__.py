@@ -16,9 +16,9 @@ The public API::
     class CountMatMulsPass(lamina.Pass): ...
 
 Packages: ``lamina.compiler`` (IR, frontend, pass pipeline, driver/CLI), ``lamina.passes`` (built-in
-passes), ``lamina.backends`` (the ONNX Runtime oracle and the TVM backend), ``lamina.zoo`` (the model
-zoo the tests, examples and benchmarks export from). Names are resolved lazily, so ``import lamina``
-imports neither TVM nor ONNX Runtime.
+passes), ``lamina.backends`` (the ONNX Runtime oracle and the TVM backend), ``lamina.zoo`` (the
+model zoo the tests, examples and benchmarks export from). Names are resolved lazily, so ``import
+lamina`` imports neither TVM nor ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from lamina._version import __version__ as __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from lamina.backends.tvm.runtime import CompiledModel, load
@@ -50,7 +50,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "LaminaError": ("lamina.compiler.errors", "LaminaError"),
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # the names of _LAZY, spelled out so that tools see them
+    "CompiledModel", "LaminaError", "Pass", "PassContext", "PassResult", "compile", "load",
+    "load_model", "optimize", "register", "save_model",
+]
+assert sorted(__all__) == sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

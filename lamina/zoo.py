@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    import onnx_ir as ir
     import torch
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,8 @@ def build_model(arch: str, tiny: bool = True,
         model = cls(cfg, **kwargs)
         _perturb_vectors(model)
     model.eval()
-    # The real MiniLM is exported whole (BertModel: last_hidden_state and pooler_output, 22.7M parameters).
+    # The real MiniLM is exported whole (BertModel: last_hidden_state and pooler_output, 22.7M
+    # parameters).
     wrapped = _wrapper_class()(model, _HAS_TOKEN_TYPES[arch], pooler=arch == "minilm")
     wrapped.eval()
     return wrapped
@@ -588,3 +590,24 @@ class _LogWriter:
 
     def flush(self) -> None:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# What the fusions did
+
+
+def fusion_counts(model: ir.Model) -> dict[str, int]:
+    """What O1 fused in ``model``: lamina Attention (and how many got a key-padding mask), GELUs
+    (standalone or as a Linear epilogue) and LayerNormalization nodes."""
+    counts = {"attention": 0, "gelu": 0, "layernorm": 0, "key_padding": 0}
+    for node in model.graph:
+        if node.domain == "lamina" and node.op_type == "Attention":
+            counts["attention"] += 1
+            counts["key_padding"] += node.attributes["mask_kind"].value == "key_padding"
+        elif node.domain == "lamina" and node.op_type == "Gelu":
+            counts["gelu"] += 1
+        elif node.domain == "lamina" and node.op_type == "Linear":
+            counts["gelu"] += node.attributes["activation"].value.startswith("gelu")
+        elif node.op_type == "LayerNormalization":
+            counts["layernorm"] += 1
+    return counts

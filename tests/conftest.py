@@ -1,22 +1,47 @@
 """Shared pytest fixtures: ONNX exports from the model zoo in ``lamina/zoo.py``.
 
-Exports are cached on disk (``$LAMINA_TEST_CACHE`` or ``~/.cache/lamina-tests``), so only the first
-run pays for them. Tests that need torch / transformers / the MiniLM package skip with a reason
-when those are missing.
+Sessions are hermetic: each gets a fresh temporary directory holding its own tuning database
+(``LAMINA_TUNING_DB``, so earlier tuning never changes what a test compiles) and, unless
+``$LAMINA_TEST_CACHE`` names a persistent export cache (a developer's choice, to pay for the exports
+once), its model exports. Nothing is read from or written to ``$HOME``. Tests that need torch /
+transformers / the MiniLM package skip with a reason when those are missing.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import lamina.passes  # noqa: F401  (tests assemble pipelines, so they register the built-in passes)
+
 # Nothing may reach the model hub at test time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_SESSION_DIR: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point the tuning database (and, unless set, the export cache) at a fresh session directory;
+    subprocesses (the CLI tests) inherit it through the environment."""
+    global _SESSION_DIR
+    _SESSION_DIR = Path(tempfile.mkdtemp(prefix="lamina-test-session-"))
+    os.environ["LAMINA_TUNING_DB"] = str(_SESSION_DIR / "tuning")
+    if not os.environ.get("LAMINA_TEST_CACHE"):
+        os.environ["LAMINA_TEST_CACHE"] = str(_SESSION_DIR / "exports")
+    # Libraries the exporters load keep caches under $HOME by default.
+    os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_DIR / "matplotlib"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_DIR is not None:
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 def _missing(*modules: str) -> list[str]:
@@ -40,7 +65,9 @@ def tiny_model() -> Callable[..., Path]:
     require_export_stack()
     from lamina.zoo import export_model
 
-    def make(arch: str, exporter: str = "torchscript", opset: int = 17, attn: str = "eager") -> Path:
+    def make(
+        arch: str, exporter: str = "torchscript", opset: int = 17, attn: str = "eager"
+    ) -> Path:
         return export_model(arch, exporter, opset, tiny=True, attn_implementation=attn)
 
     return make

@@ -14,7 +14,8 @@ def test_public_api_names():
 
 
 def test_import_lamina_is_light():
-    # import lamina must not pull in TVM or ONNX Runtime (an artifact user pays for them only on load).
+    # import lamina must not pull in TVM or ONNX Runtime (an artifact user pays for them only on
+    # load).
     code = ("import sys, lamina; "
             "print(sorted(m for m in ('tvm', 'onnxruntime', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,1 +1,2 @@
-"""Execution backends: ``reference`` (ONNX Runtime, the numeric oracle) and ``tvm`` (Lamina's compiled path)."""
+"""Execution backends: ``reference`` (ONNX Runtime, the numeric oracle) and ``tvm`` (Lamina's
+compiled path)."""

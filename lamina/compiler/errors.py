@@ -1,7 +1,8 @@
 """Lamina's error hierarchy.
 
-Every error a user can cause is a :class:`LaminaError` whose message is one line naming the file, node or input
-at fault and what to do. The CLI prints that line (no traceback unless ``--debug``) and exits non-zero.
+Every error a user can cause is a :class:`LaminaError` whose message is one line naming the file,
+node or input at fault and what to do. The CLI prints that line (no traceback unless ``--debug``)
+and exits non-zero.
 """
 
 from __future__ import annotations

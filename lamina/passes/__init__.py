@@ -1,4 +1,5 @@
-"""Lamina's built-in passes, one per file, grouped by area; importing this package registers them all."""
+"""Lamina's built-in passes, one per file, grouped by area; importing this package registers them
+all."""
 
 from __future__ import annotations
 

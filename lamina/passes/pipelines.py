@@ -20,12 +20,16 @@ O0 = ",".join([
     "infer-shapes",
 ])
 
-register_pipeline("O0", O0, "canonicalization only: constants lifted and folded, shape arithmetic simplified, "
-                  "dead code, duplicates and Identity/Dropout removed")
+register_pipeline(
+    "O0",
+    O0,
+    "canonicalization only: constants lifted and folded, shape arithmetic simplified, "
+    "dead code, duplicates and Identity/Dropout removed",
+)
 
-# Fusions, in dependency order: GELU before the epilogues that absorb it, attention before merge-qkv (which
-# merges the projections of fused attentions), merge-qkv before fuse-bias-residual (which turns the merged
-# MatMul + Add into one lamina::Linear), then the replaced nodes go.
+# Fusions, in dependency order: GELU before the epilogues that absorb it, attention before merge-qkv
+# (which merges the projections of fused attentions), merge-qkv before fuse-bias-residual (which
+# turns the merged MatMul + Add into one lamina::Linear), then the replaced nodes go.
 O1_FUSIONS = ",".join([
     "fuse-layernorm",
     "fuse-gelu",
@@ -35,5 +39,9 @@ O1_FUSIONS = ",".join([
     "remove-dead-code",
 ])
 
-register_pipeline("O1", "O0," + O1_FUSIONS, "O0 plus fusions: LayerNormalization, lamina Gelu, Attention, "
-                  "merged QKV projections, Linear with bias/GELU/residual epilogues")
+register_pipeline(
+    "O1",
+    "O0," + O1_FUSIONS,
+    "O0 plus fusions: LayerNormalization, lamina Gelu, Attention, "
+    "merged QKV projections, Linear with bias/GELU/residual epilogues",
+)

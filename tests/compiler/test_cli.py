@@ -16,8 +16,12 @@ from lamina.compiler.driver.cli import main
 
 
 def lamina(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lamina.compiler.driver.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    return subprocess.run(
+        [sys.executable, "-m", "lamina.compiler.driver.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
 
 
 def _one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -38,7 +42,9 @@ def test_truncated_file(tiny_bert: Path, tmp_path: Path):
 def test_random_bytes(tmp_path: Path):
     bad = tmp_path / "random.onnx"
     bad.write_bytes(np.random.default_rng(0).bytes(4096))
-    _one_clear_line(lamina("opt", str(bad), "-o", str(tmp_path / "o.onnx")), "random.onnx", "not a valid ONNX")
+    _one_clear_line(
+        lamina("opt", str(bad), "-o", str(tmp_path / "o.onnx")), "random.onnx", "not a valid ONNX"
+    )
 
 
 def test_missing_file(tmp_path: Path):
@@ -49,7 +55,9 @@ def test_unknown_domain(tmp_path: Path):
     node = h.make_node("FancyOp", ["x"], ["y"], domain="com.example", name="fancy_1")
     graph = h.make_graph([node], "g", [h.make_tensor_value_info("x", 1, [2])],
                          [h.make_tensor_value_info("y", 1, [2])])
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.example", 1)])
+    model = h.make_model(
+        graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.example", 1)]
+    )
     path = tmp_path / "custom.onnx"
     onnx.save(model, path)
     _one_clear_line(lamina("inspect", str(path)), "fancy_1", "com.example", "FancyOp")
@@ -64,11 +72,15 @@ def test_missing_external_data(tmp_path: Path):
     path = tmp_path / "ext.onnx"
     onnx.save(model, path, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
     (tmp_path / "ext.onnx.data").unlink()
-    _one_clear_line(lamina("opt", str(path), "-o", str(tmp_path / "o.onnx")), "ext.onnx.data", "missing")
+    _one_clear_line(
+        lamina("opt", str(path), "-o", str(tmp_path / "o.onnx")), "ext.onnx.data", "missing"
+    )
 
 
 def test_bad_input_shape_flag(tiny_bert: Path, tmp_path: Path):
-    proc = lamina("opt", str(tiny_bert), "-o", str(tmp_path / "o.onnx"), "--input-shape", "nosuch=1x8")
+    proc = lamina(
+        "opt", str(tiny_bert), "-o", str(tmp_path / "o.onnx"), "--input-shape", "nosuch=1x8"
+    )
     _one_clear_line(proc, "nosuch", "input_ids")
 
 
@@ -81,8 +93,10 @@ def test_inspect_json(tiny_bert: Path, capsys):
 
 
 def test_opt_print_ir_is_identical_across_runs(tiny_bert: Path, tmp_path: Path):
-    outs = [lamina("opt", str(tiny_bert), "-o", str(tmp_path / f"o{i}.onnx"), "--print-ir-after-all")
-            for i in range(2)]
+    outs = [
+        lamina("opt", str(tiny_bert), "-o", str(tmp_path / f"o{i}.onnx"), "--print-ir-after-all")
+        for i in range(2)
+    ]
     assert outs[0].returncode == 0, outs[0].stderr
     assert outs[0].stdout == outs[1].stdout and "IR Dump After" in outs[0].stdout
 
@@ -115,7 +129,34 @@ def test_custom_pass_from_file(tiny_bert: Path, tmp_path: Path):
         "    def run(self, model, ctx):\n"
         "        n = sum(1 for node in model.graph if node.op_type == 'MatMul')\n"
         "        return PassResult(model, changed=False, stats={'matmuls': n})\n")
-    proc = lamina("opt", str(tiny_bert), "-o", str(tmp_path / "o.onnx"), "--load-passes", str(plugin),
-                  "--pipeline", "O0,count-matmuls", "--pass-stats")
+    proc = lamina(
+        "opt",
+        str(tiny_bert),
+        "-o",
+        str(tmp_path / "o.onnx"),
+        "--load-passes",
+        str(plugin),
+        "--pipeline",
+        "O0,count-matmuls",
+        "--pass-stats",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "count-matmuls: no change" in proc.stderr and "matmuls=" in proc.stderr
+
+
+def test_pipeline_environment_variables(monkeypatch):
+    """LAMINA_PIPELINE sets --pipeline's default for opt and compile; LAMINA_COMPILE_PIPELINE, for
+    compile only, wins over it; the flag wins over both."""
+    from lamina.compiler.driver.cli import build_parser
+
+    compile_args = ["compile", "m.onnx", "-o", "m.lamina"]
+    monkeypatch.delenv("LAMINA_COMPILE_PIPELINE", raising=False)
+    monkeypatch.delenv("LAMINA_PIPELINE", raising=False)
+    assert build_parser().parse_args(compile_args).pipeline == "O1"
+    monkeypatch.setenv("LAMINA_PIPELINE", "O0")
+    assert build_parser().parse_args(compile_args).pipeline == "O0"
+    assert build_parser().parse_args(["opt", "m.onnx", "-o", "o.onnx"]).pipeline == "O0"
+    monkeypatch.setenv("LAMINA_COMPILE_PIPELINE", "O0,fuse-gelu")
+    assert build_parser().parse_args(compile_args).pipeline == "O0,fuse-gelu"
+    assert build_parser().parse_args(["opt", "m.onnx", "-o", "o.onnx"]).pipeline == "O0"
+    assert build_parser().parse_args([*compile_args, "--pipeline", "O1"]).pipeline == "O1"

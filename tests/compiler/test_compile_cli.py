@@ -14,7 +14,21 @@ from lamina.compiler.driver.cli import main
 @pytest.fixture(scope="module")
 def tiny_artifact(tiny_bert: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("art") / "tiny.lamina"
-    assert main(["compile", str(tiny_bert), "-o", str(out), "--buckets", "1x16,2x16", "--pipeline", "O0"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                str(tiny_bert),
+                "-o",
+                str(out),
+                "--buckets",
+                "1x16,2x16",
+                "--pipeline",
+                "O0",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -39,8 +53,27 @@ def test_compile_then_run_cli(tiny_artifact: Path, tiny_bert: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_bench_json(tiny_artifact: Path, capsys):
-    rc = main(["bench", str(tiny_artifact), "--batch", "1", "--seq", "16", "--threads", "1", "--iters", "2",
-               "--warmup", "1", "--rounds", "1", "--engines", "lamina,onnxruntime", "--json"])
+    rc = main(
+        [
+            "bench",
+            str(tiny_artifact),
+            "--batch",
+            "1",
+            "--seq",
+            "16",
+            "--threads",
+            "1",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--rounds",
+            "1",
+            "--engines",
+            "lamina,onnxruntime",
+            "--json",
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["results"]) == {"lamina", "onnxruntime"}

@@ -21,8 +21,8 @@ CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, exporter, opset", CASES)
 def test_o0_matches_and_shrinks(arch, exporter, opset, tmp_path):
-    from tests.conftest import require_export_stack
     from lamina.zoo import export_model, make_inputs
+    from tests.conftest import require_export_stack
 
     require_export_stack(minilm=arch == "minilm")
     path = export_model(arch, exporter, opset, tiny=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from lamina.backends import reference
 from lamina.compiler.errors import PassError, PipelineError, VerifyError
 from lamina.compiler.ir import count_nodes, print_ir
 from lamina.compiler.pipeline import (
@@ -114,12 +115,44 @@ def test_dump_ir_files(tmp_path):
 def test_verify_each_catches_a_numeric_change(scaling_pass):
     rec = Recorder()
     with pytest.raises(VerifyError, match="test-scale.*beyond its tolerance"):
-        PassManager(parse_pipeline("test-scale"), [rec, VerifyEach(rec)], crash_dir=None).run(reshape_graph())
+        PassManager(
+            parse_pipeline("test-scale"), [rec, VerifyEach(rec, reference.run)], crash_dir=None
+        ).run(reshape_graph())
+
+
+def test_verify_each_checks_what_changed_not_what_the_pass_says():
+    """A pass that rewrites the graph but reports ``changed=False`` is still verified."""
+
+    @register("test-quiet-scale")
+    class QuietScalePass(Pass):
+        """Scale the output and claim nothing changed."""
+
+        def run(self, model, ctx):
+            import numpy as np
+            import onnx_ir as ir
+
+            out = model.graph.outputs[0]
+            c = ir.Value(name="quiet_factor", const_value=ir.tensor(np.array(3.0, dtype="float32")))
+            model.graph.register_initializer(c)
+            node = ir.Node("", "Mul", [out, c], name="quiet_mul")
+            model.graph.append(node)
+            new = node.outputs[0]
+            new.name, out.name = out.name, "pre_quiet"
+            model.graph.outputs[0] = new
+            return PassResult(model, changed=False)
+
+    try:
+        rec = Recorder()
+        with pytest.raises(VerifyError, match="test-quiet-scale.*beyond its tolerance"):
+            PassManager(parse_pipeline("test-quiet-scale"), [rec, VerifyEach(rec, reference.run)],
+                        crash_dir=None).run(reshape_graph())
+    finally:
+        unregister("test-quiet-scale")
 
 
 def test_verify_each_accepts_exact_passes():
     rec = Recorder()
-    PassManager(parse_pipeline("O0"), [rec, VerifyEach(rec)]).run(reshape_graph())
+    PassManager(parse_pipeline("O0"), [rec, VerifyEach(rec, reference.run)]).run(reshape_graph())
     assert all((r.max_abs_error or 0.0) == 0.0 for r in rec.records)
 
 
@@ -133,12 +166,16 @@ def test_failing_pass_writes_reproducer(tmp_path):
 
     try:
         with pytest.raises(PassError) as info:
-            PassManager(parse_pipeline("lift-constants,test-boom"), crash_dir=tmp_path).run(reshape_graph())
+            PassManager(parse_pipeline("lift-constants,test-boom"), crash_dir=tmp_path).run(
+                reshape_graph()
+            )
         msg = str(info.value)
         assert "pass 'test-boom' failed after [lift-constants]: kaboom" in msg
-        assert "lamina opt" in msg and "--pipeline test-boom" in msg
+        assert "lamina --debug opt" in msg and "--pipeline test-boom" in msg
         assert (tmp_path / "input.onnx").exists() and (tmp_path / "reproducer.sh").exists()
-        assert "Constant" not in (tmp_path / "input.txt").read_text()  # IR as the failing pass got it
+        assert (
+            "Constant" not in (tmp_path / "input.txt").read_text()
+        )  # IR as the failing pass got it
     finally:
         unregister("test-boom")
 

@@ -1,7 +1,7 @@
 """The reference backend: ONNX Runtime with graph optimizations off, Lamina's numeric oracle.
 
-It runs any graph Lamina holds, including ``lamina``-domain ops through their reference functions. It is never
-a fallback for compiled artifacts.
+It runs any graph Lamina holds, including ``lamina``-domain ops through their reference functions.
+It is never a fallback for compiled artifacts.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def session(
     threads: int | None = None,
     optimize: bool = False,
 ) -> Any:
-    """An ONNX Runtime session (optimizations off unless ``optimize``: then ORT_ENABLE_ALL, for benchmarks)."""
+    """An ONNX Runtime session (optimizations off unless ``optimize``: then ORT_ENABLE_ALL, for
+    benchmarks)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

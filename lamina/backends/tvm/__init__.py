@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .buckets import default_buckets, format_buckets, parse_buckets, select_bucket
+from .buckets import default_buckets, format_buckets, parse_buckets
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import build_artifact, io_dims_from_model
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .target import resolve_target
 
 __all__ = ["CompiledModel", "build_artifact", "default_buckets", "format_buckets",
-           "io_dims_from_model", "load", "parse_buckets", "resolve_target", "select_bucket"]
+           "io_dims_from_model", "load", "parse_buckets", "resolve_target"]
 
 _LAZY = {"build_artifact": "api", "io_dims_from_model": "api", "load": "runtime",
          "CompiledModel": "runtime", "resolve_target": "target"}

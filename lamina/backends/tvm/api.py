@@ -1,4 +1,5 @@
-"""``build_artifact``: static bucket graphs -> a verified artifact directory (the driver's entry)."""
+"""``build_artifact``: static bucket graphs -> a verified artifact directory (the driver's
+entry)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import onnx_ir as ir
 from ._errors import BackendError
 from .artifact import FORMAT, FORMAT_VERSION, LIBRARY, PARAMS, versions, write_artifact
 from .buckets import Bucket, parse_buckets
-from .build import DEFAULT_TUNING_DB, ScheduleFn, build_module, tuning_schedule
+from .build import ScheduleFn, build_module, default_tuning_db, tuning_schedule
 from .lower import FunctionInfo, TensorSpec, lower_buckets
 from .runtime import BATCH, SEQ
 from .target import TargetSpec, resolve_target
@@ -209,8 +210,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
       database's records where they exist, dlight's defaults elsewhere), ``"dlight"``, ``"none"``
       or a callable ``(mod, target) -> mod``.
     - ``tune_trials`` / ``tuning_db``: stage 3 first tunes that many MetaSchedule trials (0: none,
-      reuse records) into the database directory (default ``~/.cache/lamina/tuning``, seeded from
-      the records shipped in ``backends/tvm/records`` for the same target key).
+      reuse records) into the database directory (default :func:`.build.default_tuning_db`, seeded
+      from the records shipped in ``backends/tvm/records`` for the same target key).
     - ``packed``: ``varlen.PackedGraph`` s, one padding-free function per token bucket (manifest
       ``packed``; the runtime runs uneven batches through them, see ``packed_runtime.py``).
     """
@@ -223,18 +224,18 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         raise BackendError(f"manifest_extra may not set {', '.join(clash)}")
     if tune_trials < 0:
         raise BackendError(f"tune_trials must be >= 0, got {tune_trials}")
+    db = Path(tuning_db) if tuning_db is not None else default_tuning_db()
     tuning = None
     if schedule == "database" or tune_trials:
-        schedule = tuning_schedule(tune_trials, tuning_db)
+        schedule = tuning_schedule(tune_trials, db)
         tuning = {"trials": tune_trials,
-                  "db": str(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB)}
+                  "db": str(db)}
     tiles = None
     if kernels and schedule is not None and not isinstance(schedule, str):
         # Kernel tiles: searched (seconds a shape) when tuning, else reused from the database.
         from .tuning.kernel_search import KernelTiles
 
-        tiles = KernelTiles(Path(tuning_db) if tuning_db is not None else DEFAULT_TUNING_DB,
-                            measure=tune_trials > 0, on_search=_report_tile_search)
+        tiles = KernelTiles(db, measure=tune_trials > 0, on_search=_report_tile_search)
     packed_funcs = {f"packed_t{p.tokens}_n{p.seqs}": p for p in packed or ()}
     lowered = lower_buckets({k: models[k] for k in buckets},
                             target=spec.tvm_target if kernels else None, tiles=tiles,

@@ -69,7 +69,7 @@ def versions() -> dict[str, str]:
     import tvm_ffi
 
     try:
-        from lamina import __version__ as lamina_version
+        from lamina._version import __version__ as lamina_version
     except ImportError:  # pragma: no cover
         lamina_version = "unknown"
     return {"lamina_version": str(lamina_version), "tvm_version": str(tvm.__version__),

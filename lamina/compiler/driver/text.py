@@ -13,7 +13,9 @@ def load_tokenizer(directory: str | Path):
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise UsageError("text inputs need the 'tokenizers' package: pip install tokenizers") from None
+        raise UsageError(
+            "text inputs need the 'tokenizers' package: pip install tokenizers"
+        ) from None
     path = Path(directory)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
@@ -30,10 +32,12 @@ def tokenize(
 ) -> dict[str, np.ndarray]:
     """Feeds for ``input_names`` (input_ids, attention_mask, token_type_ids) from ``texts``.
 
-    Without ``seq`` the batch is padded to its longest text; with it, padded or truncated to ``seq``.
+    Without ``seq`` the batch is padded to its longest text; with it, padded or truncated to
+    ``seq``.
     """
     tok = load_tokenizer(tokenizer_dir)
-    tok.no_padding()  # tokenizer.json files often pad to a fixed length; we pad to the batch or to ``seq``
+    # tokenizer.json files often pad to a fixed length; we pad to the batch or to ``seq``
+    tok.no_padding()
     texts = [texts] if isinstance(texts, str) else list(texts)
     encs = tok.encode_batch(texts)
     length = seq or max(len(e.ids) for e in encs)

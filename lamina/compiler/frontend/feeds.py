@@ -1,8 +1,8 @@
 """Seeded example inputs for a graph: used by ``--verify-each``, tests and benchmarks.
 
-Integer inputs of token models get plausible values: ``input_ids`` within the vocabulary (read from the embedding
-table that consumes them), ``attention_mask`` ones followed by padding zeros on some rows, ``token_type_ids`` and
-``position_ids`` within their tables.
+Integer inputs of token models get plausible values: ``input_ids`` within the vocabulary (read from
+the embedding table that consumes them), ``attention_mask`` ones followed by padding zeros on some
+rows, ``token_type_ids`` and ``position_ids`` within their tables.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def concrete_shape(value: ir.Value, dims: dict[str, int]) -> list[int]:
 
 
 def _table_rows(value: ir.Value) -> int | None:
-    """Rows of the smallest Gather table fed by ``value`` (through Cast/Reshape/Unsqueeze), if any."""
+    """Rows of the smallest Gather table fed by ``value`` (through Cast/Reshape/Unsqueeze), if
+    any."""
     rows = None
     frontier, seen = [value], set()
     while frontier:
@@ -51,7 +52,11 @@ def _table_rows(value: ir.Value) -> int | None:
         for node, idx in v.uses():
             if node.op_type == "Gather" and idx == 1:
                 table = node.inputs[0]
-                if table is not None and table.shape is not None and isinstance(table.shape[0], int):
+                if (
+                    table is not None
+                    and table.shape is not None
+                    and isinstance(table.shape[0], int)
+                ):
                     n = table.shape[0]
                     rows = n if rows is None else min(rows, n)
             elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Add"):
@@ -59,7 +64,9 @@ def _table_rows(value: ir.Value) -> int | None:
     return rows
 
 
-def make_feeds(model: ir.Model, dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def make_feeds(
+    model: ir.Model, dims: dict[str, int] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
     dims = dict(dims or {})
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}

@@ -49,9 +49,13 @@ def _read_proto(path: Path) -> onnx.ModelProto:
             "re-export it or check the download"
         ) from None
     except Exception as exc:  # noqa: BLE001 - protobuf may raise other internal errors
-        raise FrontendError(f"{path}: cannot be parsed as ONNX ({type(exc).__name__}: {exc})") from None
+        raise FrontendError(
+            f"{path}: cannot be parsed as ONNX ({type(exc).__name__}: {exc})"
+        ) from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
-        raise FrontendError(f"{path}: holds no graph (truncated or not an ONNX model); re-export it")
+        raise FrontendError(
+            f"{path}: holds no graph (truncated or not an ONNX model); re-export it"
+        )
     return proto
 
 
@@ -65,8 +69,8 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
         data_path = (base / location).resolve()
         if not location or not data_path.is_file():
             raise FrontendError(
-                f"{path}: weight {tensor.name!r} is stored in external file {location!r}, which is missing "
-                f"next to the model ({base}); copy the data file there"
+                f"{path}: weight {tensor.name!r} is stored in external file {location!r}, which "
+                f"is missing next to the model ({base}); copy the data file there"
             )
         offset = int(info.get("offset", 0) or 0)
         length = int(info.get("length", 0) or 0)
@@ -142,8 +146,9 @@ def _check_domains(proto: onnx.ModelProto, path: Path) -> None:
             continue
         name = node.name or (node.output[0] if node.output else "?")
         raise FrontendError(
-            f"{path}: node {name!r} uses op {node.op_type!r} of domain {node.domain!r}, which Lamina does "
-            "not support; export the model with standard ONNX ops (no runtime-specific contrib ops)"
+            f"{path}: node {name!r} uses op {node.op_type!r} of domain {node.domain!r}, which "
+            "Lamina does not support; export the model with standard ONNX ops (no runtime-specific "
+            "contrib ops)"
         )
 
 
@@ -181,8 +186,11 @@ def load_proto(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
     return proto
 
 
-def convert_opset(proto: onnx.ModelProto, target: int = TARGET_OPSET, where: str = "model") -> onnx.ModelProto:
-    """Convert older opsets up to ``target`` (the IR's opset); newer ones up to MAX_OPSET stay as they are."""
+def convert_opset(
+    proto: onnx.ModelProto, target: int = TARGET_OPSET, where: str = "model"
+) -> onnx.ModelProto:
+    """Convert older opsets up to ``target`` (the IR's opset); newer ones up to MAX_OPSET stay as
+    they are."""
     current = _opset(proto)
     if current == 0:
         raise FrontendError(f"{where}: imports no standard ONNX opset; it is not a usable model")
@@ -198,14 +206,18 @@ def convert_opset(proto: onnx.ModelProto, target: int = TARGET_OPSET, where: str
     except Exception as exc:  # noqa: BLE001
         first = str(exc).strip().splitlines()[0]
         raise FrontendError(
-            f"{where}: cannot convert from opset {current} to {target}: {first}; export with opset {target}"
+            f"{where}: cannot convert from opset {current} to {target}: {first}; "
+            f"export with opset {target}"
         ) from None
 
 
-def load_model(path: str | os.PathLike, *, check: bool = True, opset: int = TARGET_OPSET) -> ir.Model:
+def load_model(
+    path: str | os.PathLike, *, check: bool = True, opset: int = TARGET_OPSET
+) -> ir.Model:
     """Load an ONNX file into Lamina's IR: validated, external data read, opset converted.
 
-    A ``.txt`` file is an IR dump in the text form (``--dump-ir``, ``--print-ir-*``); its big tensors come
+    A ``.txt`` file is an IR dump in the text form (``--dump-ir``, ``--print-ir-*``); its big
+    tensors come
     from the ``.onnx`` of the same name beside it (see :mod:`lamina.compiler.ir.parser`).
     """
     path = Path(path)
@@ -283,7 +295,8 @@ def _load_text(path: Path, *, check: bool) -> ir.Model:
 
 
 def save_model(model: ir.Model, path: str | os.PathLike) -> Path:
-    """Save ``model`` so ONNX Runtime can run it (weights go to ``<name>.data`` beside it when over 2 GB)."""
+    """Save ``model`` so ONNX Runtime can run it (weights go to ``<name>.data`` beside it when over
+    2 GB)."""
     from lamina.compiler.ir import to_proto
 
     path = Path(path)

@@ -1,4 +1,5 @@
-"""Input shape specification: ``--input-shape input_ids=1x128`` and ``--dim batch=1 --dim seq=128``."""
+"""Input shape specification: ``--input-shape input_ids=1x128`` and ``--dim batch=1 --dim
+seq=128``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     try:
         shape = [int(d) for d in dims.lower().replace(",", "x").split("x") if d]
     except ValueError:
-        raise UsageError(f"--input-shape {text!r}: dims must be integers separated by 'x'") from None
+        raise UsageError(
+            f"--input-shape {text!r}: dims must be integers separated by 'x'"
+        ) from None
     if not shape or any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text!r}: dims must be positive integers")
     return name.strip(), shape
@@ -49,7 +52,8 @@ def apply_shapes(
     input_shapes: dict[str, list[int]] | None = None,
     dims: dict[str, int] | None = None,
 ) -> ir.Model:
-    """Write static dims into the graph inputs, in place. Unknown names and rank clashes are errors."""
+    """Write static dims into the graph inputs, in place. Unknown names and rank clashes are
+    errors."""
     input_shapes = dict(input_shapes or {})
     dims = dict(dims or {})
     inputs = {v.name: v for v in model.graph.inputs}
@@ -62,7 +66,11 @@ def apply_shapes(
     known = symbolic_dims(model)
     for name in dims:
         if name not in known:
-            hint = f"symbolic dims of the inputs: {', '.join(known)}" if known else "all input dims are static"
+            hint = (
+                f"symbolic dims of the inputs: {', '.join(known)}"
+                if known
+                else "all input dims are static"
+            )
             raise UsageError(f"--dim {name!r} names no symbolic dim of the model's inputs; {hint}")
     for value in model.graph.inputs:
         old = list(value.shape) if value.shape is not None else None
@@ -70,23 +78,27 @@ def apply_shapes(
             new = input_shapes[value.name]
             if old is not None and len(old) != len(new):
                 raise UsageError(
-                    f"--input-shape {value.name}: the input has rank {len(old)}, the shape given has rank "
-                    f"{len(new)}"
+                    f"--input-shape {value.name}: the input has rank {len(old)}, the shape given "
+                    f"has rank {len(new)}"
                 )
             if old is not None:
                 for i, (o, n) in enumerate(zip(old, new, strict=True)):
                     if isinstance(o, int) and o != n:
                         raise UsageError(
-                            f"--input-shape {value.name}: dim {i} is fixed to {o} in the model, not {n}"
+                            f"--input-shape {value.name}: dim {i} is fixed to {o} in the model, "
+                            f"not {n}"
                         )
             value.shape = ir.Shape(new)
         elif old is not None and dims:
             value.shape = ir.Shape(
-                [dims.get(d.value, d) if not isinstance(d, int) and d.value in dims else d for d in old]
+                [
+                    dims.get(d.value, d) if not isinstance(d, int) and d.value in dims else d
+                    for d in old
+                ]
             )
     if input_shapes or dims:
-        # Shapes recorded by the exporter were inferred for the old input dims: drop them so that shape
-        # inference recomputes them from the new ones.
+        # Shapes recorded by the exporter were inferred for the old input dims: drop them so that
+        # shape inference recomputes them from the new ones.
         for node in model.graph:
             for out in node.outputs:
                 out.shape = None
@@ -94,10 +106,9 @@ def apply_shapes(
 
 
 def specialize(model: ir.Model, dims: dict[str, int]) -> ir.Model:
-    """A copy of ``model`` with symbolic input dims bound (e.g. batch=1, seq=128), canonicalized with O0."""
-    from lamina.compiler.pipeline import PassContext, PassManager, parse_pipeline
-
+    """A copy of ``model`` with its symbolic input dims bound (e.g. batch=1, seq=128); dims the
+    model
+    does not have are ignored. The caller canonicalizes it again (the driver runs O0 on it)."""
     copy = model.clone()
-    unknown = [d for d in dims if d not in symbolic_dims(copy)]
-    apply_shapes(copy, dims={k: v for k, v in dims.items() if k not in unknown})
-    return PassManager(parse_pipeline("O0"), ctx=PassContext(dims=dict(dims))).run(copy)
+    apply_shapes(copy, dims={k: v for k, v in dims.items() if k in symbolic_dims(copy)})
+    return copy

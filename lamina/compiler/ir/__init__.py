@@ -1,7 +1,9 @@
 """Lamina's graph IR: ONNX-compatible models held as :mod:`onnx_ir` objects.
 
-Any intermediate graph can be saved with :func:`save` and run by ONNX Runtime; ops of the ``lamina`` domain carry
-a reference definition (an ONNX function, see :mod:`lamina.compiler.ir.domain`) that is attached on save.
+Any intermediate graph can be serialized with :func:`to_proto` (saved with
+:func:`lamina.compiler.frontend.save_model`) and run by ONNX Runtime: ops of the ``lamina`` domain
+carry a reference definition (an ONNX function, see :mod:`lamina.compiler.ir.domain`) that
+``to_proto`` attaches.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ def from_proto(proto: onnx.ModelProto) -> ir.Model:
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialize, attaching the reference definitions of ``lamina`` ops so ONNX Runtime can run the result."""
+    """Serialize, attaching the reference definitions of ``lamina`` ops so ONNX Runtime can run the
+    result."""
     from lamina.compiler.ir.domain import attach_reference_functions
 
     attach_reference_functions(model)
@@ -23,7 +24,8 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 
 def clone(model: ir.Model) -> ir.Model:
-    """A deep copy sharing no mutable state with ``model`` (tensor payloads are shared, they are immutable)."""
+    """A deep copy sharing no mutable state with ``model`` (tensor payloads are shared, they are
+    immutable)."""
     return model.clone() if hasattr(model, "clone") else from_proto(ir.serde.serialize_model(model))
 
 
@@ -33,7 +35,8 @@ def count_nodes(model: ir.Model) -> int:
 
 def op_histogram(model: ir.Model) -> dict[str, int]:
     hist = collections.Counter(
-        (f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type) for n in model.graph
+        (f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
+        for n in model.graph
     )
     return dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -70,7 +73,11 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     tensor = value.const_value
     if tensor is None:
         producer = value.producer()
-        if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+        if (
+            producer is not None
+            and producer.op_type == "Constant"
+            and producer.domain in ("", "ai.onnx")
+        ):
             attr = producer.attributes.get("value")
             if attr is not None:
                 tensor = attr.value

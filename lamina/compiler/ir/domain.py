@@ -1,8 +1,9 @@
 """The ``lamina`` op domain: fused ops with reference definitions.
 
-Each op registers a builder that, given a node's attributes and arity, returns the op's meaning as a list of
-standard ONNX nodes (an ONNX function body). On save, :func:`attach_reference_functions` specialises one function
-per distinct attribute set (told apart by the node's ``overload``), so ONNX Runtime runs any graph Lamina writes::
+Each op registers a builder that, given a node's attributes and arity, returns the op's meaning as a
+list of standard ONNX nodes (an ONNX function body). On save, :func:`attach_reference_functions`
+specialises one function per distinct attribute set (told apart by the node's ``overload``), so ONNX
+Runtime runs any graph Lamina writes::
 
     @reference_op("Gelu", doc="x * 0.5 * (1 + erf(x / sqrt(2)))")
     def _gelu(attrs, n_inputs, n_outputs):
@@ -62,11 +63,6 @@ def reference_op(name: str, *, doc: str = "") -> Callable[[Builder], Builder]:
     return deco
 
 
-def registered_ops() -> dict[str, OpDef]:
-    _load_builtin_ops()
-    return dict(_OPS)
-
-
 def _load_builtin_ops() -> None:
     import lamina.compiler.ir.ops  # noqa: F401  (registers the built-in lamina ops)
 
@@ -96,7 +92,8 @@ def _to_function(node: ir.Node, body: FunctionBody, overload: str) -> ir.Functio
 
 
 def attach_reference_functions(model: ir.Model) -> int:
-    """Give every ``lamina`` node an overload and the model a matching function; returns functions added."""
+    """Give every ``lamina`` node an overload and the model a matching function; returns functions
+    added."""
     _load_builtin_ops()
     added = 0
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
@@ -104,7 +101,9 @@ def attach_reference_functions(model: ir.Model) -> int:
             continue
         opdef = _OPS.get(node.op_type)
         if opdef is None:
-            raise KeyError(f"node {node.name!r}: lamina op {node.op_type!r} has no reference definition")
+            raise KeyError(
+                f"node {node.name!r}: lamina op {node.op_type!r} has no reference definition"
+            )
         key = overload_key(node)
         node.overload = key
         fkey = (DOMAIN, node.op_type, key)

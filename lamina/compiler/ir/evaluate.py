@@ -105,9 +105,14 @@ def evaluate_node(node: ir.Node, arrays: list[np.ndarray | None], opset: int,
     proto.output.extend(outs)
     feeds = {n: np.asarray(a) for n, a in zip(names, arrays, strict=True) if a is not None}
     graph = onnx.helper.make_graph(
-        [proto], "fold",
-        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in feeds.items()],
+        [proto],
+        "fold",
+        [
+            onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape
+            )
+            for n, a in feeds.items()
+        ],
         [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])

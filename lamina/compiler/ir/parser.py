@@ -1,10 +1,10 @@
 """Parse the text form of :mod:`lamina.compiler.ir.printer` back into a model.
 
 The text holds the whole graph except the payloads of big tensors (printed as dtype, shape and a
-content hash) and subgraph attributes (printed as ``<graph>``). Those come from ``weights``: the model
-the text was printed from, or the ``.onnx`` file ``--dump-ir`` writes beside every ``.txt``. A big tensor
-is looked up by initializer name, then by hash, and its hash is checked, so an edited text cannot pick up
-the wrong payload silently::
+content hash) and subgraph attributes (printed as ``<graph>``). Those come from ``weights``: the
+model the text was printed from, or the ``.onnx`` file ``--dump-ir`` writes beside every ``.txt``. A
+big tensor is looked up by initializer name, then by hash, and its hash is checked, so an edited
+text cannot pick up the wrong payload silently::
 
     text = Path("dump/012_fuse-attention.txt").read_text()
     model = parse_ir(text, weights=load_model("dump/012_fuse-attention.onnx"))
@@ -111,7 +111,8 @@ class _Parser:
         return dt, ir.Shape(dims)
 
     def parse_tensor(self, s: str, name: str | None = None) -> ir.TensorProtocol:
-        """``float32[2,3] = [1.0, ...]`` (inline) or ``float32[384,384] #9f2c41d07a3b`` (from weights)."""
+        """``float32[2,3] = [1.0, ...]`` (inline) or ``float32[384,384] #9f2c41d07a3b`` (from
+        weights)."""
         m = re.fullmatch(r"([a-z0-9_]+)\[([0-9,]*)\] (?:= \[(.*)\]|(#\w+))", s.strip())
         if not m:
             raise self.error(f"bad tensor {s!r}")
@@ -130,10 +131,14 @@ class _Parser:
             found = self.weights.by_hash.get(digest)
         if found is None:
             what = f"initializer {name!r}" if name else "a tensor attribute"
-            raise self.error(f"{what} ({m.group(1)}[{m.group(2)}] {digest}) is not inline: keep the "
-                             "dump's .onnx beside the text under the same name (or pass weights=)")
+            raise self.error(
+                f"{what} ({m.group(1)}[{m.group(2)}] {digest}) is not inline: keep the "
+                "dump's .onnx beside the text under the same name (or pass weights=)"
+            )
         if list(found.shape) != shape or found.dtype != dtype:
-            raise self.error(f"the weights' tensor for {digest} is {found.dtype}{list(found.shape)}")
+            raise self.error(
+                f"the weights' tensor for {digest} is {found.dtype}{list(found.shape)}"
+            )
         if name is not None and found.name != name:
             found = ir.Tensor(found.numpy(), name=name)
         return found
@@ -376,7 +381,8 @@ def _schema_attr_types(op_type: str, domain: str, version: int) -> dict[str, int
 
 def parse_ir(text: str, *, weights: ir.Model | Mapping[str, ir.TensorProtocol] | None = None,
              source: str = "<text>") -> ir.Model:
-    """The model the text of :func:`lamina.compiler.ir.printer.print_ir` describes (see the module doc).
+    """The model the text of :func:`lamina.compiler.ir.printer.print_ir` describes (see the module
+    doc).
 
     Errors are :class:`FrontendError` naming ``source:line`` and the offending text.
     """

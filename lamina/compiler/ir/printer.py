@@ -1,18 +1,20 @@
 """Deterministic text form of a model: one node a line.
 
-Value names are the graph's own (passes name what they create deterministically), attributes are sorted, small
-constants print inline, big tensors as dtype, shape and a content hash, and each created node shows the pass that
-made it. Two prints of the same graph are byte-identical, so ``diff -u`` between dumps means something::
+Value names are the graph's own (passes name what they create deterministically), attributes are
+sorted, small constants print inline, big tensors as dtype, shape and a content hash, and each
+created node shows the pass that made it. Two prints of the same graph are byte-identical, so ``diff
+-u`` between dumps means something::
 
     graph main_graph (opsets: ""=18, lamina=1) {
       input  %input_ids: int64[batch,seq]
       init   %encoder.layer.0.attention.self.query.weight: float[384,384] #9f2c41d07a3b
       %q: float[batch,seq,384] = MatMul(%x, %w)
-      %y: float[batch,seq,384] = lamina::Attention(%q, %k, %v, %mask) {num_heads=12}  # fuse-attention
+      %y: float[batch,seq,384] = lamina::Attention(%q, %k, %v, %m) {num_heads=12}  # fuse-attention
       output %last_hidden_state: float[batch,seq,384]
     }
 
-It parses back (:mod:`lamina.compiler.ir.parser`), with the big tensors taken from the model or the dump's ``.onnx``.
+It parses back (:mod:`lamina.compiler.ir.parser`), with the big tensors taken from the model or the
+dump's ``.onnx``.
 """
 
 from __future__ import annotations

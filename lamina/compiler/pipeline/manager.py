@@ -1,4 +1,5 @@
-"""The pass manager: runs passes in order under instruments, and turns a failure into a reproducer."""
+"""The pass manager: runs passes in order under instruments, and turns a failure into a
+reproducer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import onnx_ir as ir
 from lamina.compiler.errors import LaminaError, PassError, VerifyError
 from lamina.compiler.ir import print_ir, to_proto
 from lamina.compiler.pipeline.instruments import Instrument
+from lamina.compiler.pipeline.plugins import load_passes_argument
 from lamina.compiler.pipeline.registry import Pass, PassContext
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 class PassManager:
-    """Run ``passes`` on a model. A failing pass raises :class:`PassError` naming the passes before it, after
-    writing the IR it got and a one-line reproducer (in ``crash_dir``, or a fresh temporary directory)."""
+    """Run ``passes`` on a model. A failing pass raises :class:`PassError` naming the passes before
+    it, after writing the IR it got and a one-line reproducer (in ``crash_dir``, or a fresh
+    temporary directory)."""
 
     def __init__(
         self,
@@ -86,11 +89,13 @@ class PassManager:
             else:
                 ir.save(model, onnx_path, external_data="input.onnx.data")
             (directory / "input.txt").write_text(print_ir(model))
-            cmd = ["lamina", "opt", str(onnx_path), "-o", str(directory / "output.onnx"),
-                   "--pipeline", p.spec(), "--debug"]
-            module = type(p).__module__
-            if not module.startswith("lamina.passes."):
-                cmd[2:2] = ["--load-passes", module]
+            # --debug is a flag of ``lamina`` itself: after the verb, argparse would take it for a
+            # prefix of --debug-match.
+            cmd = ["lamina", "--debug", "opt", str(onnx_path), "-o", str(directory / "output.onnx"),
+                   "--pipeline", p.spec()]
+            load = load_passes_argument(type(p).__module__)
+            if load is not None:
+                cmd[3:3] = ["--load-passes", load]
             line = shlex.join(cmd)
             (directory / "reproducer.sh").write_text(line + "\n")
             return f"; input IR in {directory}, reproduce with: {line}"

@@ -34,7 +34,8 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """What a pass may read besides the model: user settings and a channel for match explanations."""
+    """What a pass may read besides the model: user settings and a channel for match
+    explanations."""
 
     debug_match: frozenset[str] = frozenset()
     dims: dict[str, int] = field(default_factory=dict)
@@ -76,7 +77,8 @@ class Pass(abc.ABC):
         return doc.splitlines()[0] if doc else ""
 
     def spec(self) -> str:
-        """The textual form of this pass with its non-default options, e.g. ``fold-constants{max-size=1024}``."""
+        """The textual form of this pass with its non-default options, e.g.
+        ``fold-constants{max-size=1024}``."""
         parts = []
         default = self.Options()
         for f in dataclasses.fields(self.options):
@@ -164,35 +166,24 @@ def unregister(name: str) -> None:
 
 
 def registered_passes() -> dict[str, type[Pass]]:
-    ensure_builtins()
+    """The passes registered so far (whoever assembles a pipeline registers the ones it offers: the
+    driver imports :mod:`lamina.passes` and the ``lamina.passes`` entry points)."""
     return dict(sorted(_PASSES.items()))
 
 
 def registered_pipelines() -> dict[str, tuple[str, str]]:
-    ensure_builtins()
     return dict(_PIPELINES)
 
 
-_builtins_loaded = False
-
-
-def ensure_builtins() -> None:
-    """Import the built-in passes and pipelines, and those of installed ``lamina.passes`` entry points."""
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    import lamina.passes  # noqa: F401  (registers built-in passes and pipelines)
-    from lamina.compiler.pipeline.plugins import load_entry_points
-
-    load_entry_points()
-
-
 def get_pass(name: str) -> type[Pass]:
-    ensure_builtins()
     if name in _PASSES:
         return _PASSES[name]
     candidates = list(_PASSES) + list(_PIPELINES)
     close = difflib.get_close_matches(name, candidates, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `lamina passes` lists them"
+    if close:
+        hint = f"; did you mean {', '.join(close)}?"
+    elif not _PASSES:
+        hint = "; no passes are registered: import lamina.passes (the driver does) or --load-passes"
+    else:
+        hint = "; `lamina passes` lists them"
     raise PipelineError(f"unknown pass {name!r}{hint}")

@@ -1,7 +1,7 @@
 """Textual pipelines: ``canonicalize,fuse-attention,encode-sparsity{block=4x1,min-sparsity=0.7}``.
 
-Grammar: ``item (',' item)*`` with ``item = name ['{' key=value (',' key=value)* '}']``. A name is a registered
-pass or a named pipeline (``O0``, ``O1``), which expands in place.
+Grammar: ``item (',' item)*`` with ``item = name ['{' key=value (',' key=value)* '}']``. A name is a
+registered pass or a named pipeline (``O0``, ``O1``), which expands in place.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ def is_standard(node: ir.Node, *op_types: str) -> bool:
 
 
 def replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
-    """Make every use of ``old`` use ``new``; keeps graph output names. False if it cannot (output clash)."""
+    """Make every use of ``old`` use ``new``; keeps graph output names. False if it cannot (output
+    clash)."""
     if old.is_graph_output():
         if new.is_graph_input() or new.is_initializer() or new.is_graph_output():
             return False

@@ -10,8 +10,8 @@ from lamina.passes.canonical._utils import is_standard, replace_value
 
 @register("eliminate-identity")
 class EliminateIdentityPass(Pass):
-    """Replace ``%y = Identity(%x)`` by ``%x`` (kept when ``%y`` is a graph output that ``%x`` cannot take
-    the place of, e.g. an input passed straight through). Exact."""
+    """Replace ``%y = Identity(%x)`` by ``%x`` (kept when ``%y`` is a graph output that ``%x``
+    cannot take the place of, e.g. an input passed straight through). Exact."""
 
     atol = 0.0
 

@@ -25,7 +25,9 @@ NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUnifor
 
 @dataclass(frozen=True)
 class FoldOptions:
-    max_elements: int = option(1 << 22, "largest result (elements) to materialise, unless no input is smaller")
+    max_elements: int = option(
+        1 << 22, "largest result (elements) to materialise, unless no input is smaller"
+    )
     rounds: int = option(8, "maximum sweeps over the graph")
 
 
@@ -77,12 +79,13 @@ def _gather_of_shape(node: ir.Node) -> np.ndarray | None:
 
 @register("fold-constants")
 class FoldConstantsPass(Pass):
-    """Replace nodes whose inputs are all constants by initializers holding their results, and ``Shape``,
-    ``Size`` and ``Gather(Shape(x), i)`` by constants where the dims involved are static.
+    """Replace nodes whose inputs are all constants by initializers holding their results, and
+    ``Shape``, ``Size`` and ``Gather(Shape(x), i)`` by constants where the dims involved are static.
 
-    Before: ``%s = Shape(%x)`` with ``%x: float32[1,128,384]``  ->  after: ``init %s: int64[3] = [1, 128, 384]``.
-    It re-runs shape inference between sweeps; with static input dims (``--dim``) it removes all shape and mask arithmetic.
-    Exact (results are computed in the graph's own dtypes).
+    Before: ``%s = Shape(%x)`` with ``%x: float32[1,128,384]``  ->  after: ``init %s: int64[3] = [1,
+    128, 384]``.
+    It re-runs shape inference between sweeps; with static input dims (``--dim``) it removes all
+    shape and mask arithmetic. Exact (results are computed in the graph's own dtypes).
     """
 
     Options = FoldOptions
@@ -93,12 +96,17 @@ class FoldConstantsPass(Pass):
         opset = model.opset_imports.get("", 18)
         folded = 0
         for _ in range(self.options.rounds):
-            # Folding makes shapes static downstream (a Range over a folded length), so infer again each round.
+            # Folding makes shapes static downstream (a Range over a folded length), so infer again
+            # each round.
             model = InferShapesPass()(model, ctx).model
             graph = model.graph
             changed = False
             for node in list(graph):
-                if not is_standard(node) or node.op_type in NEVER_FOLD or node.op_type == "Constant":
+                if (
+                    not is_standard(node)
+                    or node.op_type in NEVER_FOLD
+                    or node.op_type == "Constant"
+                ):
                     continue
                 if any(o.is_graph_output() for o in node.outputs):
                     continue

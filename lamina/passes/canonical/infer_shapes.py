@@ -72,8 +72,8 @@ def _rank(dim: object) -> int:
 
 
 def _merge(new: ir.Shape | None, old: ir.Shape) -> ir.Shape:
-    """Per dim, the more informative of the fresh and the earlier annotation (exporters know symbols that
-    ONNX inference loses, e.g. through a Slice with a symbolic end)."""
+    """Per dim, the more informative of the fresh and the earlier annotation (exporters know symbols
+    that ONNX inference loses, e.g. through a Slice with a symbolic end)."""
     if new is None:
         return old
     if len(new) != len(old):
@@ -95,8 +95,8 @@ class InferShapesPass(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         before = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))
                   for n in model.graph for v in n.outputs]
-        # Recompute from scratch: shapes recorded earlier (by the exporter or before a rewrite) may be stale,
-        # and inference would keep them instead of the better ones it can derive now.
+        # Recompute from scratch: shapes recorded earlier (by the exporter or before a rewrite) may
+        # be stale, and inference would keep them instead of the better ones it can derive now.
         previous = {}
         for node in model.graph:
             for out in node.outputs:
@@ -118,5 +118,5 @@ class InferShapesPass(Pass):
                     out.shape = _merge(out.shape, old)
         after = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))
                  for n in model.graph for v in n.outputs]
-        return PassResult(model, changed=False, stats={"annotated": sum(
-            a != b for a, b in zip(before, after, strict=False))})
+        annotated = sum(a != b for a, b in zip(before, after, strict=True))
+        return PassResult(model, changed=annotated > 0, stats={"annotated": annotated})

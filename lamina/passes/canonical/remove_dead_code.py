@@ -11,7 +11,8 @@ from lamina.passes.canonical._utils import remove_unused_initializers
 
 @register("remove-dead-code")
 class RemoveDeadCodePass(Pass):
-    """Remove nodes whose outputs reach no graph output, then unused initializers and functions. Exact."""
+    """Remove nodes whose outputs reach no graph output, then unused initializers and functions.
+    Exact."""
 
     atol = 0.0
 

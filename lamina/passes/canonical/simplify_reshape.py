@@ -14,7 +14,8 @@ Piece = int | tuple[str, ir.Value, int]
 
 
 def _scalar_piece(value: ir.Value) -> Piece | None:
-    """What one element of a shape vector is: a constant, or dim i of some value (via Shape/Gather)."""
+    """What one element of a shape vector is: a constant, or dim i of some value (via
+    Shape/Gather)."""
     arr = const_array(value)
     if arr is not None:
         return int(arr.reshape(-1)[0]) if arr.size == 1 else None
@@ -26,7 +27,12 @@ def _scalar_piece(value: ir.Value) -> Piece | None:
     if is_standard(node, "Gather") and node.inputs[0] is not None:
         shape_node = node.inputs[0].producer()
         idx = const_array(node.inputs[1])
-        if shape_node is None or not is_standard(shape_node, "Shape") or idx is None or idx.size != 1:
+        if (
+            shape_node is None
+            or not is_standard(shape_node, "Shape")
+            or idx is None
+            or idx.size != 1
+        ):
             return None
         start = shape_node.attributes.get("start")
         offset = start.value if start is not None else 0
@@ -80,9 +86,10 @@ def _same_dim(a: object, b: object) -> bool:
 class SimplifyReshapePass(Pass):
     """Give ``Reshape`` a constant target when its shape vector is built from ``Shape`` of tensors.
 
-    Before: ``%s = Shape(%x); %b = Gather(%s, 0); ...; %t = Concat(%b', %n, [12], [32]); Reshape(%x, %t)``
-    After:  ``Reshape(%x, [0, 0, 12, 32])`` (0 copies the input dim, -1 for one unknown dim). The shape
-    arithmetic then dies in ``remove-dead-code``. Needs ``infer-shapes`` first. Exact.
+    Before: ``%s = Shape(%x); %b = Gather(%s, 0); ...; %t = Concat(%b', %n, [12], [32])``,
+    ``Reshape(%x, %t)``
+    After:  ``Reshape(%x, [0, 0, 12, 32])`` (0 copies the input dim, -1 for one unknown dim). The
+    shape arithmetic then dies in ``remove-dead-code``. Needs ``infer-shapes`` first. Exact.
     """
 
     atol = 0.0
@@ -105,12 +112,14 @@ class SimplifyReshapePass(Pass):
             if target is None:
                 continue
             if allowzero is not None and allowzero.value:
-                # With allowzero=1 a literal 0 means an empty dim; only rewrite when no piece is a literal 0,
-                # then drop allowzero so our 0 entries mean "copy the input dim".
+                # With allowzero=1 a literal 0 means an empty dim; only rewrite when no piece is a
+                # literal 0, then drop allowzero so our 0 entries mean "copy the input dim".
                 if any(isinstance(p, int) and p == 0 for p in pieces):
                     continue
                 del node.attributes["allowzero"]
-            const = add_initializer(graph, namer(f"{node.outputs[0].name}_shape"), np.array(target, np.int64))
+            const = add_initializer(
+                graph, namer(f"{node.outputs[0].name}_shape"), np.array(target, np.int64)
+            )
             node.replace_input_with(1, const)
             rewritten += 1
         return PassResult(model, changed=rewritten > 0, stats={"rewritten": rewritten})

@@ -1,1 +1,2 @@
-"""Fusions: the passes pipeline O1 adds to O0 (layer norm, GELU, attention, QKV merge, dense epilogues)."""
+"""Fusions: the passes pipeline O1 adds to O0 (layer norm, GELU, attention, QKV merge, dense
+epilogues)."""

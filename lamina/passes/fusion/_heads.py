@@ -1,13 +1,14 @@
 """Head layout tracking for ``fuse-attention``.
 
-Exporters split and merge attention heads with different chains of Reshape / Transpose (and fold the softmax
-scale into them): ``Transpose{0,2,3,1}(Reshape(k))`` for K^T, or ``Transpose{0,1,3,2}`` after the head
-transpose, or a 3-D ``Reshape -> Transpose{0,2,1} -> Reshape`` round trip, or no-op 4-D reshapes. Instead of
-listing every chain, we replay it on *axis labels*: a tensor's layout is a list of axis groups, each a tuple of
-atoms ``b`` (batch), ``s`` (sequence), ``h`` (head), ``d`` (head dim). A Transpose permutes the groups; a
-Reshape regroups the flattened atom sequence, matching each target piece (a constant, 0, -1, or a runtime
-value from ``Shape``) against the atoms. The chain is accepted when it ends in the layout the attention math
-needs, e.g. ``[b, h, d, s]`` for K^T.
+Exporters split and merge attention heads with different chains of Reshape / Transpose (and fold the
+softmax scale into them): ``Transpose{0,2,3,1}(Reshape(k))`` for K^T, or ``Transpose{0,1,3,2}``
+after the head transpose, or a 3-D ``Reshape -> Transpose{0,2,1} -> Reshape`` round trip, or no-op
+4-D reshapes. Instead of listing every chain, we replay it on *axis labels*: a tensor's layout is a
+list of axis groups, each a tuple of atoms ``b`` (batch), ``s`` (sequence), ``h`` (head), ``d``
+(head dim). A Transpose permutes the groups; a Reshape regroups the flattened atom sequence,
+matching each target piece (a constant, 0, -1, or a runtime value from ``Shape``) against the atoms.
+The chain is accepted when it ends in the layout the attention math needs, e.g. ``[b, h, d, s]`` for
+K^T.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ DYN = "dyn"  # a runtime-valued piece of a shape vector: matches exactly one ato
 
 @dataclass
 class HeadPath:
-    """A projected tensor ``proj`` [b, s, H*D] and the chain that lays it out for the attention core."""
+    """A projected tensor ``proj`` [b, s, H*D] and the chain that lays it out for the attention
+    core."""
 
     proj: ir.Value
     heads: int
@@ -35,7 +37,8 @@ class HeadPath:
 
 
 def reshape_pieces(node: ir.Node) -> list[int | str]:
-    """The target of a Reshape as pieces: ints (incl. 0 and -1) or DYN; inferred static dims fill gaps."""
+    """The target of a Reshape as pieces: ints (incl. 0 and -1) or DYN; inferred static dims fill
+    gaps."""
     target = node.inputs[1]
     out_shape = node.outputs[0].shape
     arr = const_array(target)
@@ -58,13 +61,20 @@ def reshape_pieces(node: ir.Node) -> list[int | str]:
         if pieces is None and out_shape is not None:
             pieces = [DYN] * len(out_shape)
     if pieces is None:
-        raise NoMatch(f"Reshape {node.name!r}: target shape is neither constant nor a Concat of pieces")
+        raise NoMatch(
+            f"Reshape {node.name!r}: target shape is neither constant nor a Concat of pieces"
+        )
     if out_shape is not None and len(out_shape) == len(pieces):
-        pieces = [d if p == DYN and isinstance(d, int) else p for p, d in zip(pieces, out_shape, strict=True)]
+        pieces = [
+            d if p == DYN and isinstance(d, int) else p
+            for p, d in zip(pieces, out_shape, strict=True)
+        ]
     return pieces
 
 
-def regroup(groups: Groups, sizes: dict[str, int | None], pieces: list[int | str], where: str) -> Groups:
+def regroup(
+    groups: Groups, sizes: dict[str, int | None], pieces: list[int | str], where: str
+) -> Groups:
     """Apply a Reshape with ``pieces`` to a labelled layout."""
     atoms = [a for g in groups for a in g]
     starts = [sum(len(g) for g in groups[:j]) for j in range(len(groups))]
@@ -114,7 +124,8 @@ def regroup(groups: Groups, sizes: dict[str, int | None], pieces: list[int | str
 
 
 def trace_back(value: ir.Value, expect: Groups, role: str) -> HeadPath:
-    """Walk from an attention-core operand back to the head-split Reshape of a [b, s, H*D] projection."""
+    """Walk from an attention-core operand back to the head-split Reshape of a [b, s, H*D]
+    projection."""
     chain: list[ir.Node] = []
     scale = 1.0
     cur = value
@@ -137,8 +148,14 @@ def trace_back(value: ir.Value, expect: Groups, role: str) -> HeadPath:
         if len(chain) > 12:
             raise NoMatch(f"{role}: head layout chain is too long")
     chain.reverse()
-    first = next((i for i, n in enumerate(chain) if n.op_type == "Reshape" and rank(n.inputs[0]) == 3
-                  and rank(n.outputs[0]) == 4), None)
+    first = next(
+        (
+            i
+            for i, n in enumerate(chain)
+            if n.op_type == "Reshape" and rank(n.inputs[0]) == 3 and rank(n.outputs[0]) == 4
+        ),
+        None,
+    )
     if first is None:
         got = cur.producer()
         got_s = f"{got.op_type} {got.name!r}" if got is not None else "a graph input"
@@ -146,7 +163,9 @@ def trace_back(value: ir.Value, expect: Groups, role: str) -> HeadPath:
     split = chain[first]
     proj = split.inputs[0]
     if proj.shape is None or len(proj.shape) != 3:
-        raise NoMatch(f"{role}: the head split input {proj.name!r} is not rank 3 [batch, seq, hidden]")
+        raise NoMatch(
+            f"{role}: the head split input {proj.name!r} is not rank 3 [batch, seq, hidden]"
+        )
     chain = chain[first:]
     scale = 1.0
     for node in chain:  # factors applied before the split stay outside, in the projection
@@ -157,7 +176,9 @@ def trace_back(value: ir.Value, expect: Groups, role: str) -> HeadPath:
     hidden = proj.shape[2]
     pieces = reshape_pieces(split)
     if len(pieces) != 4 or not all(isinstance(p, int) for p in pieces[2:]):
-        raise NoMatch(f"{role}: Reshape {split.name!r} is not [b, s, heads, head_dim] with constant heads/dim")
+        raise NoMatch(
+            f"{role}: Reshape {split.name!r} is not [b, s, heads, head_dim] with constant heads/dim"
+        )
     heads, dim = int(pieces[2]), int(pieces[3])
     if -1 in (heads, dim):
         if not isinstance(hidden, int):
@@ -198,12 +219,16 @@ def trace_forward(value: ir.Value, sizes: dict[str, int | None]) -> tuple[ir.Val
     while groups != want:
         users = [u.node for u in cur.uses() if not is_op(u.node, "Shape")]
         if len(users) != 1 or cur.is_graph_output():
-            raise NoMatch(f"head merge: {cur.name!r} has {len(users)} users, expected one Transpose/Reshape")
+            raise NoMatch(
+                f"head merge: {cur.name!r} has {len(users)} users, expected one Transpose/Reshape"
+            )
         node = users[0]
         if is_op(node, "Transpose"):
             groups = [groups[int(p)] for p in node.attributes["perm"].value]
         elif is_op(node, "Reshape") and node.inputs[0] is cur:
-            groups = regroup(groups, sizes, reshape_pieces(node), f"head merge: Reshape {node.name!r}")
+            groups = regroup(
+                groups, sizes, reshape_pieces(node), f"head merge: Reshape {node.name!r}"
+            )
         else:
             raise NoMatch(f"head merge: {node.op_type} {node.name!r} is not a Transpose/Reshape")
         nodes.append(node)

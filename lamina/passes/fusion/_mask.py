@@ -1,17 +1,18 @@
 """Attention-mask analysis for ``fuse-attention``: is an additive mask just a key padding mask?
 
 Exporters build the additive mask from ``attention_mask`` in many ways: ``(1 - m) * finfo.min``
-(TorchScript, older transformers), ``Where(m, 0, finfo.min)`` over a [b, 1, q, k] mask built by vmap'd index
-functions (``GatherND`` / ``Gather`` over ``Range`` grids), ``-inf`` fills for SDPA. Matching each graph shape
-by shape is brittle, so the analysis works on meaning, in two steps:
+(TorchScript, older transformers), ``Where(m, 0, finfo.min)`` over a [b, 1, q, k] mask built by
+vmap'd index functions (``GatherND`` / ``Gather`` over ``Range`` grids), ``-inf`` fills for SDPA.
+Matching each graph shape by shape is brittle, so the analysis works on meaning, in two steps:
 
 1. Provenance (structural): the mask's values may depend on exactly one graph input, a rank-2 tensor
-   (``[batch, seq]``); every other dependence must go through ``Shape`` (sizes only). No subgraphs, no
-   non-standard ops, no random ops.
-2. Behaviour (evaluated): the mask's producer cone is run by ONNX Runtime on probe masks of two sizes, each
-   row with at least one kept key. The result must broadcast to ``[batch, 1|heads, seq, seq]``, be exactly 0
-   where ``mask[b, k] != 0`` and at most ``-1e4`` where it is 0 (so ``exp`` underflows to 0 in float32, the
-   same softmax as the ``finfo.min`` bias ``lamina::Attention`` adds).
+   (``[batch, seq]``); every other dependence must go through ``Shape`` (sizes only). No subgraphs,
+   no non-standard ops, no random ops.
+2. Behaviour (evaluated): the mask's producer cone is run by the reference backend (ONNX Runtime) on
+   probe masks of two sizes, each row with at least one kept key. The result must broadcast to
+   ``[batch, 1|heads, seq, seq]``, be exactly 0 where ``mask[b, k] != 0`` and at most ``-1e4`` where
+   it is 0 (so ``exp`` underflows to 0 in float32, the same softmax as the ``finfo.min`` bias
+   ``lamina::Attention`` adds).
 
 If both hold the mask is a key padding mask over that input; otherwise it stays an additive input.
 """
@@ -22,6 +23,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from lamina.backends import reference
+from lamina.compiler.errors import LaminaError
 from lamina.passes.fusion._match import STANDARD
 
 PROBES = ((2, 5), (3, 8))
@@ -31,7 +34,8 @@ _RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLi
 
 
 def _cone(value: ir.Value) -> tuple[list[ir.Node], set[str], list[ir.Value]]:
-    """All nodes ``value`` depends on, the names of graph inputs its *data* depends on, and graph inputs."""
+    """All nodes ``value`` depends on, the names of graph inputs its *data* depends on, and graph
+    inputs."""
     nodes: dict[int, ir.Node] = {}
     data_inputs: set[str] = set()
     inputs: dict[str, ir.Value] = {}
@@ -58,21 +62,31 @@ def _cone(value: ir.Value) -> tuple[list[ir.Node], set[str], list[ir.Value]]:
     return list(nodes.values()), data_inputs, list(inputs.values())
 
 
-def _sub_model(model: ir.Model, value: ir.Value, nodes: list[ir.Node], inputs: list[ir.Value]) -> bytes:
+def _sub_model(model: ir.Model, value: ir.Value, nodes: list[ir.Node], inputs: list[ir.Value]
+               ) -> onnx.ModelProto:
     keep = {id(n) for n in nodes}
     node_protos = [ir.serde.serialize_node(n) for n in model.graph if id(n) in keep]
     used = {i.name for n in nodes for i in n.inputs if i is not None}
-    inits = [ir.serde.serialize_tensor(v.const_value) for name, v in model.graph.initializers.items()
-             if name in used and v.const_value is not None]
+    inits = [
+        ir.serde.serialize_tensor(v.const_value)
+        for name, v in model.graph.initializers.items()
+        if name in used and v.const_value is not None
+    ]
     for t, name in zip(inits, [n for n, v in model.graph.initializers.items()
                                if n in used and v.const_value is not None], strict=True):
         t.name = name
     vin = [onnx.helper.make_tensor_value_info(i.name, i.dtype.value, [
         d if isinstance(d, int) else None for d in i.shape]) for i in inputs]
-    out = onnx.helper.make_tensor_value_info(value.name, value.dtype.value if value.dtype else 1, None)
+    out = onnx.helper.make_tensor_value_info(
+        value.name, value.dtype.value if value.dtype else 1, None
+    )
     graph = onnx.helper.make_graph(node_protos, "mask_probe", vin, [out], inits)
-    opsets = [onnx.helper.make_opsetid(d or "", v) for d, v in model.opset_imports.items() if d in STANDARD]
-    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+    opsets = [
+        onnx.helper.make_opsetid(d or "", v)
+        for d, v in model.opset_imports.items()
+        if d in STANDARD
+    ]
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10)
 
 
 def analyze(model: ir.Model, value: ir.Value) -> tuple[ir.Value | None, str]:
@@ -81,10 +95,18 @@ def analyze(model: ir.Model, value: ir.Value) -> tuple[ir.Value | None, str]:
         return None, f"mask {value.name!r} is {value.dtype}, not float32"
     nodes, data_inputs, inputs = _cone(value)
     for n in nodes:
-        if n.domain not in STANDARD or n.op_type in _RANDOM or any(
-            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in n.attributes.values()
+        if (
+            n.domain not in STANDARD
+            or n.op_type in _RANDOM
+            or any(
+                a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+                for a in n.attributes.values()
+            )
         ):
-            return None, f"mask cone holds {n.op_type} {n.name!r} (non-standard, random or with subgraphs)"
+            return (
+                None,
+                f"mask cone holds {n.op_type} {n.name!r} (non-standard, random or with subgraphs)",
+            )
     if len(data_inputs) != 1:
         return None, (f"mask values depend on graph inputs {sorted(data_inputs) or 'none'}, "
                       "expected exactly one (the attention mask)")
@@ -96,14 +118,8 @@ def analyze(model: ir.Model, value: ir.Value) -> tuple[ir.Value | None, str]:
         if i.shape is None or any(not isinstance(d, int) and str(d) not in dims for d in i.shape):
             return None, f"cannot size probe input {i.name!r} (dims other than {key.name}'s)"
     try:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(_sub_model(model, value, nodes, inputs), so,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+        sess = reference.session(_sub_model(model, value, nodes, inputs))
+    except LaminaError as exc:
         return None, f"mask cone cannot be evaluated: {str(exc).strip().splitlines()[0][:160]}"
     rng = np.random.default_rng(0)
     for batch, seq in PROBES:
@@ -122,7 +138,10 @@ def analyze(model: ir.Model, value: ir.Value) -> tuple[ir.Value | None, str]:
         try:
             (out,) = sess.run(None, feeds)
         except Exception as exc:  # noqa: BLE001
-            return None, f"mask cone fails on probe inputs: {str(exc).strip().splitlines()[0][:160]}"
+            return (
+                None,
+                f"mask cone fails on probe inputs: {str(exc).strip().splitlines()[0][:160]}",
+            )
         keep = feeds[key.name] != 0
         try:
             full = np.broadcast_shapes(out.shape, (batch, 1, seq, seq))
@@ -133,7 +152,10 @@ def analyze(model: ir.Model, value: ir.Value) -> tuple[ir.Value | None, str]:
         big = np.broadcast_to(out, full)
         keep4 = np.broadcast_to(keep[:, None, None, :], full)
         if not np.all(big[keep4] == 0):
-            return None, "mask is not 0 at kept keys (not a pure padding mask: causal, relative bias, ...)"
+            return (
+                None,
+                "mask is not 0 at kept keys (not a pure padding mask: causal, relative bias, ...)",
+            )
         if not np.all(big[~keep4] <= THRESHOLD):
             return None, f"mask at padded keys is not <= {THRESHOLD:g} (soft mask)"
     return key, ""

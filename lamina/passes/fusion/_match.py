@@ -1,14 +1,14 @@
 """Small matching helpers shared by the fusion passes.
 
-A matcher walks the graph from an anchor node and raises :class:`NoMatch` with a one-line reason as soon as a
-check fails; the pass turns the reason into a ``--debug-match`` explanation. Helpers here never mutate the graph.
+A matcher walks the graph from an anchor node and raises :class:`NoMatch` with a one-line reason as
+soon as a check fails; the pass turns the reason into a ``--debug-match`` explanation. Helpers here
+never mutate the graph.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import onnx_ir as ir
 
 from lamina.compiler.ir import const_array
@@ -31,20 +31,12 @@ def is_op(node: ir.Node | None, *op_types: str, domain: str | None = None) -> bo
 
 
 def producer(value: ir.Value | None, *op_types: str, domain: str | None = None) -> ir.Node | None:
-    """The node producing ``value`` if it is one of ``op_types`` (standard domain unless ``domain``)."""
+    """The node producing ``value`` if it is one of ``op_types`` (standard domain unless
+    ``domain``)."""
     if value is None:
         return None
     node = value.producer()
     return node if is_op(node, *op_types, domain=domain) else None
-
-
-def need_producer(value: ir.Value | None, what: str, *op_types: str, domain: str | None = None) -> ir.Node:
-    node = producer(value, *op_types, domain=domain)
-    if node is None:
-        got = value.producer() if value is not None else None
-        got_s = f"{got.op_type} {got.name!r}" if got is not None else "a graph input or constant"
-        raise NoMatch(f"{what}: expected {'/'.join(op_types)}, found {got_s}")
-    return node
 
 
 def scalar(value: ir.Value | None) -> float | None:
@@ -120,13 +112,6 @@ def last_dim(value: ir.Value | None) -> int | None:
         return None
     d = value.shape[-1]
     return d if isinstance(d, int) else None
-
-
-def const_vector(value: ir.Value | None, length: int | None = None) -> np.ndarray | None:
-    arr = const_array(value)
-    if arr is None or arr.ndim != 1 or (length is not None and arr.shape[0] != length):
-        return None
-    return arr
 
 
 def where(node: ir.Node) -> str:

@@ -1,4 +1,5 @@
-"""Rewrite helpers shared by the fusion passes: build a node, splice it in, drop what it replaced."""
+"""Rewrite helpers shared by the fusion passes: build a node, splice it in, drop what it
+replaced."""
 
 from __future__ import annotations
 
@@ -49,8 +50,14 @@ class Rewriter:
     ) -> ir.Node:
         """Create a node, insert it before ``before`` and record its origin."""
         base = f"{self.pass_name}_{op_type}".replace("-", "_")
-        node = ir.node(op_type, list(inputs), attributes or {}, domain=domain, num_outputs=num_outputs,
-                       name=self.namer(base))
+        node = ir.node(
+            op_type,
+            list(inputs),
+            attributes or {},
+            domain=domain,
+            num_outputs=num_outputs,
+            name=self.namer(base),
+        )
         for out in node.outputs:
             out.name = self.namer(f"{base}_out")
         set_origin(node, f"{self.pass_name}:{rule}" if rule else self.pass_name)
@@ -71,8 +78,13 @@ class Rewriter:
         else:
             old.replace_all_uses_with(new)
 
-    def remove_dead(self, nodes: Iterable[ir.Node]) -> int:
-        """Remove those of ``nodes`` whose outputs nothing uses any more (repeatedly, consumers first)."""
+    def remove_dead(self, nodes: Iterable[ir.Node], *, cascade: bool = False) -> int:
+        """Remove those of ``nodes`` whose outputs nothing uses any more (repeatedly, consumers
+        first).
+
+        With ``cascade``, a removed node's producers become candidates too, so the cone that only
+        fed the replaced nodes (e.g. a mask's or a Reshape's shape arithmetic) goes with them;
+        nothing outside that cone is touched (this is not whole-model dead-code removal)."""
         pending = {id(n): n for n in nodes}
         removed = 0
         progress = True
@@ -84,18 +96,22 @@ class Rewriter:
                     continue
                 if any(o.uses() or o.is_graph_output() for o in n.outputs):
                     continue
+                producers = [v.producer() for v in n.inputs if v is not None] if cascade else []
                 self.graph.remove(n, safe=True)
                 del pending[key]
                 removed += 1
                 progress = True
+                for p in producers:
+                    if p is not None and p.graph is self.graph:
+                        pending.setdefault(id(p), p)
         return removed
 
 
 class AnchoredFusionPass(Pass):
     """A fusion pass: visit every anchor node, try the rewrite, explain the misses.
 
-    Subclasses implement :meth:`is_anchor` and :meth:`rewrite`, which raises ``NoMatch(reason)`` when the
-    pattern does not hold and may return extra counters for the stats.
+    Subclasses implement :meth:`is_anchor` and :meth:`rewrite`, which raises ``NoMatch(reason)``
+    when the pattern does not hold and may return extra counters for the stats.
     """
 
     rtol = 1e-4

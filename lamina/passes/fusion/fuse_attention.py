@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
 from lamina.passes.fusion import _mask
@@ -24,18 +23,19 @@ class FuseAttentionPass(Pass):
         %q4 = Transpose(Reshape(%q, [0,0,H,D]), perm=[0,2,1,3])      # likewise %v4
         %kt = Transpose(Reshape(%k, [0,0,H,D]), perm=[0,2,3,1])
         %s  = Add(Mul(MatMul(%q4, %kt), 0.125), %mask4d)             # %mask4d from %attention_mask
-        %p  = Softmax(%s, axis=-1)                                   # + Where(IsNaN(p), 0, p) (SDPA)
+        %p  = Softmax(%s, axis=-1)                                   # SDPA: Where(IsNaN(p), 0, p)
         %c  = Reshape(Transpose(MatMul(%p, %v4), perm=[0,2,1,3]), [0,0,-1])
 
     After: ``%c = lamina::Attention(%q, %k, %v, %attention_mask) {num_heads=H, scale=0.125,
     mask_kind="key_padding"}``.
 
-    Matched variants: head split / merge / K^T through any Reshape/Transpose chain that provably yields the
-    needed layout (see ``_heads.py``); scale as Mul or Div by scalars on Q, K (e.g. sqrt on both), or the
-    scores, multiplied together; mask ``Add`` in either operand order or absent; the SDPA NaN guard. The
-    mask becomes ``key_padding`` (the raw [batch, seq] input) when ``_mask.analyze`` proves it is one,
-    else ``additive`` (the mask tensor as is). Projections (MatMul + Add) stay outside: see ``merge-qkv`` and
-    ``fuse-bias-residual``. Anchor: ``Softmax``. rtol 1e-4.
+    Matched variants: head split / merge / K^T through any Reshape/Transpose chain that provably
+    yields the needed layout (see ``_heads.py``); scale as Mul or Div by scalars on Q, K (e.g. sqrt
+    on both), or the scores, multiplied together; mask ``Add`` in either operand order or absent;
+    the SDPA NaN guard. The mask becomes ``key_padding`` (the raw [batch, seq] input) when
+    ``_mask.analyze`` proves it is one, else ``additive`` (the mask tensor as is). Projections
+    (MatMul + Add) stay outside: see ``merge-qkv`` and ``fuse-bias-residual``. Anchor: ``Softmax``.
+    rtol 1e-4.
     """
 
     rtol = 1e-4
@@ -55,13 +55,18 @@ class FuseAttentionPass(Pass):
                 kinds[kind] = kinds.get(kind, 0) + 1
             except NoMatch as exc:
                 rw.explain(node, str(exc))
-        if fused:
-            common.RemoveUnusedNodesPass()(model)
         for mask, key, reason in masks.values():
             if key is None and rw.explain_on:
                 ctx.explain(f"mask {mask.name!r}", f"kept as an additive input: {reason}")
-        return PassResult(model, changed=fused > 0,
-                          stats={"fused": fused, "unmatched": rw.misses, **{f"mask_{k}": v for k, v in kinds.items()}})
+        return PassResult(
+            model,
+            changed=fused > 0,
+            stats={
+                "fused": fused,
+                "unmatched": rw.misses,
+                **{f"mask_{k}": v for k, v in kinds.items()},
+            },
+        )
 
     def _rewrite(self, rw: Rewriter, softmax: ir.Node,
                  masks: dict[int, tuple[ir.Value, ir.Value | None, str]]) -> str:
@@ -102,13 +107,22 @@ class FuseAttentionPass(Pass):
             nodes += [isnan, guard]
             p = guard.outputs[0]
             users = [u.node for u in p.uses()]
-        if len(users) != 1 or not is_op(users[0], "MatMul") or users[0].inputs[0] is not p or p.is_graph_output():
-            raise NoMatch("softmax output is not used only by MatMul(p, V) (attention probs exported?)")
+        if (
+            len(users) != 1
+            or not is_op(users[0], "MatMul")
+            or users[0].inputs[0] is not p
+            or p.is_graph_output()
+        ):
+            raise NoMatch(
+                "softmax output is not used only by MatMul(p, V) (attention probs exported?)"
+            )
         pv = users[0]
         v = trace_back(pv.inputs[1], Q_LAYOUT, "V")
         if (q.heads, q.head_dim) != (k.heads, k.head_dim) or q.heads != v.heads:
-            raise NoMatch(f"Q/K/V head splits differ: {q.heads}x{q.head_dim}, {k.heads}x{k.head_dim}, "
-                          f"{v.heads}x{v.head_dim}")
+            raise NoMatch(
+                f"Q/K/V head splits differ: {q.heads}x{q.head_dim}, {k.heads}x{k.head_dim}, "
+                f"{v.heads}x{v.head_dim}"
+            )
         b, sq = q.proj.shape[0], q.proj.shape[1]
         sizes = {"b": b if isinstance(b, int) else None, "s": sq if isinstance(sq, int) else None,
                  "h": v.heads, "d": v.head_dim}
@@ -132,7 +146,9 @@ class FuseAttentionPass(Pass):
                        {"num_heads": q.heads, "scale": float(total_scale), "mask_kind": kind},
                        domain=DOMAIN, rule=kind, before=ctx_value.producer())
         rw.replace(ctx_value, attn.outputs[0])
-        rw.remove_dead(nodes)
+        # What only fed the replaced nodes (the mask and head-split shape arithmetic) goes with
+        # them.
+        rw.remove_dead(nodes, cascade=True)
         return kind
 
     @staticmethod
@@ -165,8 +181,10 @@ class FuseAttentionPass(Pass):
                     raise NoMatch(f"intermediate {out.name!r} is a graph output")
                 for use in out.uses():
                     if id(use.node) not in inside and not is_op(use.node, "Shape"):
-                        raise NoMatch(f"intermediate {out.name!r} is also used by {use.node.op_type} "
-                                      f"{use.node.name!r}")
+                        raise NoMatch(
+                            f"intermediate {out.name!r} is also used by {use.node.op_type} "
+                            f"{use.node.name!r}"
+                        )
 
 
 __all__ = ["FuseAttentionPass", "HeadPath"]

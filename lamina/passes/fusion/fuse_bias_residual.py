@@ -39,11 +39,13 @@ class FuseBiasResidualPass(AnchoredFusionPass):
         %a  = lamina::Gelu(%z)          # optional
         %y  = Add(%a, %r)               # optional residual, same shape as %a, either order
 
-    After: ``%y = lamina::Linear(%x, %W, %b[, %r]) {activation="none"|"gelu"|"gelu_tanh", has_residual}``.
+    After: ``%y = lamina::Linear(%x, %W, %b[, %r]) {activation="none"|"gelu"|"gelu_tanh",
+    has_residual}``.
 
-    Each step is taken only when the value before it has that single user, so no intermediate that something
-    else reads is lost. Run after ``fuse-gelu`` (to fold the activation) and ``fuse-attention`` /
-    ``merge-qkv`` (so attention projections are final). Anchor: ``MatMul``. rtol 1e-4 (same arithmetic).
+    Each step is taken only when the value before it has that single user, so no intermediate that
+    something else reads is lost. Run after ``fuse-gelu`` (to fold the activation) and
+    ``fuse-attention`` / ``merge-qkv`` (so attention projections are final). Anchor: ``MatMul``.
+    rtol 1e-4 (same arithmetic).
     """
 
 
@@ -65,7 +67,11 @@ class FuseBiasResidualPass(AnchoredFusionPass):
             raise NoMatch("MatMul output is not used by exactly one bias Add")
         b = other_input(add, mm.outputs[0])
         barr = const_array(b)
-        if barr is None or barr.size != n or (barr.ndim > 1 and any(d != 1 for d in barr.shape[:-1])):
+        if (
+            barr is None
+            or barr.size != n
+            or (barr.ndim > 1 and any(d != 1 for d in barr.shape[:-1]))
+        ):
             raise NoMatch(f"Add operand is not a constant bias of {n} elements")
         if barr.ndim != 1:
             b = rw.initializer(f"{b.name}_1d", barr.reshape(-1))
@@ -89,13 +95,22 @@ class FuseBiasResidualPass(AnchoredFusionPass):
                 out = nxt.outputs[0]
                 inputs.append(r)
             elif rw.explain_on:
-                rw.ctx.explain(f"Add {nxt.name!r}", "not folded as residual: operand is constant, the same "
-                               "value, or of another shape (Add would broadcast)")
+                rw.ctx.explain(
+                    f"Add {nxt.name!r}",
+                    "not folded as residual: operand is constant, the same "
+                    "value, or of another shape (Add would broadcast)",
+                )
         has_residual = len(inputs) == 4
         rule = "+".join(["bias", *([activation] if activation != "none" else []),
                          *(["residual"] if has_residual else [])])
-        lin = rw.node("Linear", inputs, {"activation": activation, "has_residual": int(has_residual)},
-                      domain=DOMAIN, rule=rule, before=out.producer())
+        lin = rw.node(
+            "Linear",
+            inputs,
+            {"activation": activation, "has_residual": int(has_residual)},
+            domain=DOMAIN,
+            rule=rule,
+            before=out.producer(),
+        )
         rw.replace(out, lin.outputs[0])
         rw.remove_dead(nodes)
         return activation, has_residual

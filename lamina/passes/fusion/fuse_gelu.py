@@ -62,10 +62,12 @@ class FuseGeluPass(AnchoredFusionPass):
         %u = Div(%x, 1.4142135)   # or Mul(%x, 0.70710677)
         %e = Erf(%u); %a = Add(%e, 1.0); %m = Mul(%x, %a); %y = Mul(%m, 0.5)
 
-    Before (tanh, rule ``tanh``): ``0.5 * x * (1 + Tanh(0.7978846 * (x + 0.044715 * x**3)))``, cube as
+    Before (tanh, rule ``tanh``): ``0.5 * x * (1 + Tanh(0.7978846 * (x + 0.044715 * x**3)))``, cube
+    as
     ``Pow(x, 3)`` or ``x*x*x``.
 
-    After: ``%y = lamina::Gelu(%x) {approximate="none"|"tanh"}``. The final product ``x * (1 + t) * 0.5`` may
+    After: ``%y = lamina::Gelu(%x) {approximate="none"|"tanh"}``. The final product ``x * (1 + t) *
+    0.5`` may
     be associated in any order (0.5 applied first, last, or to ``1 + t``), operands in any order.
     Anchor: ``Erf`` / ``Tanh``. Intermediates must have no other users. rtol 1e-4.
     """
@@ -103,15 +105,23 @@ class FuseGeluPass(AnchoredFusionPass):
             inner = [scale_node, add, *k_term]
             approximate = "tanh"
         one_add = single_consumer(anchor.outputs[0])
-        if not is_op(one_add, "Add") or not close(scalar(other_input(one_add, anchor.outputs[0])), 1.0):
+        if not is_op(one_add, "Add") or not close(
+            scalar(other_input(one_add, anchor.outputs[0])), 1.0
+        ):
             raise NoMatch(f"{anchor.op_type} output is not used by one Add(., 1.0)")
         root, product = self._product(x, one_add.outputs[0])
         nodes = [*inner, anchor, one_add, *product]
         leak = only_used_by([n.outputs[0] for n in nodes if n is not root], nodes)
         if leak is not None:
             raise NoMatch(f"intermediate {leak.name!r} is used outside the GELU")
-        gelu = rw.node("Gelu", [x], {"approximate": approximate}, domain=DOMAIN, rule=anchor.op_type.lower(),
-                       before=root)
+        gelu = rw.node(
+            "Gelu",
+            [x],
+            {"approximate": approximate},
+            domain=DOMAIN,
+            rule=anchor.op_type.lower(),
+            before=root,
+        )
         rw.replace(root.outputs[0], gelu.outputs[0])
         rw.remove_dead(nodes)
 
@@ -124,9 +134,11 @@ class FuseGeluPass(AnchoredFusionPass):
         while need_x or need_half:
             mul = single_consumer(cur)
             if not is_op(mul, "Mul"):
-                raise NoMatch("the product x * (1 + t) * 0.5 is incomplete: "
-                              f"missing {'x' if need_x else ''}{' and ' if need_x and need_half else ''}"
-                              f"{'0.5' if need_half else ''}")
+                raise NoMatch(
+                    "the product x * (1 + t) * 0.5 is incomplete: "
+                    f"missing {'x' if need_x else ''}{' and ' if need_x and need_half else ''}"
+                    f"{'0.5' if need_half else ''}"
+                )
             nodes.append(mul)
             other = other_input(mul, cur)
             leaves = [other]

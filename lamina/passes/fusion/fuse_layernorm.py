@@ -36,7 +36,8 @@ def _centered(value: ir.Value | None, x: ir.Value) -> bool:
 
 @register("fuse-layernorm")
 class FuseLayerNormPass(AnchoredFusionPass):
-    """Fuse the decomposed form of layer normalization over the last axis into ``LayerNormalization``.
+    """Fuse the decomposed form of layer normalization over the last axis into
+    ``LayerNormalization``.
 
     Before (opset <= 16 exports)::
 
@@ -47,14 +48,16 @@ class FuseLayerNormPass(AnchoredFusionPass):
     After: ``%y = LayerNormalization(%x, %gamma, %beta) {axis=-1, epsilon=1e-12}``.
 
     Variants: ``x - mean`` computed once or twice; ``Pow(d, 2)`` or ``Mul(d, d)``; ``Div(d, s)`` or
-    ``Mul(d, Reciprocal(s))``; operands of Mul/Add in either order; no ``gamma`` / ``beta`` (ones / zeros).
-    ``Add(Sqrt(v), eps)`` (epsilon after the square root) is matched too (rule ``eps-after-sqrt``): it
-    differs from LayerNormalization by a relative ``eps / std``, i.e. only for rows of nearly constant values.
-    Anchor: the mean ``ReduceMean``. Needs constant axes, epsilon and (1-D) gamma / beta. rtol 1e-4.
+    ``Mul(d, Reciprocal(s))``; operands of Mul/Add in either order; no ``gamma`` / ``beta`` (ones /
+    zeros). ``Add(Sqrt(v), eps)`` (epsilon after the square root) is matched too (rule
+    ``eps-after-sqrt``): it differs from LayerNormalization by a relative ``eps / std``, i.e. only
+    for rows of nearly constant values. Anchor: the mean ``ReduceMean``. Needs constant axes,
+    epsilon and (1-D) gamma / beta. rtol 1e-4.
     """
 
     def is_anchor(self, node: ir.Node) -> bool:
-        # The second ReduceMean of a layer norm (the variance) is not an anchor: its mean ReduceMean is.
+        # The second ReduceMean of a layer norm (the variance) is not an anchor: its mean ReduceMean
+        # is.
         return is_op(node, "ReduceMean") and not self._is_variance(node)
 
     @staticmethod
@@ -66,8 +69,13 @@ class FuseLayerNormPass(AnchoredFusionPass):
         x = mean.inputs[0]
         if not is_last_axis(reduce_axes(mean), rank(x)) or not keepdims(mean):
             raise NoMatch("mean: ReduceMean is not over the last axis with keepdims=1")
-        subs = [u.node for u in mean.outputs[0].uses() if is_op(u.node, "Sub") and u.node.inputs[0] is x
-                and u.node.inputs[1] is mean.outputs[0]]
+        subs = [
+            u.node
+            for u in mean.outputs[0].uses()
+            if is_op(u.node, "Sub")
+            and u.node.inputs[0] is x
+            and u.node.inputs[1] is mean.outputs[0]
+        ]
         if not subs:
             raise NoMatch("mean: no Sub(x, mean) uses it (not a layer norm)")
         matched: list[ir.Node] = [mean]
@@ -80,7 +88,9 @@ class FuseLayerNormPass(AnchoredFusionPass):
                 last_err = str(exc)
         raise NoMatch(last_err)
 
-    def _from_sub(self, rw: Rewriter, x: ir.Value, mean: ir.Node, sub: ir.Node, matched: list[ir.Node]) -> None:
+    def _from_sub(
+        self, rw: Rewriter, x: ir.Value, mean: ir.Node, sub: ir.Node, matched: list[ir.Node]
+    ) -> None:
         d = sub.outputs[0]
         nodes = [mean, sub]
         # Find the variance branch and the normalizing Div / Mul among the users of d.
@@ -92,12 +102,20 @@ class FuseLayerNormPass(AnchoredFusionPass):
             ):
                 sq = u
         if sq is None:
-            raise NoMatch(f"x - mean: no Pow(d, 2) or Mul(d, d) among its users ({len(d.uses())} uses)")
+            raise NoMatch(
+                f"x - mean: no Pow(d, 2) or Mul(d, d) among its users ({len(d.uses())} uses)"
+            )
         if sq.op_type == "Pow" and not close(scalar(sq.inputs[1]), 2.0, 1e-6):
             raise NoMatch(f"variance: Pow exponent is {scalar(sq.inputs[1])}, not 2")
         var = single_consumer(sq.outputs[0])
-        if not is_op(var, "ReduceMean") or not is_last_axis(reduce_axes(var), rank(x)) or not keepdims(var):
-            raise NoMatch("variance: square not followed by ReduceMean over the last axis (keepdims=1)")
+        if (
+            not is_op(var, "ReduceMean")
+            or not is_last_axis(reduce_axes(var), rank(x))
+            or not keepdims(var)
+        ):
+            raise NoMatch(
+                "variance: square not followed by ReduceMean over the last axis (keepdims=1)"
+            )
         nodes += [sq, var]
         after = single_consumer(var.outputs[0])
         rule = "eps-in-sqrt"
@@ -116,7 +134,9 @@ class FuseLayerNormPass(AnchoredFusionPass):
             nodes += [after, add]
             std, rule = add, "eps-after-sqrt"
         else:
-            raise NoMatch(f"std: variance feeds {after.op_type if after else 'several nodes'}, not Add/Sqrt")
+            raise NoMatch(
+                f"std: variance feeds {after.op_type if after else 'several nodes'}, not Add/Sqrt"
+            )
         if eps is None or eps < 0:
             raise NoMatch("std: epsilon is not a non-negative scalar constant")
         s = std.outputs[0]
@@ -158,7 +178,9 @@ class FuseLayerNormPass(AnchoredFusionPass):
         if hidden is None and (gamma is None or beta is None):
             raise NoMatch("the last dim of x is unknown and gamma/beta are missing")
         if gamma is None:
-            gamma = rw.initializer("ln_gamma", np.ones(hidden or len(const_array(beta).reshape(-1)), np.float32))
+            gamma = rw.initializer(
+                "ln_gamma", np.ones(hidden or len(const_array(beta).reshape(-1)), np.float32)
+            )
         inputs = [x, self._flat(rw, gamma)]
         if beta is not None:
             inputs.append(self._flat(rw, beta))

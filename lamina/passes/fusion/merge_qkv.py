@@ -11,10 +11,15 @@ from lamina.passes.fusion._match import NoMatch, is_op, other_input, single_cons
 from lamina.passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
 
 
-def _projection(value: ir.Value, attn: ir.Node, role: str) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node], bool]:
-    """``value = x @ W + b`` (MatMul + Add, or a plain ``lamina::Linear``): (x, W, b, nodes, is_linear)."""
+def _projection(
+    value: ir.Value, attn: ir.Node, role: str
+) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node], bool]:
+    """``value = x @ W + b`` (MatMul + Add, or a plain ``lamina::Linear``): (x, W, b, nodes,
+    is_linear)."""
     if single_consumer(value) is not attn or sum(1 for i in attn.inputs if i is value) != 1:
-        raise NoMatch(f"{role}: projection output has other users (or feeds several attention inputs)")
+        raise NoMatch(
+            f"{role}: projection output has other users (or feeds several attention inputs)"
+        )
     node = value.producer()
     if is_op(node, "Linear", domain=DOMAIN):
         act = node.attributes.get("activation")
@@ -47,15 +52,16 @@ class MergeQkvPass(AnchoredFusionPass):
 
     After::
 
-        %qkv = Add(MatMul(%x, %Wqkv), %bqkv)         # Wqkv = [Wq | Wk | Wv]  (K x 3N), bqkv likewise
+        %qkv = Add(MatMul(%x, %Wqkv), %bqkv)         # Wqkv = [Wq | Wk | Wv]  (K x 3N), bqkv
+        likewise
         %q, %k, %v = Split(%qkv, [Nq, Nk, Nv], axis=-1)
         %c = lamina::Attention(%q, %k, %v, %mask) {...}
 
-    It pays whenever the three read the same ``x`` (self-attention): ``x`` is read once and one
-    K x 3N GEMM keeps the cores busier than three K x N ones. ``fuse-bias-residual`` then turns the merged
-    MatMul + Add into a ``lamina::Linear``; already-fused plain ``lamina::Linear`` projections are merged into
-    a ``lamina::Linear`` directly, so the two passes compose in either order. Anchor: ``lamina::Attention``.
-    Exact up to GEMM summation order (rtol 1e-4).
+    It pays whenever the three read the same ``x`` (self-attention): ``x`` is read once and one K x
+    3N GEMM keeps the cores busier than three K x N ones. ``fuse-bias-residual`` then turns the
+    merged MatMul + Add into a ``lamina::Linear``; already-fused plain ``lamina::Linear``
+    projections are merged into a ``lamina::Linear`` directly, so the two passes compose in either
+    order. Anchor: ``lamina::Attention``. Exact up to GEMM summation order (rtol 1e-4).
     """
 
     count_stat = "merged"
@@ -70,9 +76,13 @@ class MergeQkvPass(AnchoredFusionPass):
         parts = [_projection(val, attn, role) for val, role in ((q, "Q"), (k, "K"), (v, "V"))]
         x = parts[0][0]
         if any(p[0] is not x for p in parts):
-            raise NoMatch("Q, K, V projections read different inputs (cross-attention): nothing to share")
+            raise NoMatch(
+                "Q, K, V projections read different inputs (cross-attention): nothing to share"
+            )
         if len({p[4] for p in parts}) != 1:
-            raise NoMatch("Q, K, V projections are of mixed kinds (MatMul + Add and lamina::Linear)")
+            raise NoMatch(
+                "Q, K, V projections are of mixed kinds (MatMul + Add and lamina::Linear)"
+            )
         ws, bs = [p[1] for p in parts], [p[2] for p in parts]
         if len({w.shape[0] for w in ws}) != 1 or len({w.dtype for w in ws + bs}) != 1:
             raise NoMatch("Q, K, V weights differ in input size or dtype")
@@ -80,8 +90,14 @@ class MergeQkvPass(AnchoredFusionPass):
         b = rw.initializer("qkv_bias", np.concatenate(bs))
         widths = [int(wi.shape[1]) for wi in ws]
         if parts[0][4]:
-            lin = rw.node("Linear", [x, w, b], {"activation": "none", "has_residual": 0}, domain=DOMAIN,
-                          rule="linear", before=attn)
+            lin = rw.node(
+                "Linear",
+                [x, w, b],
+                {"activation": "none", "has_residual": 0},
+                domain=DOMAIN,
+                rule="linear",
+                before=attn,
+            )
             qkv = lin.outputs[0]
         else:
             mm = rw.node("MatMul", [x, w], rule="matmul", before=attn)
@@ -91,7 +107,9 @@ class MergeQkvPass(AnchoredFusionPass):
             qkv.dtype = q.dtype
             qkv.shape = ir.Shape([*list(q.shape)[:-1], sum(widths)])
         sizes = rw.initializer("qkv_split", np.array(widths, np.int64))
-        split = rw.node("Split", [qkv, sizes], {"axis": -1}, num_outputs=3, rule="split", before=attn)
+        split = rw.node(
+            "Split", [qkv, sizes], {"axis": -1}, num_outputs=3, rule="split", before=attn
+        )
         for i, old in enumerate((q, k, v)):
             rw.replace(old, split.outputs[i])
         rw.remove_dead([n for p in parts for n in p[3]])

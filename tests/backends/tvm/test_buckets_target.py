@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lamina.backends.tvm.buckets import default_buckets, parse_buckets, plan_request, select_bucket
+from lamina.backends.tvm.buckets import default_buckets, parse_buckets, plan_request
 from lamina.compiler.errors import UsageError
 
 
@@ -26,15 +26,6 @@ def test_default_buckets_capped_by_max_positions():
     assert max(s for _, s in small) == 100 and (1, 64) in small
 
 
-def test_select_smallest_fitting_bucket():
-    bs = [(1, 16), (1, 64), (4, 64), (1, 128)]
-    assert select_bucket(bs, 1, 7) == (1, 16)
-    assert select_bucket(bs, 1, 17) == (1, 64)
-    assert select_bucket(bs, 2, 10) == (4, 64)
-    assert select_bucket(bs, 1, 100) == (1, 128)
-    assert select_bucket(bs, 2, 100) is None
-
-
 def test_plan_request_splits_batches_when_cheaper():
     bs = [(1, 16), (1, 128), (4, 128)]
     assert plan_request(bs, 3, 7) == ((1, 16), 3)
@@ -45,7 +36,6 @@ def test_plan_request_splits_batches_when_cheaper():
 
 
 def test_target_presets_and_auto():
-    pytest.importorskip("tvm")
     from lamina.backends.tvm.target import ISA_LEVELS, host_features, resolve_target
 
     auto = resolve_target("auto", threads=3)
@@ -68,7 +58,6 @@ def test_target_presets_and_auto():
                                        ('{"kind": "llvm", "mcpu": "native"}', "native"),
                                        ('{"kind": "cuda"}', "not supported")])
 def test_target_rejects(bad, match):
-    pytest.importorskip("tvm")
     from lamina.backends.tvm.target import resolve_target
     from lamina.compiler.errors import BackendError
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tvm
 
-tvm = pytest.importorskip("tvm")
-
-from lamina.backends.tvm.kernels import (  # noqa: E402
+from lamina.backends.tvm.kernels import (
     DenseConfig,
     batch_matmul_kernel,
     candidate_configs,

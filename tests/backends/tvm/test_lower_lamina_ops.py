@@ -65,7 +65,8 @@ def test_attention(kind):
     names = ["q", "k", "v"]
     if kind == "key_padding":
         inputs.append(("m", TensorProto.INT64, [2, 5]))
-        # second row fully masked: the reference's NaN -> 0 rule must hold
+        # second row fully masked: the finite fill (finfo.min) gives it uniform weights, in the
+        # reference and in the lowering alike (no NaN, so the NaN -> 0 guard does not fire)
         feeds["m"] = np.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], np.int64)
         names.append("m")
     elif kind == "additive":

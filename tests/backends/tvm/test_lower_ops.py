@@ -160,9 +160,15 @@ def test_layer_norm():
 
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_layer_norm_mean_and_inv_std_dev_outputs(axis):
-    inits = [("g", np.linspace(0.5, 1.5, 12 if axis == 1 else 4, dtype=np.float32).reshape(
-        (3, 4) if axis == 1 else (4,))), ("b", np.float32(0.25) * np.ones((3, 4) if axis == 1 else 4,
-                                                                            np.float32))]
+    inits = [
+        (
+            "g",
+            np.linspace(0.5, 1.5, 12 if axis == 1 else 4, dtype=np.float32).reshape(
+                (3, 4) if axis == 1 else (4,)
+            ),
+        ),
+        ("b", np.float32(0.25) * np.ones((3, 4) if axis == 1 else 4, np.float32)),
+    ]
     check([helper.make_node("LayerNormalization", ["x", "g", "b"], ["z", "mean", "inv"], axis=axis,
                             epsilon=1e-5)], [X], [("z", F), ("mean", F), ("inv", F)], inits=inits)
 
@@ -173,8 +179,12 @@ def test_arg_reduce_select_last_index(op, keepdims):
     x = np.array([[[1, 3, 3, 0], [2, 2, 1, 1], [0, 0, 0, 0]],
                   [[5, 1, 5, 1], [4, 4, 4, 4], [1, 2, 1, 2]]], np.float32)
     for axis in (1, -1):
-        check([helper.make_node(op, ["x"], ["z"], axis=axis, keepdims=keepdims, select_last_index=1)],
-              [X], [("z", I64)], feeds={"x": x})
+        check(
+            [helper.make_node(op, ["x"], ["z"], axis=axis, keepdims=keepdims, select_last_index=1)],
+            [X],
+            [("z", I64)],
+            feeds={"x": x},
+        )
 
 
 def test_layer_norm_without_bias():

@@ -1,9 +1,9 @@
 """The real all-MiniLM-L6-v2 through ``lamina compile`` (default pipeline) on the TVM backend
-matches ONNX Runtime on the original file, for both exporters. Untuned: minutes, hence slow."""
+matches ONNX Runtime on the original file, for both exporters. Untuned: minutes, hence slow.
+How long the compile takes is a benchmark, not a test: ``bench/compile_time.py``."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,7 @@ def test_minilm_matches_onnxruntime(minilm_model, tmp_path: Path, exporter: str,
     from lamina.zoo import make_inputs
 
     path = minilm_model(exporter, opset)
-    t0 = time.perf_counter()
     out = api.compile(path, tmp_path / "minilm.lamina", buckets=BUCKETS)
-    assert time.perf_counter() - t0 < 120, "untuned MiniLM compile must stay under 2 minutes"
     model = load(out)
     for batch in (1, 3):
         for seq in (7, 64, 128):

@@ -9,20 +9,18 @@ import json
 
 import numpy as np
 import pytest
+import tvm
+from tvm import relax
+from tvm.script import relax as R
 
-tvm = pytest.importorskip("tvm")
-
-from tvm import relax  # noqa: E402
-from tvm.script import relax as R  # noqa: E402
-
-from lamina.backends.tvm.kernels import host_target  # noqa: E402
-from lamina.backends.tvm.tuning import apply, database_dir, plan_tasks, tune  # noqa: E402
-from lamina.backends.tvm.tuning.kernel_search import (  # noqa: E402
+from lamina.backends.tvm.kernels import host_target
+from lamina.backends.tvm.tuning import apply, database_dir, plan_tasks, tune
+from lamina.backends.tvm.tuning.kernel_search import (
     KernelTiles,
     best_attention_config,
     best_dense_config,
 )
-from lamina.backends.tvm.tuning.meta import LEDGER, _share  # noqa: E402
+from lamina.backends.tvm.tuning.meta import LEDGER, _share
 
 pytestmark = [pytest.mark.tvm]
 

@@ -1,8 +1,10 @@
-"""Helpers for the TVM backend tests: static canonical graphs and ONNX Runtime references.
+"""Helpers for the TVM backend tests: static graphs and ONNX Runtime references.
 
-Until Lamina's canonicalization lands, a static canonical graph is made the way TVM_NOTES
-describes: write the static dims into the graph inputs, then run ONNX Runtime's offline optimizer
-at the basic level (constant folding of the shape and mask arithmetic).
+:func:`static_canonical` makes a static graph independently of Lamina's own canonicalization (O0):
+it writes the static dims into the graph inputs, then runs ONNX Runtime's offline optimizer at the
+basic level (constant folding of the shape and mask arithmetic), so the lowering tests do not
+depend on Lamina's passes. The driver path (``lamina compile``: O0/O1 then lowering) is tested
+end to end elsewhere.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def run_tvm(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray],
             schedule: str = "none", kernels: bool = False) -> list[np.ndarray]:
     """Lower ``model`` (static shapes) to one Relax function, build it, run it in the VM.
 
-    ``kernels``: lower for a generic x86-64 target, so constant-weight matmuls and attention take the
-    hand-written kernels (ISA-neutral: the generic tile runs on any x86-64 host)."""
+    ``kernels``: lower for a generic x86-64 target, so constant-weight matmuls and attention take
+    the hand-written kernels (ISA-neutral: the generic tile runs on any x86-64 host)."""
     import tvm
     from tvm import relax
 

@@ -1,4 +1,5 @@
-"""Canonicalization passes: structural, must-not-fire, numeric and idempotence checks on tiny graphs."""
+"""Canonicalization passes: structural, must-not-fire, numeric and idempotence checks on tiny
+graphs."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def test_simplify_reshape_must_not_fire_on_foreign_dims():
     ]
     inits = [const("i0", np.array(0, np.int64)), const("ax", np.array([0], np.int64)),
              const("rest", np.array([-1], np.int64))]
-    model = model_from_nodes(nodes, [f32("x", ["a", 6]), f32("z", ["b", 2])], [f32("y", None)], inits)
+    model = model_from_nodes(
+        nodes, [f32("x", ["a", 6]), f32("z", ["b", 2])], [f32("y", None)], inits
+    )
     model, results = run("infer-shapes,simplify-reshape", model)
     assert not results[-1].changed
 
@@ -92,7 +95,10 @@ def test_fold_constants_must_not_fire_on_dynamic_shape():
 
 
 def test_fold_constants_respects_size_limit():
-    nodes = [h.make_node("Expand", ["one", "shape"], ["big"]), h.make_node("Add", ["x", "big"], ["y"])]
+    nodes = [
+        h.make_node("Expand", ["one", "shape"], ["big"]),
+        h.make_node("Add", ["x", "big"], ["y"]),
+    ]
     inits = [const("one", np.ones((1,), np.float32)), const("shape", np.array([64, 64], np.int64))]
     model = model_from_nodes(nodes, [f32("x", [64, 64])], [f32("y", [64, 64])], inits)
     _, results = run("fold-constants{max-elements=100}", model)
@@ -103,7 +109,10 @@ def test_fold_constants_respects_size_limit():
 
 @pytest.mark.parametrize("training, expect_removed", [(False, True), (True, False)])
 def test_remove_dropout(training, expect_removed):
-    nodes = [h.make_node("Dropout", ["x", "ratio", "mode"], ["d"]), h.make_node("Relu", ["d"], ["y"])]
+    nodes = [
+        h.make_node("Dropout", ["x", "ratio", "mode"], ["d"]),
+        h.make_node("Relu", ["d"], ["y"]),
+    ]
     inits = [const("ratio", np.array(0.1, np.float32)), const("mode", np.array(training))]
     model = model_from_nodes(nodes, [f32("x", [2, 3])], [f32("y", [2, 3])], inits)
     model, [res] = run("remove-dropout", model)
@@ -129,6 +138,17 @@ def test_identity_cse_dead_code():
 
 
 def test_identity_on_graph_output_passthrough_is_kept():
-    model = model_from_nodes([h.make_node("Identity", ["x"], ["y"])], [f32("x", [2])], [f32("y", [2])])
+    model = model_from_nodes(
+        [h.make_node("Identity", ["x"], ["y"])], [f32("x", [2])], [f32("y", [2])]
+    )
     model, [res] = run("eliminate-identity", model)
     assert not res.changed and op_histogram(model) == {"Identity": 1}
+
+
+def test_infer_shapes_reports_what_it_annotated():
+    """infer-shapes says it changed the model when it recorded new shapes (so
+    --print-ir-after-change shows it), and not on a second run."""
+    model, (first,) = run("infer-shapes", reshape_graph())
+    assert first.changed and first.stats["annotated"] > 0
+    _, (second,) = run("infer-shapes", model)
+    assert not second.changed and second.stats["annotated"] == 0

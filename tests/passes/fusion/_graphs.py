@@ -76,7 +76,9 @@ def feeds_for(m: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for v in m.graph.inputs:
-        shape = [d if isinstance(d, int) else {"batch": B, "seq": S}.get(str(d), B) for d in v.shape]
+        shape = [
+            d if isinstance(d, int) else {"batch": B, "seq": S}.get(str(d), B) for d in v.shape
+        ]
         if v.name == "attention_mask":
             mask = np.ones(shape, np.int64)
             mask[1, S - 2:] = 0
@@ -86,7 +88,9 @@ def feeds_for(m: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
-def assert_same_numbers(before: ir.Model, after: ir.Model, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+def assert_same_numbers(
+    before: ir.Model, after: ir.Model, rtol: float = 1e-4, atol: float = 1e-5
+) -> None:
     feeds = feeds_for(before)
     a, b = run(before, feeds), run(after, feeds)
     for k in a:
@@ -94,7 +98,8 @@ def assert_same_numbers(before: ir.Model, after: ir.Model, rtol: float = 1e-4, a
 
 
 def check_fusion(pass_name: str, m: ir.Model, expected: list[str] | None = None) -> ir.Model:
-    """Run ``pass_name``: it must change the graph (to ``expected``), keep the numbers, and be idempotent."""
+    """Run ``pass_name``: it must change the graph (to ``expected``), keep the numbers, and be
+    idempotent."""
     before = clone(m)
     result, _ = apply(pass_name, m)
     assert result.changed, f"{pass_name} did not fire"
@@ -121,9 +126,16 @@ def layernorm(*, twice=False, mul_self=False, reciprocal=False, eps_after=False,
               pow_exp=2.0) -> ir.Model:
     n = [h.make_node("ReduceMean", ["x", "ax"], ["m"]), h.make_node("Sub", ["x", "m"], ["d"])]
     if twice:
-        n += [h.make_node("ReduceMean", ["x", "ax"], ["m2"]), h.make_node("Sub", ["x", "m2"], ["d2"])]
+        n += [
+            h.make_node("ReduceMean", ["x", "ax"], ["m2"]),
+            h.make_node("Sub", ["x", "m2"], ["d2"]),
+        ]
     dn = "d2" if twice else "d"
-    n.append(h.make_node("Mul", ["d", "d"], ["sq"]) if mul_self else h.make_node("Pow", ["d", "two"], ["sq"]))
+    n.append(
+        h.make_node("Mul", ["d", "d"], ["sq"])
+        if mul_self
+        else h.make_node("Pow", ["d", "two"], ["sq"])
+    )
     n.append(h.make_node("ReduceMean", ["sq", "ax"], ["v"]))
     if eps_after:
         n += [h.make_node("Sqrt", ["v"], ["r"]), h.make_node("Add", ["r", "eps"], ["std"])]
@@ -146,12 +158,20 @@ def layernorm(*, twice=False, mul_self=False, reciprocal=False, eps_after=False,
 
 def gelu(*, form="erf", mul_sqrt=False, half_first=False, half_on_sum=False, k=0.5) -> ir.Model:
     if form == "erf":
-        n = [h.make_node("Mul", ["x", "rs2"], ["u"]) if mul_sqrt else h.make_node("Div", ["x", "s2"], ["u"]),
-             h.make_node("Erf", ["u"], ["t"])]
+        n = [
+            h.make_node("Mul", ["x", "rs2"], ["u"])
+            if mul_sqrt
+            else h.make_node("Div", ["x", "s2"], ["u"]),
+            h.make_node("Erf", ["u"], ["t"]),
+        ]
     else:
-        n = [h.make_node("Pow", ["x", "three"], ["x3"]), h.make_node("Mul", ["x3", "c044"], ["kx3"]),
-             h.make_node("Add", ["x", "kx3"], ["inner"]), h.make_node("Mul", ["c079", "inner"], ["u"]),
-             h.make_node("Tanh", ["u"], ["t"])]
+        n = [
+            h.make_node("Pow", ["x", "three"], ["x3"]),
+            h.make_node("Mul", ["x3", "c044"], ["kx3"]),
+            h.make_node("Add", ["x", "kx3"], ["inner"]),
+            h.make_node("Mul", ["c079", "inner"], ["u"]),
+            h.make_node("Tanh", ["u"], ["t"]),
+        ]
     n.append(h.make_node("Add", ["one", "t"], ["a"]))
     if half_first:
         n += [h.make_node("Mul", ["x", "half"], ["hx"]), h.make_node("Mul", ["hx", "a"], ["y"])]
@@ -170,12 +190,16 @@ def gelu(*, form="erf", mul_sqrt=False, half_first=False, half_on_sum=False, k=0
 
 def attention(*, scale="after", kt="0231", mask="torchscript", guard=False, mask_first=False,
               probs_output=False) -> ir.Model:
-    """A BERT self-attention block on x [batch, seq, HID] with attention_mask [batch, seq] (int64)."""
+    """A BERT self-attention block on x [batch, seq, HID] with attention_mask [batch, seq]
+    (int64)."""
     dh = HID // HEADS
     n = []
     for p in "qkv":
-        n += [h.make_node("MatMul", ["x", f"W{p}"], [f"{p}mm"]), h.make_node("Add", [f"b{p}", f"{p}mm"], [p]),
-              h.make_node("Reshape", [p, "split"], [f"{p}4"])]
+        n += [
+            h.make_node("MatMul", ["x", f"W{p}"], [f"{p}mm"]),
+            h.make_node("Add", [f"b{p}", f"{p}mm"], [p]),
+            h.make_node("Reshape", [p, "split"], [f"{p}4"]),
+        ]
     n += [h.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
           h.make_node("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3])]
     if kt == "0231":
@@ -194,9 +218,12 @@ def attention(*, scale="after", kt="0231", mask="torchscript", guard=False, mask
         sc = "sc"
     inputs = [f32("x", ["batch", "seq", HID]), i64("attention_mask", ["batch", "seq"])]
     if mask == "torchscript":  # (1 - mask) * min, [b, 1, 1, s]
-        n += [h.make_node("Unsqueeze", ["attention_mask", "ax12"], ["m4"]),
-              h.make_node("Cast", ["m4"], ["mf"], to=onnx.TensorProto.FLOAT),
-              h.make_node("Sub", ["one", "mf"], ["inv"]), h.make_node("Mul", ["inv", "fmin"], ["bias"])]
+        n += [
+            h.make_node("Unsqueeze", ["attention_mask", "ax12"], ["m4"]),
+            h.make_node("Cast", ["m4"], ["mf"], to=onnx.TensorProto.FLOAT),
+            h.make_node("Sub", ["one", "mf"], ["inv"]),
+            h.make_node("Mul", ["inv", "fmin"], ["bias"]),
+        ]
     elif mask == "bias":  # a learned additive bias: not a padding mask
         inputs.append(f32("bias", [1, HEADS, "seq", "seq"]))
     if mask != "none":
@@ -205,15 +232,28 @@ def attention(*, scale="after", kt="0231", mask="torchscript", guard=False, mask
     n.append(h.make_node("Softmax", [sc], ["p"], axis=-1))
     pv_in = "p"
     if guard:
-        n += [h.make_node("IsNaN", ["p"], ["nan"]), h.make_node("Where", ["nan", "zero", "p"], ["pg"])]
+        n += [
+            h.make_node("IsNaN", ["p"], ["nan"]),
+            h.make_node("Where", ["nan", "zero", "p"], ["pg"]),
+        ]
         pv_in = "pg"
-    n += [h.make_node("MatMul", [pv_in, "vh"], ["o"]), h.make_node("Transpose", ["o"], ["o4"], perm=[0, 2, 1, 3]),
-          h.make_node("Reshape", ["o4", "merge"], ["y"])]
+    n += [
+        h.make_node("MatMul", [pv_in, "vh"], ["o"]),
+        h.make_node("Transpose", ["o"], ["o4"], perm=[0, 2, 1, 3]),
+        h.make_node("Reshape", ["o4", "merge"], ["y"]),
+    ]
     outputs = [f32("y", None)] + ([f32("p", None)] if probs_output else [])
     inits = [rand(f"W{p}", HID, HID) for p in "qkv"] + [rand(f"b{p}", HID) for p in "qkv"]
-    inits += [const("split", [0, 0, HEADS, dh], np.int64), const("merge", [0, 0, HID], np.int64),
-              const("sqrt_dh", math.sqrt(dh)), const("sq", dh ** -0.25), const("ax12", [1, 2], np.int64),
-              const("one", 1.0), const("fmin", np.finfo(np.float32).min), const("zero", 0.0)]
+    inits += [
+        const("split", [0, 0, HEADS, dh], np.int64),
+        const("merge", [0, 0, HID], np.int64),
+        const("sqrt_dh", math.sqrt(dh)),
+        const("sq", dh**-0.25),
+        const("ax12", [1, 2], np.int64),
+        const("one", 1.0),
+        const("fmin", np.finfo(np.float32).min),
+        const("zero", 0.0),
+    ]
     return model(n, inputs, outputs, inits)
 
 

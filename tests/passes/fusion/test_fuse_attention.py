@@ -58,7 +58,9 @@ def test_no_mask() -> None:
 
 
 def test_no_fire_when_probs_are_an_output() -> None:
-    check_no_fire("fuse-attention", attention(probs_output=True), "softmax output is not used only by")
+    check_no_fire(
+        "fuse-attention", attention(probs_output=True), "softmax output is not used only by"
+    )
 
 
 def test_no_fire_on_wrong_k_layout() -> None:
@@ -67,4 +69,23 @@ def test_no_fire_on_wrong_k_layout() -> None:
     for node in m.graph:
         if node.op_type == "Transpose" and list(node.attributes["perm"].value) == [0, 1, 3, 2]:
             node.attributes["perm"] = ir.AttrInt64s("perm", [0, 1, 2, 3])
-    check_no_fire("fuse-attention", m, "K: layout after the head chain is [b, h, s, d], expected [b, h, d, s]")
+    check_no_fire(
+        "fuse-attention", m, "K: layout after the head chain is [b, h, s, d], expected [b, h, d, s]"
+    )
+
+
+def test_leaves_unrelated_dead_nodes_and_initializers() -> None:
+    """fuse-attention removes what it replaced, not every dead node of the model (that is
+    remove-dead-code's job, where the pipeline asks for it)."""
+    import numpy as np
+
+    from tests.passes.fusion._graphs import apply
+
+    m = attention()
+    spare = ir.Value(name="spare_weight", const_value=ir.tensor(np.ones((3,), np.float32)))
+    m.graph.register_initializer(spare)
+    m.graph.append(ir.node("Neg", [spare], name="unrelated_dead_neg"))
+    result, _ = apply("fuse-attention", m)
+    assert result.stats["fused"] == 1
+    assert "spare_weight" in result.model.graph.initializers
+    assert any(n.name == "unrelated_dead_neg" for n in result.model.graph)

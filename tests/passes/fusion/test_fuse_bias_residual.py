@@ -23,4 +23,6 @@ def test_fuses(gelu_act: bool, residual: bool, attrs: str) -> None:
 
 
 def test_no_fire_on_activation_weight() -> None:
-    check_no_fire("fuse-bias-residual", dense(const_weight=False), "weight is not a constant 2-D tensor")
+    check_no_fire(
+        "fuse-bias-residual", dense(const_weight=False), "weight is not a constant 2-D tensor"
+    )

@@ -19,7 +19,9 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fuses_variant(variant: str) -> None:
     kwargs, approximate = VARIANTS[variant]
-    m = check_fusion("fuse-gelu", gelu(**kwargs), [f"lamina::Gelu(x){{approximate={approximate!r}}}"])
+    m = check_fusion(
+        "fuse-gelu", gelu(**kwargs), [f"lamina::Gelu(x){{approximate={approximate!r}}}"]
+    )
     (node,) = list(m.graph)
     assert node.metadata_props["lamina.origin"].startswith("fuse-gelu:")
 

@@ -1,7 +1,8 @@
-"""O1 on real exports: every layer's attention and GELU fused once, 2 x layers + 1 layer norms, same outputs.
+"""O1 on real exports: every layer's attention and GELU fused once, 2 x layers + 1 layer norms, same
+outputs.
 
-Representative exports (tiny random models, plus the real MiniLM): each exporter, decomposed (opset 14) and
-native LayerNormalization, eager and SDPA attention.
+Representative exports (tiny random models, plus the real MiniLM): each exporter, decomposed (opset
+14) and native LayerNormalization, eager and SDPA attention.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lamina.zoo import fusion_counts
 from tests.conftest import require_export_stack
 
 CASES = [  # arch, exporter, opset, attention implementation, layers
@@ -18,21 +20,6 @@ CASES = [  # arch, exporter, opset, attention implementation, layers
     ("electra", "dynamo", 18, "sdpa", 2),
 ]
 MINILM = [("minilm", "dynamo", 18, "eager", 6), ("minilm", "torchscript", 14, "eager", 6)]
-
-
-def fusion_counts(model) -> dict[str, int]:
-    counts = {"attention": 0, "gelu": 0, "layernorm": 0, "key_padding": 0}
-    for node in model.graph:
-        if node.domain == "lamina" and node.op_type == "Attention":
-            counts["attention"] += 1
-            counts["key_padding"] += node.attributes["mask_kind"].value == "key_padding"
-        elif node.domain == "lamina" and node.op_type == "Gelu":
-            counts["gelu"] += 1
-        elif node.domain == "lamina" and node.op_type == "Linear":
-            counts["gelu"] += node.attributes["activation"].value.startswith("gelu")
-        elif node.op_type == "LayerNormalization":
-            counts["layernorm"] += 1
-    return counts
 
 
 def _check(arch: str, exporter: str, opset: int, attn: str, layers: int) -> None:

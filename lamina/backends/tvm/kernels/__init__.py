@@ -1,4 +1,7 @@
-"""Hand-written, ISA-parameterised TIR kernels (dense, batched matmul) for the TVM backend."""
+"""Hand-written, ISA-parameterised TIR kernels for the TVM backend: dense with fused epilogues and
+batched matmul (``dense``), fused attention (``attention``), LayerNorm and row reductions
+(``layernorm``, ``_rows``), and their Relax emitters (``relax_emit``). This package exports the
+dense API; the others are imported from their modules by the lowering."""
 
 from __future__ import annotations
 

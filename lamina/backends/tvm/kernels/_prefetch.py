@@ -1,12 +1,12 @@
 """Software prefetch in scheduled kernels.
 
 TIR's schedule primitives cannot place a statement with side effects, so a prefetch is added to a
-finished (still block-structured) PrimFunc: :func:`prepend_to_loop` rebuilds the path from the root to
-one loop and puts ``Evaluate(llvm.prefetch(...))`` calls at the start of that loop's body.
+finished (still block-structured) PrimFunc: :func:`prepend_to_loop` rebuilds the path from the root
+to one loop and puts ``Evaluate(llvm.prefetch(...))`` calls at the start of that loop's body.
 
-Where it goes matters: a call inside the innermost reduction loop makes LLVM keep the register tile in
-memory (the call may touch it), so the dense kernel splits K into chunks and prefetches once per chunk,
-outside the loop whose accumulators must stay in registers.
+Where it goes matters: a call inside the innermost reduction loop makes LLVM keep the register tile
+in memory (the call may touch it), so the dense kernel splits K into chunks and prefetches once per
+chunk, outside the loop whose accumulators must stay in registers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def prefetch(buffer: tirx.Buffer, indices: list[tirx.PrimExpr], locality: int = 
     """``prefetch(&buffer[indices])`` for reading (``locality`` 3 = keep in all cache levels)."""
     addr = tirx.address_of(buffer[tuple(indices)])
     i32 = lambda v: tirx.const(v, "int32")  # noqa: E731
-    return tirx.Evaluate(tirx.call_llvm_intrin("void", PREFETCH, addr, i32(0), i32(locality), i32(1)))
+    return tirx.Evaluate(
+        tirx.call_llvm_intrin("void", PREFETCH, addr, i32(0), i32(locality), i32(1))
+    )
 
 
 def prepend_to_loop(func: tirx.PrimFunc, loop_var: tirx.Var,

@@ -1,6 +1,6 @@
-"""The schedule shared by the row kernels (softmax, LayerNorm): one parallel loop over rows, every stage of a
-row computed inside it, row-long loops vectorized and lane reductions (``[rows, lanes]`` partial results
-reduced over ``k``) vectorized over their lanes."""
+"""The schedule shared by the row kernels (softmax, LayerNorm): one parallel loop over rows, every
+stage of a row computed inside it, row-long loops vectorized and lane reductions (``[rows, lanes]``
+partial results reduced over ``k``) vectorized over their lanes."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def lanes_for(n: int, target: tvm.target.Target | None) -> int:
 
 def schedule_rows(sch: tvm.s_tir.Schedule, output: str, inner: list[str], row_loops: list[str],
                   lane_reductions: list[str], lanes: int) -> tvm.tirx.PrimFunc:
-    """Parallelize ``output`` over rows, compute the ``inner`` blocks at its row loop, vectorize the row loops
-    of ``output`` and ``row_loops`` and the lane reductions; returns the scheduled, symbol-less PrimFunc."""
+    """Parallelize ``output`` over rows, compute the ``inner`` blocks at its row loop, vectorize the
+    row loops of ``output`` and ``row_loops`` and the lane reductions; returns the scheduled,
+    symbol-less PrimFunc."""
     r, j = sch.get_loops(sch.get_sblock(output))
     sch.parallel(r)
     for name in inner:

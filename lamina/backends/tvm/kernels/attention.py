@@ -3,10 +3,10 @@
 ``O[b, i, h, :] = softmax(scale * Q[b, i, h, :] . K[b, :, h, :] + bias[b, :]) @ V[b, :, h, :]``
 
 Q, K and V are read straight from the projections' row-major outputs, ``[b * s, stride]`` with the
-head ``h`` at columns ``offset + h * d``: either three separate ``[b * s, hidden]`` tensors or, after
-``merge-qkv``, the one ``[b * s, 3 * hidden]`` tensor at offsets 0, hidden and 2 * hidden. The output
-is written as ``[b, s, h, d]``, which is the merged-heads ``[b, s, hidden]`` layout, so no head
-split or head merge copy is left. Schedule::
+head ``h`` at columns ``offset + h * d``: either three separate ``[b * s, hidden]`` tensors or,
+after ``merge-qkv``, the one ``[b * s, 3 * hidden]`` tensor at offsets 0, hidden and 2 * hidden. The
+output is written as ``[b, s, h, d]``, which is the merged-heads ``[b, s, hidden]`` layout, so no
+head split or head merge copy is left. Schedule::
 
     parallel for (b, h):                                # one task per head
       Kt[d, skv] = K[b, :, h, :]^T                     # once per head (L1/L2), vector loads of rows
@@ -19,8 +19,9 @@ split or head merge copy is left. Schedule::
 Only an ``mr x skv`` tile of scores ever exists (4 KB for MiniLM), against the ``[b, h, s, s]``
 tensor that separate batched matmuls and softmax write and read back. A query row whose keys are all
 masked gets uniform weights (the bias is finite), as Hugging Face's additive-mask attention does.
-The query tile and both register tiles are :class:`AttentionConfig` knobs: defaults per ISA (the most
-accumulators the register file allows), searched per shape when tuning (``tuning.kernel_search``).
+The query tile and both register tiles are :class:`AttentionConfig` knobs: defaults per ISA (the
+most accumulators the register file allows), searched per shape when tuning
+(``tuning.kernel_search``).
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def _divisor_at_most(n: int, cap: int) -> int:
 
 
 def register_tile(rows: int, cols: int, target: tvm.target.Target) -> tuple[int, int]:
-    """``(r, c)`` accumulators of a register tile over ``rows x cols`` (r | rows, c | cols): the most
-    accumulator vectors within the ISA's budget, then the fewest loads per step (r broadcasts plus
-    c / lanes vector loads)."""
+    """``(r, c)`` accumulators of a register tile over ``rows x cols`` (r | rows, c | cols): the
+    most accumulator vectors within the ISA's budget, then the fewest loads per step (r broadcasts
+    plus c / lanes vector loads)."""
     isa = isa_of(target)
     nl = lanes(isa)
     best, key = (1, 1), (0, 0)
@@ -155,7 +156,8 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
                      merged: bool, mask: bool, target: tvm.target.Target,
                      config: AttentionConfig | None = None) -> tirx.PrimFunc:
     """The scheduled PrimFunc. Arguments: ``X[b*s, 3*h*d]`` if ``merged`` else ``Q[b*sq, h*d]``,
-    ``K[b*skv, h*d]``, ``V[b*skv, h*d]``; then ``bias[b, skv]`` if ``mask``; output ``O[b, sq, h, d]``."""
+    ``K[b*skv, h*d]``, ``V[b*skv, h*d]``; then ``bias[b, skv]`` if ``mask``; output ``O[b, sq, h,
+    d]``."""
     cfg = resolve_attention_config(sq, skv, d, target, config)
     hid = heads * d
     if merged:
@@ -220,8 +222,11 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
     dlt = te.compute(s.shape, lambda bi, hh, i, j: xs[bi, hh, i, j] - mx[bi, hh, i], name="dlt")
     p = topi.fast_exp(dlt)
     total = row_reduce(p, te.sum, "total")
-    inv = te.compute((batch, heads, sq), lambda bi, hh, i: tirx.const(1.0, "float32") / total[bi, hh, i],
-                     name="inv")
+    inv = te.compute(
+        (batch, heads, sq),
+        lambda bi, hh, i: tirx.const(1.0, "float32") / total[bi, hh, i],
+        name="inv",
+    )
     rj = te.reduce_axis((0, skv), "j")
     pv = te.compute((batch, heads, sq, d),
                     lambda bi, hh, i, e: te.sum(p[bi, hh, i, rj] * v_at(bi, rj, hh, e), axis=rj),
@@ -274,14 +279,17 @@ def emit_attention(bb: relax.BlockBuilder, sources: list[relax.Expr], bias: rela
                    batch: int, sq: int, skv: int, heads: int, d: int, scale: float,
                    target: tvm.target.Target, config: AttentionConfig | None = None) -> relax.Expr:
     """``[b, sq, h * d]`` attention output. ``sources``: ``[X]`` (merged ``[b, s, 3 * h * d]``) or
-    ``[Q, K, V]`` (``[b, s, h * d]`` each); ``bias``: the ``[b, skv]`` additive key bias, or None."""
+    ``[Q, K, V]`` (``[b, s, h * d]`` each); ``bias``: the ``[b, skv]`` additive key bias, or
+    None."""
     merged = len(sources) == 1
     func = attention_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
                             mask=bias is not None, target=target, config=config)
     tag = "qkv" if merged else "q_k_v"
     gv = bb.add_func(func, f"lamina_attention_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
                      f"{'_masked' if bias is not None else ''}")
-    rows = [(sq, 3 * heads * d)] if merged else [(sq, heads * d), (skv, heads * d), (skv, heads * d)]
+    rows = (
+        [(sq, 3 * heads * d)] if merged else [(sq, heads * d), (skv, heads * d), (skv, heads * d)]
+    )
     args = [bb.emit(relax.op.reshape(src, (batch * n, w)))
             for src, (n, w) in zip(sources, rows, strict=True)]
     if bias is not None:

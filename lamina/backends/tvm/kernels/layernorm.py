@@ -27,14 +27,21 @@ def layer_norm_kernel(rows: int, n: int, eps: float,
     k2 = te.reduce_axis((0, n // lanes), "k2")
     qv = te.compute(
         (rows, lanes),
-        lambda r, v: te.sum((x[r, k2 * lanes + v] - mean[r]) * (x[r, k2 * lanes + v] - mean[r]), axis=k2),
-        name="qv")
+        lambda r, v: te.sum(
+            (x[r, k2 * lanes + v] - mean[r]) * (x[r, k2 * lanes + v] - mean[r]), axis=k2
+        ),
+        name="qv",
+    )
     kv2 = te.reduce_axis((0, lanes), "kv2")
     sq = te.compute((rows,), lambda r: te.sum(qv[r, kv2], axis=kv2), name="sq")
     rstd = te.compute((rows,), lambda r: 1.0 / te.sqrt(sq[r] / n + eps), name="rstd")
-    y = te.compute((rows, n), lambda r, j: (x[r, j] - mean[r]) * rstd[r] * gamma[j] + beta[j], name="Y")
+    y = te.compute(
+        (rows, n), lambda r, j: (x[r, j] - mean[r]) * rstd[r] * gamma[j] + beta[j], name="Y"
+    )
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, y]))
-    return schedule_rows(sch, "Y", ["rstd", "sq", "qv", "mean", "total", "sv"], [], ["sv", "qv"], lanes)
+    return schedule_rows(
+        sch, "Y", ["rstd", "sq", "qv", "mean", "total", "sv"], [], ["sv", "qv"], lanes
+    )
 
 
 def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,

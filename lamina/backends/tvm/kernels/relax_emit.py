@@ -71,7 +71,9 @@ def emit_dense(bb: relax.BlockBuilder, x: relax.Expr, weight: np.ndarray,
     func = dense_kernel(M, K, N, bias=bias is not None, epilogue=epilogue,
                         residual=residual is not None, target=target, config=cfg)
     tag = f"_{epilogue}" if epilogue else ""
-    gv = bb.add_func(func, name or f"lamina_dense_{M}x{K}x{N}{tag}{'_res' if residual is not None else ''}")
+    gv = bb.add_func(
+        func, name or f"lamina_dense_{M}x{K}x{N}{tag}{'_res' if residual is not None else ''}"
+    )
     packed = pack_weight(w, cfg.nb, weight_layout)  # type: ignore[arg-type]
     wvar: relax.Var | None = None
     if weight_param is not None:

@@ -52,10 +52,6 @@ class LowerContext:
         return BackendError(f"{self.node_desc}: {msg}")
 
     # -- values ---------------------------------------------------------------------------
-    @staticmethod
-    def is_const(v: Value) -> bool:
-        return isinstance(v, Const)
-
     def const(self, v: Value, what: str = "input") -> np.ndarray:
         """The compile-time value of ``v``; a clear error if it is only known at run time."""
         if isinstance(v, Const):

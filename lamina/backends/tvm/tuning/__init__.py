@@ -1,4 +1,5 @@
-"""Tuning for the TVM backend: robust MetaSchedule (``meta``) and kernel tile search (``kernel_search``)."""
+"""Tuning for the TVM backend: robust MetaSchedule (``meta``) and kernel tile search
+(``kernel_search``)."""
 
 from __future__ import annotations
 

@@ -147,14 +147,15 @@ def _prepare(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target
     return run
 
 
-def time_dense(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target,
-               min_repeat_ms: int = 30, repeat: int = 5) -> float:
-    """Median seconds of one call of the kernel with tile ``cfg`` (built and run in-process)."""
-    return _prepare(M, K, N, cfg, target, min_repeat_ms, repeat)()
-
-
-def _search(what: str, candidates: list, prepare: Callable[[object, int, int], Callable[[], float]],
-            budget_s: float | None, finalists: int, rounds: int, min_gain: float) -> list[tuple[float, object]]:
+def _search(
+    what: str,
+    candidates: list,
+    prepare: Callable[[object, int, int], Callable[[], float]],
+    budget_s: float | None,
+    finalists: int,
+    rounds: int,
+    min_gain: float,
+) -> list[tuple[float, object]]:
     """Time every candidate (default first); returns ``[(seconds, cfg)]`` fastest first.
 
     The machines are shared and noisy, so the default and the fastest ``finalists`` are timed

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -372,8 +371,3 @@ def apply(mod: tvm.IRModule, target: tvm.target.Target,
                 mod = tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         mod = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
     return mod
-
-
-def scratch_dir() -> str:
-    """A temporary directory for callers that want a throw-away database."""
-    return tempfile.mkdtemp(prefix="lamina-tune-")

@@ -9,10 +9,10 @@ Signature::
 - ``mask``: absent when ``mask_kind="none"``; otherwise
 
   - ``mask_kind="key_padding"``: ``[batch, kv_seq]``, any numeric or bool type (the model's
-    ``attention_mask``): nonzero = attend, zero = padding. Inside the op it becomes the additive bias
-    ``where(mask != 0, 0, finfo(float32).min)`` broadcast to ``[batch, 1, 1, kv_seq]``.
-  - ``mask_kind="additive"``: float, broadcastable to ``[batch, num_heads, q_seq, kv_seq]``, added to
-    the scaled scores as is.
+    ``attention_mask``): nonzero = attend, zero = padding. Inside the op it becomes the additive
+    bias ``where(mask != 0, 0, finfo(float32).min)`` broadcast to ``[batch, 1, 1, kv_seq]``.
+  - ``mask_kind="additive"``: float, broadcastable to ``[batch, num_heads, q_seq, kv_seq]``, added
+    to the scaled scores as is.
 - ``ctx``: float ``[batch, q_seq, num_heads * head_dim]`` (heads merged back).
 
 Math (``h`` = head, ``Qh = Q[..., h*D:(h+1)*D]``, ``D = head_dim``)::
@@ -22,13 +22,13 @@ Math (``h`` = head, ``Qh = Q[..., h*D:(h+1)*D]``, ``D = head_dim``)::
     P_h   = where(isnan(P_h), 0, P_h)          # rows with every key masked by -inf give 0, not NaN
     ctx_h = P_h @ Vh
 
-With ``key_padding`` a query row whose keys are all padding sees uniform weights (the eager Hugging Face
-behaviour); valid rows match every export form exactly up to float rounding.
+With ``key_padding`` a query row whose keys are all padding sees uniform weights (the eager Hugging
+Face behaviour); valid rows match every export form exactly up to float rounding.
 
 Why projected Q, K, V and not the hidden states plus six weights: the projections stay ordinary
-``lamina::Linear`` GEMMs that ``merge-qkv`` concatenates into one (``Q, K, V = Split(Linear(X, Wqkv))``), and
-the kernel a backend needs is just the softmax(QK^T)V core with a [batch, kv_seq] padding mask.
-Created by ``fuse-attention``.
+``lamina::Linear`` GEMMs that ``merge-qkv`` concatenates into one (``Q, K, V = Split(Linear(X,
+Wqkv))``), and the kernel a backend needs is just the softmax(QK^T)V core with a [batch, kv_seq]
+padding mask. Created by ``fuse-attention``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def _attention(attrs: dict[str, Any], n_inputs: int, n_outputs: int) -> Function
         raise ValueError(f"lamina::Attention: mask_kind must be one of {MASK_KINDS}, got {kind!r}")
     want = 3 if kind == "none" else 4
     if n_inputs != want:
-        raise ValueError(f"lamina::Attention: mask_kind={kind!r} needs {want} inputs, got {n_inputs}")
+        raise ValueError(
+            f"lamina::Attention: mask_kind={kind!r} needs {want} inputs, got {n_inputs}"
+        )
     mk = helper.make_node
     nodes = [
         _ints("split_shape", [0, 0, heads, -1]),

@@ -37,7 +37,9 @@ def _const(name: str, value: float) -> onnx.NodeProto:
 def gelu_nodes(x: str, y: str, approximate: str, prefix: str = "gelu") -> list[onnx.NodeProto]:
     """ONNX nodes computing ``y = gelu(x)``; value names are prefixed with ``prefix``."""
     if approximate not in APPROXIMATIONS:
-        raise ValueError(f"lamina::Gelu: approximate must be one of {APPROXIMATIONS}, got {approximate!r}")
+        raise ValueError(
+            f"lamina::Gelu: approximate must be one of {APPROXIMATIONS}, got {approximate!r}"
+        )
     p = prefix
     nodes = [_const(f"{p}_half", 0.5), _const(f"{p}_one", 1.0)]
     if approximate == "none":

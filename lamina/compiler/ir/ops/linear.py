@@ -15,8 +15,8 @@ Math, in this order::
 
     y = act(X @ W + B) + R
 
-Created by ``fuse-bias-residual`` from ``MatMul`` + bias ``Add`` (+ ``lamina::Gelu``) (+ residual ``Add``).
-Backends lower it to one GEMM with the epilogue applied to the output tile.
+Created by ``fuse-bias-residual`` from ``MatMul`` + bias ``Add`` (+ ``lamina::Gelu``) (+ residual
+``Add``). Backends lower it to one GEMM with the epilogue applied to the output tile.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ ACTIVATIONS = {"none": None, "gelu": "none", "gelu_tanh": "tanh"}
 def _linear(attrs: dict[str, Any], n_inputs: int, n_outputs: int) -> FunctionBody:
     activation = attrs.get("activation", "none")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"lamina::Linear: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        raise ValueError(
+            f"lamina::Linear: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+        )
     has_residual = bool(attrs.get("has_residual", 0))
     if n_inputs != (4 if has_residual else 3):
         raise ValueError(f"lamina::Linear: has_residual={int(has_residual)} needs "

@@ -1,8 +1,8 @@
 """Matmuls on constant weights through the hand-written kernels (``backends/tvm/kernels``).
 
-The weight is packed at compile time into the kernel's panel layout and stored in the params file under
-``<weight>@packed<nb>``; buckets share it when their tiles agree. Without a target in the context (or for
-non-float32 or non-2-D weights) the callers fall back to plain Relax matmuls.
+The weight is packed at compile time into the kernel's panel layout and stored in the params file
+under ``<weight>@packed<nb>``; buckets share it when their tiles agree. Without a target in the
+context (or for non-float32 or non-2-D weights) the callers fall back to plain Relax matmuls.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """Fused ``lamina``-domain ops (reference definitions in ``compiler/ir/ops/``).
 
-Each lowers to the Relax ops of its reference definition, in the same order of operations, so
-results match the reference to float rounding; kernels and tuning then work on the fused TIR.
+With a target (``ctx.target``) and float32, ``Linear`` and ``Attention`` lower to the hand-written
+kernels (``kernels/``: packed-weight dense with fused epilogues, the fused attention kernel), whose
+order of operations differs from the reference (blocked, vectorised reductions), so results
+match it within float32 tolerances, not bit for bit. Without a target, or for what the kernels do
+not cover (an additive mask, other dtypes), each op lowers to the Relax ops of its reference
+definition.
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax
 
+from lamina.compiler.ir.ops.attention import MASK_FILL
+
 from ..context import LowerContext
 from ..registry import converter
 from ._dense import emit_kernel_dense, kernel_weight
 from .quant_dense import emit_int8_dense
-
-MASK_FILL = float(np.finfo(np.float32).min)
 
 
 def _gelu(x: relax.Expr, approximate: str) -> relax.Expr:
@@ -74,14 +78,18 @@ def _merged_qkv(ctx: LowerContext, node: ir.Node, hidden: int) -> relax.Expr | N
         return None
     if len(split.inputs) > 1 and split.inputs[1] is not None:
         sizes = ctx.env.get(split.inputs[1])
-        if sizes is None or [int(v) for v in np.asarray(ctx.const(sizes)).reshape(-1)] != [hidden] * 3:
+        if (
+            sizes is None
+            or [int(v) for v in np.asarray(ctx.const(sizes)).reshape(-1)] != [hidden] * 3
+        ):
             return None
     return ctx.env[src]
 
 
 @converter("Attention", domain="lamina")
 def attention(ctx: LowerContext, node: ir.Node, inputs):
-    """``softmax(scale * Qh Kh^T + bias) Vh`` per head, heads split from / merged into the last dim."""
+    """``softmax(scale * Qh Kh^T + bias) Vh`` per head, heads split from / merged into the last
+    dim."""
     heads = int(ctx.attr(node, "num_heads"))
     scale = float(ctx.attr(node, "scale", 1.0))
     kind = ctx.attr(node, "mask_kind", "none")
@@ -97,7 +105,9 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
 
     def key_bias() -> relax.Expr:
         keep = ctx.expr(ctx.cast(inputs[3], "bool"))
-        return ctx.emit(relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype)))
+        return ctx.emit(
+            relax.op.where(keep, relax.const(0.0, dtype), relax.const(MASK_FILL, dtype))
+        )
 
     if use_kernels and kind != "additive":
         # One fused kernel reading Q, K, V from the projections (the merged one when merge-qkv ran)
@@ -135,6 +145,10 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
     p = ctx.emit(relax.op.nn.softmax(s, axis=-1))
     # Rows whose keys are all masked by -inf give NaN; the reference maps them to 0.
     p = ctx.emit(relax.op.where(relax.op.isnan(p), relax.const(0.0, dtype), p))
-    pv = emit_batch_matmul(ctx.bb, p, vh, target=ctx.target) if use_kernels else relax.op.matmul(p, vh)
+    pv = (
+        emit_batch_matmul(ctx.bb, p, vh, target=ctx.target)
+        if use_kernels
+        else relax.op.matmul(p, vh)
+    )
     o = ctx.emit(relax.op.permute_dims(pv, [0, 2, 1, 3]))
     return ctx.emit(relax.op.reshape(o, [batch, q_seq, hidden]))

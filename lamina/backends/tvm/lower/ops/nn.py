@@ -34,8 +34,12 @@ def gemm(ctx: LowerContext, node: ir.Node, inputs):
     if q is not None:
         return emit_int8_dense(ctx, q, bias=c)
     weight = kernel_weight(ctx, inputs[1])
-    if (weight is not None and not ctx.attr(node, "transA", 0) and alpha == 1.0
-            and (c is None or beta == 1.0 and _is_row_bias(ctx, c, weight.shape[0 if trans_b else 1]))):
+    if (
+        weight is not None
+        and not ctx.attr(node, "transA", 0)
+        and alpha == 1.0
+        and (c is None or beta == 1.0 and _is_row_bias(ctx, c, weight.shape[0 if trans_b else 1]))
+    ):
         # A Linear layer exported as Gemm (the BERT pooler): the packed-weight kernel, with the
         # transpose of B done once at compile time instead of on every call.
         return emit_kernel_dense(ctx, inputs[0], inputs[1], weight, bias=c,

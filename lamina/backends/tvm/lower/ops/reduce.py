@@ -59,7 +59,9 @@ def arg_reduce(ctx: LowerContext, node: ir.Node, inputs):
         # The last of tied extremes: the first one along the reversed axis, counted from the end.
         n = ctx.shape(x)[axis]
         first = ctx.emit(fn(relax.op.flip(ctx.expr(x), axis), axis, keepdims))
-        out = ctx.emit(relax.op.subtract(relax.const(n - 1, "int64"), relax.op.astype(first, "int64")))
+        out = ctx.emit(
+            relax.op.subtract(relax.const(n - 1, "int64"), relax.op.astype(first, "int64"))
+        )
         return out
     out = ctx.emit(fn(ctx.expr(x), axis, keepdims))
     return ctx.cast(out, "int64")
