@@ -21,7 +21,7 @@ def _cu(lens: list[int], seqs: int) -> np.ndarray:
 def test_varlen_attention_kernel_matches_reference(lens: list[int]) -> None:
     import tvm
 
-    from lamina.backends.tvm.kernels.dense import standalone_module
+    from lamina.backends.tvm.kernels.common import standalone_module
     from lamina.backends.tvm.kernels.isa import host_target
     from lamina.backends.tvm.kernels.varlen_attention import (
         varlen_attention_kernel,

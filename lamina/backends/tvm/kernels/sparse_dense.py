@@ -42,8 +42,8 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .dense import EPILOGUES, Epilogue, apply_epilogue, finish_kernel, lanes
-from .isa import isa_of
+from .common import EPILOGUES, Epilogue, apply_epilogue, finish_kernel
+from .isa import isa_of, lanes
 
 # Accumulator vector registers a tile may use (of 32 zmm / 16 ymm / 16 xmm).
 _ACC_REGS = {"avx512": 16, "avx2": 12, "generic": 8}

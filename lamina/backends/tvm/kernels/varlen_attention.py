@@ -33,10 +33,10 @@ import tvm
 from tvm import relax, tirx
 from tvm.script import tirx as T
 
-from .dense import finish_kernel, lanes
-from .isa import isa_of
+from lamina.compiler.ir.ops.attention import MASK_FILL
 
-MASK_FILL = float(np.finfo(np.float32).min)
+from .common import finish_kernel
+from .isa import isa_of, lanes
 
 
 def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
