@@ -152,7 +152,8 @@ def test_pipeline_environment_variables(monkeypatch):
     compile_args = ["compile", "m.onnx", "-o", "m.lamina"]
     monkeypatch.delenv("LAMINA_COMPILE_PIPELINE", raising=False)
     monkeypatch.delenv("LAMINA_PIPELINE", raising=False)
-    assert build_parser().parse_args(compile_args).pipeline == "O1"
+    # None: compile's own default, O1 with the sparsity passes (see --no-sparsity).
+    assert build_parser().parse_args(compile_args).pipeline is None
     monkeypatch.setenv("LAMINA_PIPELINE", "O0")
     assert build_parser().parse_args(compile_args).pipeline == "O0"
     assert build_parser().parse_args(["opt", "m.onnx", "-o", "o.onnx"]).pipeline == "O0"
