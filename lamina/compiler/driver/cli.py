@@ -146,7 +146,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if quantize is not None:
         import json as _json
 
-        info = _json.loads((Path(out) / "manifest.json").read_text()).get("quantization", {})
+        manifest = _json.loads((Path(out) / "manifest.json").read_text())
+        info = manifest.get("extra", {}).get("quantization", {})
         print(f"lamina: INT8 ({info.get('pipeline', '')}): {info.get('quantized_ops')} ops quantized, "
               f"mean cosine {info.get('cosine')}, kept in fp32: {', '.join(info.get('fp32_ops') or []) or 'none'}",
               file=sys.stderr)
