@@ -274,7 +274,10 @@ def write_report(path: str | os.PathLike, result: QuantizeResult, cfg: QuantizeC
 
 def plot_sensitivity(path: str | os.PathLike, result: QuantizeResult, target: float | None) -> None:
     """A bar per op: ``1 - cosine`` with only that op quantized (log scale); fp32-kept ops in another colour."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install lamina[plot]") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
