@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from lamina.passes.quant._utils import (
     classify,
     quantize_weight,
 )
-
-log = logging.getLogger(__name__)
 
 MODES = ("static", "dynamic")
 SCHEMES = ("u8", "s8")
