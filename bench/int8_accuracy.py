@@ -61,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="minmax")
     ap.add_argument("--target-cos", type=float, default=0.995)
     ap.add_argument("--artifact", action="store_true", help="also compile and measure the artifact")
-    ap.add_argument("--skip", default="", help="modes to skip: static, dynamic")
+    ap.add_argument("--skip", default="", help="modes to skip: static, dynamic, ort")
+    ap.add_argument("--eval-artifact", metavar="DIR.lamina",
+                    help="only measure this artifact (e.g. from `lamina compile --quantize int8`) against fp32")
     ap.add_argument("--json", help="write the table as JSON")
     ap.add_argument("--report-dir", help="write each fallback's report JSON and sensitivity plot here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+
+    import numpy as np
 
     from lamina.compiler.driver import api
     from lamina.compiler.driver.quantize import (
@@ -102,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{key}] {name:<34} cos {row['mean_cos']:.5f}  worst {row['worst_cos']:.4f}  "
                   f"NN {row['nn_agree']:.3f}  {fp32_ops}", flush=True)
 
+        if args.eval_artifact:
+            from lamina.backends import tvm as tvm_backend
+            from lamina.compiler.driver.quantize import pooled
+
+            art = tvm_backend.load(args.eval_artifact)
+            emb = np.concatenate([pooled(art.run(f)[art.outputs[0].name], f) for f in held])
+            add(f"artifact {Path(args.eval_artifact).name}", emb,
+                str(art.manifest.get("extra", {}).get("quantization", {}).get("fp32_ops", "")))
+            continue
         qdq_for_artifact = None
         for mode in ("static", "dynamic"):
             if mode in skip:
@@ -127,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 if res.sensitivity:
                     plot_sensitivity(rdir / f"{key}-{mode}.png", res, args.target_cos)
         with tempfile.TemporaryDirectory() as tmp:
-            for per_channel in (False, True):
+            for per_channel in (() if "ort" in skip else (False, True)):
                 name = "ORT quantize_dynamic" + (" per_channel" if per_channel else " (defaults)")
                 path = _ort_dynamic(src, Path(tmp) / f"ort{int(per_channel)}.onnx", per_channel)
                 add(name, embeddings(str(path), held, name))

@@ -6,7 +6,6 @@ from lamina.compiler.pipeline import register_pipeline
 
 O0 = ",".join([
     "lift-constants",
-    "canonicalize-quant",
     "remove-dropout",
     "eliminate-identity",
     "infer-shapes",
@@ -16,6 +15,7 @@ O0 = ",".join([
     "cse",
     "fold-constants",
     "eliminate-identity",
+    "canonicalize-quant",
     "remove-dead-code",
     "infer-shapes",
 ])

@@ -164,7 +164,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if quantize is not None:
         import json as _json
 
-        info = _json.loads((Path(out) / "manifest.json").read_text()).get("quantization", {})
+        manifest = _json.loads((Path(out) / "manifest.json").read_text())
+        info = manifest.get("extra", {}).get("quantization", {})
         print(f"lamina: INT8 ({info.get('pipeline', '')}): {info.get('quantized_ops')} ops quantized, "
               f"mean cosine {info.get('cosine')}, kept in fp32: {', '.join(info.get('fp32_ops') or []) or 'none'}",
               file=sys.stderr)
@@ -205,16 +206,10 @@ def _quantize_config(args: argparse.Namespace):
         calibration=args.calibration, tokenizer=args.tokenizer, mode=args.mode, method=args.method,
         activation=args.activation, calibration_size=args.calibration_size,
         target_cos=args.target_cos or None, smooth_alpha=args.smooth_quant,
-        always_sensitivity=bool(args.plot or args.report))
+        always_sensitivity=bool(args.plot or args.report), report=args.report, plot=args.plot)
 
 
-def _quantize_outputs(args: argparse.Namespace, cfg, result) -> None:
-    from lamina.compiler.driver.quantize import plot_sensitivity, write_report
-
-    if args.report:
-        write_report(args.report, result, cfg)
-    if args.plot:
-        plot_sensitivity(args.plot, result, cfg.target_cos)
+def _quantize_outputs(cfg, result) -> None:
     total = len(result.quantized) + len(result.fp32)
     line = f"lamina: INT8 {cfg.mode}: {len(result.quantized)} of {total} ops quantized"
     if result.cosine is not None:
@@ -234,7 +229,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model, report = api.optimize(model, args.pipeline, _debug_from(args))
     model, result = quantize_model(model, cfg)
     path = api.save(model, args.output)
-    _quantize_outputs(args, cfg, result)
+    _quantize_outputs(cfg, result)
     print(f"lamina: wrote {path} (pipeline {report.pipeline},{result.pipeline})", file=sys.stderr)
     return 0
 def _parse_packed(text: str | None) -> list[int] | bool:

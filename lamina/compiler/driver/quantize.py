@@ -43,6 +43,8 @@ class QuantizeConfig:
     smooth_alpha: float | None = None
     percentile: float = 99.999
     always_sensitivity: bool = False
+    report: str | None = None
+    plot: str | None = None
 
 
 @dataclass
@@ -128,8 +130,21 @@ def quantize_model(model: ir.Model, cfg: QuantizeConfig) -> tuple[ir.Model, Quan
     """Quantize an O1-optimized ``model``; with ``cfg.target_cos``, fall back to fp32 where needed.
 
     Raises :class:`UsageError` when nothing is quantizable, and when the target cannot be met (stating the best
-    cosine reached): a model that silently misses the target is never returned.
+    cosine reached): a model that silently misses the target is never returned. ``cfg.report`` / ``cfg.plot``
+    are written either way once the sensitivity is measured.
     """
+    result = QuantizeResult()
+    try:
+        return _quantize_model(model, cfg, result)
+    finally:
+        if cfg.report and result.pipeline:
+            write_report(cfg.report, result, cfg)
+        if cfg.plot and result.sensitivity:
+            plot_sensitivity(cfg.plot, result, cfg.target_cos)
+
+
+def _quantize_model(model: ir.Model, cfg: QuantizeConfig, result: QuantizeResult
+                    ) -> tuple[ir.Model, QuantizeResult]:
     from lamina.compiler.driver.api import max_positions
     from lamina.passes.quant._calibration import collect_ranges, load_batches, text_batches
     from lamina.passes.quant._utils import quantizable_ops
@@ -141,7 +156,6 @@ def quantize_model(model: ir.Model, cfg: QuantizeConfig) -> tuple[ir.Model, Quan
         raise UsageError("nothing to quantize: the model has no MatMul, Gemm or Linear with a constant 2-D "
                          "float32 weight")
     positions = max_positions(model)
-    result = QuantizeResult()
     if cfg.smooth_alpha is not None:
         from lamina.passes.quant.smooth_quant import smooth
         if not cfg.calibration:
@@ -260,7 +274,10 @@ def write_report(path: str | os.PathLike, result: QuantizeResult, cfg: QuantizeC
 
 def plot_sensitivity(path: str | os.PathLike, result: QuantizeResult, target: float | None) -> None:
     """A bar per op: ``1 - cosine`` with only that op quantized (log scale); fp32-kept ops in another colour."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install lamina[plot]") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

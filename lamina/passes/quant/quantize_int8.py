@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from lamina.passes.quant._utils import (
     quantize_weight,
 )
 
-log = logging.getLogger(__name__)
-
 MODES = ("static", "dynamic")
 SCHEMES = ("u8", "s8")
 
@@ -33,7 +30,7 @@ class QuantizeInt8Options:
     mode: str = option("static", "static (calibrated activation scales) or dynamic (scales at run time)")
     activation: str = option("u8", "activation type of static mode: u8 (asymmetric) or s8 (symmetric)")
     calibration: str = option("", "static mode: a text file (one text a line; needs tokenizer) or an .npz of "
-                                  "feeds; or a .json of ranges {tensor: [lo, hi]}")
+                                  "feeds; or a .json of ranges {tensor: [lo, hi]} (e.g. a --report)")
     tokenizer: str = option("", "directory with tokenizer.json, for a text calibration file")
     calibration_size: int = option(300, "calibration samples to use")
     method: str = option("minmax", "range observer: minmax, percentile, entropy or mse")
@@ -124,6 +121,7 @@ def _activation_qdq(graph: ir.Graph, namer: Namer, x: ir.Value, mode: str,
 def load_ranges(path: str) -> dict[str, tuple[float, float]]:
     try:
         data = json.loads(Path(path).read_text())
+        data = data.get("activation_ranges", data)  # a `--report` file, or a plain {tensor: [lo, hi]}
         return {k: (float(v[0]), float(v[1])) for k, v in data.items()}
     except (OSError, ValueError, TypeError, IndexError) as exc:
         raise UsageError(f"--calibration {path}: not a JSON object of ranges {{tensor: [lo, hi]}} "

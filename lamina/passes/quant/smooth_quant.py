@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +12,6 @@ from lamina.compiler.ir import Namer, set_origin
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, option, register
 from lamina.passes.canonical._utils import add_initializer
 from lamina.passes.quant._utils import QuantOp, classify
-
-log = logging.getLogger(__name__)
 
 SMOOTH_KEY = "lamina.smooth"
 

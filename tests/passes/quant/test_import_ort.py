@@ -84,6 +84,7 @@ def test_canonical_form_and_numbers(tmp_path: Path, form: str) -> None:
     assert op_histogram(again) == ops
 
 
+@pytest.mark.slow
 def test_compiles_and_matches_on_tvm(tmp_path: Path) -> None:
     pytest.importorskip("tvm")
     from lamina.compiler.frontend import specialize

@@ -1,0 +1,38 @@
+"""``lamina compile --quantize int8`` end to end on a tiny BERT: calibration, fallback, TVM artifact, accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lamina.compiler.driver.cli import main
+
+
+@pytest.mark.slow
+def test_compile_quantize_int8(tiny_bert: Path, tmp_path: Path, capsys) -> None:
+    from lamina.backends import tvm as tvm_backend
+    from lamina.backends.reference import run
+    from lamina.compiler.driver.quantize import cosine, pooled
+    from lamina.zoo import make_inputs
+
+    calib = make_inputs(tiny_bert, 64, 16)
+    np.savez(tmp_path / "calib.npz", **calib)
+    out = tmp_path / "int8.lamina"
+    rc = main(["compile", str(tiny_bert), "-o", str(out), "--buckets", "2x16", "--quantize", "int8",
+               "--calibration", str(tmp_path / "calib.npz"), "--calibration-size", "32",
+               "--target-cos", "0.99"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "lamina: INT8 (quantize-int8{mode=static" in err and "ops quantized, mean cosine" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    info = manifest["extra"]["quantization"]
+    assert info["target_met"] and info["quantized_ops"] > 0 and info["cosine"] >= 0.99
+    assert "quantize-int8{" in manifest["pipeline"]
+    feeds = make_inputs(tiny_bert, 2, 16, seed=5)
+    art = tvm_backend.load(out)
+    got = art.run(feeds)[art.outputs[0].name]
+    want = run(tiny_bert, feeds)[art.outputs[0].name]
+    assert cosine(pooled(want, feeds), pooled(got, feeds)).min() >= 0.98
