@@ -376,6 +376,7 @@ def summarize(outcomes: list[Outcome]) -> dict[str, object]:
                                                if o.mutation == m).items()))
                         for m in sorted({o.mutation for o in outcomes})},
         "max_rss_mb": round(max((o.rss_mb for o in outcomes), default=0.0), 1),
+        "over_1gb_rss": sum(o.rss_mb > 1024 for o in outcomes),
         "max_seconds": round(max((o.seconds for o in outcomes), default=0.0), 2),
         "findings": [asdict(o) for o in outcomes if not o.clean],
     }

@@ -78,3 +78,21 @@ def test_big_batch_bad_initializer_is_one_line(tiny_bert: Path, tmp_path: Path):
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "input 'input_ids' declares dim 0 = 1099511627776" in r.stderr
+
+
+def test_absurd_reshape_constant_does_not_hang_shape_inference(harness, tiny_bert: Path,
+                                                               tmp_path: Path):
+    """A fuzzer finding: a Reshape of shape arithmetic to [2**40] kept ONNX's data propagation busy
+    for hours (and at the memory limit); infer-shapes now turns data propagation off for it."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(tiny_bert))
+    reshapes = {n.input[1] for n in m.graph.node if n.op_type == "Reshape"}
+    const = next(n for n in m.graph.node if n.op_type == "Constant" and n.output[0] in reshapes
+                 and numpy_helper.to_array(n.attribute[0].t).tolist() == [-1])
+    const.attribute[0].t.CopyFrom(numpy_helper.from_array(
+        numpy_helper.to_array(const.attribute[0].t) * 0 + 2**40))
+    [o] = harness.run_mutants([(0, "constant-values", m.SerializeToString())], tmp_path,
+                              jobs=1, time_limit=60)
+    assert o.clean and o.rss_mb < 1024, o

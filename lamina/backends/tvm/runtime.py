@@ -96,6 +96,7 @@ def _set_threads(threads: int) -> int:
     import tvm_ffi
 
     tvm_ffi.get_global_func("runtime.config_threadpool")(0, int(threads))
+    _thread_state.threads = int(threads)
     return int(tvm.runtime.num_threads())
 
 
@@ -254,7 +255,6 @@ class CompiledModel:
                     log.warning("TVM runs %d threads, not %d: its thread pool started before "
                                 "load(); set TVM_NUM_THREADS=%d before the first TVM call",
                                 got, threads, threads)
-                _thread_state.threads = threads
             self._local.vm = vm
             yield
         finally:

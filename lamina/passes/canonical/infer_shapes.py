@@ -8,6 +8,7 @@ import re
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from lamina.compiler.ir import const_array
 from lamina.compiler.ir.domain import attach_reference_functions
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
 
@@ -63,6 +64,29 @@ def _infer(model: ir.Model, data_prop: bool) -> tuple[ir.Model, str | None]:
     return model, None
 
 
+# Data propagation evaluates shape arithmetic in ONNX's C++; an absurd constant there (a Reshape to
+# [2**40]) makes it run for hours. Such constants turn data propagation off (shape inference still runs).
+_SHAPE_ARITHMETIC = {"Reshape", "Expand", "ConstantOfShape", "Tile", "Range", "Concat", "Mul", "Add", "Sub",
+                     "Div", "Unsqueeze", "Squeeze", "Gather", "Resize", "Upsample", "OneHot", "Pad"}
+_MAX_SHAPE_VALUE = 1 << 24
+_SENTINELS = {2**63 - 1, -(2**63), 2**31 - 1, -(2**31)}  # "to the end" in Slice-like uses
+
+
+def _unsafe_for_data_prop(model: ir.Model) -> str | None:
+    for node in model.graph:
+        if node.op_type not in _SHAPE_ARITHMETIC or node.domain not in ("", "ai.onnx"):
+            continue
+        for v in node.inputs:
+            arr = const_array(v)
+            if arr is None or arr.dtype.kind not in "iu" or arr.size == 0 or arr.size > 4096:
+                continue
+            big = [int(x) for x in arr.reshape(-1)
+                   if abs(int(x)) > _MAX_SHAPE_VALUE and int(x) not in _SENTINELS]
+            if big:
+                return f"node {node.name!r} ({node.op_type}) takes the constant {big[0]}"
+    return None
+
+
 def _rank(dim: object) -> int:
     """How much a dim tells: a number > a named symbol > an anonymous one (``unk__N``) or none."""
     if isinstance(dim, int):
@@ -104,7 +128,10 @@ class InferShapesPass(Pass):
                 out.shape = None
         # Reference functions let ONNX shape inference see through lamina ops.
         attach_reference_functions(model)
-        model, failure = _infer(model, data_prop=True)
+        unsafe = _unsafe_for_data_prop(model)
+        if unsafe:
+            log.debug("infer-shapes: no data propagation: %s", unsafe)
+        model, failure = _infer(model, data_prop=not unsafe)
         if failure is not None:  # data propagation is the fragile part: retry without it
             log.debug("infer-shapes: with data propagation: %s; retrying without it", failure)
             model, failure = _infer(model, data_prop=False)
