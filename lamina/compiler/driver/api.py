@@ -25,8 +25,8 @@ from lamina.compiler.pipeline.plugins import load_module
 
 DEFAULT_COMPILE_PIPELINE = "O1"
 # What the default compile adds after O1 unless ``sparsity=False`` (``--no-sparsity``): exact rewrites that
-# only fire on pruned weights.
-SPARSITY_PASSES = "shrink-structured"
+# only fire on pruned weights; encode-sparsity gets the target's measured cost table.
+SPARSITY_PASSES = "shrink-structured,encode-sparsity{{costs={costs}}}"
 
 
 @dataclass
@@ -137,8 +137,14 @@ def compile(  # noqa: A001 - the verb users expect
     model_path = Path(model_path)
     model = load_model(model_path)
     if pipeline is None:
-        pipeline = DEFAULT_COMPILE_PIPELINE + ("," + SPARSITY_PASSES if sparsity else "")
+        pipeline = DEFAULT_COMPILE_PIPELINE
+        if sparsity:
+            from lamina.backends.tvm.kernels.sparse_calibrate import cost_table_for
+
+            costs = cost_table_for(target, threads, tuning_db)
+            pipeline += "," + SPARSITY_PASSES.format(costs=costs)
     model, report = optimize(model, pipeline, debug)
+    _report_sparsity(report, (debug or Debug()).report_stream)
     positions = max_positions(model)
     buckets = buckets or tvm_backend.default_buckets(positions)
     check_buckets(buckets, positions)
@@ -152,6 +158,23 @@ def compile(  # noqa: A001 - the verb users expect
         specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
         io_dims=tvm_backend.io_dims_from_model(model), tune_trials=tune_trials, tuning_db=tuning_db,
     )
+
+
+def _report_sparsity(report: OptimizeReport, stream: TextIO) -> None:
+    """The compile log of encode-sparsity: one line per matmul with its decision and predicted gain."""
+    for rec in report.recorder.records:
+        decisions = rec.stats.get("decisions") if rec.name == "encode-sparsity" else None
+        if decisions and rec.stats.get("encoded"):
+            stream.write(f"lamina: encode-sparsity: {rec.stats['encoded']} of {len(decisions)} pruned "
+                         "matmuls run sparse\n")
+            stream.writelines(f"  {line}\n" for line in decisions)
+        elif decisions:
+            stream.write(f"lamina: encode-sparsity: all {len(decisions)} matmuls with zeros stay dense "
+                         f"(predicted gains {min(_gains(decisions)):.2f}-{max(_gains(decisions)):.2f}x)\n")
+
+
+def _gains(lines: list[str]) -> list[float]:
+    return [float(line.rsplit("predicted gain ", 1)[1].rstrip("x")) for line in lines]
 
 
 def max_positions(model: ir.Model) -> int | None:
