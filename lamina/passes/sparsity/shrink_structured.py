@@ -47,7 +47,6 @@ from lamina.passes.sparsity._structure import (
     find_ffn_blocks,
 )
 
-
 ALIGN = 16  # kept FFN widths stay multiples of this
 
 

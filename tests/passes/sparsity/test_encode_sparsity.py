@@ -16,7 +16,11 @@ from lamina.compiler.ir import clone, const_array, op_histogram
 from lamina.compiler.pipeline import PassContext, get_pass
 from lamina.passes.sparsity._cost import CostTable
 from lamina.passes.sparsity._prune import prune_weight
-from lamina.passes.sparsity.encode_sparsity import DEFAULT_COSTS, EncodeSparsityOptions, encode_weight
+from lamina.passes.sparsity.encode_sparsity import (
+    DEFAULT_COSTS,
+    EncodeSparsityOptions,
+    encode_weight,
+)
 from lamina.zoo import make_inputs
 
 # A table in the proportions measured on an AVX-512 host (the shipped default_costs.json), fixed
