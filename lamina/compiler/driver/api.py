@@ -138,7 +138,8 @@ def compile(  # noqa: A001 - the verb users expect
     model = load_model(model_path)
     if pipeline is None:
         pipeline = DEFAULT_COMPILE_PIPELINE
-        if sparsity:
+        if sparsity and _has_pruned_weights(model):
+            # The cost table is measured (once per target) only for models with pruned weights.
             from lamina.backends.tvm.kernels.sparse_calibrate import cost_table_for
 
             costs = cost_table_for(target, threads, tuning_db)
@@ -158,6 +159,16 @@ def compile(  # noqa: A001 - the verb users expect
         specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
         io_dims=tvm_backend.io_dims_from_model(model), tune_trials=tune_trials, tuning_db=tuning_db,
     )
+
+
+def _has_pruned_weights(model: ir.Model, min_zeros: float = 0.05) -> bool:
+    """Whether some MatMul / Gemm weight is at least ``min_zeros`` exact zeros."""
+    import numpy as np
+
+    from lamina.passes.sparsity._prune import matmul_weight_values
+
+    return any(float(np.mean(v.const_value.numpy() == 0)) >= min_zeros
+               for v, _ in matmul_weight_values(model))
 
 
 def _report_sparsity(report: OptimizeReport, stream: TextIO) -> None:
