@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_COMPILE_PIPELINE = "O1"
 # What the default compile adds after O1 unless ``sparsity=False`` (``--no-sparsity``): exact rewrites that
-# only fire on pruned weights.
-SPARSITY_PASSES = "shrink-structured"
+# only fire on pruned weights; encode-sparsity gets the target's measured cost table.
+SPARSITY_PASSES = "shrink-structured,encode-sparsity{{costs={costs}}}"
 
 
 @dataclass
@@ -184,7 +184,13 @@ def compile(  # noqa: A001 - the verb users expect
     model_path = Path(model_path)
     model = load_model(model_path)
     if pipeline is None:
-        pipeline = DEFAULT_COMPILE_PIPELINE + ("," + SPARSITY_PASSES if sparsity else "")
+        pipeline = DEFAULT_COMPILE_PIPELINE
+        if sparsity and _has_pruned_weights(model):
+            # The cost table is measured (once per target) only for models with pruned weights.
+            from lamina.backends.tvm.kernels.sparse_calibrate import cost_table_for
+
+            costs = cost_table_for(target, threads, tuning_db)
+            pipeline += "," + SPARSITY_PASSES.format(costs=costs)
     model, report = optimize(model, pipeline, debug)
     quant_info = None
     if quantize is not None:
@@ -193,6 +199,7 @@ def compile(  # noqa: A001 - the verb users expect
         model, qres = quantize_model(model, quantize)
         quant_info = qres.summary()
         report.pipeline += "," + qres.pipeline
+    _report_sparsity(report, (debug or Debug()).report_stream)
     positions = max_positions(model)
     buckets = buckets or tvm_backend.default_buckets(positions)
     check_buckets(buckets, positions)
@@ -230,6 +237,31 @@ def _packed_graphs(model: ir.Model, packed: bool | list[int], seqs: int,
             raise UsageError(f"--packed: this model cannot run padding-free ({e}); compile "
                              "without --packed") from None
     return out
+def _has_pruned_weights(model: ir.Model, min_zeros: float = 0.05) -> bool:
+    """Whether some MatMul / Gemm weight is at least ``min_zeros`` exact zeros."""
+    import numpy as np
+
+    from lamina.passes.sparsity._prune import matmul_weight_values
+
+    return any(float(np.mean(v.const_value.numpy() == 0)) >= min_zeros
+               for v, _ in matmul_weight_values(model))
+
+
+def _report_sparsity(report: OptimizeReport, stream: TextIO) -> None:
+    """The compile log of encode-sparsity: one line per matmul with its decision and predicted gain."""
+    for rec in report.recorder.records:
+        decisions = rec.stats.get("decisions") if rec.name == "encode-sparsity" else None
+        if decisions and rec.stats.get("encoded"):
+            stream.write(f"lamina: encode-sparsity: {rec.stats['encoded']} of {len(decisions)} pruned "
+                         "matmuls run sparse\n")
+            stream.writelines(f"  {line}\n" for line in decisions)
+        elif decisions:
+            stream.write(f"lamina: encode-sparsity: all {len(decisions)} matmuls with zeros stay dense "
+                         f"(predicted gains {min(_gains(decisions)):.2f}-{max(_gains(decisions)):.2f}x)\n")
+
+
+def _gains(lines: list[str]) -> list[float]:
+    return [float(line.rsplit("predicted gain ", 1)[1].rstrip("x")) for line in lines]
 
 
 def max_positions(model: ir.Model) -> int | None:

@@ -94,7 +94,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     shapes, dims = _shapes_from(args)
     model = api.load(args.model, input_shapes=shapes, dims=dims)
     canonical, _ = api.optimize(model.clone(), "O0")
-    fused, _ = api.optimize(canonical.clone(), "O1")
+    try:  # the O1 form locates heads and neurons for the sparsity report; optional
+        fused, _ = api.optimize(canonical.clone(), "O1")
+    except LaminaError as exc:
+        log.info("inspect: no O1 form for the head/neuron report (%s)", exc)
+        fused = None
     info = describe(model, canonical, fused)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -23,6 +23,8 @@ When a head or neuron is dropped (the math):
 - FFN neuron ``j`` with ``W2[j, :] == 0``: contributes 0;
 - FFN neuron ``j`` with ``W1[:, j] == 0``: ``h_j = act(b1_j)`` is constant, ``act(b1_j) * W2[j, :]`` goes
   into ``b2``.
+- an FFN is shrunk only when at least 1/8 of its neurons can go (a pruned layer, not the few zero
+  columns weight pruning leaves by chance), and its kept width stays a multiple of 16.
 
 At least one head and one neuron stay. Exact up to float rounding of the folded biases (atol 1e-4). Run
 after O1's fusions (it matches ``lamina::Attention`` / ``lamina::Linear``); before ``encode-sparsity``.
@@ -44,6 +46,8 @@ from lamina.passes.sparsity._structure import (
     find_attention_blocks,
     find_ffn_blocks,
 )
+
+ALIGN = 16  # kept FFN widths stay multiples of this
 
 
 def _act(x: np.ndarray, activation: str) -> np.ndarray:
@@ -134,6 +138,16 @@ class ShrinkStructuredPass(Pass):
         if not drop.any():
             rw.explain(ffn.up, "no FFN neuron with a zero input column or output row")
             return 0
+        n = drop.size
+        if drop.sum() < max(ALIGN, n // 8):
+            # A few zero neurons are a by-product of weight pruning, not a pruned layer: removing them
+            # would leave an odd width (the kernels' tiles want multiples of 16) and break the 4x1
+            # blocks of the up projection, which encode-sparsity runs better.
+            rw.explain(ffn.up, f"only {int(drop.sum())} of {n} neurons are zero (< 1/8): left as they are")
+            return 0
+        extra = (n - int(drop.sum())) % ALIGN  # keep the width a multiple of ALIGN: re-keep a few
+        if extra:
+            drop[np.flatnonzero(drop)[:ALIGN - extra]] = False
         fold = np.zeros(w2.shape[1], np.float64)
         consts = drop & ~down_zero   # h_j = act(b1_j), a constant
         if consts.any():

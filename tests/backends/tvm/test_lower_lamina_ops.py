@@ -76,3 +76,27 @@ def test_attention(kind):
     m = _model([helper.make_node("Attention", names, ["y"], domain="lamina", num_heads=2,
                                  scale=0.5, mask_kind=kind)], inputs, ["y"])
     check(m, feeds, tol=1e-5)
+
+
+@pytest.mark.parametrize("activation,residual,block", [("none", 0, 4), ("gelu", 1, 4), ("gelu", 0, 1)])
+def test_sparse_linear(activation, residual, block):
+    from lamina.passes.sparsity._prune import prune_weight
+    from lamina.passes.sparsity.encode_sparsity import encode_weight
+
+    w = prune_weight(RNG.standard_normal((8, 12)).astype(np.float32), 0.6, f"{block}x1")
+    w[:, :block] = 0  # an output group without blocks
+    data, index = encode_weight(w, block)
+    b = RNG.standard_normal(12).astype(np.float32)
+    ins = ["x", "data", "index", "b"] + (["r"] if residual else [])
+    inputs = [("x", F, [2, 5, 8])] + ([("r", F, [2, 5, 12])] if residual else [])
+    m = _model([helper.make_node("SparseLinear", ins, ["y"], domain="lamina", activation=activation,
+                                 has_residual=residual, in_features=8, out_features=12, block=block)],
+               inputs, ["y"], [("data", data), ("index", index), ("b", b)])
+    feeds = {"x": X, "r": RNG.standard_normal((2, 5, 12)).astype(np.float32)}
+    feeds = {k: v for k, v in feeds.items() if k in {i[0] for i in inputs}}
+    check(m, feeds, tol=1e-4)
+    from lamina.backends.reference import run
+
+    want = run(m, feeds)["y"]
+    got = run_tvm(m, feeds, kernels=True)[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

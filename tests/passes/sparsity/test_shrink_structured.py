@@ -28,8 +28,8 @@ def _set(lin: ir.Node, idx: int, arr: np.ndarray) -> None:
 
 
 def _zero_heads(m: ir.Model, *, v_only: bool = False, qk_only: bool = False) -> None:
-    """Zero head 0 (all of it, or only V weights, or only Q weights) in every layer; neurons 0..3 of each
-    FFN (two with a zero up column and nonzero bias: a constant folded into the down bias)."""
+    """Zero head 0 (all of it, or only V weights, or only Q weights) in every layer; neurons 0..15 of each
+    FFN (8 with a zero up column and nonzero bias: a constant folded into the down bias)."""
     for blk in find_attention_blocks(m):
         d = blk.head_dim
         lin = blk.q.linear
@@ -47,8 +47,8 @@ def _zero_heads(m: ir.Model, *, v_only: bool = False, qk_only: bool = False) -> 
         return
     for ffn in find_ffn_blocks(m):
         w1, w2 = const_array(ffn.up.inputs[1]).copy(), const_array(ffn.down.inputs[1]).copy()
-        w1[:, :2] = 0
-        w2[2:4] = 0
+        w1[:, :8] = 0
+        w2[8:16] = 0
         _set(ffn.up, 1, w1)
         _set(ffn.down, 1, w2)
 
@@ -75,7 +75,7 @@ def test_shrinks_heads_and_neurons(o1: ir.Model, tiny_bert: Path, v_only: bool):
     widths = [const_array(f.up.inputs[1]).shape[1] for f in find_ffn_blocks(m)]
     result, _ = _apply(m)
     assert result.changed
-    # Structure: one head fewer per layer (Q, K, V and Wo shrink with it); 4 neurons fewer per FFN.
+    # Structure: one head fewer per layer (Q, K, V and Wo shrink with it); 16 neurons fewer per FFN.
     blocks = find_attention_blocks(result.model)
     assert [b.heads for b in blocks] == [h - 1 for h in heads]
     for b in blocks:
@@ -83,7 +83,7 @@ def test_shrinks_heads_and_neurons(o1: ir.Model, tiny_bert: Path, v_only: bool):
         assert const_array(b.out.inputs[1]).shape[0] == b.heads * b.head_dim
     if not v_only:
         assert [const_array(f.up.inputs[1]).shape[1] for f in find_ffn_blocks(result.model)] == \
-            [w - 4 for w in widths]
+            [w - 16 for w in widths]
     _numbers(before, result.model, tiny_bert)
     again, _ = _apply(result.model)
     assert not again.changed
@@ -101,3 +101,14 @@ def test_dense_model_does_not_fire(o1: ir.Model):
     result, ctx = _apply(clone(o1))
     assert not result.changed
     assert any("no head with zero V" in e for e in ctx.explanations)
+
+
+def test_few_zero_neurons_are_left(o1: ir.Model):
+    m = clone(o1)
+    for ffn in find_ffn_blocks(m):
+        w2 = const_array(ffn.down.inputs[1]).copy()
+        w2[:3] = 0
+        _set(ffn.down, 1, w2)
+    result, ctx = _apply(m)
+    assert not result.changed
+    assert any("only 3 of 128 neurons are zero" in e for e in ctx.explanations), ctx.explanations

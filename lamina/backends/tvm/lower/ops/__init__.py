@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from . import elementwise, gather, lamina, nn, packed, quant, reduce, shape  # noqa: F401
+from . import elementwise, gather, lamina, nn, packed, quant, reduce, shape, sparse  # noqa: F401

@@ -1,0 +1,92 @@
+"""The sparse-vs-dense cost model: per-token kernel times fitted to timings measured on the target.
+
+A calibration table (JSON, measured once per target by ``lamina.backends.tvm.kernels.sparse_calibrate``
+and cached beside the tuning records as ``<db>/<target key>/sparse_costs.json``) holds::
+
+    {"target": "...", "tokens": 128,
+     "dense":  {"ns_per_mac": c},                    # dense kernel, cold weights: t = c * K * N
+     "sparse": {"4": {"ns_per_block": a, "ns_per_dim": o}, "1": {...}}}
+                                                     # block-sparse, R outputs a block:
+                                                     # t = a * stored_blocks + o * (K + N)
+
+all per token (the kernels' times grow linearly with the tokens M). :func:`predict` evaluates both for a
+weight from its block counts (``_analysis.block_mask``), for every block width the table has, and returns
+the fastest choice; ``encode-sparsity`` rewrites a matmul when the predicted gain clears ``min_gain``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lamina.passes.sparsity._analysis import block_mask
+
+COSTS_FILE = "sparse_costs.json"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    dense_ns: float          # per token
+    sparse_ns: float         # per token, best block width
+    block: int               # the best block width R (outputs per block)
+    stored_blocks: int
+    density: float           # stored blocks / all blocks at that width
+
+    @property
+    def gain(self) -> float:
+        return self.dense_ns / self.sparse_ns if self.sparse_ns > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class CostTable:
+    target: str
+    dense_ns_per_mac: float
+    sparse: dict[int, tuple[float, float]]   # R -> (ns per stored block, ns per (K + N))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CostTable:
+        sparse = {int(r): (float(v["ns_per_block"]), float(v["ns_per_dim"])) for r, v in d["sparse"].items()}
+        return cls(str(d.get("target", "")), float(d["dense"]["ns_per_mac"]), sparse)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostTable:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"sparsity cost table {path}: unreadable ({exc})") from None
+
+    def predict(self, w_kn: np.ndarray) -> Prediction:
+        """Dense and best block-sparse per-token time for ``W[K, N]``."""
+        k, n = w_kn.shape
+        dense = self.dense_ns_per_mac * k * n
+        best: Prediction | None = None
+        for r, (per_block, per_dim) in sorted(self.sparse.items()):
+            mask = block_mask(w_kn, r, 1)
+            if mask is None:
+                continue
+            stored = int(mask.sum())
+            t = per_block * stored + per_dim * (k + n)
+            if best is None or t < best.sparse_ns:
+                best = Prediction(dense, t, r, stored, stored / max(1, mask.size))
+        if best is None:
+            return Prediction(dense, float("inf"), 0, 0, 1.0)
+        return best
+
+
+def fit(dense_samples: list[tuple[int, int, float]],
+        sparse_samples: dict[int, list[tuple[int, int, int, float]]], target: str, tokens: int
+        ) -> dict[str, Any]:
+    """A table from measurements: dense ``(K, N, ns per token)``; sparse per R
+    ``(K, N, stored blocks, ns per token)`` (least squares of ``a * blocks + o * (K + N)``)."""
+    c = float(np.mean([t / (k * n) for k, n, t in dense_samples]))
+    sparse = {}
+    for r, rows in sparse_samples.items():
+        a = np.array([[b, k + n] for k, n, b, _ in rows], np.float64)
+        y = np.array([t for *_, t in rows], np.float64)
+        (per_block, per_dim), *_ = np.linalg.lstsq(a, y, rcond=None)
+        sparse[str(r)] = {"ns_per_block": max(float(per_block), 1e-6), "ns_per_dim": max(float(per_dim), 0.0)}
+    return {"target": target, "tokens": tokens, "dense": {"ns_per_mac": c}, "sparse": sparse}
