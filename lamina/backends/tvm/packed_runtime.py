@@ -101,6 +101,27 @@ class PackedRunner:
             lo = hi
         return out
 
+    def choose(self, arrays: Mapping[str, np.ndarray], buckets: Any, split_batch: bool
+               ) -> tuple[np.ndarray, list[tuple[int, int, PackedFunction]]] | None:
+        """``(lengths, chunks)`` when the request should run packed: its mask is right-padded, it
+        fits the packed functions, and they compute no more tokens than the fixed buckets (or no
+        fixed bucket holds it); None otherwise."""
+        from .buckets import plan_request
+
+        lens = self.lengths(arrays)
+        if lens is None:
+            return None
+        chunks = self.plan(lens)
+        if chunks is None:
+            return None
+        batch, seq = arrays[self._mask].shape
+        fixed = plan_request(buckets, batch, seq, split_batch=split_batch)
+        if fixed is not None:
+            (b, s), calls = fixed
+            if sum(f.tokens for *_, f in chunks) > calls * b * s:
+                return None
+        return lens, chunks
+
     # -- running ----------------------------------------------------------------------------
     def run(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray,
             chunks: list[tuple[int, int, PackedFunction]]) -> dict[str, np.ndarray]:

@@ -191,7 +191,11 @@ class CompiledModel:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one request; returns one array per output, padding removed."""
         arrays, batch, seq = self._check_feeds(feeds)
-        bucket, calls = self.plan(batch, seq)
+        # Packed (padding-free) when it computes no more tokens than the fixed buckets would.
+        packed = self._packed.choose(arrays, self._functions, self._can_split) \
+            if self._packed is not None else None
+        if packed is None:
+            bucket, calls = self.plan(batch, seq)
         if getattr(self._local, "threads", None) != self.threads:
             got = _set_threads(self.threads)
             if got != self.threads:
@@ -199,13 +203,9 @@ class CompiledModel:
                             "load(); set TVM_NUM_THREADS=%d before the first TVM call",
                             got, self.threads, self.threads)
             self._local.threads = self.threads
-        if self._packed is not None:
-            lens = self._packed.lengths(arrays)
-            chunks = self._packed.plan(lens) if lens is not None else None
-            if chunks is not None and \
-                    sum(f.tokens for *_, f in chunks) <= calls * bucket[0] * bucket[1]:
-                self.last_plan = "packed " + "+".join(f"{f.tokens}" for *_, f in chunks)
-                return self._packed.run(arrays, lens, chunks)
+        if packed is not None:
+            self.last_plan = "packed " + "+".join(f"{f.tokens}" for *_, f in packed[1])
+            return self._packed.run(arrays, *packed)
         self.last_plan = f"bucket {bucket[0]}x{bucket[1]}" + (f" x{calls}" if calls > 1 else "")
         if calls == 1:
             return self._run_bucket(arrays, bucket, batch, seq)
