@@ -23,9 +23,13 @@ from typing import Any
 import numpy as np
 
 from ._errors import BackendError
-from .varlen import CU_SEQLENS, FIRST_TOKEN, POSITION_IDS
 
 log = logging.getLogger(__name__)
+
+# The packed functions' extra inputs (``varlen.pack_model`` adds them; no ONNX needed here).
+POSITION_IDS = "lamina_position_ids"
+CU_SEQLENS = "lamina_cu_seqlens"
+FIRST_TOKEN = "lamina_first_token"
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from .packed_runtime import CU_SEQLENS, FIRST_TOKEN, POSITION_IDS
+
 log = logging.getLogger(__name__)
 
-POSITION_IDS = "lamina_position_ids"
-CU_SEQLENS = "lamina_cu_seqlens"
-FIRST_TOKEN = "lamina_first_token"
+__all__ = ["CU_SEQLENS", "FIRST_TOKEN", "POSITION_IDS", "NotPackable", "PackedGraph", "pack_model"]
 
 # Ops that act on each token independently (broadcasting only over the feature axis): they may see
 # the packed stream. Gather is checked separately (embedding tables and the pooler's first token).
