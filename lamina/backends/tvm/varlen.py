@@ -90,6 +90,26 @@ def _const(v: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def _reads_input_values(v: ir.Value | None) -> bool:
+    """Whether ``v`` depends on a graph input's values (not only on its shape)."""
+    seen: set[int] = set()
+    stack = [v]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        node = cur.producer()
+        if node is None:
+            if cur.const_value is None and cur.is_graph_input():
+                return True
+            continue
+        if node.op_type == "Shape" and _domain(node) == "":
+            continue
+        stack.extend(node.inputs)
+    return False
+
+
 def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = None) -> PackedGraph:
     """The packed graph of ``model`` (optimized, symbolic batch/seq) for ``tokens`` tokens in at most
     ``seqs`` sequences, none longer than ``max_len`` (the attention scratch size); raises :class:`NotPackable` with the reason when the graph does not fit."""
@@ -109,6 +129,9 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     used_pos = False
     for node in src.graph:
         if node.op_type == "Gather" and _domain(node) == "" and _is_position_table(node.inputs[0]):
+            if _reads_input_values(node.inputs[1]):
+                raise NotPackable(f"position ids of {node.name!r} are computed from the inputs' "
+                                  "values (e.g. RoBERTa's padding-offset positions)")
             node.replace_input_with(1, pos_sym)
             used_pos = True
     if not used_pos:

@@ -77,6 +77,15 @@ def test_pack_model_refuses_unfused_graph(tiny_bert: Path) -> None:
         pack_model(model, 64, 4)
 
 
+def test_pack_model_refuses_positions_computed_from_ids(tiny_model) -> None:
+    from lamina.backends.tvm.varlen import NotPackable, pack_model
+    from lamina.compiler.driver import api
+
+    model, _ = api.optimize(api.load(tiny_model("roberta")), "O1")
+    with pytest.raises(NotPackable, match="RoBERTa"):
+        pack_model(model, 64, 4)
+
+
 def test_default_token_buckets() -> None:
     from lamina.backends.tvm.varlen import default_token_buckets
 
