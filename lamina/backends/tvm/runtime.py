@@ -191,7 +191,7 @@ class CompiledModel:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one request; returns one array per output, padding removed."""
         arrays, batch, seq = self._check_feeds(feeds)
-        # Packed (padding-free) when it computes no more tokens than the fixed buckets would.
+        # Packed (padding-free) when it computes fewer tokens than the fixed buckets (packed_runtime).
         packed = self._packed.choose(arrays, self._functions, self._can_split) \
             if self._packed is not None else None
         if packed is None:
