@@ -40,6 +40,7 @@ __all__ = ["CU_SEQLENS", "FIRST_TOKEN", "POSITION_IDS", "NotPackable", "PackedGr
 _ROW_OPS = {("", op) for op in ("Add", "Sub", "Mul", "Div", "LayerNormalization", "Erf", "Tanh",
                                 "Relu", "Sigmoid", "Cast", "Identity", "Sqrt", "Pow", "Split")}
 _ROW_OPS |= {("lamina", op) for op in ("Linear", "Gelu", "LayerNorm", "PackedAttention")}
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow"}
 _SEQ_OPS = {("", op) for op in ("Gemm", "Tanh", "Add", "Mul", "Identity", "Reshape")}
 
 # Token buckets: steps of 32 up to 256 tokens, 64 up to 512, 128 beyond (a bucket pads by less
@@ -143,7 +144,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     pos = next(v for v in g.inputs if v.name == POSITION_IDS)
     cu = ir.Value(name=CU_SEQLENS, type=ir.TensorType(ir.DataType.INT32), shape=ir.Shape([seqs + 1]))
     first = ir.Value(name=FIRST_TOKEN, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([seqs]))
-    used_first = False
+    pooled: list[ir.Node] = []  # the Reshapes that start the per-sequence region
     attentions = 0
     for node in list(g):
         dom, op = _domain(node), node.op_type
@@ -175,7 +176,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
                 else:
                     out.replace_all_uses_with(new)
                 g.remove(node, safe=True)
-                used_first = True
+                pooled.append(reshaped)
                 continue
             raise NotPackable(f"Gather {node.name!r} is neither an embedding lookup nor the "
                               "pooler's first token")
@@ -204,7 +205,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     seq_values: set[ir.Value] = set()
     for node in g:
         dom, op = _domain(node), node.op_type
-        if node.name and node.name.endswith("_packed_rows"):
+        if node in pooled:
             seq_values.update(node.outputs)
             continue
         if any(i in seq_values for i in node.inputs if i is not None):
@@ -216,6 +217,14 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
             seq_values.update(node.outputs)
             continue
         if op == "Gather" or (dom, op) in _ROW_OPS:
+            if dom == "" and op in _ELEMENTWISE:
+                for i in node.inputs:
+                    # A constant that varies along the token axis (e.g. folded positions) would
+                    # be added to the wrong tokens of a packed stream.
+                    if i is not None and i.const_value is not None and i.shape is not None \
+                            and len(i.shape) >= 2 and i.shape[-2] != 1:
+                        raise NotPackable(f"{op} {node.name!r} adds a per-position constant "
+                                          f"{i.name!r}")
             if op == "Split" and dom == "":
                 axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
                 rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
@@ -229,7 +238,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     keep = [v for v in g.inputs if v.uses() and v not in mask_inputs and v is not pos]
     g.inputs.clear()
     g.inputs.extend([*keep, pos, cu])
-    if used_first:
+    if pooled:
         g.inputs.append(first)
     token_outputs, seq_outputs = [], []
     for o in g.outputs:
