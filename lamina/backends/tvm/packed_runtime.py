@@ -8,9 +8,9 @@ the smallest token bucket that holds them), with per-token position ids, the seq
 rounding); sequence outputs as ``[batch, ...]``. A batch too big for one packed call is cut into
 consecutive chunks.
 
-The choice is automatic: packed when its token count (the buckets' ``T`` summed over chunks) is at
-most what the fixed buckets would compute for the request; the fixed buckets otherwise, and always
-for a mask that is not right-padded (a row with gaps, or an empty row).
+The choice is automatic: packed when its token count (the buckets' ``T`` summed over chunks) is below
+what the fixed buckets would compute for the request, or equal in fewer calls; the fixed buckets
+otherwise, and always for a mask that is not right-padded (a row with gaps, or an empty row).
 """
 
 from __future__ import annotations
@@ -23,9 +23,13 @@ from typing import Any
 import numpy as np
 
 from ._errors import BackendError
-from .varlen import CU_SEQLENS, FIRST_TOKEN, POSITION_IDS
 
 log = logging.getLogger(__name__)
+
+# The packed functions' extra inputs (``varlen.pack_model`` adds them; no ONNX needed here).
+POSITION_IDS = "lamina_position_ids"
+CU_SEQLENS = "lamina_cu_seqlens"
+FIRST_TOKEN = "lamina_first_token"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,29 @@ class PackedRunner:
             out.append((lo, hi, f))
             lo = hi
         return out
+
+    def choose(self, arrays: Mapping[str, np.ndarray], buckets: Any, split_batch: bool
+               ) -> tuple[np.ndarray, list[tuple[int, int, PackedFunction]]] | None:
+        """``(lengths, chunks)`` when the request should run packed: its mask is right-padded, it
+        fits the packed functions, and they compute fewer tokens than the fixed buckets (or as
+        many in fewer calls, or no fixed bucket holds it); None otherwise."""
+        from .buckets import plan_request
+
+        lens = self.lengths(arrays)
+        if lens is None:
+            return None
+        chunks = self.plan(lens)
+        if chunks is None:
+            return None
+        batch, seq = arrays[self._mask].shape
+        fixed = plan_request(buckets, batch, seq, split_batch=split_batch)
+        if fixed is not None:
+            (b, s), calls = fixed
+            # Fewer tokens, or as many in fewer calls (each call streams every weight once); on a
+            # full tie the fixed bucket wins (its shapes may carry tuning records).
+            if (sum(f.tokens for *_, f in chunks), len(chunks)) >= (calls * b * s, calls):
+                return None
+        return lens, chunks
 
     # -- running ----------------------------------------------------------------------------
     def run(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray,

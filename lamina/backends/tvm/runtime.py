@@ -291,16 +291,15 @@ class CompiledModel:
         """Run one request; returns one array per output, padding removed."""
         arrays, batch, seq = self._check_feeds(feeds)
         self._check_indices(arrays)
+        # Packed (padding-free) when it computes fewer tokens than the fixed buckets (packed_runtime).
+        packed = self._packed.choose(arrays, self._functions, self._can_split) \
+            if self._packed is not None else None
+        if packed is not None:
+            self.last_plan = "packed " + "+".join(f"{f.tokens}" for *_, f in packed[1])
+            with self._slot():
+                return self._packed.run(arrays, *packed)
         bucket, calls = self.plan(batch, seq)
         self._check_padding(bucket, seq)
-        if self._packed is not None:
-            lens = self._packed.lengths(arrays)
-            chunks = self._packed.plan(lens) if lens is not None else None
-            if chunks is not None and \
-                    sum(f.tokens for *_, f in chunks) <= calls * bucket[0] * bucket[1]:
-                self.last_plan = "packed " + "+".join(f"{f.tokens}" for *_, f in chunks)
-                with self._slot():
-                    return self._packed.run(arrays, lens, chunks)
         self.last_plan = f"bucket {bucket[0]}x{bucket[1]}" + (f" x{calls}" if calls > 1 else "")
         if calls == 1:
             with self._slot():

@@ -29,17 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from .packed_runtime import CU_SEQLENS, FIRST_TOKEN, POSITION_IDS
+
 log = logging.getLogger(__name__)
 
-POSITION_IDS = "lamina_position_ids"
-CU_SEQLENS = "lamina_cu_seqlens"
-FIRST_TOKEN = "lamina_first_token"
+__all__ = ["CU_SEQLENS", "FIRST_TOKEN", "POSITION_IDS", "NotPackable", "PackedGraph", "pack_model"]
 
 # Ops that act on each token independently (broadcasting only over the feature axis): they may see
 # the packed stream. Gather is checked separately (embedding tables and the pooler's first token).
 _ROW_OPS = {("", op) for op in ("Add", "Sub", "Mul", "Div", "LayerNormalization", "Erf", "Tanh",
                                 "Relu", "Sigmoid", "Cast", "Identity", "Sqrt", "Pow", "Split")}
 _ROW_OPS |= {("lamina", op) for op in ("Linear", "Gelu", "LayerNorm", "PackedAttention")}
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow"}
 _SEQ_OPS = {("", op) for op in ("Gemm", "Tanh", "Add", "Mul", "Identity", "Reshape")}
 
 # Token buckets: steps of 32 up to 256 tokens, 64 up to 512, 128 beyond (a bucket pads by less
@@ -90,6 +91,26 @@ def _const(v: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def _reads_input_values(v: ir.Value | None) -> bool:
+    """Whether ``v`` depends on a graph input's values (not only on its shape)."""
+    seen: set[int] = set()
+    stack = [v]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        node = cur.producer()
+        if node is None:
+            if cur.const_value is None and cur.is_graph_input():
+                return True
+            continue
+        if node.op_type == "Shape" and _domain(node) == "":
+            continue
+        stack.extend(node.inputs)
+    return False
+
+
 def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = None) -> PackedGraph:
     """The packed graph of ``model`` (optimized, symbolic batch/seq) for ``tokens`` tokens in at most
     ``seqs`` sequences, none longer than ``max_len`` (the attention scratch size); raises :class:`NotPackable` with the reason when the graph does not fit."""
@@ -109,6 +130,9 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     used_pos = False
     for node in src.graph:
         if node.op_type == "Gather" and _domain(node) == "" and _is_position_table(node.inputs[0]):
+            if _reads_input_values(node.inputs[1]):
+                raise NotPackable(f"position ids of {node.name!r} are computed from the inputs' "
+                                  "values (e.g. RoBERTa's padding-offset positions)")
             node.replace_input_with(1, pos_sym)
             used_pos = True
     if not used_pos:
@@ -120,7 +144,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     pos = next(v for v in g.inputs if v.name == POSITION_IDS)
     cu = ir.Value(name=CU_SEQLENS, type=ir.TensorType(ir.DataType.INT32), shape=ir.Shape([seqs + 1]))
     first = ir.Value(name=FIRST_TOKEN, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([seqs]))
-    used_first = False
+    pooled: list[ir.Node] = []  # the Reshapes that start the per-sequence region
     attentions = 0
     for node in list(g):
         dom, op = _domain(node), node.op_type
@@ -152,7 +176,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
                 else:
                     out.replace_all_uses_with(new)
                 g.remove(node, safe=True)
-                used_first = True
+                pooled.append(reshaped)
                 continue
             raise NotPackable(f"Gather {node.name!r} is neither an embedding lookup nor the "
                               "pooler's first token")
@@ -181,7 +205,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     seq_values: set[ir.Value] = set()
     for node in g:
         dom, op = _domain(node), node.op_type
-        if node.name and node.name.endswith("_packed_rows"):
+        if node in pooled:
             seq_values.update(node.outputs)
             continue
         if any(i in seq_values for i in node.inputs if i is not None):
@@ -193,6 +217,14 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
             seq_values.update(node.outputs)
             continue
         if op == "Gather" or (dom, op) in _ROW_OPS:
+            if dom == "" and op in _ELEMENTWISE:
+                for i in node.inputs:
+                    # A constant that varies along the token axis (e.g. folded positions) would
+                    # be added to the wrong tokens of a packed stream.
+                    if i is not None and i.const_value is not None and i.shape is not None \
+                            and len(i.shape) >= 2 and i.shape[-2] != 1:
+                        raise NotPackable(f"{op} {node.name!r} adds a per-position constant "
+                                          f"{i.name!r}")
             if op == "Split" and dom == "":
                 axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
                 rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
@@ -206,7 +238,7 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     keep = [v for v in g.inputs if v.uses() and v not in mask_inputs and v is not pos]
     g.inputs.clear()
     g.inputs.extend([*keep, pos, cu])
-    if used_first:
+    if pooled:
         g.inputs.append(first)
     token_outputs, seq_outputs = [], []
     for o in g.outputs:

@@ -9,10 +9,12 @@ batches of ``--batch`` and times three engines on the same batches:
 - ``ort-longest``: ONNX Runtime (``ORT_ENABLE_ALL``, the same threads) fed the same padded batches;
 - ``ort-128``: ONNX Runtime fed each batch padded to ``--pad-to`` (128), as many deployments do.
 
-Protocol as in :mod:`.bench`: each engine in its own fresh process, one untimed pass over all batches,
-then ``--iters`` timed passes; ``--rounds`` rounds rotate the engine order. An engine's figure is the
-median pass time over all rounds; throughput = sentences / median pass time; ratios are Lamina's
-throughput over each engine's, pooled and round by round.
+Protocol: each engine in its own process (runtimes' thread pools disturb each other), started once:
+it loads, runs one untimed pass over all batches and then waits; timed passes alternate between the
+engines, one engine at a time (``--iters`` passes per engine per round, ``--rounds`` rounds rotating
+the order), so the slow phases of a shared machine hit every engine alike. An engine's figure is its
+median pass time; throughput = sentences / median pass time; speedups are Lamina's throughput over
+each engine's, pooled and round by round.
 """
 
 from __future__ import annotations
@@ -116,20 +118,35 @@ def main(args: argparse.Namespace) -> int:
                "ort-128": (onnx_path, feeds["fixed"])}
         passes: dict[str, list[float]] = {e: [] for e in engines}
         round_med: dict[str, list[float]] = {e: [] for e in engines}
-        for r in range(args.rounds):
-            order = engines[r % len(engines):] + engines[: r % len(engines)]
-            for engine in order:
+        # Every engine in its own process, started once and kept waiting on stdin; passes alternate
+        # between them one at a time, so a shared machine's slow phases hit all engines alike.
+        procs = {}
+        try:
+            for engine in engines:
                 path, fpath = src[engine]
                 cmd = [sys.executable, "-m", "lamina.compiler.driver.bench_text", "--worker",
-                       engine, path, str(fpath), str(args.threads), str(args.iters)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                    raise UsageError(f"benchmark worker for {engine} failed: {tail}")
-                lat = json.loads(proc.stdout.strip().splitlines()[-1])
-                passes[engine] += lat
-                round_med[engine].append(float(np.median(lat)))
-                print(f"round {r + 1}/{args.rounds}: {engine} done", file=sys.stderr)
+                       engine, path, str(fpath), str(args.threads)]
+                procs[engine] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE, text=True)
+            for engine, proc in procs.items():
+                _reply(proc, engine)  # loaded, one untimed pass done
+                print(f"{engine}: ready", file=sys.stderr)
+            for r in range(args.rounds):
+                order = engines[r % len(engines):] + engines[: r % len(engines)]
+                for engine in order:
+                    lat = []
+                    for _ in range(args.iters):
+                        procs[engine].stdin.write("pass\n")
+                        procs[engine].stdin.flush()
+                        lat.append(_reply(procs[engine], engine))
+                    passes[engine] += lat
+                    round_med[engine].append(float(np.median(lat)))
+                print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.stdin.close()
+                    proc.wait(timeout=60)
     n = len(sentences)
     results = {}
     for engine, lat in passes.items():
@@ -164,7 +181,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(engine: str, path: str, feeds_path: str, threads: int, iters: int) -> list[float]:
+def _reply(proc: subprocess.Popen, engine: str) -> float:
+    line = proc.stdout.readline()
+    if not line:
+        tail = (proc.stderr.read().strip().splitlines() or ["?"])[-1]
+        raise UsageError(f"benchmark worker for {engine} failed: {tail}")
+    return float(line)
+
+
+def _worker(engine: str, path: str, feeds_path: str, threads: int) -> None:
+    """Load, run one untimed pass, print 0; then time one pass per ``pass`` line on stdin."""
     batches = _load(feeds_path)
     if engine == "lamina":
         import lamina.backends.tvm as lamina_tvm
@@ -184,18 +210,17 @@ def _worker(engine: str, path: str, feeds_path: str, threads: int, iters: int) -
             return sess.run(None, feeds)
     for b in batches:  # one untimed pass
         call(b)
-    out = []
-    for _ in range(iters):
+    print(0.0, flush=True)
+    for _ in sys.stdin:
         t0 = time.perf_counter()
         for b in batches:
             call(b)
-        out.append(1e3 * (time.perf_counter() - t0))
-    return out
+        print(1e3 * (time.perf_counter() - t0), flush=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--worker":
-        engine, path, feeds_path, threads, iters = sys.argv[2:]
-        print(json.dumps(_worker(engine, path, feeds_path, int(threads), int(iters))))
+    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
+        engine, path, feeds_path, threads = sys.argv[2:]
+        _worker(engine, path, feeds_path, int(threads))
     else:
         sys.exit("usage: lamina bench --text-file ... (this module's __main__ is its worker)")

@@ -310,6 +310,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.save:
             np.save(Path(args.save) / f"{name}.npy", arr)
     print(f"time: {ms:.2f} ms (one call, after a warm-up)")
+    if getattr(art, "last_plan", ""):
+        print(f"ran as: {art.last_plan}")
     return 0
 
 

@@ -77,6 +77,15 @@ def test_pack_model_refuses_unfused_graph(tiny_bert: Path) -> None:
         pack_model(model, 64, 4)
 
 
+def test_pack_model_refuses_positions_computed_from_ids(tiny_model) -> None:
+    from lamina.backends.tvm.varlen import NotPackable, pack_model
+    from lamina.compiler.driver import api
+
+    model, _ = api.optimize(api.load(tiny_model("roberta")), "O1")
+    with pytest.raises(NotPackable, match="RoBERTa"):
+        pack_model(model, 64, 4)
+
+
 def test_default_token_buckets() -> None:
     from lamina.backends.tvm.varlen import default_token_buckets
 
@@ -121,3 +130,20 @@ def test_packed_runtime_equals_padded_and_ort(tiny_bert: Path, tmp_path: Path) -
     got8 = m.run(feeds8)
     assert m.last_plan == "packed 64+64" and len(lens8) == 8
     np.testing.assert_allclose(got8["last_hidden_state"][:4], got["last_hidden_state"], atol=1e-5)
+    # A row longer than every fixed bucket (seq 40 > 32) still runs, packed.
+    ids40 = rng.integers(1, 1000, (1, 40)).astype(np.int64)
+    feeds40 = {"input_ids": ids40, "attention_mask": np.ones_like(ids40),
+               "token_type_ids": np.zeros_like(ids40)}
+    got40 = m.run(feeds40)["last_hidden_state"]
+    assert m.last_plan == "packed 64"
+    np.testing.assert_allclose(got40, ort_run(tiny_bert, feeds40)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("value", ["abc", "0,64", ","])
+def test_cli_packed_bad_value_is_one_line(value: str) -> None:
+    from lamina.compiler.driver.cli import _parse_packed
+    from lamina.compiler.errors import UsageError
+
+    with pytest.raises(UsageError, match="--packed"):
+        _parse_packed(value)
+    assert _parse_packed("auto") is True and _parse_packed("128,64") == [64, 128]
