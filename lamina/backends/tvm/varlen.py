@@ -24,6 +24,7 @@ padded outputs out); :mod:`.packed_runtime` packs requests and picks packed or f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,9 +112,14 @@ def _reads_input_values(v: ir.Value | None) -> bool:
     return False
 
 
-def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = None) -> PackedGraph:
+def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = None,
+               canonicalize: Callable[[ir.Model, dict[str, int]], ir.Model] | None = None,
+               ) -> PackedGraph:
     """The packed graph of ``model`` (optimized, symbolic batch/seq) for ``tokens`` tokens in at most
-    ``seqs`` sequences, none longer than ``max_len`` (the attention scratch size); raises :class:`NotPackable` with the reason when the graph does not fit."""
+    ``seqs`` sequences, none longer than ``max_len`` (the attention scratch size); raises
+    :class:`NotPackable` with the reason when the graph does not fit. ``canonicalize(model, dims)``
+    re-canonicalizes the specialized copy (the driver passes O0; specialization alone leaves the
+    shape arithmetic unfolded)."""
     from lamina.compiler.frontend import specialize
 
     dims = {}
@@ -139,6 +145,8 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
         raise NotPackable("no position-embedding lookup found")
     src.graph.inputs.append(pos_sym)
     spec = specialize(src, dims)
+    if canonicalize is not None:
+        spec = canonicalize(spec, dims)
     g = spec.graph
     mask_inputs = [v for v in g.inputs if "mask" in (v.name or "").lower()]
     pos = next(v for v in g.inputs if v.name == POSITION_IDS)

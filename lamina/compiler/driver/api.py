@@ -220,6 +220,11 @@ def compile(  # noqa: A001 - the verb users expect
     )
 
 
+def canonicalize(model: ir.Model, dims: dict[str, int]) -> ir.Model:
+    """O0 on a specialized copy (what compile runs on each bucket and packed graph)."""
+    return optimize(model, "O0", dims=dims)[0]
+
+
 def _packed_graphs(model: ir.Model, packed: bool | list[int], seqs: int,
                    positions: int | None) -> list:
     """The packed graphs for the token buckets ``packed`` asks for; a clear error if the model
@@ -232,7 +237,7 @@ def _packed_graphs(model: ir.Model, packed: bool | list[int], seqs: int,
     out = []
     for t in tokens:
         try:
-            out.append(pack_model(model, t, min(seqs, t), positions))
+            out.append(pack_model(model, t, min(seqs, t), positions, canonicalize=canonicalize))
         except NotPackable as e:
             raise UsageError(f"--packed: this model cannot run padding-free ({e}); compile "
                              "without --packed") from None

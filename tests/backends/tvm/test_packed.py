@@ -46,9 +46,10 @@ def test_varlen_attention_kernel_matches_reference(lens: list[int]) -> None:
 def test_pack_model_rewrites_attention_and_positions(tiny_bert: Path) -> None:
     from lamina.backends.tvm.varlen import CU_SEQLENS, POSITION_IDS, pack_model
     from lamina.compiler.driver import api
+    from lamina.compiler.driver.api import canonicalize
 
     model, _ = api.optimize(api.load(tiny_bert), "O1")
-    pg = pack_model(model, 64, 4)
+    pg = pack_model(model, 64, 4, canonicalize=canonicalize)
     ops = [(n.domain, n.op_type) for n in pg.model.graph]
     assert ("lamina", "PackedAttention") in ops and ("lamina", "Attention") not in ops
     assert pg.inputs == ["input_ids", "token_type_ids", POSITION_IDS, CU_SEQLENS]
@@ -59,9 +60,10 @@ def test_pack_model_rewrites_attention_and_positions(tiny_bert: Path) -> None:
 def test_pack_model_takes_each_sequences_first_token_for_the_pooler(minilm_ts17: Path) -> None:
     from lamina.backends.tvm.varlen import FIRST_TOKEN, pack_model
     from lamina.compiler.driver import api
+    from lamina.compiler.driver.api import canonicalize
 
     model, _ = api.optimize(api.load(minilm_ts17), "O1")
-    pg = pack_model(model, 64, 4)
+    pg = pack_model(model, 64, 4, canonicalize=canonicalize)
     assert pg.inputs[-1] == FIRST_TOKEN
     assert pg.token_outputs == ["last_hidden_state"] and pg.seq_outputs == ["pooler_output"]
     shapes = {v.name: list(v.shape) for v in pg.model.graph.outputs}
@@ -71,23 +73,26 @@ def test_pack_model_takes_each_sequences_first_token_for_the_pooler(minilm_ts17:
 def test_pack_model_refuses_unfused_graph(tiny_bert: Path) -> None:
     from lamina.backends.tvm.varlen import NotPackable, pack_model
     from lamina.compiler.driver import api
+    from lamina.compiler.driver.api import canonicalize
 
     model, _ = api.optimize(api.load(tiny_bert), "O0")
     with pytest.raises(NotPackable, match="fused attention|may mix tokens|Gather"):
-        pack_model(model, 64, 4)
+        pack_model(model, 64, 4, canonicalize=canonicalize)
 
 
 def test_pack_model_refuses_positions_computed_from_ids(tiny_model) -> None:
     from lamina.backends.tvm.varlen import NotPackable, pack_model
     from lamina.compiler.driver import api
+    from lamina.compiler.driver.api import canonicalize
 
     model, _ = api.optimize(api.load(tiny_model("roberta")), "O1")
     with pytest.raises(NotPackable, match="RoBERTa"):
-        pack_model(model, 64, 4)
+        pack_model(model, 64, 4, canonicalize=canonicalize)
 
 
 def test_default_token_buckets() -> None:
     from lamina.backends.tvm.varlen import default_token_buckets
+    from lamina.compiler.driver.api import canonicalize
 
     b = default_token_buckets(1024)
     assert b[0] == 32 and b[-1] == 1024 and b == sorted(b)
@@ -115,7 +120,8 @@ def test_packed_runtime_equals_padded_and_ort(tiny_bert: Path, tmp_path: Path) -
     real = mask.astype(bool)
     np.testing.assert_allclose(got["last_hidden_state"][real], ref[real], rtol=1e-4, atol=1e-4)
     assert not got["last_hidden_state"][~real].any()  # padding positions are zeros
-    padded = m._run_bucket(feeds, (4, 32), batch, seq)["last_hidden_state"]
+    with m._slot():  # the fixed bucket, as run() would without the packed functions
+        padded = m._run_bucket(feeds, (4, 32), batch, seq)["last_hidden_state"]
     np.testing.assert_allclose(got["last_hidden_state"][real], padded[real], rtol=1e-4, atol=1e-4)
     # The same request through the fixed bucket (a gap in the mask forces it) agrees at real tokens.
     gap = mask.copy()
