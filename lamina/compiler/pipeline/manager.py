@@ -15,7 +15,7 @@ from lamina.compiler.errors import LaminaError, PassError, VerifyError
 from lamina.compiler.ir import print_ir, to_proto
 from lamina.compiler.pipeline.instruments import Instrument
 from lamina.compiler.pipeline.plugins import load_passes_argument
-from lamina.compiler.pipeline.registry import Pass, PassContext
+from lamina.compiler.pipeline.registry import Pass, PassContext, check_contracts
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class PassManager:
         self.crash_dir = Path(crash_dir) if crash_dir else None
 
     def run(self, model: ir.Model) -> ir.Model:
+        check_contracts(self.passes, model)
         for inst in self.instruments:
             inst.on_start(model, self.passes, self.ctx)
         for index, p in enumerate(self.passes, 1):

@@ -50,16 +50,52 @@ class PassContext:
         return pass_name in self.debug_match or "all" in self.debug_match
 
 
+@dataclass(frozen=True)
+class Property:
+    """A property of a model that passes establish (``ensures``) and rely on (``requires``).
+
+    ``holds`` checks a model for it (None: only running ``established_by`` establishes it).
+    """
+
+    name: str
+    doc: str
+    established_by: str
+    holds: Callable[[ir.Model], bool] | None = None
+
+
+_PROPERTIES: dict[str, Property] = {}
+
+
+def register_property(name: str, doc: str, established_by: str,
+                      holds: Callable[[ir.Model], bool] | None = None) -> Property:
+    """Declare a property passes can name in ``requires``/``ensures`` (registering it again with the
+    same pass that establishes it is a no-op, so modules may be re-imported)."""
+    known = _PROPERTIES.get(name)
+    if known is not None and known.established_by != established_by:
+        raise PipelineError(f"property {name!r} is registered twice ({known.established_by} and "
+                            f"{established_by})")
+    prop = Property(name, doc, established_by, holds)
+    _PROPERTIES[name] = prop
+    return prop
+
+
 class Pass(abc.ABC):
     """Base class of all passes. Subclasses set ``Options`` and implement :meth:`run`.
 
     ``atol``/``rtol`` bound the numeric change ``--verify-each`` accepts from the pass (0 = exact).
+
+    Contracts (optional, as in onnx-ir's pass infrastructure): ``requires`` names the properties
+    (:func:`register_property`) the pass needs; ``ensures`` those it establishes. The pass manager
+    checks a pipeline before running it: a required property must be ensured by an earlier pass
+    or hold on the input model, else one line says which pass to run first.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     atol: ClassVar[float] = 1e-6
     rtol: ClassVar[float] = 0.0
+    requires: ClassVar[frozenset[str]] = frozenset()
+    ensures: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -173,6 +209,33 @@ def registered_passes() -> dict[str, type[Pass]]:
 
 def registered_pipelines() -> dict[str, tuple[str, str]]:
     return dict(_PIPELINES)
+
+
+def check_contracts(passes: list[Pass], model: ir.Model) -> None:
+    """Raise :class:`PipelineError` naming the first pass whose ``requires`` nothing before it in
+    ``passes`` ensures and ``model`` does not satisfy."""
+    established: set[str] = set()
+    holds: dict[str, bool] = {}
+    for index, p in enumerate(passes):
+        for req in sorted(p.requires):
+            if req in established:
+                continue
+            prop = _PROPERTIES.get(req)
+            if prop is None:
+                raise PipelineError(f"pass {p.name!r} requires {req!r}, which no registered pass "
+                                    "establishes (a property must be declared with "
+                                    "register_property)")
+            if req not in holds:
+                holds[req] = prop.holds is not None and prop.holds(model)
+            if holds[req]:
+                continue
+            example = ",".join([prop.established_by] + [q.spec() for q in passes[index:index + 1]])
+            where = f"after [{', '.join(q.name for q in passes[:index])}]" if index else "first"
+            raise PipelineError(
+                f"pass {p.name!r} (run {where}) requires {req} ({prop.doc}), which no earlier "
+                f"pass establishes and the input model lacks; run {prop.established_by} before it, "
+                f"e.g. --pipeline {example}")
+        established |= p.ensures
 
 
 def get_pass(name: str) -> type[Pass]:
