@@ -124,6 +124,45 @@ class Pass(abc.ABC):
         return self.name + ("{" + ",".join(parts) + "}" if parts else "")
 
 
+class PassGroup(Pass):
+    """Member passes (``members``, a textual pipeline) run in order, cycled until every member has
+    run once since the last change, at most ``max_rounds`` rounds: the fixed point onnx-ir's
+    ``PassManager(steps=N, early_stop=True)`` gives, so a pipeline lists each pass once. The pass
+    manager runs the members one by one under its instruments (dumps, timing, ``--verify-each`` and
+    ``--print-ir-*`` see every member run); calling the group directly runs the same loop."""
+
+    members: ClassVar[str] = ""
+    max_rounds: ClassVar[int] = 4
+
+    def member_passes(self) -> list[Pass]:
+        if not hasattr(self, "_members"):
+            from lamina.compiler.pipeline.textual import parse_pipeline
+
+            self._members = parse_pipeline(self.members)
+        return self._members
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        members = self.member_passes()
+        changed_any, quiet = False, 0
+        for _ in range(self.max_rounds):
+            for p in members:
+                result = p.run(model, ctx)
+                model = result.model
+                changed_any |= result.changed
+                quiet = 0 if result.changed else quiet + 1
+                if quiet >= len(members):
+                    return PassResult(model, changed=changed_any)
+        return PassResult(model, changed=changed_any)
+
+
+def flatten(passes: list[Pass]) -> list[Pass]:
+    """``passes`` with every group replaced by one round of its members."""
+    out: list[Pass] = []
+    for p in passes:
+        out.extend(flatten(p.member_passes()) if isinstance(p, PassGroup) else [p])
+    return out
+
+
 @dataclass(frozen=True)
 class OptionInfo:
     name: str
@@ -214,6 +253,7 @@ def registered_pipelines() -> dict[str, tuple[str, str]]:
 def check_contracts(passes: list[Pass], model: ir.Model) -> None:
     """Raise :class:`PipelineError` naming the first pass whose ``requires`` nothing before it in
     ``passes`` ensures and ``model`` does not satisfy."""
+    passes = flatten(passes)
     established: set[str] = set()
     holds: dict[str, bool] = {}
     for index, p in enumerate(passes):
