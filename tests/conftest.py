@@ -35,8 +35,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["LAMINA_TUNING_DB"] = str(_SESSION_DIR / "tuning")
     if not os.environ.get("LAMINA_TEST_CACHE"):
         os.environ["LAMINA_TEST_CACHE"] = str(_SESSION_DIR / "exports")
-    # Libraries the exporters load keep caches under $HOME by default.
-    os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_DIR / "matplotlib"))
+    # Libraries keep caches under $HOME by default: ONNX Runtime (a device id under
+    # $XDG_CACHE_HOME/Microsoft/DeveloperTools), Hugging Face, matplotlib.
+    os.environ["XDG_CACHE_HOME"] = str(_SESSION_DIR / "xdg-cache")
+    os.environ["MPLCONFIGDIR"] = str(_SESSION_DIR / "matplotlib")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

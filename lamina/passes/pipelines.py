@@ -4,21 +4,8 @@ from __future__ import annotations
 
 from lamina.compiler.pipeline import register_pipeline
 
-O0 = ",".join([
-    "lift-constants",
-    "remove-dropout",
-    "eliminate-identity",
-    "infer-shapes",
-    "fold-constants",
-    "simplify-reshape",
-    "remove-dead-code",
-    "cse",
-    "fold-constants",
-    "eliminate-identity",
-    "canonicalize-quant",
-    "remove-dead-code",
-    "infer-shapes",
-])
+# Each pass once: canonicalize repeats its members until a round changes nothing.
+O0 = "lift-constants,canonicalize"
 
 register_pipeline(
     "O0",

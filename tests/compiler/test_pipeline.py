@@ -21,7 +21,7 @@ from lamina.compiler.pipeline import (
     register,
 )
 from lamina.compiler.pipeline.instruments import DumpIR, PrintIR, Recorder, VerifyEach
-from lamina.compiler.pipeline.registry import unregister
+from lamina.compiler.pipeline.registry import PassGroup, flatten, unregister
 from tests.compiler._graphs import reshape_graph
 
 
@@ -66,7 +66,7 @@ def test_parse_options_and_named_pipelines(scaling_pass):
     passes = parse_pipeline("O0,test-scale{factor=3.5,enabled=false,name-prefix=q}")
     assert passes[-1].options == _Opts(3.5, "q", False)
     assert format_pipeline(passes).endswith("test-scale{factor=3.5,name-prefix=q,enabled=false}")
-    assert len(parse_pipeline("O0")) > 5
+    assert len(flatten(parse_pipeline("O0"))) > 5
 
 
 @pytest.mark.parametrize("text, message", [
@@ -108,7 +108,7 @@ def test_dump_ir_files(tmp_path):
     assert "pipeline.txt" in names and "stats.json" in names
     assert "001_lift-constants.txt" in names and "001_lift-constants.diff" in names
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert [p["name"] for p in stats["passes"]][:2] == ["lift-constants", "remove-dropout"]
+    assert [p["name"] for p in stats["passes"]][:2] == ["lift-constants", "cleanup"]
     assert count_nodes(model) < count_nodes(reshape_graph())
 
 
@@ -225,3 +225,25 @@ def test_entry_point_plugins_register(tmp_path, monkeypatch):
     finally:
         unregister("ep-noop")
         sys.modules.pop("lamina_ep_plugin", None)
+
+
+def test_o0_lists_each_pass_once_and_runs_to_a_fixed_point():
+    names = [p.name for p in flatten(parse_pipeline("O0"))]
+    assert len(names) == len(set(names)), names
+    rec = Recorder()
+    model = PassManager(parse_pipeline("O0"), [rec]).run(reshape_graph())
+    runs = [r.name for r in rec.records]
+    members = [p.name for p in flatten(parse_pipeline("canonicalize"))]
+    # The group stops once every member has run since the last change: the last len(members)
+    # runs changed nothing, and infer-shapes ran on the final graph.
+    assert not any(r.changed for r in rec.records[-len(members):])
+    assert "infer-shapes" in runs[-len(members):]
+    assert count_nodes(model) < count_nodes(reshape_graph())
+
+
+def test_a_pass_group_called_directly_runs_the_same_loop():
+    group = parse_pipeline("canonicalize")[0]
+    assert isinstance(group, PassGroup)
+    direct = group.run(reshape_graph(), PassContext()).model
+    managed = PassManager([group]).run(reshape_graph())
+    assert print_ir(direct) == print_ir(managed)

@@ -22,6 +22,7 @@ from lamina.compiler.frontend import apply_shapes, load_model, save_model
 from lamina.compiler.pipeline import PassContext, PassManager, format_pipeline, parse_pipeline
 from lamina.compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Recorder, VerifyEach
 from lamina.compiler.pipeline.plugins import load_entry_points, load_module
+from lamina.compiler.pipeline.registry import flatten
 
 if TYPE_CHECKING:  # pragma: no cover
     from lamina.compiler.driver.quantize import QuantizeConfig
@@ -112,7 +113,7 @@ def optimize(
     instruments: list[Instrument] = [recorder]
     if (debug.print_ir_after_all or debug.print_ir_after or debug.print_ir_before
             or debug.print_ir_after_change or debug.print_ir_after_failure):
-        known = {p.name for p in passes}
+        known = {p.name for p in passes} | {p.name for p in flatten(passes)}
         for name in debug.print_ir_after | debug.print_ir_before:
             if name not in known:
                 raise UsageError(

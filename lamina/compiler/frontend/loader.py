@@ -217,8 +217,8 @@ def load_model(
     """Load an ONNX file into Lamina's IR: validated, external data read, opset converted.
 
     A ``.txt`` file is an IR dump in the text form (``--dump-ir``, ``--print-ir-*``); its big
-    tensors come
-    from the ``.onnx`` of the same name beside it (see :mod:`lamina.compiler.ir.parser`).
+    tensors come from the ``.onnx`` of the same name beside it (see
+    :mod:`lamina.compiler.ir.parser`).
     """
     path = Path(path)
     if path.suffix == ".txt":

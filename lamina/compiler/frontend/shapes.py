@@ -107,8 +107,7 @@ def apply_shapes(
 
 def specialize(model: ir.Model, dims: dict[str, int]) -> ir.Model:
     """A copy of ``model`` with its symbolic input dims bound (e.g. batch=1, seq=128); dims the
-    model
-    does not have are ignored. The caller canonicalizes it again (the driver runs O0 on it)."""
+    model does not have are ignored. The caller canonicalizes it again (the driver runs O0)."""
     copy = model.clone()
     apply_shapes(copy, dims={k: v for k, v in dims.items() if k in symbolic_dims(copy)})
     return copy

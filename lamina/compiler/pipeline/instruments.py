@@ -208,8 +208,7 @@ Oracle = Callable[[ir.Model, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 class VerifyEach(Instrument):
     """``--verify-each``: run the graph before and after every pass on ``oracle`` with seeded inputs
-    and
-    fail when the max abs error exceeds the pass's tolerance (``atol + rtol * max|reference|``).
+    and fail when the max abs error exceeds the pass's tolerance (``atol + rtol * max|reference|``).
 
     What changed is decided by comparing the printed IR before and after the pass, not by the pass's
     own ``changed`` flag, so a pass that rewrites the graph and says it did not is still checked."""

@@ -50,16 +50,52 @@ class PassContext:
         return pass_name in self.debug_match or "all" in self.debug_match
 
 
+@dataclass(frozen=True)
+class Property:
+    """A property of a model that passes establish (``ensures``) and rely on (``requires``).
+
+    ``holds`` checks a model for it (None: only running ``established_by`` establishes it).
+    """
+
+    name: str
+    doc: str
+    established_by: str
+    holds: Callable[[ir.Model], bool] | None = None
+
+
+_PROPERTIES: dict[str, Property] = {}
+
+
+def register_property(name: str, doc: str, established_by: str,
+                      holds: Callable[[ir.Model], bool] | None = None) -> Property:
+    """Declare a property passes can name in ``requires``/``ensures`` (registering it again with the
+    same pass that establishes it is a no-op, so modules may be re-imported)."""
+    known = _PROPERTIES.get(name)
+    if known is not None and known.established_by != established_by:
+        raise PipelineError(f"property {name!r} is registered twice ({known.established_by} and "
+                            f"{established_by})")
+    prop = Property(name, doc, established_by, holds)
+    _PROPERTIES[name] = prop
+    return prop
+
+
 class Pass(abc.ABC):
     """Base class of all passes. Subclasses set ``Options`` and implement :meth:`run`.
 
     ``atol``/``rtol`` bound the numeric change ``--verify-each`` accepts from the pass (0 = exact).
+
+    Contracts (optional, as in onnx-ir's pass infrastructure): ``requires`` names the properties
+    (:func:`register_property`) the pass needs; ``ensures`` those it establishes. The pass manager
+    checks a pipeline before running it: a required property must be ensured by an earlier pass
+    or hold on the input model, else one line says which pass to run first.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     atol: ClassVar[float] = 1e-6
     rtol: ClassVar[float] = 0.0
+    requires: ClassVar[frozenset[str]] = frozenset()
+    ensures: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -86,6 +122,45 @@ class Pass(abc.ABC):
             if value != getattr(default, f.name):
                 parts.append(f"{f.name.replace('_', '-')}={format_option(value)}")
         return self.name + ("{" + ",".join(parts) + "}" if parts else "")
+
+
+class PassGroup(Pass):
+    """Member passes (``members``, a textual pipeline) run in order, cycled until every member has
+    run once since the last change, at most ``max_rounds`` rounds: the fixed point onnx-ir's
+    ``PassManager(steps=N, early_stop=True)`` gives, so a pipeline lists each pass once. The pass
+    manager runs the members one by one under its instruments (dumps, timing, ``--verify-each`` and
+    ``--print-ir-*`` see every member run); calling the group directly runs the same loop."""
+
+    members: ClassVar[str] = ""
+    max_rounds: ClassVar[int] = 4
+
+    def member_passes(self) -> list[Pass]:
+        if not hasattr(self, "_members"):
+            from lamina.compiler.pipeline.textual import parse_pipeline
+
+            self._members = parse_pipeline(self.members)
+        return self._members
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        members = self.member_passes()
+        changed_any, quiet = False, 0
+        for _ in range(self.max_rounds):
+            for p in members:
+                result = p.run(model, ctx)
+                model = result.model
+                changed_any |= result.changed
+                quiet = 0 if result.changed else quiet + 1
+                if quiet >= len(members):
+                    return PassResult(model, changed=changed_any)
+        return PassResult(model, changed=changed_any)
+
+
+def flatten(passes: list[Pass]) -> list[Pass]:
+    """``passes`` with every group replaced by one round of its members."""
+    out: list[Pass] = []
+    for p in passes:
+        out.extend(flatten(p.member_passes()) if isinstance(p, PassGroup) else [p])
+    return out
 
 
 @dataclass(frozen=True)
@@ -173,6 +248,34 @@ def registered_passes() -> dict[str, type[Pass]]:
 
 def registered_pipelines() -> dict[str, tuple[str, str]]:
     return dict(_PIPELINES)
+
+
+def check_contracts(passes: list[Pass], model: ir.Model) -> None:
+    """Raise :class:`PipelineError` naming the first pass whose ``requires`` nothing before it in
+    ``passes`` ensures and ``model`` does not satisfy."""
+    passes = flatten(passes)
+    established: set[str] = set()
+    holds: dict[str, bool] = {}
+    for index, p in enumerate(passes):
+        for req in sorted(p.requires):
+            if req in established:
+                continue
+            prop = _PROPERTIES.get(req)
+            if prop is None:
+                raise PipelineError(f"pass {p.name!r} requires {req!r}, which no registered pass "
+                                    "establishes (a property must be declared with "
+                                    "register_property)")
+            if req not in holds:
+                holds[req] = prop.holds is not None and prop.holds(model)
+            if holds[req]:
+                continue
+            example = ",".join([prop.established_by] + [q.spec() for q in passes[index:index + 1]])
+            where = f"after [{', '.join(q.name for q in passes[:index])}]" if index else "first"
+            raise PipelineError(
+                f"pass {p.name!r} (run {where}) requires {req} ({prop.doc}), which no earlier "
+                f"pass establishes and the input model lacks; run {prop.established_by} before it, "
+                f"e.g. --pipeline {example}")
+        established |= p.ensures
 
 
 def get_pass(name: str) -> type[Pass]:

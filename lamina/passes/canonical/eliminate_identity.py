@@ -1,27 +1,21 @@
-"""``eliminate-identity``: remove ``Identity`` nodes."""
+"""``eliminate-identity``: the ``identity`` row of the ``cleanup`` table on its own."""
 
 from __future__ import annotations
 
 import onnx_ir as ir
 
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
-from lamina.passes.canonical._utils import is_standard, replace_value
+from lamina.passes.canonical.cleanup import IDENTITY, apply_rules
 
 
 @register("eliminate-identity")
 class EliminateIdentityPass(Pass):
     """Replace ``%y = Identity(%x)`` by ``%x`` (kept when ``%y`` is a graph output that ``%x``
-    cannot take the place of, e.g. an input passed straight through). Exact."""
+    cannot take the place of, e.g. an input passed straight through). Exact. ``cleanup`` runs this
+    with the other local rules."""
 
     atol = 0.0
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        graph = model.graph
-        removed = 0
-        for node in list(graph):
-            if not is_standard(node, "Identity") or node.inputs[0] is None:
-                continue
-            if replace_value(graph, node.outputs[0], node.inputs[0]):
-                graph.remove(node, safe=True)
-                removed += 1
+        removed = apply_rules(model, [IDENTITY])[IDENTITY.name]
         return PassResult(model, changed=removed > 0, stats={"removed": removed})

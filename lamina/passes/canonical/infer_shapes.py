@@ -10,7 +10,16 @@ import onnx_ir.passes.common as common
 
 from lamina.compiler.ir import const_array
 from lamina.compiler.ir.domain import attach_reference_functions
-from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
+from lamina.compiler.pipeline import Pass, PassContext, PassResult, register, register_property
+
+
+def _has_shapes(model: ir.Model) -> bool:
+    values = [*model.graph.inputs, *(out for node in model.graph for out in node.outputs)]
+    return all(v.shape is not None for v in values)
+
+
+SHAPES = register_property("shapes", "every value has a recorded shape", "infer-shapes",
+                           _has_shapes).name
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +124,7 @@ class InferShapesPass(Pass):
     """
 
     atol = 0.0
+    ensures = frozenset({SHAPES})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         before = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))

@@ -1,12 +1,11 @@
-"""``remove-dropout``: drop inference-time Dropout nodes."""
+"""``remove-dropout``: the ``dropout`` row of the ``cleanup`` table on its own."""
 
 from __future__ import annotations
 
 import onnx_ir as ir
 
-from lamina.compiler.ir import const_array
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
-from lamina.passes.canonical._utils import is_standard, replace_value
+from lamina.passes.canonical.cleanup import DROPOUT, apply_rules
 
 
 @register("remove-dropout")
@@ -14,23 +13,11 @@ class RemoveDropoutPass(Pass):
     """Replace ``%y = Dropout(%x[, ratio, training_mode])`` by ``%x`` when not in training mode.
 
     Only when the mask output is unused and ``training_mode`` is absent or a constant false. Exact.
+    ``cleanup`` runs this with the other local rules.
     """
 
     atol = 0.0
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        graph = model.graph
-        removed = 0
-        for node in list(graph):
-            if not is_standard(node, "Dropout"):
-                continue
-            if len(node.outputs) > 1 and node.outputs[1].uses():
-                continue
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                mode = const_array(node.inputs[2])
-                if mode is None or bool(mode):
-                    continue
-            if replace_value(graph, node.outputs[0], node.inputs[0]):
-                graph.remove(node, safe=True)
-                removed += 1
+        removed = apply_rules(model, [DROPOUT])[DROPOUT.name]
         return PassResult(model, changed=removed > 0, stats={"removed": removed})

@@ -8,6 +8,7 @@ import onnx_ir as ir
 from lamina.compiler.ir import Namer, const_array
 from lamina.compiler.pipeline import Pass, PassContext, PassResult, register
 from lamina.passes.canonical._utils import add_initializer, is_standard
+from lamina.passes.canonical.infer_shapes import SHAPES
 
 # A piece of a shape vector: an int, or ("dim", source value, index).
 Piece = int | tuple[str, ir.Value, int]
@@ -93,6 +94,7 @@ class SimplifyReshapePass(Pass):
     """
 
     atol = 0.0
+    requires = frozenset({SHAPES})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         graph = model.graph

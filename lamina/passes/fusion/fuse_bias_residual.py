@@ -8,6 +8,7 @@ from lamina.compiler.ir import const_array
 from lamina.compiler.pipeline import register
 from lamina.passes.fusion._match import NoMatch, is_op, other_input, single_consumer
 from lamina.passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
+from lamina.passes.fusion.fuse_gelu import GELU_FUSED
 
 GELU_ACTIVATION = {"none": "gelu", "tanh": "gelu_tanh"}
 
@@ -48,6 +49,7 @@ class FuseBiasResidualPass(AnchoredFusionPass):
     rtol 1e-4 (same arithmetic).
     """
 
+    requires = frozenset({GELU_FUSED})
 
     def is_anchor(self, node: ir.Node) -> bool:
         return is_op(node, "MatMul")

@@ -6,7 +6,7 @@ import math
 
 import onnx_ir as ir
 
-from lamina.compiler.pipeline import register
+from lamina.compiler.pipeline import register, register_property
 from lamina.passes.fusion._match import (
     NoMatch,
     close,
@@ -53,6 +53,16 @@ def _cube_of(value: ir.Value | None) -> tuple[ir.Value, list[ir.Node]] | None:
     return None
 
 
+def _no_gelu_arithmetic(model: ir.Model) -> bool:
+    # Every GELU form fuse-gelu matches goes through Erf or Tanh.
+    return not any(is_op(node, "Erf", "Tanh") for node in model.graph)
+
+
+GELU_FUSED = register_property(
+    "gelu-fused", "GELUs are lamina::Gelu nodes that epilogues can absorb", "fuse-gelu",
+    _no_gelu_arithmetic).name
+
+
 @register("fuse-gelu")
 class FuseGeluPass(AnchoredFusionPass):
     """Fuse GELU written with ``Erf`` or ``Tanh`` into ``lamina::Gelu{approximate}``.
@@ -62,16 +72,16 @@ class FuseGeluPass(AnchoredFusionPass):
         %u = Div(%x, 1.4142135)   # or Mul(%x, 0.70710677)
         %e = Erf(%u); %a = Add(%e, 1.0); %m = Mul(%x, %a); %y = Mul(%m, 0.5)
 
-    Before (tanh, rule ``tanh``): ``0.5 * x * (1 + Tanh(0.7978846 * (x + 0.044715 * x**3)))``, cube
-    as
-    ``Pow(x, 3)`` or ``x*x*x``.
+    Before (tanh, rule ``tanh``): ``0.5 * x * (1 + Tanh(0.7978846 * (x + 0.044715 * x**3)))``,
+    cube as ``Pow(x, 3)`` or ``x*x*x``.
 
-    After: ``%y = lamina::Gelu(%x) {approximate="none"|"tanh"}``. The final product ``x * (1 + t) *
-    0.5`` may
-    be associated in any order (0.5 applied first, last, or to ``1 + t``), operands in any order.
+    After: ``%y = lamina::Gelu(%x) {approximate="none"|"tanh"}``. The final product
+    ``x * (1 + t) * 0.5`` may be associated in any order (0.5 applied first, last, or to
+    ``1 + t``), operands in any order.
     Anchor: ``Erf`` / ``Tanh``. Intermediates must have no other users. rtol 1e-4.
     """
 
+    ensures = frozenset({GELU_FUSED})
 
     def is_anchor(self, node: ir.Node) -> bool:
         return is_op(node, "Erf", "Tanh")

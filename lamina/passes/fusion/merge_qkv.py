@@ -52,8 +52,7 @@ class MergeQkvPass(AnchoredFusionPass):
 
     After::
 
-        %qkv = Add(MatMul(%x, %Wqkv), %bqkv)         # Wqkv = [Wq | Wk | Wv]  (K x 3N), bqkv
-        likewise
+        %qkv = Add(MatMul(%x, %Wqkv), %bqkv)     # Wqkv = [Wq | Wk | Wv] (K x 3N), bqkv likewise
         %q, %k, %v = Split(%qkv, [Nq, Nk, Nv], axis=-1)
         %c = lamina::Attention(%q, %k, %v, %mask) {...}
 

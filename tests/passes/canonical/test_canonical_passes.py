@@ -152,3 +152,22 @@ def test_infer_shapes_reports_what_it_annotated():
     assert first.changed and first.stats["annotated"] > 0
     _, (second,) = run("infer-shapes", model)
     assert not second.changed and second.stats["annotated"] == 0
+
+
+def test_cleanup_table_runs_to_a_fixed_point():
+    """Identity and inference Dropout in a chain go in one cleanup run (structural, numeric,
+    idempotent); a training-mode Dropout stays (must not fire)."""
+    nodes = [
+        h.make_node("Identity", ["x"], ["a"]),
+        h.make_node("Dropout", ["a"], ["b"]),
+        h.make_node("Identity", ["b"], ["c"]),
+        h.make_node("Relu", ["c"], ["r"]),
+        h.make_node("Dropout", ["r", "ratio", "train"], ["y"]),
+    ]
+    inits = [const("ratio", np.array(0.1, np.float32)), const("train", np.array(True))]
+    model = model_from_nodes(nodes, [f32("x", [2, 3])], [f32("y", [2, 3])], inits)
+    after, (res,) = run("cleanup", copy(model))
+    assert res.stats == {"identity": 2, "dropout": 1}
+    assert op_histogram(after) == {"Relu": 1, "Dropout": 1}
+    _, (again,) = run("cleanup", after)
+    assert not again.changed

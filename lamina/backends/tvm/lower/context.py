@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from .._errors import BackendError
@@ -13,6 +14,8 @@ from .registry import Const, Value
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx_ir as ir
+
+    from ..tuning.kernel_search import KernelTiles
 
 
 class LowerContext:
@@ -22,14 +25,14 @@ class LowerContext:
     """
 
     def __init__(self, bb: relax.BlockBuilder, opsets: dict[str, int],
-                 target: Any = None) -> None:
+                 target: tvm.target.Target | None = None) -> None:
         self.bb = bb
         self.opsets = opsets
         # With a target, matmuls on constant weights use the hand-written kernels (packed weights).
         self.target = target
         # Kernel tiles (``tuning.kernel_search.KernelTiles``: .dense(), .attention()); None: the
         # per-ISA defaults.
-        self.tiles: Any = None
+        self.tiles: KernelTiles | None = None
         # LLVM features beyond the base vector ISA that emitted kernels use (see FunctionInfo).
         self.features: set[str] = set()
         # INT8: the consumers lowered to INT8 kernels (node -> ops.quant_dense.Int8Dense), and the

@@ -15,14 +15,15 @@ Adding an operator, including a fused ``lamina``-domain op, is one decorated fun
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx_ir as ir
+    from tvm import relax
 
     from .context import LowerContext
 
@@ -39,8 +40,12 @@ class Const:
     name: str | None = None
 
 
-Value = Any  # relax.Expr | Const
-ConverterFn = Callable[["LowerContext", "ir.Node", list[Value | None]], Any]
+# What flows between converters: a Relax expression, or a compile-time constant.
+Value = Union["relax.Expr", Const]  # noqa: UP007 - a runtime alias with a forward reference
+# A converter's result: one value, or one per node output (None for an output nobody computes,
+# e.g. LayerNormalization's optional Mean / InvStdDev).
+ConverterResult = Union[Value, Sequence[Union[Value, None]]]  # noqa: UP007
+ConverterFn = Callable[["LowerContext", "ir.Node", list[Union[Value, None]]], ConverterResult]  # noqa: UP007
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _REGISTRY: dict[tuple[str, str], ConverterFn] = {}
