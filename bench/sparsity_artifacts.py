@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import lamina.backends.tvm as lamina_tvm
-    from lamina.compiler.driver.text import tokenize
+    from lamina.compiler.frontend.text import tokenize
     from lamina.zoo import SAMPLE_TEXTS, minilm_tokenizer_dir
 
     paths = [args.dense, *args.pruned]

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== compare with ONNX Runtime on the original file (real sentences)")
     import lamina.backends.reference as reference
     import lamina.backends.tvm as lamina_tvm
-    from lamina.compiler.driver.text import tokenize
+    from lamina.compiler.frontend.text import tokenize
 
     model = lamina_tvm.load(artifact)
     names = [i.name for i in model.inputs]

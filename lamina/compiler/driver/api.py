@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from lamina.compiler.errors import UsageError
 from lamina.compiler.frontend import apply_shapes, load_model, save_model
+from lamina.compiler.frontend.shapes import max_positions
 from lamina.compiler.pipeline import PassContext, PassManager, format_pipeline, parse_pipeline
 from lamina.compiler.pipeline.instruments import DumpIR, Instrument, PrintIR, Recorder, VerifyEach
 from lamina.compiler.pipeline.plugins import load_entry_points, load_module
@@ -268,17 +269,6 @@ def _report_sparsity(report: OptimizeReport, stream: TextIO) -> None:
 
 def _gains(lines: list[str]) -> list[float]:
     return [float(line.rsplit("predicted gain ", 1)[1].rstrip("x")) for line in lines]
-
-
-def max_positions(model: ir.Model) -> int | None:
-    """Rows of the position-embedding table, the longest sequence the model takes (None if
-    unknown)."""
-    for name, value in model.graph.initializers.items():
-        if "position" in name.lower() and value.shape is not None and len(value.shape) == 2:
-            rows = value.shape[0]
-            if isinstance(rows, int) and rows > 1:
-                return rows - 2 if "roberta" in name.lower() else rows
-    return None
 
 
 def _bucket_dims(model: ir.Model, batch: int, seq: int) -> dict[str, int]:

@@ -99,7 +99,7 @@ def _make_feeds(
     args: argparse.Namespace, onnx_path: str, names: list[str]
 ) -> dict[str, np.ndarray]:
     if args.text:
-        from lamina.compiler.driver.text import tokenize
+        from lamina.compiler.frontend.text import tokenize
 
         texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(args.batch)]
         texts = [" ".join([t] * (1 + args.seq // 12)) for t in texts]  # long enough to fill --seq

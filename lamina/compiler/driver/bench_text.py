@@ -48,7 +48,7 @@ def make_batches(sentences: list[str], batch: int, tokenizer_dir: str, names: li
                  pad_to: int | None, max_len: int) -> list[dict[str, np.ndarray]]:
     """Feeds per batch of ``batch`` sentences: padded to the batch's longest row (``pad_to`` None)
     or to ``pad_to``; rows longer than ``max_len`` tokens are truncated."""
-    from lamina.compiler.driver.text import tokenize
+    from lamina.compiler.frontend.text import tokenize
 
     out = []
     for lo in range(0, len(sentences), batch):

@@ -294,7 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.text:
         if not args.tokenizer:
             raise UsageError("--text needs --tokenizer DIR (a directory with tokenizer.json)")
-        from lamina.compiler.driver.text import tokenize
+        from lamina.compiler.frontend.text import tokenize
 
         feeds.update(tokenize(args.text, args.tokenizer, [i.name for i in art.inputs]))
     if not feeds:

@@ -30,7 +30,7 @@ def read_texts(path: str | Path | None, n: int) -> list[str]:
 def embeddings(model: ir.Model, texts: list[str], tokenizer: str, batch: int = 16) -> np.ndarray:
     """Mean-pooled first output (``last_hidden_state``) per text, from ONNX Runtime."""
     from lamina.backends.reference import session
-    from lamina.compiler.driver.text import tokenize
+    from lamina.compiler.frontend.text import tokenize
 
     sess = session(model)
     names = [i.name for i in sess.get_inputs()]

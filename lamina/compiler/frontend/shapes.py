@@ -111,3 +111,14 @@ def specialize(model: ir.Model, dims: dict[str, int]) -> ir.Model:
     copy = model.clone()
     apply_shapes(copy, dims={k: v for k, v in dims.items() if k in symbolic_dims(copy)})
     return copy
+
+
+def max_positions(model: ir.Model) -> int | None:
+    """Rows of the position-embedding table, the longest sequence the model takes (None if
+    unknown)."""
+    for name, value in model.graph.initializers.items():
+        if "position" in name.lower() and value.shape is not None and len(value.shape) == 2:
+            rows = value.shape[0]
+            if isinstance(rows, int) and rows > 1:
+                return rows - 2 if "roberta" in name.lower() else rows
+    return None

@@ -55,7 +55,7 @@ def _check_tokenizer_dir(tokenizer: str | os.PathLike | None, path: str | os.Pat
 def text_batches(model: ir.Model, texts: list[str], tokenizer: str | os.PathLike, *,
                  max_positions: int | None = None, batch: int = BATCH, sort: bool = True) -> list[Feeds]:
     """Tokenized feeds for the model's inputs, ``batch`` texts a batch (sorted by length unless ``sort=False``)."""
-    from lamina.compiler.driver.text import load_tokenizer
+    from lamina.compiler.frontend.text import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
     tok.no_padding()

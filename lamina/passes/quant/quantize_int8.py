@@ -187,7 +187,7 @@ class QuantizeInt8Pass(Pass):
         return PassResult(model, changed=True, stats=stats)
 
     def _ranges(self, model: ir.Model, ops: list[QuantOp]) -> dict[str, tuple[float, float]]:
-        from lamina.compiler.driver.api import max_positions
+        from lamina.compiler.frontend.shapes import max_positions
         from lamina.passes.quant._calibration import collect_ranges, load_batches
 
         o = self.options

@@ -118,7 +118,7 @@ class SmoothQuantPass(Pass):
     atol = 1e-4
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        from lamina.compiler.driver.api import max_positions
+        from lamina.compiler.frontend.shapes import max_positions
         from lamina.passes.quant._calibration import load_batches
 
         o = self.options

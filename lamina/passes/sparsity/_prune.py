@@ -96,11 +96,11 @@ def _set(value: ir.Value, array: np.ndarray) -> None:
 
 
 def _structured_blocks(model: ir.Model) -> tuple[list[Any], list[Any]]:
-    from lamina.compiler.driver.api import optimize
+    from lamina.compiler.pipeline import PassManager, parse_pipeline
     from lamina.passes.sparsity._structure import find_attention_blocks, find_ffn_blocks
 
-    fused, _ = optimize(model.clone(), "O0,fuse-layernorm,fuse-gelu,fuse-attention,"
-                                       "fuse-bias-residual,remove-dead-code")
+    fused = PassManager(parse_pipeline("O0,fuse-layernorm,fuse-gelu,fuse-attention,"
+                                       "fuse-bias-residual,remove-dead-code")).run(model.clone())
     return find_attention_blocks(fused), find_ffn_blocks(fused)
 
 

@@ -92,7 +92,6 @@ def test_pack_model_refuses_positions_computed_from_ids(tiny_model) -> None:
 
 def test_default_token_buckets() -> None:
     from lamina.backends.tvm.varlen import default_token_buckets
-    from lamina.compiler.driver.api import canonicalize
 
     b = default_token_buckets(1024)
     assert b[0] == 32 and b[-1] == 1024 and b == sorted(b)
