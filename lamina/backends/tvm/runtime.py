@@ -247,4 +247,12 @@ def load(path: str | os.PathLike[str], threads: int | None = None) -> CompiledMo
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be >= 1, got {threads}")
     root, manifest = read_manifest(path)
+    if any(f.startswith("amx") for f in manifest.get("target", {}).get("required_features", [])):
+        # AMX code: Linux must grant the tile state before the first call, or the process dies.
+        from .amx import request_amx
+
+        if not request_amx():
+            raise ArtifactError(f"{root}: uses AMX tiles, but Linux refused this process the AMX "
+                                "tile state (arch_prctl ARCH_REQ_XCOMP_PERM); recompile it with "
+                                "`--target x86-avx512-vnni`")
     return CompiledModel(root, manifest, threads)

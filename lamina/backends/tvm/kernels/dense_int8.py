@@ -85,6 +85,15 @@ def family(target: tvm.target.Target) -> str:
     return fam
 
 
+def kernel_family(M: int, N: int, target: tvm.target.Target) -> str:
+    """The family that runs an ``M x N`` dense on ``target``: ``amx`` only for shapes in whole
+    32 x 32 tiles (an AMX CPU has VNNI for the rest)."""
+    fam = family(target)
+    if fam == "amx" and not amx_fits(M, N):
+        return "vnni"
+    return fam
+
+
 def lanes32(fam: str) -> int:
     """int32 lanes of one vector of the family."""
     return _INT32_LANES[fam]
@@ -97,14 +106,30 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return 1
 
 
+def _default_tile(M: int, vectors: int, fam: str) -> Int8Config:
+    """The most accumulators within the family's budget (``mr`` dividing M, ``nv`` dividing the
+    row's vectors, ``mr`` at most the default's), then the fewest loads per step (mr + nv)."""
+    cap_mr = _DEFAULT[fam][0] + 2
+    best, key = Int8Config(1, 1), (0, 0)
+    for mr in (v for v in range(1, min(M, cap_mr) + 1) if M % v == 0):
+        for nv in (v for v in range(1, min(vectors, 8) + 1) if vectors % v == 0):
+            acc = mr * nv
+            if acc > _ACC_BUDGET[fam]:
+                continue
+            k = (acc, -(mr + nv))
+            if k > key:
+                best, key = Int8Config(mr, nv), k
+    return best
+
+
 def resolve_int8_config(M: int, K: int, N: int, target: tvm.target.Target,
                         config: Int8Config | None = None) -> Int8Config:
     """The tile the kernel really uses: ``nb`` divides N (else narrower), ``mr`` divides M."""
     fam = family(target)
     L = lanes32(fam)
-    cfg = config or Int8Config(*_DEFAULT[fam])
     if N % L:
         raise ValueError(f"N={N} is not a multiple of the {L} int32 lanes of {fam}")
+    cfg = config or _default_tile(M, N // L, fam)
     nv = _divisor_at_most(N // L, max(1, cfg.nv))
     mr = _divisor_at_most(M, max(1, min(cfg.mr, _ACC_BUDGET[fam] // nv)))
     return Int8Config(mr=mr, nv=nv)
@@ -129,19 +154,22 @@ def candidate_int8_configs(M: int, K: int, N: int, target: tvm.target.Target) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def padded_k(K: int) -> int:
-    return -(-K // 4) * 4
+def padded_k(K: int, fam: str | None = None) -> int:
+    """K rounded up to the family's K step: 64 (one AMX tile row) for ``amx``, else 4."""
+    step = 64 if fam == "amx" else 4
+    return -(-K // step) * step
 
 
-def pack_weight_int8(w: np.ndarray, nb: int) -> np.ndarray:
-    """``[K, N]`` int8 -> ``[N // nb, ceil(K / 4), 4 * nb]`` (see the module doc), K zero-padded."""
+def pack_weight_int8(w: np.ndarray, nb: int, k_step: int = 4) -> np.ndarray:
+    """``[K, N]`` int8 -> ``[N // nb, Kp / 4, 4 * nb]`` (see the module doc), K zero-padded to a
+    multiple of ``k_step`` (64 for AMX)."""
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype != np.int8:
         raise ValueError(f"pack_weight_int8 expects a 2-D int8 weight, got {w.dtype} {w.shape}")
     K, N = w.shape
     if N % nb:
         raise ValueError(f"N={N} is not a multiple of the panel width nb={nb}")
-    Kp = padded_k(K)
+    Kp = -(-K // k_step) * k_step
     if Kp != K:
         w = np.concatenate([w, np.zeros((Kp - K, N), np.int8)])
     return np.ascontiguousarray(
@@ -205,6 +233,121 @@ def _drop_unused(func: tirx.PrimFunc, keep: list[str]) -> tirx.PrimFunc:
     return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
 
 
+def packing(M: int, K: int, N: int, target: tvm.target.Target,
+            config: Int8Config | None = None) -> tuple[int, int]:
+    """``(nb, k_step)`` of the packed weight and the quantized activation for this kernel."""
+    if kernel_family(M, N, target) == "amx":
+        return 16, 64
+    cfg = resolve_int8_config(M, K, N, target, config)
+    return cfg.nv * lanes32(family(target)), 4
+
+
+def amx_fits(M: int, N: int) -> bool:
+    """The AMX kernel's 32 x 32 task tile needs M and N in multiples of 32."""
+    return M % 32 == 0 and N % 32 == 0
+
+
+_LDTILECFG = "llvm.x86.ldtilecfg"
+_TILEZERO = "llvm.x86.tilezero"
+_TILELOAD = "llvm.x86.tileloadd64"
+_TDPBUSD = "llvm.x86.tdpbusd"
+_TILESTORE = "llvm.x86.tilestored64"
+_TILERELEASE = "llvm.x86.tilerelease"
+
+
+def amx_dense_int8_kernel(M: int, K: int, N: int, *, bias: bool = False,
+                          epilogue: Epilogue = None, residual: bool = False,
+                          raw: bool = False) -> tirx.PrimFunc:
+    """AMX-INT8 form of :func:`dense_int8_kernel` (same arguments; Xq padded to K in multiples of
+    64, ``Wp = pack_weight_int8(w, 16, 64)``, the VNNI layout with 16-column panels).
+
+    One task per 32 x 32 output tile, tiles configured per thread (TVM_NOTES.md)::
+
+        ldtilecfg(cfg)                 # tmm0-3: C 16 x 16 int32; tmm4-5: A 16 x 64 u8;
+        tilezero(tmm0..3)              # tmm6-7: B 16 x (16 x 4) s8
+        for kb in Kp / 64:
+          tileloadd64(tmm4 / tmm5, &Xq[rows 0-15 / 16-31, 64 kb], Kp)
+          tileloadd64(tmm6 / tmm7, &Wp[panel 0 / 1, 16 kb, 0], 64)
+          tdpbusd(tmm0, tmm4, tmm6)  tdpbusd(tmm1, tmm4, tmm7)
+          tdpbusd(tmm2, tmm5, tmm6)  tdpbusd(tmm3, tmm5, tmm7)
+        tilestored64(tmm0..3 -> acc[32, 32]); tilerelease()
+        Y[tile] = epilogue(acc)        # the same dequantizing epilogue as the VNNI kernel
+
+    The process must have asked Linux for the tile state first (``runtime`` does, see
+    ``backends/tvm/amx.py``); this host family runs only on CPUs with AMX.
+    """
+    check_epilogue(epilogue)
+    if not amx_fits(M, N):
+        raise ValueError(f"the AMX kernel needs M and N in multiples of 32, got {M} x {N}")
+    Kp = padded_k(K, "amx")
+    K4 = Kp // 4
+    KB = Kp // 64
+    P = N // 16
+    MT, NT = M // 32, N // 32
+    out_dtype = "int32" if raw else "float32"
+
+    def epi(i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r) -> tirx.PrimExpr:
+        zp = tirx.Cast("int32", qp[1])
+        v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])
+        if bias:
+            v = v + b[j]
+        v = apply_epilogue(v, epilogue)
+        if residual:
+            v = v + r[i, j]
+        return v
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 64), "int8"),
+             CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
+             QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
+             R: T.Buffer((M, N), "float32"), Y: T.Buffer((M, N), out_dtype)):
+        T.func_attr({"tirx.noalias": True})
+        for task in T.parallel(MT * NT):
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            acc = T.alloc_buffer((32, 32), "int32", scope="local")
+            row = task // NT * 32
+            col = task % NT * 32
+            for b in range(64):
+                cfg[b] = T.uint8(0)
+            cfg[0] = T.uint8(1)
+            for t in T.unroll(8):
+                cfg[16 + 2 * t] = T.uint8(64)
+                cfg[48 + t] = T.uint8(16)
+            T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
+            for t in T.unroll(4):
+                T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
+            for kb in range(KB):
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
+                                              T.address_of(X[row, kb * 64]), T.int64(Kp)))
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
+                                              T.address_of(X[row + 16, kb * 64]), T.int64(Kp)))
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
+                                              T.address_of(W[col // 16, kb * 16, 0]),
+                                              T.int64(64)))
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
+                                              T.address_of(W[col // 16 + 1, kb * 16, 0]),
+                                              T.int64(64)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(0), T.int8(4), T.int8(6)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(1), T.int8(4), T.int8(7)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(2), T.int8(5), T.int8(6)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(3), T.int8(5), T.int8(7)))
+            for t in T.unroll(4):
+                T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
+                                              T.address_of(acc[t // 2 * 16, t % 2 * 16]),
+                                              T.int64(128)))
+            T.evaluate(T.call_llvm_intrin("void", _TILERELEASE))
+            for i in range(32):
+                for c in T.vectorized(32):
+                    if raw:
+                        Y[row + i, col + c] = acc[i, c]
+                    else:
+                        Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], CS, WS, QP, B, R)
+
+    keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
+                                        + (["R"] if residual else []) + ["Y"])
+    return finish_kernel(root_block(_drop_unused(func, keep)))
+
+
 def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                       config: Int8Config | None = None, bias: bool = False,
                       epilogue: Epilogue = None, residual: bool = False,
@@ -216,8 +359,13 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     ``w_scale[N]`` float32, ``qp[2]`` float32 (activation scale, u8 zero point), ``bias[N]`` if
     ``bias``, ``R[M, N]`` if ``residual``, output ``Y[M, N]`` float32. With ``raw`` the output is
     the int32 accumulator ``Xq @ Wq`` itself and only ``Xq, Wp, Y`` are arguments (tests).
+    On an AMX target, shapes in whole 32 x 32 tiles get :func:`amx_dense_int8_kernel` (K padded
+    to 64, 16-column panels: see :func:`packing`).
     """
     check_epilogue(epilogue)
+    if kernel_family(M, N, target) == "amx":
+        return amx_dense_int8_kernel(M, K, N, bias=bias, epilogue=epilogue, residual=residual,
+                                     raw=raw)
     fam = family(target)
     cfg = resolve_int8_config(M, K, N, target, config)
     L = lanes32(fam)
@@ -289,13 +437,13 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     return finish_kernel(root_block(_drop_unused(func, keep)))
 
 
-def quantize_kernel(M: int, K: int, *, signed: bool = False,
-                    target: tvm.target.Target) -> tirx.PrimFunc:
+def quantize_kernel(M: int, K: int, *, signed: bool = False, target: tvm.target.Target,
+                    k_step: int = 4) -> tirx.PrimFunc:
     """``Xq[M, Kp] = saturate(round_half_even(X / qp[0]) + qp[1])`` as the kernel's u8 (int8
     activations shifted by +128), zero-padded columns up to Kp; arguments ``X[M, K]``, ``qp[2]``
     (the ONNX scale and zero point), output ``Xq``. Parallel over rows, vectorized along them."""
     del target  # one form for every ISA: LLVM vectorizes the row loop to the target's width
-    Kp = padded_k(K)
+    Kp = -(-K // k_step) * k_step
     lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
     shift = 128.0 if signed else 0.0
 
