@@ -11,6 +11,7 @@ engines get the same feeds: random token ids, or real text (``--text``) tokenize
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -231,7 +232,8 @@ def _prepare_peers(args: argparse.Namespace, engines: list[str], artifact: str, 
                 calibration = [feeds] + [_calibration_feeds(args, onnx_path, names, i)
                                          for i in range(1, args.calibration_sets)]
             print(f"preparing {engine}...", file=sys.stderr)
-            paths[engine] = bench_peers.prepare(engine, onnx_path, tmp, calibration)
+            with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars
+                paths[engine] = bench_peers.prepare(engine, onnx_path, tmp, calibration)
     return paths, precision, check
 
 
