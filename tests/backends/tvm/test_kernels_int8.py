@@ -10,22 +10,24 @@ tvm = pytest.importorskip("tvm")
 
 from lamina.backends.tvm.kernels import host_supports, target_for  # noqa: E402
 from lamina.backends.tvm.kernels.common import standalone_module  # noqa: E402
+from lamina.backends.tvm.kernels.dense_amx import amx_dense_int8_kernel  # noqa: E402
 from lamina.backends.tvm.kernels.dense_int8 import (  # noqa: E402
     Int8Config,
-    amx_dense_int8_kernel,
     candidate_int8_configs,
     column_sums,
     dense_int8_float_reference,
     dense_int8_kernel,
     dense_int8_reference,
-    dynamic_qparams_kernel,
     lanes32,
     pack_weight_int8,
     padded_k,
-    quantize_kernel,
-    quantize_reference,
     reduce_range,
     resolve_int8_config,
+)
+from lamina.backends.tvm.kernels.quantize import (  # noqa: E402
+    dynamic_qparams_kernel,
+    quantize_kernel,
+    quantize_reference,
 )
 
 pytestmark = pytest.mark.tvm

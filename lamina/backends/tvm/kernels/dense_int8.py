@@ -19,6 +19,9 @@ Instruction families (``isa.int8_isa``):
   weights**: the lowering requantizes the int8 weights to 7 bits (``[-64, 63]``, scale doubled,
   :func:`reduce_range`), after which no pair sum can saturate (255 * 64 * 2 = 32640) and the kernel is
   exact for the weights it gets. The cost is one bit of weight precision (measured in the notes).
+- ``amx`` (AMX-INT8): ``dense_amx.py``, chosen by :func:`dense_int8_kernel` on AMX targets.
+
+``quantize.py`` makes ``Xq`` (QuantizeLinear / DynamicQuantizeLinear semantics).
 
 Schedule (written directly in TIR, the register tile is explicit)::
 
@@ -44,12 +47,14 @@ from tvm.script import tirx as T
 
 from .common import (
     Epilogue,
-    apply_epilogue,
     check_epilogue,
+    dequant_epilogue,
     epilogue_reference,
     finish_kernel,
+    keep_params,
     root_block,
 )
+from .dense_amx import amx_dense_int8_kernel, amx_fits
 from .isa import int8_isa
 
 _INT32_LANES = {"vnni": 16, "amx": 16, "avx2": 8}
@@ -210,13 +215,6 @@ def dense_int8_float_reference(xq: np.ndarray, wq: np.ndarray, zp: int, x_scale:
     return y.astype(np.float32)
 
 
-def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = False) -> np.ndarray:
-    """ONNX QuantizeLinear (round half to even, saturate), then as the u8 the kernel reads."""
-    lo, hi = (-128, 127) if signed else (0, 255)
-    q = np.clip(np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zp, lo, hi)
-    return (q + (128 if signed else 0)).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------
 # TIR side
 # ---------------------------------------------------------------------------------------------
@@ -226,13 +224,6 @@ _PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 
 
-def _drop_unused(func: tirx.PrimFunc, keep: list[str]) -> tirx.PrimFunc:
-    """``func`` with only the parameters whose buffers are named in ``keep`` (the others are
-    never read by the body: the optional inputs of the template)."""
-    params = [p for p in func.params if p.name in keep]
-    return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
-
-
 def packing(M: int, K: int, N: int, target: tvm.target.Target,
             config: Int8Config | None = None) -> tuple[int, int]:
     """``(nb, k_step)`` of the packed weight and the quantized activation for this kernel."""
@@ -240,112 +231,6 @@ def packing(M: int, K: int, N: int, target: tvm.target.Target,
         return 16, 64
     cfg = resolve_int8_config(M, K, N, target, config)
     return cfg.nv * lanes32(family(target)), 4
-
-
-def amx_fits(M: int, N: int) -> bool:
-    """The AMX kernel's 32 x 32 task tile needs M and N in multiples of 32."""
-    return M % 32 == 0 and N % 32 == 0
-
-
-_LDTILECFG = "llvm.x86.ldtilecfg"
-_TILEZERO = "llvm.x86.tilezero"
-_TILELOAD = "llvm.x86.tileloadd64"
-_TDPBUSD = "llvm.x86.tdpbusd"
-_TILESTORE = "llvm.x86.tilestored64"
-_TILERELEASE = "llvm.x86.tilerelease"
-
-
-def amx_dense_int8_kernel(M: int, K: int, N: int, *, bias: bool = False,
-                          epilogue: Epilogue = None, residual: bool = False,
-                          raw: bool = False) -> tirx.PrimFunc:
-    """AMX-INT8 form of :func:`dense_int8_kernel` (same arguments; Xq padded to K in multiples of
-    64, ``Wp = pack_weight_int8(w, 16, 64)``, the VNNI layout with 16-column panels).
-
-    One task per 32 x 32 output tile, tiles configured per thread (TVM_NOTES.md)::
-
-        ldtilecfg(cfg)                 # tmm0-3: C 16 x 16 int32; tmm4-5: A 16 x 64 u8;
-        tilezero(tmm0..3)              # tmm6-7: B 16 x (16 x 4) s8
-        for kb in Kp / 64:
-          tileloadd64(tmm4 / tmm5, &Xq[rows 0-15 / 16-31, 64 kb], Kp)
-          tileloadd64(tmm6 / tmm7, &Wp[panel 0 / 1, 16 kb, 0], 64)
-          tdpbusd(tmm0, tmm4, tmm6)  tdpbusd(tmm1, tmm4, tmm7)
-          tdpbusd(tmm2, tmm5, tmm6)  tdpbusd(tmm3, tmm5, tmm7)
-        tilestored64(tmm0..3 -> acc[32, 32]); tilerelease()
-        Y[tile] = epilogue(acc)        # the same dequantizing epilogue as the VNNI kernel
-
-    The process must have asked Linux for the tile state first (``runtime`` does, see
-    ``backends/tvm/amx.py``); this host family runs only on CPUs with AMX.
-    """
-    check_epilogue(epilogue)
-    if not amx_fits(M, N):
-        raise ValueError(f"the AMX kernel needs M and N in multiples of 32, got {M} x {N}")
-    Kp = padded_k(K, "amx")
-    K4 = Kp // 4
-    KB = Kp // 64
-    P = N // 16
-    MT, NT = M // 32, N // 32
-    out_dtype = "int32" if raw else "float32"
-
-    def epi(i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r) -> tirx.PrimExpr:
-        zp = tirx.Cast("int32", qp[1])
-        v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])
-        if bias:
-            v = v + b[j]
-        v = apply_epilogue(v, epilogue)
-        if residual:
-            v = v + r[i, j]
-        return v
-
-    @T.prim_func(private=True)
-    def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 64), "int8"),
-             CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
-             QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
-             R: T.Buffer((M, N), "float32"), Y: T.Buffer((M, N), out_dtype)):
-        T.func_attr({"tirx.noalias": True})
-        for task in T.parallel(MT * NT):
-            cfg = T.alloc_buffer((64,), "uint8", scope="local")
-            acc = T.alloc_buffer((32, 32), "int32", scope="local")
-            row = task // NT * 32
-            col = task % NT * 32
-            for b in range(64):
-                cfg[b] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for t in T.unroll(8):
-                cfg[16 + 2 * t] = T.uint8(64)
-                cfg[48 + t] = T.uint8(16)
-            T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
-            for t in T.unroll(4):
-                T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
-            for kb in range(KB):
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
-                                              T.address_of(X[row, kb * 64]), T.int64(Kp)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
-                                              T.address_of(X[row + 16, kb * 64]), T.int64(Kp)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
-                                              T.address_of(W[col // 16, kb * 16, 0]),
-                                              T.int64(64)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
-                                              T.address_of(W[col // 16 + 1, kb * 16, 0]),
-                                              T.int64(64)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(0), T.int8(4), T.int8(6)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(1), T.int8(4), T.int8(7)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(2), T.int8(5), T.int8(6)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(3), T.int8(5), T.int8(7)))
-            for t in T.unroll(4):
-                T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
-                                              T.address_of(acc[t // 2 * 16, t % 2 * 16]),
-                                              T.int64(128)))
-            T.evaluate(T.call_llvm_intrin("void", _TILERELEASE))
-            for i in range(32):
-                for c in T.vectorized(32):
-                    if raw:
-                        Y[row + i, col + c] = acc[i, c]
-                    else:
-                        Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], CS, WS, QP, B, R)
-
-    keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
-                                        + (["R"] if residual else []) + ["Y"])
-    return finish_kernel(root_block(_drop_unused(func, keep)))
 
 
 def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
@@ -382,15 +267,7 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     u8v = f"uint8x{VB}"
     i16v = f"int16x{2 * L}"
 
-    def epi(i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r) -> tirx.PrimExpr:
-        zp = tirx.Cast("int32", qp[1])
-        v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])
-        if bias:
-            v = v + b[j]
-        v = apply_epilogue(v, epilogue)
-        if residual:
-            v = v + r[i, j]
-        return v
+    epi = dequant_epilogue(bias, epilogue, residual)
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),
@@ -434,60 +311,4 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
                                         + (["R"] if residual else []) + ["Y"])
-    return finish_kernel(root_block(_drop_unused(func, keep)))
-
-
-def quantize_kernel(M: int, K: int, *, signed: bool = False, target: tvm.target.Target,
-                    k_step: int = 4) -> tirx.PrimFunc:
-    """``Xq[M, Kp] = saturate(round_half_even(X / qp[0]) + qp[1])`` as the kernel's u8 (int8
-    activations shifted by +128), zero-padded columns up to Kp; arguments ``X[M, K]``, ``qp[2]``
-    (the ONNX scale and zero point), output ``Xq``. Parallel over rows, vectorized along them."""
-    del target  # one form for every ISA: LLVM vectorizes the row loop to the target's width
-    Kp = -(-K // k_step) * k_step
-    lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
-    shift = 128.0 if signed else 0.0
-
-    @T.prim_func(private=True)
-    def func(X: T.Buffer((M, K), "float32"), QP: T.Buffer((2,), "float32"),
-             Y: T.Buffer((M, Kp), "uint8")):
-        T.func_attr({"tirx.noalias": True})
-        for r in T.parallel(M):
-            for c in T.vectorized(K):
-                Y[r, c] = T.Cast("uint8", T.max(T.min(T.nearbyint(X[r, c] / QP[0]) + QP[1],
-                                                      T.float32(hi)), T.float32(lo))
-                                 + T.float32(shift))
-            for c in range(Kp - K):
-                Y[r, K + c] = T.uint8(0)
-
-    return finish_kernel(root_block(func))
-
-
-def dynamic_qparams_kernel(M: int, K: int) -> tirx.PrimFunc:
-    """ONNX DynamicQuantizeLinear's parameters of ``X[M, K]``: ``qp = [scale, zero point]`` with
-    ``scale = (max(0, max X) - min(0, min X)) / 255`` (1 when X is all zeros) and
-    ``zp = saturate(round_half_even(-min(0, min X) / scale))``."""
-    n = M * K
-
-    @T.prim_func(private=True)
-    def func(X: T.Buffer((n,), "float32"), QP: T.Buffer((2,), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        lohi = T.alloc_buffer((32,), "float32", scope="local")
-        for v in T.vectorized(16):
-            lohi[v] = T.float32(0)
-            lohi[16 + v] = T.float32(0)
-        for o in range(n // 16):
-            for v in T.vectorized(16):
-                lohi[v] = T.min(lohi[v], X[o * 16 + v])
-                lohi[16 + v] = T.max(lohi[16 + v], X[o * 16 + v])
-        for t in range(n % 16):
-            lohi[0] = T.min(lohi[0], X[n // 16 * 16 + t])
-            lohi[16] = T.max(lohi[16], X[n // 16 * 16 + t])
-        for v in range(1, 16):
-            lohi[0] = T.min(lohi[0], lohi[v])
-            lohi[16] = T.max(lohi[16], lohi[16 + v])
-        QP[0] = T.Select(lohi[16] - lohi[0] > T.float32(0), (lohi[16] - lohi[0]) / T.float32(255),
-                         T.float32(1))
-        QP[1] = T.max(T.min(T.nearbyint(T.float32(0) - lohi[0] / QP[0]), T.float32(255)),
-                      T.float32(0))
-
-    return finish_kernel(root_block(func))
+    return finish_kernel(root_block(keep_params(func, keep)))

@@ -200,15 +200,14 @@ def emit_int8_dense(ctx: LowerContext, m: Int8Dense, *, bias: Value | None = Non
     from ...kernels.dense_int8 import (
         column_sums,
         dense_int8_kernel,
-        dynamic_qparams_kernel,
         kernel_family,
         pack_weight_int8,
         packing,
-        quantize_kernel,
         reduce_range,
         resolve_int8_config,
     )
     from ...kernels.isa import INT8_FEATURES
+    from ...kernels.quantize import dynamic_qparams_kernel, quantize_kernel
     from ._dense import EPILOGUES
 
     target = ctx.target
