@@ -83,6 +83,27 @@ def test_bench_json(tiny_artifact: Path, capsys):
     assert len(ort["round_ratios"]) == report["rounds"] and ort["round_ratio_median"] > 0
 
 
+@pytest.mark.slow
+def test_bench_peers_mark_precision_and_check_lamina_first(tiny_artifact: Path, capsys):
+    engines = ["lamina", "onnxruntime", "ort-int8-dynamic", "ort-int8-qdq"]
+    try:
+        import openvino  # noqa: F401
+
+        engines.append("openvino-f32")
+    except ImportError:
+        pass
+    rc = main(["bench", str(tiny_artifact), "--batch", "1", "--seq", "16", "--threads", "1",
+               "--iters", "2", "--warmup", "1", "--rounds", "1", "--calibration-sets", "2",
+               "--engines", ",".join(engines), "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    res = report["results"]
+    assert set(res) == set(engines)
+    assert res["lamina"]["precision"] == "fp32" and res["onnxruntime"]["precision"] == "fp32"
+    assert res["ort-int8-dynamic"]["precision"] == res["ort-int8-qdq"]["precision"] == "int8"
+    assert "vs ONNX Runtime fp32" in report["lamina_check"]
+
+
 def test_run_rejects_missing_input_file(tiny_artifact: Path, capsys):
     assert main(["run", str(tiny_artifact), "--input", "input_ids=/nonexistent.npy"]) != 0
     assert "no such file" in capsys.readouterr().err

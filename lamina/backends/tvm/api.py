@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 Dims = Sequence[int | str]
 _RESERVED = {"format", "format_version", "lamina_version", "tvm_version", "tvm_ffi_version",
              "created_utc", "target", "threads", "buckets", "inputs", "outputs", "files",
-             "manifest_sha256", "build_seconds", "extra", "tuning", "index_checks"}
+             "manifest_sha256", "build_seconds", "extra", "tuning", "index_checks", "precision"}
 # Ops an index passes through unchanged on its way from an input to a Gather (for index_checks).
 _INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
 
@@ -254,6 +254,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         **versions(),
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "target": spec.to_manifest(),
+        # int8 when any dense layer runs as an INT8 kernel (the artifact is lossy vs fp32).
+        "precision": "int8" if any(f.int8_layers for f in lowered.functions.values()) else "fp32",
         "threads": threads,
         "buckets": [{"batch": b, "seq": s, "function": lowered.functions[(b, s)].name,
                      "params": lowered.functions[(b, s)].params} for b, s in buckets],

@@ -373,4 +373,12 @@ def load(path: str | os.PathLike[str], threads: int | None = None, *,
     if not allow_writable:
         check_permissions(path)
     root, manifest = read_manifest(path)
+    if any(f.startswith("amx") for f in manifest.get("target", {}).get("required_features", [])):
+        # AMX code: Linux must grant the tile state before the first call, or the process dies.
+        from .amx import request_amx
+
+        if not request_amx():
+            raise ArtifactError(f"{root}: uses AMX tiles, but Linux refused this process the AMX "
+                                "tile state (arch_prctl ARCH_REQ_XCOMP_PERM); recompile it with "
+                                "`--target x86-avx512-vnni`")
     return CompiledModel(root, manifest, threads)

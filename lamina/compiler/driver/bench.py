@@ -11,6 +11,7 @@ round (median and range). All engines get the same feeds: random token ids, or r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -45,11 +46,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=30, help="timed calls per engine per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--text", action="store_true", help="real sentences instead of random token ids")
-    p.add_argument(
-        "--tokenizer", help="tokenizer directory for --text (default: the packaged MiniLM's)"
-    )
-    p.add_argument("--engines", default="lamina,onnxruntime,pytorch")
+    p.add_argument("--tokenizer", help="tokenizer directory for --text (default: the packaged MiniLM's)")
+    p.add_argument("--engines", default="lamina,onnxruntime,pytorch",
+                   help="comma-separated; also ort-int8-dynamic, ort-int8-qdq, openvino, "
+                        "openvino-f32, openvino-nncf-int8, lamina-fp32 (see driver/bench_peers.py)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--lamina-fp32", metavar="ARTIFACT",
+                   help="a second (fp32) Lamina artifact, timed as engine lamina-fp32")
+    p.add_argument("--cosine-floor", type=float, default=0.99,
+                   help="lossy (INT8) Lamina artifacts must reach this mean row cosine vs ORT fp32")
+    p.add_argument("--calibration-sets", type=int, default=8,
+                   help="feed sets that calibrate ort-int8-qdq and openvino-nncf-int8")
     p.add_argument("--baseline", metavar="ARTIFACT",
                    help="another .lamina artifact timed as engine 'baseline' (e.g. the dense model's, "
                         "against a pruned model's artifact)")
@@ -155,11 +162,13 @@ def main(args: argparse.Namespace) -> int:
         feeds = _make_feeds(args, onnx_path, names)
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
+        peer_paths, precision, check = _prepare_peers(args, engines, str(artifact), onnx_path,
+                                                      names, feeds, Path(tmp))
         torch_src = args.torch
         if torch_src == "auto" and "pytorch" in engines:
             torch_src = _torch_auto(onnx_path)
         paths = {"lamina": str(artifact), "onnxruntime": onnx_path,
-                 "pytorch": _minilm_dir() if torch_src == "minilm" else torch_src}
+                 "pytorch": _minilm_dir() if torch_src == "minilm" else torch_src, **peer_paths}
         if torch_src == "none":
             engines = [e for e in engines if e != "pytorch"]
         if args.baseline:
@@ -183,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
     for engine, lat in samples.items():
         arr = np.array(lat)
         p50 = float(np.percentile(arr, 50))
-        results[engine] = {"p50_ms": p50, "p90_ms": float(np.percentile(arr, 90)),
+        results[engine] = {"precision": precision.get(engine, "fp32"), "p50_ms": p50, "p90_ms": float(np.percentile(arr, 90)),
                            "mean_ms": float(arr.mean()), "calls": int(arr.size),
                            "throughput_seq_per_s": args.batch * 1e3 / p50}
     base = results.get("lamina", {}).get("p50_ms")
@@ -196,34 +205,75 @@ def main(args: argparse.Namespace) -> int:
         res["round_ratios"] = per_round
         res["round_ratio_median"] = float(np.median(per_round)) if per_round else None
     report = {"batch": args.batch, "seq": args.seq, "threads": args.threads, "text": args.text,
+              "lamina_check": check,
               "rounds": args.rounds, "iters": args.iters, "results": results}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(
-            f"batch {args.batch}, seq {args.seq}, threads {args.threads}, "
-            f"{'real text' if args.text else 'random ids'}; "
-            f"{args.rounds} rounds x {args.iters} calls"
-        )
-        print(f"{'engine':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'lamina/this':>12} "
+        print(f"batch {args.batch}, seq {args.seq}, threads {args.threads}, "
+              f"{'real text' if args.text else 'random ids'}; {args.rounds} rounds x {args.iters} calls")
+        if check:
+            print(f"lamina outputs: {check}")
+        print(f"{'engine':<19} {'prec':<7} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'lamina/this':>12} "
               f"{'by round: median [range]':>26}")
         for engine, res in results.items():
             ratio = res["lamina_p50_over_this_p50"]
             rr = res["round_ratios"]
             spread = (f"{res['round_ratio_median']:.2f}x [{min(rr):.2f}-{max(rr):.2f}]"
                       if rr else "-")
-            print(
-                f"{engine:<12} {res['p50_ms']:9.2f} {res['p90_ms']:9.2f} "
-                f"{res['throughput_seq_per_s']:9.1f} "
-                f"{ratio if ratio is None else f'{ratio:.2f}x':>12} "
-                f"{spread:>26}"
-            )
+            print(f"{engine:<19} {res['precision']:<7} {res['p50_ms']:9.2f} {res['p90_ms']:9.2f} "
+                  f"{res['throughput_seq_per_s']:9.1f} {ratio if ratio is None else f'{ratio:.2f}x':>12} "
+                  f"{spread:>26}")
     return 0
 
 
-def _worker(
-    engine: str, path: str, feeds_path: str, threads: int, warmup: int, iters: int
-) -> list[float]:
+def _prepare_peers(args: argparse.Namespace, engines: list[str], artifact: str, onnx_path: str,
+                   names: list[str], feeds: dict[str, np.ndarray], tmp: Path
+                   ) -> tuple[dict[str, str], dict[str, str], str | None]:
+    """Model files of the peer engines (quantized here, before any timing), each engine's precision,
+    and Lamina's output check against ONNX Runtime fp32 (None when there is no ONNX file)."""
+    from lamina.backends.tvm.artifact import read_manifest
+    from lamina.compiler.driver import bench_peers
+
+    precision = dict(bench_peers.PRECISION)
+    precision["lamina"] = bench_peers.artifact_precision(read_manifest(artifact)[1])
+    check = None
+    if "lamina" in engines and onnx_path and Path(onnx_path).exists():
+        check = bench_peers.check_lamina(artifact, onnx_path, feeds, args.threads,
+                                         precision["lamina"] != "fp32", args.cosine_floor)
+        print(f"lamina outputs checked: {check}", file=sys.stderr)
+    paths: dict[str, str] = {}
+    calibration: list[dict[str, np.ndarray]] = []
+    for engine in engines:
+        if engine == "lamina-fp32":
+            if not args.lamina_fp32:
+                raise UsageError("engine lamina-fp32 needs --lamina-fp32 ARTIFACT")
+            paths[engine] = args.lamina_fp32
+        elif engine in bench_peers.PEERS:
+            if not calibration:
+                calibration = [feeds] + [_calibration_feeds(args, onnx_path, names, i)
+                                         for i in range(1, args.calibration_sets)]
+            print(f"preparing {engine}...", file=sys.stderr)
+            with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars
+                paths[engine] = bench_peers.prepare(engine, onnx_path, tmp, calibration)
+    return paths, precision, check
+
+
+def _calibration_feeds(args: argparse.Namespace, onnx_path: str, names: list[str], seed: int
+                       ) -> dict[str, np.ndarray]:
+    """Another feed set of the benchmark's shape (random ids with seed ``seed``)."""
+    from lamina.compiler.frontend.feeds import make_feeds
+
+    model = _load(onnx_path)
+    dims = {}
+    for v in model.graph.inputs:
+        for axis, d in enumerate(v.shape or ()):
+            if not isinstance(d, int) and d.value:
+                dims[d.value] = args.batch if axis == 0 else args.seq
+    return make_feeds(model, {**dims, "batch": args.batch, "seq": args.seq}, seed=seed)
+
+
+def _worker(engine: str, path: str, feeds_path: str, threads: int, warmup: int, iters: int) -> list[float]:
     feeds = dict(np.load(feeds_path))
     if engine == "lamina":
         import lamina.backends.tvm as lamina_tvm
@@ -253,7 +303,9 @@ def _worker(
             with torch.inference_mode():
                 return model(**tfeeds).last_hidden_state
     else:
-        raise SystemExit(f"unknown engine {engine}")
+        from lamina.compiler.driver.bench_peers import make_call
+
+        call = make_call(engine, path, feeds, threads)
     for _ in range(warmup):
         call()
     out = []

@@ -10,6 +10,7 @@ tvm = pytest.importorskip("tvm")
 
 from lamina.backends.tvm.kernels import host_supports, target_for  # noqa: E402
 from lamina.backends.tvm.kernels.common import standalone_module  # noqa: E402
+from lamina.backends.tvm.kernels.dense_amx import amx_dense_int8_kernel  # noqa: E402
 from lamina.backends.tvm.kernels.dense_int8 import (  # noqa: E402
     Int8Config,
     candidate_int8_configs,
@@ -17,14 +18,16 @@ from lamina.backends.tvm.kernels.dense_int8 import (  # noqa: E402
     dense_int8_float_reference,
     dense_int8_kernel,
     dense_int8_reference,
-    dynamic_qparams_kernel,
     lanes32,
     pack_weight_int8,
     padded_k,
-    quantize_kernel,
-    quantize_reference,
     reduce_range,
     resolve_int8_config,
+)
+from lamina.backends.tvm.kernels.quantize import (  # noqa: E402
+    dynamic_qparams_kernel,
+    quantize_kernel,
+    quantize_reference,
 )
 
 pytestmark = pytest.mark.tvm
@@ -145,3 +148,39 @@ def test_dynamic_qparams_kernel():
     scale = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(255))
     assert got[0] == scale
     assert got[1] == np.clip(np.rint(-np.float32(lo) / scale), 0, 255)
+
+
+def test_amx_kernel_compiles_to_tile_instructions():
+    """AMX code builds on any host; it runs (bit-exact) only where the CPU has AMX."""
+    target = target_for("amx", 2)
+    M, K, N = 64, 100, 64
+    func = amx_dense_int8_kernel(M, K, N, raw=True)
+    ex = tvm.compile(standalone_module(func), target)
+    asm = ex.mod.inspect_source("asm")
+    for ins in ("ldtilecfg", "tileloadd", "tdpbusd", "tilestored", "tilerelease"):
+        assert ins in asm, ins
+    if not host_supports("amx"):
+        return
+    from lamina.backends.tvm.amx import request_amx
+
+    assert request_amx()
+    xq, wq = _operands(M, K, N)
+    xp = np.concatenate([xq, np.zeros((M, padded_k(K, "amx") - K), np.uint8)], axis=1)
+    got = _run(func, [xp, pack_weight_int8(wq, 16, 64)], (M, N), np.int32, target)
+    np.testing.assert_array_equal(got, dense_int8_reference(xq, wq))
+
+
+def test_amx_permission_request():
+    from lamina.backends.tvm import amx
+
+    class FakeLibc:
+        def __init__(self, rc: int) -> None:
+            self.rc, self.calls = rc, []
+
+        def syscall(self, *args):
+            self.calls.append(args)
+            return self.rc
+
+    ok = FakeLibc(0)
+    assert amx.request_amx(ok) and ok.calls == [(158, 0x1023, 18)]
+    assert not amx.request_amx(FakeLibc(-1))

@@ -38,7 +38,7 @@ def _qdq_act(x: str, scale: float, zp: int, signed: bool):
     return nodes, inits
 
 
-def qdq_model() -> ir.Model:
+def qdq_model(seq: int = S) -> ir.Model:
     """LayerNorm -> Linear(gelu) -> Linear(+residual) with u8 activations; a Gemm (transB) on s8
     activations; a MatMul on dynamically quantized activations. Three outputs."""
     rng = np.random.default_rng(0)
@@ -67,8 +67,8 @@ def qdq_model() -> ir.Model:
         helper.make_node("DequantizeLinear", ["yd_q", "yd_s", "yd_zp"], ["yd_dq"]),
         helper.make_node("MatMul", ["yd_dq", "w4"], ["out_dyn"]),
     ]
-    inits.append(("shape2d", np.array([B * S, H], np.int64)))
-    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F, [B, S, H])],
+    inits.append(("shape2d", np.array([B * seq, H], np.int64)))
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F, [B, seq, H])],
                           [helper.make_tensor_value_info(n, F, None)
                            for n in ("y", "out_gemm", "out_dyn")],
                           [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
@@ -93,15 +93,15 @@ def test_plan_absorbs_the_qdq_nodes():
     assert plan_int8(m.graph, None) == ({}, set())
 
 
-def _build(tmp: Path, target: str) -> Path:
+def _build(tmp: Path, target: str, seq: int = S) -> Path:
     from lamina.backends.tvm import build_artifact
 
-    return build_artifact({(B, S): qdq_model()}, tmp / f"{target}.lamina", target=target,
+    return build_artifact({(B, seq): qdq_model(seq)}, tmp / f"{target}.lamina", target=target,
                           threads=2, schedule="none")
 
 
-def _feeds() -> dict[str, np.ndarray]:
-    return {"x": np.random.default_rng(1).standard_normal((B, S, H)).astype(np.float32)}
+def _feeds(seq: int = S) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).standard_normal((B, seq, H)).astype(np.float32)}
 
 
 @pytest.mark.parametrize("fam", ["vnni", "avx2"])
@@ -147,5 +147,29 @@ def test_manifest_requires_vnni_only_for_int8_vnni_code(tmp_path, monkeypatch):
     have = target.host_features() - {"avx512vnni"}
     monkeypatch.setattr(target, "host_features", lambda: have)
     with pytest.raises(ArtifactError, match=r"lacks avx512vnni") as err:
+        load(art)
+    assert "\n" not in str(err.value)
+
+
+def test_amx_artifact_requires_amx_and_is_refused_without_it(tmp_path):
+    """Built for AMX anywhere (LLVM has the intrinsics); runs only where the CPU has AMX."""
+    import json
+
+    from lamina.backends.reference import run
+    from lamina.backends.tvm import load
+    from lamina.backends.tvm.kernels import host_supports
+    from lamina.compiler.errors import ArtifactError
+
+    art = _build(tmp_path, "x86-avx512-amx", seq=32)  # 32 rows: the 32 x 32 AMX task tile
+    manifest = json.loads((art / "manifest.json").read_text())
+    req = manifest["target"]["required_features"]
+    assert {"amx-tile", "amx-int8"} <= set(req) and "amx-bf16" not in req
+    assert manifest["precision"] == "int8"
+    if host_supports("amx"):
+        got = load(art).run(_feeds(32))
+        for name, w in run(qdq_model(32), _feeds(32)).items():
+            assert np.mean(np.abs(got[name] - w) < 1e-4) > 0.97, name
+        return
+    with pytest.raises(ArtifactError, match=r"lacks .*amx-int8") as err:
         load(art)
     assert "\n" not in str(err.value)

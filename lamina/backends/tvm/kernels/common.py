@@ -85,6 +85,32 @@ def epilogue_reference(y: np.ndarray, epilogue: Epilogue) -> np.ndarray:
     return y
 
 
+def dequant_epilogue(bias: bool, epilogue: Epilogue, residual: bool):
+    """The INT8 kernels' epilogue on one int32 accumulator ``a`` of output ``(i, j)``:
+    ``epilogue((a - zp * colsum[j]) * x_scale * w_scale[j] + bias[j]) + R[i, j]`` with
+    ``qp = [x_scale, zp]`` (TIR, vectorizes)."""
+
+    def epi(i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r
+            ) -> tirx.PrimExpr:
+        zp = tirx.Cast("int32", qp[1])
+        v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])
+        if bias:
+            v = v + b[j]
+        v = apply_epilogue(v, epilogue)
+        if residual:
+            v = v + r[i, j]
+        return v
+
+    return epi
+
+
+def keep_params(func: tirx.PrimFunc, keep: list[str]) -> tirx.PrimFunc:
+    """``func`` with only the parameters named in ``keep`` (a template's optional inputs that its
+    body never reads are dropped)."""
+    params = [p for p in func.params if p.name in keep]
+    return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
+
+
 OPAQUE = 8  # relax OpPatternKind.kOpaque
 
 

@@ -19,6 +19,9 @@ Instruction families (``isa.int8_isa``):
   weights**: the lowering requantizes the int8 weights to 7 bits (``[-64, 63]``, scale doubled,
   :func:`reduce_range`), after which no pair sum can saturate (255 * 64 * 2 = 32640) and the kernel is
   exact for the weights it gets. The cost is one bit of weight precision (measured in the notes).
+- ``amx`` (AMX-INT8): ``dense_amx.py``, chosen by :func:`dense_int8_kernel` on AMX targets.
+
+``quantize.py`` makes ``Xq`` (QuantizeLinear / DynamicQuantizeLinear semantics).
 
 Schedule (written directly in TIR, the register tile is explicit)::
 
@@ -44,12 +47,14 @@ from tvm.script import tirx as T
 
 from .common import (
     Epilogue,
-    apply_epilogue,
     check_epilogue,
+    dequant_epilogue,
     epilogue_reference,
     finish_kernel,
+    keep_params,
     root_block,
 )
+from .dense_amx import amx_dense_int8_kernel, amx_fits
 from .isa import int8_isa
 
 _INT32_LANES = {"vnni": 16, "amx": 16, "avx2": 8}
@@ -85,6 +90,15 @@ def family(target: tvm.target.Target) -> str:
     return fam
 
 
+def kernel_family(M: int, N: int, target: tvm.target.Target) -> str:
+    """The family that runs an ``M x N`` dense on ``target``: ``amx`` only for shapes in whole
+    32 x 32 tiles (an AMX CPU has VNNI for the rest)."""
+    fam = family(target)
+    if fam == "amx" and not amx_fits(M, N):
+        return "vnni"
+    return fam
+
+
 def lanes32(fam: str) -> int:
     """int32 lanes of one vector of the family."""
     return _INT32_LANES[fam]
@@ -97,14 +111,30 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return 1
 
 
+def _default_tile(M: int, vectors: int, fam: str) -> Int8Config:
+    """The most accumulators within the family's budget (``mr`` dividing M, ``nv`` dividing the
+    row's vectors, ``mr`` at most the default's), then the fewest loads per step (mr + nv)."""
+    cap_mr = _DEFAULT[fam][0] + 2
+    best, key = Int8Config(1, 1), (0, 0)
+    for mr in (v for v in range(1, min(M, cap_mr) + 1) if M % v == 0):
+        for nv in (v for v in range(1, min(vectors, 8) + 1) if vectors % v == 0):
+            acc = mr * nv
+            if acc > _ACC_BUDGET[fam]:
+                continue
+            k = (acc, -(mr + nv))
+            if k > key:
+                best, key = Int8Config(mr, nv), k
+    return best
+
+
 def resolve_int8_config(M: int, K: int, N: int, target: tvm.target.Target,
                         config: Int8Config | None = None) -> Int8Config:
     """The tile the kernel really uses: ``nb`` divides N (else narrower), ``mr`` divides M."""
     fam = family(target)
     L = lanes32(fam)
-    cfg = config or Int8Config(*_DEFAULT[fam])
     if N % L:
         raise ValueError(f"N={N} is not a multiple of the {L} int32 lanes of {fam}")
+    cfg = config or _default_tile(M, N // L, fam)
     nv = _divisor_at_most(N // L, max(1, cfg.nv))
     mr = _divisor_at_most(M, max(1, min(cfg.mr, _ACC_BUDGET[fam] // nv)))
     return Int8Config(mr=mr, nv=nv)
@@ -129,19 +159,22 @@ def candidate_int8_configs(M: int, K: int, N: int, target: tvm.target.Target) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def padded_k(K: int) -> int:
-    return -(-K // 4) * 4
+def padded_k(K: int, fam: str | None = None) -> int:
+    """K rounded up to the family's K step: 64 (one AMX tile row) for ``amx``, else 4."""
+    step = 64 if fam == "amx" else 4
+    return -(-K // step) * step
 
 
-def pack_weight_int8(w: np.ndarray, nb: int) -> np.ndarray:
-    """``[K, N]`` int8 -> ``[N // nb, ceil(K / 4), 4 * nb]`` (see the module doc), K zero-padded."""
+def pack_weight_int8(w: np.ndarray, nb: int, k_step: int = 4) -> np.ndarray:
+    """``[K, N]`` int8 -> ``[N // nb, Kp / 4, 4 * nb]`` (see the module doc), K zero-padded to a
+    multiple of ``k_step`` (64 for AMX)."""
     w = np.asarray(w)
     if w.ndim != 2 or w.dtype != np.int8:
         raise ValueError(f"pack_weight_int8 expects a 2-D int8 weight, got {w.dtype} {w.shape}")
     K, N = w.shape
     if N % nb:
         raise ValueError(f"N={N} is not a multiple of the panel width nb={nb}")
-    Kp = padded_k(K)
+    Kp = -(-K // k_step) * k_step
     if Kp != K:
         w = np.concatenate([w, np.zeros((Kp - K, N), np.int8)])
     return np.ascontiguousarray(
@@ -182,13 +215,6 @@ def dense_int8_float_reference(xq: np.ndarray, wq: np.ndarray, zp: int, x_scale:
     return y.astype(np.float32)
 
 
-def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = False) -> np.ndarray:
-    """ONNX QuantizeLinear (round half to even, saturate), then as the u8 the kernel reads."""
-    lo, hi = (-128, 127) if signed else (0, 255)
-    q = np.clip(np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zp, lo, hi)
-    return (q + (128 if signed else 0)).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------
 # TIR side
 # ---------------------------------------------------------------------------------------------
@@ -198,11 +224,13 @@ _PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 
 
-def _drop_unused(func: tirx.PrimFunc, keep: list[str]) -> tirx.PrimFunc:
-    """``func`` with only the parameters whose buffers are named in ``keep`` (the others are
-    never read by the body: the optional inputs of the template)."""
-    params = [p for p in func.params if p.name in keep]
-    return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
+def packing(M: int, K: int, N: int, target: tvm.target.Target,
+            config: Int8Config | None = None) -> tuple[int, int]:
+    """``(nb, k_step)`` of the packed weight and the quantized activation for this kernel."""
+    if kernel_family(M, N, target) == "amx":
+        return 16, 64
+    cfg = resolve_int8_config(M, K, N, target, config)
+    return cfg.nv * lanes32(family(target)), 4
 
 
 def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
@@ -216,8 +244,13 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     ``w_scale[N]`` float32, ``qp[2]`` float32 (activation scale, u8 zero point), ``bias[N]`` if
     ``bias``, ``R[M, N]`` if ``residual``, output ``Y[M, N]`` float32. With ``raw`` the output is
     the int32 accumulator ``Xq @ Wq`` itself and only ``Xq, Wp, Y`` are arguments (tests).
+    On an AMX target, shapes in whole 32 x 32 tiles get :func:`amx_dense_int8_kernel` (K padded
+    to 64, 16-column panels: see :func:`packing`).
     """
     check_epilogue(epilogue)
+    if kernel_family(M, N, target) == "amx":
+        return amx_dense_int8_kernel(M, K, N, bias=bias, epilogue=epilogue, residual=residual,
+                                     raw=raw)
     fam = family(target)
     cfg = resolve_int8_config(M, K, N, target, config)
     L = lanes32(fam)
@@ -234,15 +267,7 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     u8v = f"uint8x{VB}"
     i16v = f"int16x{2 * L}"
 
-    def epi(i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r) -> tirx.PrimExpr:
-        zp = tirx.Cast("int32", qp[1])
-        v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])
-        if bias:
-            v = v + b[j]
-        v = apply_epilogue(v, epilogue)
-        if residual:
-            v = v + r[i, j]
-        return v
+    epi = dequant_epilogue(bias, epilogue, residual)
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),
@@ -286,60 +311,4 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
                                         + (["R"] if residual else []) + ["Y"])
-    return finish_kernel(root_block(_drop_unused(func, keep)))
-
-
-def quantize_kernel(M: int, K: int, *, signed: bool = False,
-                    target: tvm.target.Target) -> tirx.PrimFunc:
-    """``Xq[M, Kp] = saturate(round_half_even(X / qp[0]) + qp[1])`` as the kernel's u8 (int8
-    activations shifted by +128), zero-padded columns up to Kp; arguments ``X[M, K]``, ``qp[2]``
-    (the ONNX scale and zero point), output ``Xq``. Parallel over rows, vectorized along them."""
-    del target  # one form for every ISA: LLVM vectorizes the row loop to the target's width
-    Kp = padded_k(K)
-    lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
-    shift = 128.0 if signed else 0.0
-
-    @T.prim_func(private=True)
-    def func(X: T.Buffer((M, K), "float32"), QP: T.Buffer((2,), "float32"),
-             Y: T.Buffer((M, Kp), "uint8")):
-        T.func_attr({"tirx.noalias": True})
-        for r in T.parallel(M):
-            for c in T.vectorized(K):
-                Y[r, c] = T.Cast("uint8", T.max(T.min(T.nearbyint(X[r, c] / QP[0]) + QP[1],
-                                                      T.float32(hi)), T.float32(lo))
-                                 + T.float32(shift))
-            for c in range(Kp - K):
-                Y[r, K + c] = T.uint8(0)
-
-    return finish_kernel(root_block(func))
-
-
-def dynamic_qparams_kernel(M: int, K: int) -> tirx.PrimFunc:
-    """ONNX DynamicQuantizeLinear's parameters of ``X[M, K]``: ``qp = [scale, zero point]`` with
-    ``scale = (max(0, max X) - min(0, min X)) / 255`` (1 when X is all zeros) and
-    ``zp = saturate(round_half_even(-min(0, min X) / scale))``."""
-    n = M * K
-
-    @T.prim_func(private=True)
-    def func(X: T.Buffer((n,), "float32"), QP: T.Buffer((2,), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        lohi = T.alloc_buffer((32,), "float32", scope="local")
-        for v in T.vectorized(16):
-            lohi[v] = T.float32(0)
-            lohi[16 + v] = T.float32(0)
-        for o in range(n // 16):
-            for v in T.vectorized(16):
-                lohi[v] = T.min(lohi[v], X[o * 16 + v])
-                lohi[16 + v] = T.max(lohi[16 + v], X[o * 16 + v])
-        for t in range(n % 16):
-            lohi[0] = T.min(lohi[0], X[n // 16 * 16 + t])
-            lohi[16] = T.max(lohi[16], X[n // 16 * 16 + t])
-        for v in range(1, 16):
-            lohi[0] = T.min(lohi[0], lohi[v])
-            lohi[16] = T.max(lohi[16], lohi[16 + v])
-        QP[0] = T.Select(lohi[16] - lohi[0] > T.float32(0), (lohi[16] - lohi[0]) / T.float32(255),
-                         T.float32(1))
-        QP[1] = T.max(T.min(T.nearbyint(T.float32(0) - lohi[0] / QP[0]), T.float32(255)),
-                      T.float32(0))
-
-    return finish_kernel(root_block(func))
+    return finish_kernel(root_block(keep_params(func, keep)))

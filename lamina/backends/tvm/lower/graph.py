@@ -51,6 +51,7 @@ class FunctionInfo:
     # LLVM features beyond the target's base vector ISA that the emitted kernels use
     # (``avx512vnni``, ``amx-int8``...): what the artifact must require of a host.
     features: set[str] = field(default_factory=set)
+    int8_layers: int = 0  # dense layers lowered to INT8 kernels
 
 
 def _input_spec(v: ir.Value) -> TensorSpec:
@@ -160,7 +161,7 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
     log.debug("lowered %s: %d nodes, %d folded, %d weights", func_name, len(graph), folded,
               len(ctx.params))
     return FunctionInfo(func_name, in_specs, out_specs, list(ctx.params), ctx.param_values,
-                        folded, set(ctx.features))
+                        folded, set(ctx.features), len(ctx.int8))
 
 
 def _close_open_blocks(bb: relax.BlockBuilder) -> None:

@@ -291,7 +291,8 @@ def best_int8_config(M: int, K: int, N: int, target: tvm.target.Target, *,
         rec = _load(path).get(key)
         if rec is not None:
             return resolve_int8_config(M, K, N, target, Int8Config.from_dict(rec["config"]))
-    if not measure or fam is None or not host_supports(fam):
+    if not measure or fam is None or not host_supports(fam) or fam == "amx":
+        # AMX: one fixed 32 x 32 tile per task (kernels/dense_int8.py), nothing to search.
         return resolve_int8_config(M, K, N, target)
     t0 = time.monotonic()
     results = _search(f"int8 dense {key}", candidate_int8_configs(M, K, N, target),

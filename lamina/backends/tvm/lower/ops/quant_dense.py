@@ -200,20 +200,17 @@ def emit_int8_dense(ctx: LowerContext, m: Int8Dense, *, bias: Value | None = Non
     from ...kernels.dense_int8 import (
         column_sums,
         dense_int8_kernel,
-        dynamic_qparams_kernel,
-        family,
-        lanes32,
+        kernel_family,
         pack_weight_int8,
-        padded_k,
-        quantize_kernel,
+        packing,
         reduce_range,
         resolve_int8_config,
     )
     from ...kernels.isa import INT8_FEATURES
+    from ...kernels.quantize import dynamic_qparams_kernel, quantize_kernel
     from ._dense import EPILOGUES
 
     target = ctx.target
-    fam = family(target)
     x = ctx.env[m.x]
     shape = ctx.shape(x)
     k = shape[-1]
@@ -223,9 +220,15 @@ def emit_int8_dense(ctx: LowerContext, m: Int8Dense, *, bias: Value | None = Non
         raise ctx.error(f"INT8 weight {m.w_name!r} has K={m.wq.shape[0]}, the input has {k}")
     bb = ctx.bb
 
-    # One quantized copy of x for all its consumers.
+    chosen = ctx.tiles.int8(rows, k, n, target) if ctx.tiles is not None else None
+    cfg = resolve_int8_config(rows, k, n, target, chosen)
+    nb, k_step = packing(rows, k, n, target, cfg)
+    fam = kernel_family(rows, n, target)  # AMX targets run shapes off the 32 x 32 grid on VNNI
+    kp = -(-k // k_step) * k_step
+
+    # One quantized copy of x for all its consumers (of the same K padding).
     cache = ctx.int8_inputs
-    key = (m.x, m.dynamic, m.x_scale, m.x_zp, m.signed)
+    key = (m.x, m.dynamic, m.x_scale, m.x_zp, m.signed, kp)
     if key not in cache:
         x2 = bb.emit(relax.op.reshape(ctx.expr(x), (rows, k)))
         if m.dynamic:
@@ -237,19 +240,15 @@ def emit_int8_dense(ctx: LowerContext, m: Int8Dense, *, bias: Value | None = Non
             qp = relax.const(np.array([m.x_scale, m.x_zp], np.float32), "float32")
             qp_dense = relax.const(np.array([m.x_scale, m.x_zp + (128 if m.signed else 0)],
                                             np.float32), "float32")
-        gv = bb.add_func(quantize_kernel(rows, k, signed=m.signed, target=target),
+        gv = bb.add_func(quantize_kernel(rows, k, signed=m.signed, target=target, k_step=k_step),
                          f"lamina_quantize_{rows}x{k}{'_s8' if m.signed else ''}")
-        xq = bb.emit(relax.call_tir(gv, [x2, qp],
-                                    relax.TensorType((rows, padded_k(k)), "uint8")))
+        xq = bb.emit(relax.call_tir(gv, [x2, qp], relax.TensorType((rows, kp), "uint8")))
         cache[key] = (xq, qp_dense)
     xq, qp_dense = cache[key]
 
-    chosen = ctx.tiles.int8(rows, k, n, target) if ctx.tiles is not None else None
-    cfg = resolve_int8_config(rows, k, n, target, chosen)
-    nb = cfg.nv * lanes32(fam)
     wq, w_scale = (reduce_range(m.wq, m.w_scale) if fam == "avx2" else (m.wq, m.w_scale))
-    tag = f"@int8{fam}{nb}"
-    wp_var = _param(ctx, f"{m.w_name}{tag}", pack_weight_int8(wq, nb))
+    tag = f"@int8{fam}{nb}k{k_step}"
+    wp_var = _param(ctx, f"{m.w_name}{tag}", pack_weight_int8(wq, nb, k_step))
     cs_var = _param(ctx, f"{m.w_name}{tag}:colsum", column_sums(wq))
     ws_var = _param(ctx, f"{m.w_name}{tag}:scale", w_scale)
     epilogue = EPILOGUES[activation]

@@ -1,0 +1,75 @@
+"""Activation quantization for the INT8 kernels: ONNX QuantizeLinear into the u8 the kernels read, and
+DynamicQuantizeLinear's run-time parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .common import finish_kernel, root_block
+
+
+def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = False) -> np.ndarray:
+    """ONNX QuantizeLinear (round half to even, saturate), then as the u8 the kernel reads."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    q = np.clip(np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zp, lo, hi)
+    return (q + (128 if signed else 0)).astype(np.uint8)
+
+
+def quantize_kernel(M: int, K: int, *, signed: bool = False, target: tvm.target.Target,
+                    k_step: int = 4) -> tirx.PrimFunc:
+    """``Xq[M, Kp] = saturate(round_half_even(X / qp[0]) + qp[1])`` as the kernel's u8 (int8
+    activations shifted by +128), zero-padded columns up to Kp; arguments ``X[M, K]``, ``qp[2]``
+    (the ONNX scale and zero point), output ``Xq``. Parallel over rows, vectorized along them."""
+    del target  # one form for every ISA: LLVM vectorizes the row loop to the target's width
+    Kp = -(-K // k_step) * k_step
+    lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
+    shift = 128.0 if signed else 0.0
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, K), "float32"), QP: T.Buffer((2,), "float32"),
+             Y: T.Buffer((M, Kp), "uint8")):
+        T.func_attr({"tirx.noalias": True})
+        for r in T.parallel(M):
+            for c in T.vectorized(K):
+                Y[r, c] = T.Cast("uint8", T.max(T.min(T.nearbyint(X[r, c] / QP[0]) + QP[1],
+                                                      T.float32(hi)), T.float32(lo))
+                                 + T.float32(shift))
+            for c in range(Kp - K):
+                Y[r, K + c] = T.uint8(0)
+
+    return finish_kernel(root_block(func))
+
+
+def dynamic_qparams_kernel(M: int, K: int) -> tirx.PrimFunc:
+    """ONNX DynamicQuantizeLinear's parameters of ``X[M, K]``: ``qp = [scale, zero point]`` with
+    ``scale = (max(0, max X) - min(0, min X)) / 255`` (1 when X is all zeros) and
+    ``zp = saturate(round_half_even(-min(0, min X) / scale))``."""
+    n = M * K
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((n,), "float32"), QP: T.Buffer((2,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        lohi = T.alloc_buffer((32,), "float32", scope="local")
+        for v in T.vectorized(16):
+            lohi[v] = T.float32(0)
+            lohi[16 + v] = T.float32(0)
+        for o in range(n // 16):
+            for v in T.vectorized(16):
+                lohi[v] = T.min(lohi[v], X[o * 16 + v])
+                lohi[16 + v] = T.max(lohi[16 + v], X[o * 16 + v])
+        for t in range(n % 16):
+            lohi[0] = T.min(lohi[0], X[n // 16 * 16 + t])
+            lohi[16] = T.max(lohi[16], X[n // 16 * 16 + t])
+        for v in range(1, 16):
+            lohi[0] = T.min(lohi[0], lohi[v])
+            lohi[16] = T.max(lohi[16], lohi[16 + v])
+        QP[0] = T.Select(lohi[16] - lohi[0] > T.float32(0), (lohi[16] - lohi[0]) / T.float32(255),
+                         T.float32(1))
+        QP[1] = T.max(T.min(T.nearbyint(T.float32(0) - lohi[0] / QP[0]), T.float32(255)),
+                      T.float32(0))
+
+    return finish_kernel(root_block(func))
