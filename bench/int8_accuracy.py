@@ -1,13 +1,16 @@
-"""INT8 accuracy of Lamina's quantization against fp32 and ONNX Runtime's quantize_dynamic, on real text.
+"""INT8 accuracy of Lamina's quantization against fp32 and ONNX Runtime's quantize_dynamic, on real
+text.
 
-    python bench/int8_accuracy.py [--exports ts17,dynamo18] [--heldout 1000] [--artifact] [--json OUT.json]
+    python bench/int8_accuracy.py [--exports ts17,dynamo18] [--heldout 1000] [--artifact] [--json
+    OUT.json]
 
 The real all-MiniLM-L6-v2 (both exports from lamina.zoo), calibrated on the first 300 sentences of
 data/corpus/calibration.txt (fallback measured on the next 200), evaluated on the first 1,000 of
-data/corpus/heldout.txt: mean and worst cosine of the mean-pooled, normalised sentence embeddings to fp32, and the
-top-1 nearest-neighbour agreement among the 1,000 sentences. All QDQ models run in ONNX Runtime (optimizations off);
-``--artifact`` also compiles the static QDQ model with fallback (``lamina compile`` of the saved QDQ file, the
-graph that ``lamina compile --quantize int8`` builds) and runs the held-out sentences through the artifact.
+data/corpus/heldout.txt: mean and worst cosine of the mean-pooled, normalised sentence embeddings to
+fp32, and the top-1 nearest-neighbour agreement among the 1,000 sentences. All QDQ models run in
+ONNX Runtime (optimizations off); ``--artifact`` also compiles the static QDQ model with fallback
+(``lamina compile`` of the saved QDQ file, the graph that ``lamina compile --quantize int8`` builds)
+and runs the held-out sentences through the artifact.
 """
 
 from __future__ import annotations
@@ -62,10 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-cos", type=float, default=0.995)
     ap.add_argument("--artifact", action="store_true", help="also compile and measure the artifact")
     ap.add_argument("--skip", default="", help="modes to skip: static, dynamic, ort")
-    ap.add_argument("--eval-artifact", metavar="DIR.lamina",
-                    help="only measure this artifact (e.g. from `lamina compile --quantize int8`) against fp32")
+    ap.add_argument(
+        "--eval-artifact",
+        metavar="DIR.lamina",
+        help="only measure this artifact (e.g. from `lamina compile --quantize int8`) against fp32",
+    )
     ap.add_argument("--json", help="write the table as JSON")
-    ap.add_argument("--report-dir", help="write each fallback's report JSON and sensitivity plot here")
+    ap.add_argument(
+        "--report-dir", help="write each fallback's report JSON and sensitivity plot here"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
@@ -93,18 +101,29 @@ def main(argv: list[str] | None = None) -> int:
         exporter, opset = EXPORTS[key]
         src = export_model("minilm", exporter, opset)
         base, _ = api.optimize(api.load(src), "O1")
-        held = text_batches(base, read_texts(CORPUS / "heldout.txt", args.heldout), tok, max_positions=512)
+        held = text_batches(
+            base, read_texts(CORPUS / "heldout.txt", args.heldout), tok, max_positions=512
+        )
         t = time.perf_counter()
         ref = embeddings(base, held, "fp32")
         print(f"[{key}] fp32 on {len(ref)} sentences: {time.perf_counter() - t:.0f} s", flush=True)
 
         def add(name, emb, fp32_ops="", key=key, ref=ref):
             c = cosine(ref, emb)
-            row = {"model": f"MiniLM {key}", "method": name, "mean_cos": float(c.mean()),
-                   "worst_cos": float(c.min()), "nn_agree": nn_agreement(ref, emb), "fp32_ops": fp32_ops}
+            row = {
+                "model": f"MiniLM {key}",
+                "method": name,
+                "mean_cos": float(c.mean()),
+                "worst_cos": float(c.min()),
+                "nn_agree": nn_agreement(ref, emb),
+                "fp32_ops": fp32_ops,
+            }
             table.append(row)
-            print(f"[{key}] {name:<34} cos {row['mean_cos']:.5f}  worst {row['worst_cos']:.4f}  "
-                  f"NN {row['nn_agree']:.3f}  {fp32_ops}", flush=True)
+            print(
+                f"[{key}] {name:<34} cos {row['mean_cos']:.5f}  worst {row['worst_cos']:.4f}  "
+                f"NN {row['nn_agree']:.3f}  {fp32_ops}",
+                flush=True,
+            )
 
         if args.eval_artifact:
             from lamina.backends import tvm as tvm_backend
@@ -112,25 +131,40 @@ def main(argv: list[str] | None = None) -> int:
 
             art = tvm_backend.load(args.eval_artifact)
             emb = np.concatenate([pooled(art.run(f)[art.outputs[0].name], f) for f in held])
-            add(f"artifact {Path(args.eval_artifact).name}", emb,
-                str(art.manifest.get("extra", {}).get("quantization", {}).get("fp32_ops", "")))
+            add(
+                f"artifact {Path(args.eval_artifact).name}",
+                emb,
+                str(art.manifest.get("extra", {}).get("quantization", {}).get("fp32_ops", "")),
+            )
             continue
         qdq_for_artifact = None
         for mode in ("static", "dynamic"):
             if mode in skip:
                 continue
-            cfg = QuantizeConfig(calibration=str(CORPUS / "calibration.txt"), tokenizer=tok, mode=mode,
-                                 method=args.method, calibration_size=args.calibration_size,
-                                 target_cos=args.target_cos)
+            cfg = QuantizeConfig(
+                calibration=str(CORPUS / "calibration.txt"),
+                tokenizer=tok,
+                mode=mode,
+                method=args.method,
+                calibration_size=args.calibration_size,
+                target_cos=args.target_cos,
+            )
             t = time.perf_counter()
             q, res = quantize_model(base.clone(), cfg)
-            print(f"[{key}] {mode}: quantize with fallback {time.perf_counter() - t:.0f} s", flush=True)
+            print(
+                f"[{key}] {mode}: quantize with fallback {time.perf_counter() - t:.0f} s",
+                flush=True,
+            )
             total = len(res.fp32) + len(res.quantized)
             label = f"lamina {mode} {args.method if mode == 'static' else 'u8'}"
             every = _quantize(base, set(res.fp32) | set(res.quantized), cfg, res.ranges)
             add(label, embeddings(every, held, mode), f"0/{total}")
-            add(f"{label} + fallback (target {args.target_cos})", embeddings(q, held, mode + "+fallback"),
-                f"{len(res.fp32)}/{total} ({', '.join(res.fp32)}; calib-holdout cos {res.cosine:.5f})")
+            add(
+                f"{label} + fallback (target {args.target_cos})",
+                embeddings(q, held, mode + "+fallback"),
+                f"{len(res.fp32)}/{total} ({', '.join(res.fp32)}; calib-holdout cos "
+                f"{res.cosine:.5f})",
+            )
             if mode == "static":
                 qdq_for_artifact = q
             if args.report_dir:
@@ -140,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 if res.sensitivity:
                     plot_sensitivity(rdir / f"{key}-{mode}.png", res, args.target_cos)
         with tempfile.TemporaryDirectory() as tmp:
-            for per_channel in (() if "ort" in skip else (False, True)):
+            for per_channel in () if "ort" in skip else (False, True):
                 name = "ORT quantize_dynamic" + (" per_channel" if per_channel else " (defaults)")
                 path = _ort_dynamic(src, Path(tmp) / f"ort{int(per_channel)}.onnx", per_channel)
                 add(name, embeddings(str(path), held, name))
@@ -154,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | method | mean cos | worst cos | top-1 NN agreement | ops in fp32 |")
     print("|---|---|---|---|---|---|")
     for r in table:
-        print(f"| {r['model']} | {r['method']} | {r['mean_cos']:.4f} | {r['worst_cos']:.4f} | "
-              f"{r['nn_agree']:.3f} | {r['fp32_ops']} |")
+        print(
+            f"| {r['model']} | {r['method']} | {r['mean_cos']:.4f} | {r['worst_cos']:.4f} | "
+            f"{r['nn_agree']:.3f} | {r['fp32_ops']} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
     return 0

@@ -1,13 +1,15 @@
-"""Pruned models' Lamina artifacts against the dense model's, timed in one process in alternating blocks.
+"""Pruned models' Lamina artifacts against the dense model's, timed in one process in alternating
+blocks.
 
     python bench/sparsity_artifacts.py DENSE.lamina PRUNED.lamina [PRUNED2.lamina ...] \
         [--rounds 8] [--calls 10] [--threads 2] [--seq 128]
 
-Both artifacts run the same real-text feeds (batch 1). Each round times a block of ``--calls`` calls of
-every artifact, one after the other (rotating the order), so a shared machine's slow phases hit all of
-them; the table gives each artifact's best and median block and its speed-up over the dense artifact:
-the median of the per-round ratios and their range. ``lamina bench PRUNED --baseline DENSE`` is the
-cross-process form of the same comparison (plus ONNX Runtime); use it on an idle machine.
+Both artifacts run the same real-text feeds (batch 1). Each round times a block of ``--calls`` calls
+of every artifact, one after the other (rotating the order), so a shared machine's slow phases hit
+all of them; the table gives each artifact's best and median block and its speed-up over the dense
+artifact: the median of the per-round ratios and their range. ``lamina bench PRUNED --baseline
+DENSE`` is the cross-process form of the same comparison (plus ONNX Runtime); use it on an idle
+machine.
 """
 
 from __future__ import annotations
@@ -54,12 +56,17 @@ def main(argv: list[str] | None = None) -> int:
                 models[i].run(feeds)
             blocks[i].append(1e3 * (time.perf_counter() - t0) / args.calls)
     dense = np.array(blocks[0])
-    print(f"b1 s{args.seq}, {args.threads} threads, {args.rounds} rounds x {args.calls} calls; ms per call")
+    print(
+        f"b1 s{args.seq}, {args.threads} threads, {args.rounds} rounds x {args.calls} calls; ms "
+        "per call"
+    )
     print(f"{'artifact':<44} {'best':>8} {'median':>8} {'speed-up vs dense (by round)':>32}")
     for p, b in zip(paths, blocks, strict=True):
         ratios = dense / np.array(b)
-        print(f"{Path(p).name:<44} {min(b):8.2f} {np.median(b):8.2f} "
-              f"{np.median(ratios):10.2f}x [{ratios.min():.2f}-{ratios.max():.2f}]")
+        print(
+            f"{Path(p).name:<44} {min(b):8.2f} {np.median(b):8.2f} "
+            f"{np.median(ratios):10.2f}x [{ratios.min():.2f}-{ratios.max():.2f}]"
+        )
     return 0
 
 

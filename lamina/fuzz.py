@@ -178,7 +178,8 @@ MUTATIONS: dict[str, Mutation] = {
 
 def mutants(model: str | os.PathLike[str], count: int, seed: int = 0
             ) -> Iterator[tuple[int, str, bytes]]:
-    """``count`` seeded mutants of the model file: ``(index, mutation, bytes)``; mutations rotate."""
+    """``count`` seeded mutants of the model file: ``(index, mutation, bytes)``; mutations
+    rotate."""
     data = Path(model).read_bytes()
     proto = onnx.load_from_string(data)
     names = list(MUTATIONS)
@@ -189,6 +190,7 @@ def mutants(model: str | os.PathLike[str], count: int, seed: int = 0
 
 
 # -- the harness ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -217,8 +219,9 @@ def _rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _child(path: Path, stages: tuple[str, ...], mem_limit: int, time_limit: float,
-           out_fd: int) -> None:
+def _child(
+    path: Path, stages: tuple[str, ...], mem_limit: int, time_limit: float, out_fd: int
+) -> None:
     """Runs in the forked child: never returns."""
     from lamina.compiler.errors import LaminaError
 
@@ -249,8 +252,12 @@ def _child(path: Path, stages: tuple[str, ...], mem_limit: int, time_limit: floa
     except BaseException as e:  # noqa: BLE001 - the finding this harness looks for
         kind, detail = "internal", f"{type(e).__name__}: {str(e).strip()[:300]}"
     try:
-        os.write(out_fd, json.dumps({"kind": kind, "stage": stage, "detail": detail[:500],
-                                     "rss_kb": _rss_kb()}).encode())
+        os.write(
+            out_fd,
+            json.dumps(
+                {"kind": kind, "stage": stage, "detail": detail[:500], "rss_kb": _rss_kb()}
+            ).encode(),
+        )
     finally:
         os._exit(0)
 
@@ -268,11 +275,17 @@ class _Running:
         self.data = b""
 
 
-def run_mutants(items: Iterable[tuple[int, str, bytes]], workdir: str | os.PathLike[str], *,
-                stages: tuple[str, ...] = ("load", "O0"), jobs: int = 2,
-                time_limit: float = 60.0, mem_limit: int = 4 << 30,
-                keep: Callable[[Outcome], bool] | None = None,
-                on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+def run_mutants(
+    items: Iterable[tuple[int, str, bytes]],
+    workdir: str | os.PathLike[str],
+    *,
+    stages: tuple[str, ...] = ("load", "O0"),
+    jobs: int = 2,
+    time_limit: float = 60.0,
+    mem_limit: int = 4 << 30,
+    keep: Callable[[Outcome], bool] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
     """Run each mutant in a forked child (``jobs`` at once), ``time_limit`` seconds and
     ``mem_limit`` bytes of address space beyond the parent's each. A mutant file is kept in
     ``workdir`` when ``keep(outcome)`` says so (default: the findings), else removed."""
@@ -299,11 +312,19 @@ def run_mutants(items: Iterable[tuple[int, str, bytes]], workdir: str | os.PathL
             except ValueError:
                 msg = {}
             if not msg:
-                o = Outcome(r.index, r.mutation, "crash", "?",
-                            f"exit {os.WEXITSTATUS(status)} without a report", seconds, rss)
+                o = Outcome(
+                    r.index,
+                    r.mutation,
+                    "crash",
+                    "?",
+                    f"exit {os.WEXITSTATUS(status)} without a report",
+                    seconds,
+                    rss,
+                )
             else:
-                o = Outcome(r.index, r.mutation, msg["kind"], msg["stage"], msg["detail"],
-                            seconds, rss)
+                o = Outcome(
+                    r.index, r.mutation, msg["kind"], msg["stage"], msg["detail"], seconds, rss
+                )
         path = work / f"mutant-{r.index:05d}.onnx"
         if not keep(o):
             path.unlink(missing_ok=True)
@@ -359,8 +380,9 @@ def run_mutants(items: Iterable[tuple[int, str, bytes]], workdir: str | os.PathL
     return outcomes
 
 
-def pick(items: Iterable[tuple[int, str, bytes]], indices: Iterable[int]
-         ) -> Iterator[tuple[int, str, bytes]]:
+def pick(
+    items: Iterable[tuple[int, str, bytes]], indices: Iterable[int]
+) -> Iterator[tuple[int, str, bytes]]:
     """The mutants of ``items`` whose index is in ``indices`` (to rerun some with more stages)."""
     wanted = set(indices)
     return (m for m in items if m[0] in wanted)
@@ -372,9 +394,10 @@ def summarize(outcomes: list[Outcome]) -> dict[str, object]:
     return {
         "mutants": len(outcomes),
         "kinds": dict(sorted(kinds.items())),
-        "by_mutation": {m: dict(sorted(Counter(o.kind for o in outcomes
-                                               if o.mutation == m).items()))
-                        for m in sorted({o.mutation for o in outcomes})},
+        "by_mutation": {
+            m: dict(sorted(Counter(o.kind for o in outcomes if o.mutation == m).items()))
+            for m in sorted({o.mutation for o in outcomes})
+        },
         "max_rss_mb": round(max((o.rss_mb for o in outcomes), default=0.0), 1),
         "over_1gb_rss": sum(o.rss_mb > 1024 for o in outcomes),
         "max_seconds": round(max((o.seconds for o in outcomes), default=0.0), 2),

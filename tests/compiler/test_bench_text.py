@@ -1,4 +1,5 @@
-"""``lamina bench --text-file``: sentence reading, batching and token statistics (no timing here)."""
+"""``lamina bench --text-file``: sentence reading, batching and token statistics (no timing
+here)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``lamina compile --quantize int8`` end to end on a tiny BERT: calibration, fallback, TVM artifact, accuracy."""
+"""``lamina compile --quantize int8`` end to end on a tiny BERT: calibration, fallback, TVM
+artifact, accuracy."""
 
 from __future__ import annotations
 
@@ -21,9 +22,24 @@ def test_compile_quantize_int8(tiny_bert: Path, tmp_path: Path, capsys) -> None:
     calib = make_inputs(tiny_bert, 64, 16)
     np.savez(tmp_path / "calib.npz", **calib)
     out = tmp_path / "int8.lamina"
-    rc = main(["compile", str(tiny_bert), "-o", str(out), "--buckets", "2x16", "--quantize", "int8",
-               "--calibration", str(tmp_path / "calib.npz"), "--calibration-size", "32",
-               "--target-cos", "0.99"])
+    rc = main(
+        [
+            "compile",
+            str(tiny_bert),
+            "-o",
+            str(out),
+            "--buckets",
+            "2x16",
+            "--quantize",
+            "int8",
+            "--calibration",
+            str(tmp_path / "calib.npz"),
+            "--calibration-size",
+            "32",
+            "--target-cos",
+            "0.99",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "lamina: INT8 (quantize-int8{mode=static" in err and "ops quantized, mean cosine" in err

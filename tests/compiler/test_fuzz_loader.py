@@ -1,7 +1,7 @@
-"""The loader and O0 under a fuzzer: seeded mutants of two tiny exports, each in a forked child with a
-time limit and a 4 GiB address-space limit (``lamina.fuzz``). Every mutant goes through or gives one
-clean LaminaError line: no internal error, crash, hang or memory blow-up. ``bench/fuzz_loader.py``
-runs thousands."""
+"""The loader and O0 under a fuzzer: seeded mutants of two tiny exports, each in a forked child with
+a time limit and a 4 GiB address-space limit (``lamina.fuzz``). Every mutant goes through or gives
+one clean LaminaError line: no internal error, crash, hang or memory blow-up.
+``bench/fuzz_loader.py`` runs thousands."""
 
 from __future__ import annotations
 

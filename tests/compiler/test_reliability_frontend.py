@@ -59,12 +59,16 @@ def test_constant_value_dims_against_data(tmp_path: Path):
     value.dims[0] = 2**40
     nodes = [helper.make_node("Constant", [], ["s"], value=value),
              helper.make_node("Reshape", ["x", "s"], ["y"])]
-    with pytest.raises(FrontendError, match=r"\(a Constant's value\) declares dims \[1099511627776\]"):
+    with pytest.raises(
+        FrontendError, match=r"\(a Constant's value\) declares dims \[1099511627776\]"
+    ):
         load_model(_model(tmp_path / "c.onnx", nodes=nodes))
 
 
-@pytest.mark.parametrize("dim, why", [(0, "an empty input cannot run"),
-                                      (2**40, "beyond Lamina's limit of 16777216 per dim")])
+@pytest.mark.parametrize(
+    "dim, why",
+    [(0, "an empty input cannot run"), (2**40, "beyond Lamina's limit of 16777216 per dim")],
+)
 def test_input_dims_bounded(tmp_path: Path, dim: int, why: str):
     with pytest.raises(FrontendError) as e:
         load_model(_model(tmp_path / "m.onnx", dims=(dim, 3)))
@@ -88,16 +92,21 @@ def test_fold_constants_leaves_a_huge_constant_of_shape(tmp_path: Path):
     from lamina.compiler.driver import api
 
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2**20, 2**20])
-    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"]),
-             helper.make_node("Shape", ["big"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
-                              [shape])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+        helper.make_node("Shape", ["big"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [], [helper.make_tensor_value_info("y", TensorProto.INT64, [2])], [shape]
+    )
     path = tmp_path / "big.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     model, _ = api.optimize(api.load(path), "O0")
     # Shape(big) folds from the static shape; the 2**40-element tensor is never materialised.
-    assert all(v.const_value is None or v.const_value.size < 1 << 22
-               for v in model.graph.initializers.values())
+    assert all(
+        v.const_value is None or v.const_value.size < 1 << 22
+        for v in model.graph.initializers.values()
+    )
 
 
 def test_seeded_feeds_budget(tmp_path: Path):
@@ -110,6 +119,7 @@ def test_seeded_feeds_budget(tmp_path: Path):
 
 
 # -- logs -------------------------------------------------------------------------------------
+
 
 def test_third_party_records_are_one_line(capsys):
     from lamina.compiler.driver.logs import setup_logging
@@ -127,19 +137,25 @@ def test_failed_shape_inference_is_one_line_naming_the_node(tmp_path: Path, caps
     def fail(*args, **kwargs):
         raise onnx.shape_inference.InferenceError(
             "[ShapeInferenceError] (op_type:MatMul, node name: mm): Incompatible dimensions\n"
-            "  at some C++ frame")
+            "  at some C++ frame"
+        )
 
     monkeypatch.setattr(onnx.shape_inference, "infer_shapes", fail)
     path = _model(tmp_path / "m.onnx")
-    assert main(["opt", str(path), "-o", str(tmp_path / "o.onnx"), "--pipeline", "infer-shapes"]) == 0
+    assert (
+        main(["opt", str(path), "-o", str(tmp_path / "o.onnx"), "--pipeline", "infer-shapes"]) == 0
+    )
     err = [ln for ln in capsys.readouterr().err.splitlines() if "WARNING" in ln]
     assert len(err) == 1, err
-    assert "infer-shapes: ONNX shape inference failed at node 'mm' (MatMul): Incompatible dimensions" \
+    assert (
+        "infer-shapes: ONNX shape inference failed at node 'mm' (MatMul): Incompatible dimensions"
         in err[0]
+    )
     assert "Traceback" not in err[0]
 
 
 # -- NaN / Inf weights ------------------------------------------------------------------------
+
 
 def test_non_finite_weights_warned(tmp_path: Path, caplog):
     w = np.arange(12, dtype=np.float32)
@@ -162,7 +178,19 @@ def test_cli_has_no_traceback_on_bad_input(tmp_path: Path):
     import subprocess
 
     path = _model(tmp_path / "m.onnx", dims=(0, 3))
-    r = subprocess.run([sys.executable, "-m", "lamina.compiler.driver.cli", "compile", str(path), "-o",
-                        str(tmp_path / "m.lamina")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lamina.compiler.driver.cli",
+            "compile",
+            str(path),
+            "-o",
+            str(tmp_path / "m.lamina"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "declares dim 0 = 0" in r.stderr

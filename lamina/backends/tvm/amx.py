@@ -2,8 +2,8 @@
 instruction (without it the kernel kills the process with SIGILL).
 
 ``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`` once per process is enough: TVM's pool
-threads inherit the permission (TVM_NOTES.md). The runtime calls :func:`request_amx` when it loads an
-artifact whose code uses AMX (``amx-tile`` among its required features).
+threads inherit the permission (TVM_NOTES.md). The runtime calls :func:`request_amx` when it loads
+an artifact whose code uses AMX (``amx-tile`` among its required features).
 """
 
 from __future__ import annotations

@@ -283,10 +283,19 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         import tvm
 
         tvm.runtime.save_param_dict_to_file(
-            {k: tvm.runtime.tensor(np.require(v, requirements="C")) for k, v in lowered.params.items()},
-            str(p))
+            {
+                k: tvm.runtime.tensor(np.require(v, requirements="C"))
+                for k, v in lowered.params.items()
+            },
+            str(p),
+        )
 
     out = write_artifact(out_path, manifest, {LIBRARY: write_lib, PARAMS: write_params})
-    log.info("built %s (%d buckets, %s) in %.1fs", out, len(buckets), spec.isa_level,
-             time.perf_counter() - t0)
+    log.info(
+        "built %s (%d buckets, %s) in %.1fs",
+        out,
+        len(buckets),
+        spec.isa_level,
+        time.perf_counter() - t0,
+    )
     return out

@@ -1,16 +1,17 @@
 """Run uneven batches padding-free through an artifact's packed functions (``varlen.py``).
 
 A request arrives padded as usual (``[batch, seq]`` ids with a right-padded ``attention_mask``). The
-runner drops the padding: each row's real tokens go one after another into a ``[1, T]`` stream (``T``
-the smallest token bucket that holds them), with per-token position ids, the sequences' offsets
-(``cu_seqlens``) and each sequence's first token (for poolers). Token outputs come back as
-``[batch, seq, ...]`` with zeros at padded positions (real positions equal the padded run within float
-rounding); sequence outputs as ``[batch, ...]``. A batch too big for one packed call is cut into
-consecutive chunks.
+runner drops the padding: each row's real tokens go one after another into a ``[1, T]`` stream
+(``T`` the smallest token bucket that holds them), with per-token position ids, the sequences'
+offsets (``cu_seqlens``) and each sequence's first token (for poolers). Token outputs come back as
+``[batch, seq, ...]`` with zeros at padded positions (real positions equal the padded run within
+float rounding); sequence outputs as ``[batch, ...]``. A batch too big for one packed call is cut
+into consecutive chunks.
 
-The choice is automatic: packed when its token count (the buckets' ``T`` summed over chunks) is below
-what the fixed buckets would compute for the request, or equal in fewer calls; the fixed buckets
-otherwise, and always for a mask that is not right-padded (a row with gaps, or an empty row).
+The choice is automatic: packed when its token count (the buckets' ``T`` summed over chunks) is
+below what the fixed buckets would compute for the request, or equal in fewer calls; the fixed
+buckets otherwise, and always for a mask that is not right-padded (a row with gaps, or an empty
+row).
 """
 
 from __future__ import annotations
@@ -46,12 +47,25 @@ class PackedFunction:
 class PackedRunner:
     """The packed functions of one loaded artifact (see the module docstring)."""
 
-    def __init__(self, model: Any, entries: list[dict[str, Any]], params: Mapping[str, Any]) -> None:
+    def __init__(
+        self, model: Any, entries: list[dict[str, Any]], params: Mapping[str, Any]
+    ) -> None:
         self._model = model
         self.functions = sorted(
-            (PackedFunction(int(e["tokens"]), int(e["seqs"]), e["function"], tuple(e["params"]),
-                            tuple(e["inputs"]), tuple(e["token_outputs"]), tuple(e["seq_outputs"]))
-             for e in entries), key=lambda f: (f.tokens, f.seqs))
+            (
+                PackedFunction(
+                    int(e["tokens"]),
+                    int(e["seqs"]),
+                    e["function"],
+                    tuple(e["params"]),
+                    tuple(e["inputs"]),
+                    tuple(e["token_outputs"]),
+                    tuple(e["seq_outputs"]),
+                )
+                for e in entries
+            ),
+            key=lambda f: (f.tokens, f.seqs),
+        )
         self._params = {p: params[p] for f in self.functions for p in f.params}
         names = [s.name for s in model.inputs]
         masks = [n for n in names if "mask" in n.lower()]
@@ -60,8 +74,9 @@ class PackedRunner:
         self.max_seqs = max(f.seqs for f in self.functions)
 
     @classmethod
-    def create(cls, model: Any, manifest: Mapping[str, Any], params: Mapping[str, Any]
-               ) -> PackedRunner | None:
+    def create(
+        cls, model: Any, manifest: Mapping[str, Any], params: Mapping[str, Any]
+    ) -> PackedRunner | None:
         entries = manifest.get("packed") or []
         return cls(model, entries, params) if entries else None
 
@@ -105,8 +120,9 @@ class PackedRunner:
             lo = hi
         return out
 
-    def choose(self, arrays: Mapping[str, np.ndarray], buckets: Any, split_batch: bool
-               ) -> tuple[np.ndarray, list[tuple[int, int, PackedFunction]]] | None:
+    def choose(
+        self, arrays: Mapping[str, np.ndarray], buckets: Any, split_batch: bool
+    ) -> tuple[np.ndarray, list[tuple[int, int, PackedFunction]]] | None:
         """``(lengths, chunks)`` when the request should run packed: its mask is right-padded, it
         fits the packed functions, and they compute fewer tokens than the fixed buckets (or as
         many in fewer calls, or no fixed bucket holds it); None otherwise."""
@@ -129,8 +145,12 @@ class PackedRunner:
         return lens, chunks
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray,
-            chunks: list[tuple[int, int, PackedFunction]]) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        lens: np.ndarray,
+        chunks: list[tuple[int, int, PackedFunction]],
+    ) -> dict[str, np.ndarray]:
         batch, seq = next(iter(arrays.values())).shape[:2]
         outs: dict[str, np.ndarray] = {}
         for lo, hi, f in chunks:
@@ -140,20 +160,26 @@ class PackedRunner:
                 if spec.name not in outs:
                     shape = [batch if d == "batch" else seq if d == "seq" else d for d in spec.dims]
                     outs[spec.name] = np.zeros(shape, got.dtype)
-                outs[spec.name][lo:hi, :got.shape[1]] = got
+                outs[spec.name][lo:hi, : got.shape[1]] = got
         return outs
 
-    def _run_chunk(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray, lo: int, hi: int,
-                   f: PackedFunction) -> dict[str, np.ndarray]:
+    def _run_chunk(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        lens: np.ndarray,
+        lo: int,
+        hi: int,
+        f: PackedFunction,
+    ) -> dict[str, np.ndarray]:
         import tvm
 
         m = self._model
         rows = lens[lo:hi]
         cu = np.zeros(f.seqs + 1, np.int32)
-        cu[1:len(rows) + 1] = np.cumsum(rows)
-        cu[len(rows) + 1:] = cu[len(rows)]
+        cu[1 : len(rows) + 1] = np.cumsum(rows)
+        cu[len(rows) + 1 :] = cu[len(rows)]
         total = int(cu[len(rows)])
-        sel = np.arange(lens[lo:hi].max())[None, :] < rows[:, None]   # real positions
+        sel = np.arange(lens[lo:hi].max())[None, :] < rows[:, None]  # real positions
         feeds: dict[str, np.ndarray] = {}
         for name in f.inputs:
             if name == POSITION_IDS:
@@ -164,10 +190,10 @@ class PackedRunner:
                 feeds[name] = cu
             elif name == FIRST_TOKEN:
                 first = np.zeros(f.seqs, np.int64)
-                first[:len(rows)] = cu[:len(rows)]
+                first[: len(rows)] = cu[: len(rows)]
                 feeds[name] = first
             else:
-                a = arrays[name][lo:hi, :sel.shape[1]]
+                a = arrays[name][lo:hi, : sel.shape[1]]
                 stream = np.zeros((1, f.tokens), a.dtype)
                 stream[0, :total] = a[sel]
                 feeds[name] = stream
@@ -176,8 +202,9 @@ class PackedRunner:
         try:
             result = m._vm[f.function](*args)
         except Exception as e:
-            raise BackendError(f"{m.path}: {f.function} failed: {type(e).__name__}: "
-                               f"{str(e).strip()[:500]}") from e
+            raise BackendError(
+                f"{m.path}: {f.function} failed: {type(e).__name__}: {str(e).strip()[:500]}"
+            ) from e
         names = [o.name for o in m.outputs]
         order = list(f.token_outputs) + list(f.seq_outputs)
         graph_order = [n for n in names if n in order]
@@ -189,5 +216,5 @@ class PackedRunner:
                 dense[sel] = arr[0, :total]
                 out[name] = dense
             else:
-                out[name] = arr[:len(rows)]
+                out[name] = arr[: len(rows)]
         return out

@@ -291,7 +291,8 @@ class CompiledModel:
         """Run one request; returns one array per output, padding removed."""
         arrays, batch, seq = self._check_feeds(feeds)
         self._check_indices(arrays)
-        # Packed (padding-free) when it computes fewer tokens than the fixed buckets (packed_runtime).
+        # Packed (padding-free) when it computes fewer tokens than the fixed buckets
+        # (packed_runtime).
         packed = self._packed.choose(arrays, self._functions, self._can_split) \
             if self._packed is not None else None
         if packed is not None:

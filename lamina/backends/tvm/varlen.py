@@ -11,14 +11,16 @@ on padding except the bucket's tail (fewer than one bucket step of tokens).
 merged QKV) into the packed graph for one token bucket::
 
     position_embeddings Gather(table, [0..T-1])   ->  Gather(table, lamina_position_ids[1, T])
-    lamina::Attention(q, k, v, attention_mask)    ->  lamina::PackedAttention(q, k, v, lamina_cu_seqlens)
-    Gather(hidden[1, T, H], 0, axis=1)  (pooler)  ->  Reshape(Gather(hidden, lamina_first_token, axis=1))
+    lamina::Attention(q, k, v, attention_mask)    ->  lamina::PackedAttention(q, k, v,
+    lamina_cu_seqlens) Gather(hidden[1, T, H], 0, axis=1)  (pooler)  ->  Reshape(Gather(hidden,
+    lamina_first_token, axis=1))
 
 and refuses (with the reason) a graph whose ops are not known to be row-independent, or whose mask
 feeds anything but attention. The graph outputs become token outputs (``[1, T, ...]``, unpacked into
-``[batch, seq, ...]`` with zeros at padding) or sequence outputs (``[S, ...]``, one row per sequence).
-The packed graph is internal to the compiler (the runtime's contract is unchanged: padded feeds in,
-padded outputs out); :mod:`.packed_runtime` packs requests and picks packed or fixed buckets.
+``[batch, seq, ...]`` with zeros at padding) or sequence outputs (``[S, ...]``, one row per
+sequence). The packed graph is internal to the compiler (the runtime's contract is unchanged: padded
+feeds in, padded outputs out); :mod:`.packed_runtime` packs requests and picks packed or fixed
+buckets.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def _reads_input_values(v: ir.Value | None) -> bool:
 def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = None,
                canonicalize: Callable[[ir.Model, dict[str, int]], ir.Model] | None = None,
                ) -> PackedGraph:
-    """The packed graph of ``model`` (optimized, symbolic batch/seq) for ``tokens`` tokens in at most
-    ``seqs`` sequences, none longer than ``max_len`` (the attention scratch size); raises
+    """The packed graph of ``model`` (optimized, symbolic batch/seq) for ``tokens`` tokens in at
+    most ``seqs`` sequences, none longer than ``max_len`` (the attention scratch size); raises
     :class:`NotPackable` with the reason when the graph does not fit. ``canonicalize(model, dims)``
     re-canonicalizes the specialized copy (the driver passes O0; specialization alone leaves the
     shape arithmetic unfolded)."""
@@ -150,8 +152,11 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     g = spec.graph
     mask_inputs = [v for v in g.inputs if "mask" in (v.name or "").lower()]
     pos = next(v for v in g.inputs if v.name == POSITION_IDS)
-    cu = ir.Value(name=CU_SEQLENS, type=ir.TensorType(ir.DataType.INT32), shape=ir.Shape([seqs + 1]))
-    first = ir.Value(name=FIRST_TOKEN, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([seqs]))
+    cu = ir.Value(name=CU_SEQLENS, type=ir.TensorType(ir.DataType.INT32),
+                  shape=ir.Shape([seqs + 1]))
+    first = ir.Value(
+        name=FIRST_TOKEN, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([seqs])
+    )
     pooled: list[ir.Node] = []  # the Reshapes that start the per-sequence region
     attentions = 0
     for node in list(g):
@@ -162,16 +167,26 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
             if data is not None and data.const_value is not None and axis == 0:
                 continue  # an embedding lookup by token-level ids: row-independent
             index = _const(idx)
-            if axis == 1 and index is not None and index.size == 1 and int(index.reshape(-1)[0]) == 0 \
-                    and data is not None and data.shape is not None and len(data.shape) == 3:
+            if (
+                axis == 1
+                and index is not None
+                and index.size == 1
+                and int(index.reshape(-1)[0]) == 0
+                and data is not None
+                and data.shape is not None
+                and len(data.shape) == 3
+            ):
                 # The pooler's first token: take each sequence's first token instead.
                 hidden = data.shape[2]
                 gathered = ir.node("Gather", [data, first], {"axis": 1}, name=f"{node.name}_packed")
-                shape = ir.Value(name=f"{node.name}_packed_shape",
-                                 const_value=ir.tensor(np.array([seqs, hidden], np.int64)))
+                shape = ir.Value(
+                    name=f"{node.name}_packed_shape",
+                    const_value=ir.tensor(np.array([seqs, hidden], np.int64)),
+                )
                 g.register_initializer(shape)
-                reshaped = ir.node("Reshape", [gathered.outputs[0], shape],
-                                   name=f"{node.name}_packed_rows")
+                reshaped = ir.node(
+                    "Reshape", [gathered.outputs[0], shape], name=f"{node.name}_packed_rows"
+                )
                 g.insert_before(node, [gathered, reshaped])
                 out = node.outputs[0]
                 new = reshaped.outputs[0]
@@ -186,21 +201,30 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
                 g.remove(node, safe=True)
                 pooled.append(reshaped)
                 continue
-            raise NotPackable(f"Gather {node.name!r} is neither an embedding lookup nor the "
-                              "pooler's first token")
+            raise NotPackable(
+                f"Gather {node.name!r} is neither an embedding lookup nor the pooler's first token"
+            )
         if dom == "lamina" and op == "Attention":
             kind = node.attributes["mask_kind"].value if "mask_kind" in node.attributes else "none"
             if kind not in ("none", "key_padding"):
                 raise NotPackable(f"attention {node.name!r} has mask_kind={kind!r}")
             q, k, v = node.inputs[:3]
-            if q is None or k is None or v is None or q.shape is None or k.shape is None \
-                    or list(q.shape) != list(k.shape):
+            if (
+                q is None
+                or k is None
+                or v is None
+                or q.shape is None
+                or k.shape is None
+                or list(q.shape) != list(k.shape)
+            ):
                 raise NotPackable(f"attention {node.name!r} is not self-attention")
-            attrs = {n: node.attributes[n].value for n in ("num_heads", "scale")
-                     if n in node.attributes}
+            attrs = {
+                n: node.attributes[n].value for n in ("num_heads", "scale") if n in node.attributes
+            }
             attrs["max_len"] = min(tokens, max_len or tokens)
-            packed = ir.node("PackedAttention", [q, k, v, cu], attrs, domain="lamina",
-                             name=f"{node.name}_packed")
+            packed = ir.node(
+                "PackedAttention", [q, k, v, cu], attrs, domain="lamina", name=f"{node.name}_packed"
+            )
             g.insert_before(node, packed)
             packed.outputs[0].dtype, packed.outputs[0].shape = node.outputs[0].dtype, q.shape
             node.outputs[0].replace_all_uses_with(packed.outputs[0])
@@ -229,10 +253,16 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
                 for i in node.inputs:
                     # A constant that varies along the token axis (e.g. folded positions) would
                     # be added to the wrong tokens of a packed stream.
-                    if i is not None and i.const_value is not None and i.shape is not None \
-                            and len(i.shape) >= 2 and i.shape[-2] != 1:
-                        raise NotPackable(f"{op} {node.name!r} adds a per-position constant "
-                                          f"{i.name!r}")
+                    if (
+                        i is not None
+                        and i.const_value is not None
+                        and i.shape is not None
+                        and len(i.shape) >= 2
+                        and i.shape[-2] != 1
+                    ):
+                        raise NotPackable(
+                            f"{op} {node.name!r} adds a per-position constant {i.name!r}"
+                        )
             if op == "Split" and dom == "":
                 axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
                 rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
@@ -251,4 +281,6 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
     token_outputs, seq_outputs = [], []
     for o in g.outputs:
         (seq_outputs if o in seq_values else token_outputs).append(o.name or "")
-    return PackedGraph(spec, tokens, seqs, [v.name or "" for v in g.inputs], token_outputs, seq_outputs)
+    return PackedGraph(
+        spec, tokens, seqs, [v.name or "" for v in g.inputs], token_outputs, seq_outputs
+    )

@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lamina.compiler.driver.quantize import QuantizeConfig
 
 DEFAULT_COMPILE_PIPELINE = "O1"
-# What the default compile adds after O1 unless ``sparsity=False`` (``--no-sparsity``): exact rewrites that
+# What the default compile adds after O1 unless ``sparsity=False`` (``--no-sparsity``): exact
+# rewrites that
 # only fire on pruned weights; encode-sparsity gets the target's measured cost table.
 SPARSITY_PASSES = "shrink-structured,encode-sparsity{{costs={costs}}}"
 
@@ -171,8 +172,8 @@ def compile(  # noqa: A001 - the verb users expect
 
     Without ``pipeline`` it runs O1 and, unless ``sparsity=False``, the sparsity passes (they change
     nothing in a dense model). ``quantize``: INT8 after the pipeline (``quantize-int8``, with
-    accuracy-driven fallback, see :mod:`lamina.compiler.driver.quantize`); the manifest records what was
-    quantized and the cosine reached.
+    accuracy-driven fallback, see :mod:`lamina.compiler.driver.quantize`); the manifest records what
+    was quantized and the cosine reached.
 
     ``packed``: also compile padding-free functions, one per token bucket (True: the default
     buckets, or a list of token counts), each holding up to ``packed_seqs`` sequences; the runtime
@@ -216,8 +217,15 @@ def compile(  # noqa: A001 - the verb users expect
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
     packed_graphs = _packed_graphs(model, packed, packed_seqs, positions) if packed else None
     return tvm_backend.build_artifact(
-        specialized, output, target=target, threads=threads, manifest_extra=extra, dump_dir=dump_dir,
-        io_dims=tvm_backend.io_dims_from_model(model), tune_trials=tune_trials, tuning_db=tuning_db,
+        specialized,
+        output,
+        target=target,
+        threads=threads,
+        manifest_extra=extra,
+        dump_dir=dump_dir,
+        io_dims=tvm_backend.io_dims_from_model(model),
+        tune_trials=tune_trials,
+        tuning_db=tuning_db,
         packed=packed_graphs,
     )
 
@@ -227,8 +235,9 @@ def canonicalize(model: ir.Model, dims: dict[str, int]) -> ir.Model:
     return optimize(model, "O0", dims=dims)[0]
 
 
-def _packed_graphs(model: ir.Model, packed: bool | list[int], seqs: int,
-                   positions: int | None) -> list:
+def _packed_graphs(
+    model: ir.Model, packed: bool | list[int], seqs: int, positions: int | None
+) -> list:
     """The packed graphs for the token buckets ``packed`` asks for; a clear error if the model
     cannot run packed."""
     from lamina.backends.tvm.varlen import NotPackable, default_token_buckets, pack_model
@@ -241,30 +250,40 @@ def _packed_graphs(model: ir.Model, packed: bool | list[int], seqs: int,
         try:
             out.append(pack_model(model, t, min(seqs, t), positions, canonicalize=canonicalize))
         except NotPackable as e:
-            raise UsageError(f"--packed: this model cannot run padding-free ({e}); compile "
-                             "without --packed") from None
+            raise UsageError(
+                f"--packed: this model cannot run padding-free ({e}); compile without --packed"
+            ) from None
     return out
+
+
 def _has_pruned_weights(model: ir.Model, min_zeros: float = 0.05) -> bool:
     """Whether some MatMul / Gemm weight is at least ``min_zeros`` exact zeros."""
     import numpy as np
 
     from lamina.passes.sparsity._prune import matmul_weight_values
 
-    return any(float(np.mean(v.const_value.numpy() == 0)) >= min_zeros
-               for v, _ in matmul_weight_values(model))
+    return any(
+        float(np.mean(v.const_value.numpy() == 0)) >= min_zeros
+        for v, _ in matmul_weight_values(model)
+    )
 
 
 def _report_sparsity(report: OptimizeReport, stream: TextIO) -> None:
-    """The compile log of encode-sparsity: one line per matmul with its decision and predicted gain."""
+    """The compile log of encode-sparsity: one line per matmul with its decision and predicted
+    gain."""
     for rec in report.recorder.records:
         decisions = rec.stats.get("decisions") if rec.name == "encode-sparsity" else None
         if decisions and rec.stats.get("encoded"):
-            stream.write(f"lamina: encode-sparsity: {rec.stats['encoded']} of {len(decisions)} pruned "
-                         "matmuls run sparse\n")
+            stream.write(
+                f"lamina: encode-sparsity: {rec.stats['encoded']} of {len(decisions)} pruned "
+                "matmuls run sparse\n"
+            )
             stream.writelines(f"  {line}\n" for line in decisions)
         elif decisions:
-            stream.write(f"lamina: encode-sparsity: all {len(decisions)} matmuls with zeros stay dense "
-                         f"(predicted gains {min(_gains(decisions)):.2f}-{max(_gains(decisions)):.2f}x)\n")
+            stream.write(
+                f"lamina: encode-sparsity: all {len(decisions)} matmuls with zeros stay dense "
+                f"(predicted gains {min(_gains(decisions)):.2f}-{max(_gains(decisions)):.2f}x)\n"
+            )
 
 
 def _gains(lines: list[str]) -> list[float]:

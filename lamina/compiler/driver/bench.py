@@ -46,25 +46,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=30, help="timed calls per engine per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--text", action="store_true", help="real sentences instead of random token ids")
-    p.add_argument("--tokenizer", help="tokenizer directory for --text (default: the packaged MiniLM's)")
-    p.add_argument("--engines", default="lamina,onnxruntime,pytorch",
-                   help="comma-separated; also ort-int8-dynamic, ort-int8-qdq, openvino, "
-                        "openvino-f32, openvino-nncf-int8, lamina-fp32 (see driver/bench_peers.py)")
+    p.add_argument(
+        "--tokenizer", help="tokenizer directory for --text (default: the packaged MiniLM's)"
+    )
+    p.add_argument(
+        "--engines",
+        default="lamina,onnxruntime,pytorch",
+        help="comma-separated; also ort-int8-dynamic, ort-int8-qdq, openvino, "
+        "openvino-f32, openvino-nncf-int8, lamina-fp32 (see driver/bench_peers.py)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--lamina-fp32", metavar="ARTIFACT",
-                   help="a second (fp32) Lamina artifact, timed as engine lamina-fp32")
-    p.add_argument("--cosine-floor", type=float, default=0.99,
-                   help="lossy (INT8) Lamina artifacts must reach this mean row cosine vs ORT fp32")
-    p.add_argument("--calibration-sets", type=int, default=8,
-                   help="feed sets that calibrate ort-int8-qdq and openvino-nncf-int8")
-    p.add_argument("--baseline", metavar="ARTIFACT",
-                   help="another .lamina artifact timed as engine 'baseline' (e.g. the dense model's, "
-                        "against a pruned model's artifact)")
-    p.add_argument("--text-file", help="real-text throughput on the sentences of this file (one a line, "
-                                       "in order, batches of --batch): Lamina vs ONNX Runtime padded to "
-                                       "each batch's longest row and to --pad-to (see bench_text.py)")
-    p.add_argument("--sentences", type=int, default=256, help="with --text-file: the first N sentences")
-    p.add_argument("--pad-to", type=int, default=128, help="with --text-file: ONNX Runtime's fixed length")
+    p.add_argument(
+        "--lamina-fp32",
+        metavar="ARTIFACT",
+        help="a second (fp32) Lamina artifact, timed as engine lamina-fp32",
+    )
+    p.add_argument(
+        "--cosine-floor",
+        type=float,
+        default=0.99,
+        help="lossy (INT8) Lamina artifacts must reach this mean row cosine vs ORT fp32",
+    )
+    p.add_argument(
+        "--calibration-sets",
+        type=int,
+        default=8,
+        help="feed sets that calibrate ort-int8-qdq and openvino-nncf-int8",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="ARTIFACT",
+        help="another .lamina artifact timed as engine 'baseline' (e.g. the dense model's, "
+        "against a pruned model's artifact)",
+    )
+    p.add_argument(
+        "--text-file",
+        help="real-text throughput on the sentences of this file (one a line, "
+        "in order, batches of --batch): Lamina vs ONNX Runtime padded to "
+        "each batch's longest row and to --pad-to (see bench_text.py)",
+    )
+    p.add_argument(
+        "--sentences", type=int, default=256, help="with --text-file: the first N sentences"
+    )
+    p.add_argument(
+        "--pad-to", type=int, default=128, help="with --text-file: ONNX Runtime's fixed length"
+    )
 
 
 def _minilm_dir() -> str:
@@ -124,8 +150,18 @@ def _make_feeds(
 
 def _worker_cmd(engine: str, path: str, feeds: str, args: argparse.Namespace) -> list[str]:
     engine = "lamina" if engine == "baseline" else engine
-    return [sys.executable, "-m", "lamina.compiler.driver.bench", "--worker", engine, path, feeds,
-            str(args.threads), str(args.warmup), str(args.iters)]
+    return [
+        sys.executable,
+        "-m",
+        "lamina.compiler.driver.bench",
+        "--worker",
+        engine,
+        path,
+        feeds,
+        str(args.threads),
+        str(args.warmup),
+        str(args.iters),
+    ]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -162,13 +198,18 @@ def main(args: argparse.Namespace) -> int:
         feeds = _make_feeds(args, onnx_path, names)
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
-        peer_paths, precision, check = _prepare_peers(args, engines, str(artifact), onnx_path,
-                                                      names, feeds, Path(tmp))
+        peer_paths, precision, check = _prepare_peers(
+            args, engines, str(artifact), onnx_path, names, feeds, Path(tmp)
+        )
         torch_src = args.torch
         if torch_src == "auto" and "pytorch" in engines:
             torch_src = _torch_auto(onnx_path)
-        paths = {"lamina": str(artifact), "onnxruntime": onnx_path,
-                 "pytorch": _minilm_dir() if torch_src == "minilm" else torch_src, **peer_paths}
+        paths = {
+            "lamina": str(artifact),
+            "onnxruntime": onnx_path,
+            "pytorch": _minilm_dir() if torch_src == "minilm" else torch_src,
+            **peer_paths,
+        }
         if torch_src == "none":
             engines = [e for e in engines if e != "pytorch"]
         if args.baseline:
@@ -177,10 +218,13 @@ def main(args: argparse.Namespace) -> int:
         samples: dict[str, list[float]] = {e: [] for e in engines}
         round_p50: dict[str, list[float]] = {e: [] for e in engines}
         for r in range(args.rounds):
-            order = engines[r % len(engines):] + engines[: r % len(engines)]
+            order = engines[r % len(engines) :] + engines[: r % len(engines)]
             for engine in order:
-                proc = subprocess.run(_worker_cmd(engine, paths[engine], str(feeds_path), args),
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    _worker_cmd(engine, paths[engine], str(feeds_path), args),
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode != 0:
                     tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
                     raise UsageError(f"benchmark worker for {engine} failed: {tail}")
@@ -192,44 +236,75 @@ def main(args: argparse.Namespace) -> int:
     for engine, lat in samples.items():
         arr = np.array(lat)
         p50 = float(np.percentile(arr, 50))
-        results[engine] = {"precision": precision.get(engine, "fp32"), "p50_ms": p50, "p90_ms": float(np.percentile(arr, 90)),
-                           "mean_ms": float(arr.mean()), "calls": int(arr.size),
-                           "throughput_seq_per_s": args.batch * 1e3 / p50}
+        results[engine] = {
+            "precision": precision.get(engine, "fp32"),
+            "p50_ms": p50,
+            "p90_ms": float(np.percentile(arr, 90)),
+            "mean_ms": float(arr.mean()),
+            "calls": int(arr.size),
+            "throughput_seq_per_s": args.batch * 1e3 / p50,
+        }
     base = results.get("lamina", {}).get("p50_ms")
     for engine, res in results.items():
         res["lamina_p50_over_this_p50"] = base / res["p50_ms"] if base else None
         # The same ratio round by round (engines of a round run back to back, so slow phases of a
         # shared machine hit both sides): its median and range say how stable the pooled ratio is.
-        per_round = ([a / b for a, b in zip(round_p50["lamina"], round_p50[engine], strict=True)]
-                     if base else [])
+        per_round = (
+            [a / b for a, b in zip(round_p50["lamina"], round_p50[engine], strict=True)]
+            if base
+            else []
+        )
         res["round_ratios"] = per_round
         res["round_ratio_median"] = float(np.median(per_round)) if per_round else None
-    report = {"batch": args.batch, "seq": args.seq, "threads": args.threads, "text": args.text,
-              "lamina_check": check,
-              "rounds": args.rounds, "iters": args.iters, "results": results}
+    report = {
+        "batch": args.batch,
+        "seq": args.seq,
+        "threads": args.threads,
+        "text": args.text,
+        "lamina_check": check,
+        "rounds": args.rounds,
+        "iters": args.iters,
+        "results": results,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"batch {args.batch}, seq {args.seq}, threads {args.threads}, "
-              f"{'real text' if args.text else 'random ids'}; {args.rounds} rounds x {args.iters} calls")
+        print(
+            f"batch {args.batch}, seq {args.seq}, threads {args.threads}, "
+            f"{'real text' if args.text else 'random ids'}; {args.rounds} rounds x {args.iters} "
+            "calls"
+        )
         if check:
             print(f"lamina outputs: {check}")
-        print(f"{'engine':<19} {'prec':<7} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'lamina/this':>12} "
-              f"{'by round: median [range]':>26}")
+        print(
+            f"{'engine':<19} {'prec':<7} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} "
+            f"{'lamina/this':>12} "
+            f"{'by round: median [range]':>26}"
+        )
         for engine, res in results.items():
             ratio = res["lamina_p50_over_this_p50"]
             rr = res["round_ratios"]
-            spread = (f"{res['round_ratio_median']:.2f}x [{min(rr):.2f}-{max(rr):.2f}]"
-                      if rr else "-")
-            print(f"{engine:<19} {res['precision']:<7} {res['p50_ms']:9.2f} {res['p90_ms']:9.2f} "
-                  f"{res['throughput_seq_per_s']:9.1f} {ratio if ratio is None else f'{ratio:.2f}x':>12} "
-                  f"{spread:>26}")
+            spread = (
+                f"{res['round_ratio_median']:.2f}x [{min(rr):.2f}-{max(rr):.2f}]" if rr else "-"
+            )
+            print(
+                f"{engine:<19} {res['precision']:<7} {res['p50_ms']:9.2f} {res['p90_ms']:9.2f} "
+                f"{res['throughput_seq_per_s']:9.1f} "
+                f"{ratio if ratio is None else f'{ratio:.2f}x':>12} "
+                f"{spread:>26}"
+            )
     return 0
 
 
-def _prepare_peers(args: argparse.Namespace, engines: list[str], artifact: str, onnx_path: str,
-                   names: list[str], feeds: dict[str, np.ndarray], tmp: Path
-                   ) -> tuple[dict[str, str], dict[str, str], str | None]:
+def _prepare_peers(
+    args: argparse.Namespace,
+    engines: list[str],
+    artifact: str,
+    onnx_path: str,
+    names: list[str],
+    feeds: dict[str, np.ndarray],
+    tmp: Path,
+) -> tuple[dict[str, str], dict[str, str], str | None]:
     """Model files of the peer engines (quantized here, before any timing), each engine's precision,
     and Lamina's output check against ONNX Runtime fp32 (None when there is no ONNX file)."""
     from lamina.backends.tvm.artifact import read_manifest
@@ -239,8 +314,14 @@ def _prepare_peers(args: argparse.Namespace, engines: list[str], artifact: str, 
     precision["lamina"] = bench_peers.artifact_precision(read_manifest(artifact)[1])
     check = None
     if "lamina" in engines and onnx_path and Path(onnx_path).exists():
-        check = bench_peers.check_lamina(artifact, onnx_path, feeds, args.threads,
-                                         precision["lamina"] != "fp32", args.cosine_floor)
+        check = bench_peers.check_lamina(
+            artifact,
+            onnx_path,
+            feeds,
+            args.threads,
+            precision["lamina"] != "fp32",
+            args.cosine_floor,
+        )
         print(f"lamina outputs checked: {check}", file=sys.stderr)
     paths: dict[str, str] = {}
     calibration: list[dict[str, np.ndarray]] = []
@@ -251,16 +332,19 @@ def _prepare_peers(args: argparse.Namespace, engines: list[str], artifact: str, 
             paths[engine] = args.lamina_fp32
         elif engine in bench_peers.PEERS:
             if not calibration:
-                calibration = [feeds] + [_calibration_feeds(args, onnx_path, names, i)
-                                         for i in range(1, args.calibration_sets)]
+                calibration = [feeds] + [
+                    _calibration_feeds(args, onnx_path, names, i)
+                    for i in range(1, args.calibration_sets)
+                ]
             print(f"preparing {engine}...", file=sys.stderr)
             with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars
                 paths[engine] = bench_peers.prepare(engine, onnx_path, tmp, calibration)
     return paths, precision, check
 
 
-def _calibration_feeds(args: argparse.Namespace, onnx_path: str, names: list[str], seed: int
-                       ) -> dict[str, np.ndarray]:
+def _calibration_feeds(
+    args: argparse.Namespace, onnx_path: str, names: list[str], seed: int
+) -> dict[str, np.ndarray]:
     """Another feed set of the benchmark's shape (random ids with seed ``seed``)."""
     from lamina.compiler.frontend.feeds import make_feeds
 
@@ -273,7 +357,9 @@ def _calibration_feeds(args: argparse.Namespace, onnx_path: str, names: list[str
     return make_feeds(model, {**dims, "batch": args.batch, "seq": args.seq}, seed=seed)
 
 
-def _worker(engine: str, path: str, feeds_path: str, threads: int, warmup: int, iters: int) -> list[float]:
+def _worker(
+    engine: str, path: str, feeds_path: str, threads: int, warmup: int, iters: int
+) -> list[float]:
     feeds = dict(np.load(feeds_path))
     if engine == "lamina":
         import lamina.backends.tvm as lamina_tvm

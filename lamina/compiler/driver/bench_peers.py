@@ -138,7 +138,8 @@ def check_lamina(artifact: str, onnx_path: str, feeds: dict[str, np.ndarray], th
                  lossy: bool, cosine_floor: float) -> str:
     """Lamina's outputs against ONNX Runtime fp32 on the benchmark's feeds, before any timing:
     within 1e-4 (max abs) for fp32 artifacts, a mean row cosine (each token's vector against ORT's)
-    of at least ``cosine_floor`` for lossy ones. Returns a one-line summary; raises UsageError when the check fails."""
+    of at least ``cosine_floor`` for lossy ones. Returns a one-line summary; raises UsageError when
+    the check fails."""
     import lamina.backends.tvm as lamina_tvm
     from lamina.backends.reference import session
 

@@ -1,8 +1,8 @@
 """``lamina bench --text-file FILE``: real-text throughput, sentences per second.
 
-Real inputs are short and uneven, so a fixed-shape benchmark says little about serving them. This one
-reads sentences from ``FILE`` (one a line, in file order, the first ``--sentences``), cuts them into
-batches of ``--batch`` and times three engines on the same batches:
+Real inputs are short and uneven, so a fixed-shape benchmark says little about serving them. This
+one reads sentences from ``FILE`` (one a line, in file order, the first ``--sentences``), cuts them
+into batches of ``--batch`` and times three engines on the same batches:
 
 - ``lamina``: the artifact fed each batch padded to its longest row (the runtime chooses how to run
   it: packed without padding when the artifact holds packed functions, else its fixed buckets);
@@ -89,11 +89,15 @@ def main(args: argparse.Namespace) -> int:
 
     target = Path(args.target)
     if target.suffix == ".onnx":
-        raise UsageError("--text-file benchmarks an artifact: compile it first with `lamina compile`")
+        raise UsageError(
+            "--text-file benchmarks an artifact: compile it first with `lamina compile`"
+        )
     _, manifest = read_manifest(target)
     onnx_path = args.onnx or manifest.get("source_model") or ""
     if not Path(onnx_path).exists():
-        raise UsageError(f"the artifact's source model {onnx_path!r} is not there; give it with --onnx")
+        raise UsageError(
+            f"the artifact's source model {onnx_path!r} is not there; give it with --onnx"
+        )
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
     names = [i["name"] for i in manifest["inputs"]]
@@ -113,9 +117,11 @@ def main(args: argparse.Namespace) -> int:
         feeds = {"longest": Path(tmp) / "longest.npz", "fixed": Path(tmp) / "fixed.npz"}
         _save(longest, feeds["longest"])
         _save(fixed, feeds["fixed"])
-        src = {"lamina": (str(target), feeds["longest"]),
-               "ort-longest": (onnx_path, feeds["longest"]),
-               "ort-128": (onnx_path, feeds["fixed"])}
+        src = {
+            "lamina": (str(target), feeds["longest"]),
+            "ort-longest": (onnx_path, feeds["longest"]),
+            "ort-128": (onnx_path, feeds["fixed"]),
+        }
         passes: dict[str, list[float]] = {e: [] for e in engines}
         round_med: dict[str, list[float]] = {e: [] for e in engines}
         # Every engine in its own process, started once and kept waiting on stdin; passes alternate
@@ -124,15 +130,28 @@ def main(args: argparse.Namespace) -> int:
         try:
             for engine in engines:
                 path, fpath = src[engine]
-                cmd = [sys.executable, "-m", "lamina.compiler.driver.bench_text", "--worker",
-                       engine, path, str(fpath), str(args.threads)]
-                procs[engine] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE, text=True)
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "lamina.compiler.driver.bench_text",
+                    "--worker",
+                    engine,
+                    path,
+                    str(fpath),
+                    str(args.threads),
+                ]
+                procs[engine] = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
             for engine, proc in procs.items():
                 _reply(proc, engine)  # loaded, one untimed pass done
                 print(f"{engine}: ready", file=sys.stderr)
             for r in range(args.rounds):
-                order = engines[r % len(engines):] + engines[: r % len(engines)]
+                order = engines[r % len(engines) :] + engines[: r % len(engines)]
                 for engine in order:
                     lat = []
                     for _ in range(args.iters):
@@ -157,27 +176,43 @@ def main(args: argparse.Namespace) -> int:
         res["lamina_speedup"] = res["pass_ms"] / base
         rr = [b / a for a, b in zip(round_med["lamina"], round_med[engine], strict=True)]
         res["round_speedups"] = rr
-    report = {"text_file": str(args.text_file), "sentences": n, "batch": args.batch,
-              "batches": len(longest), "threads": args.threads, "pad_to": pad_to,
-              "rounds": args.rounds, "iters": args.iters,
-              "tokens_longest": token_stats(longest), "tokens_fixed": token_stats(fixed),
-              "results": results}
+    report = {
+        "text_file": str(args.text_file),
+        "sentences": n,
+        "batch": args.batch,
+        "batches": len(longest),
+        "threads": args.threads,
+        "pad_to": pad_to,
+        "rounds": args.rounds,
+        "iters": args.iters,
+        "tokens_longest": token_stats(longest),
+        "tokens_fixed": token_stats(fixed),
+        "results": results,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     st = report["tokens_longest"]
-    print(f"{n} sentences from {args.text_file} in {len(longest)} batches of {args.batch}, "
-          f"threads {args.threads}; {args.rounds} rounds x {args.iters} passes")
-    print(f"tokens: {st['real_tokens']} real; padded to longest {st['padded_tokens']} "
-          f"({100 * st['padding_fraction']:.0f}% padding), to {pad_to} "
-          f"{report['tokens_fixed']['padded_tokens']} "
-          f"({100 * report['tokens_fixed']['padding_fraction']:.0f}% padding)")
-    print(f"{'engine':<12} {'pass ms':>9} {'sent/s':>9} {'lamina speedup':>15} "
-          f"{'by round: median [range]':>26}")
+    print(
+        f"{n} sentences from {args.text_file} in {len(longest)} batches of {args.batch}, "
+        f"threads {args.threads}; {args.rounds} rounds x {args.iters} passes"
+    )
+    print(
+        f"tokens: {st['real_tokens']} real; padded to longest {st['padded_tokens']} "
+        f"({100 * st['padding_fraction']:.0f}% padding), to {pad_to} "
+        f"{report['tokens_fixed']['padded_tokens']} "
+        f"({100 * report['tokens_fixed']['padding_fraction']:.0f}% padding)"
+    )
+    print(
+        f"{'engine':<12} {'pass ms':>9} {'sent/s':>9} {'lamina speedup':>15} "
+        f"{'by round: median [range]':>26}"
+    )
     for engine, res in results.items():
         rr = res["round_speedups"]
-        print(f"{engine:<12} {res['pass_ms']:9.1f} {res['sentences_per_s']:9.1f} "
-              f"{res['lamina_speedup']:14.2f}x {np.median(rr):17.2f}x [{min(rr):.2f}-{max(rr):.2f}]")
+        print(
+            f"{engine:<12} {res['pass_ms']:9.1f} {res['sentences_per_s']:9.1f} "
+            f"{res['lamina_speedup']:14.2f}x {np.median(rr):17.2f}x [{min(rr):.2f}-{max(rr):.2f}]"
+        )
     return 0
 
 
@@ -208,6 +243,7 @@ def _worker(engine: str, path: str, feeds_path: str, threads: int) -> None:
 
         def call(feeds: dict[str, np.ndarray]) -> object:
             return sess.run(None, feeds)
+
     for b in batches:  # one untimed pass
         call(b)
     print(0.0, flush=True)

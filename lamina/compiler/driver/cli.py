@@ -160,42 +160,93 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError("--calibration, --report and --plot belong to --quantize int8")
     start = time.perf_counter()
     out = api.compile(
-        args.model, args.output, pipeline=args.pipeline, buckets=buckets, target=args.target,
-        threads=args.threads, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-        debug=_debug_from(args), quantize=quantize, sparsity=not args.no_sparsity,
-        packed=_parse_packed(getattr(args, "packed", None)), packed_seqs=getattr(args, "packed_seqs", 32),
+        args.model,
+        args.output,
+        pipeline=args.pipeline,
+        buckets=buckets,
+        target=args.target,
+        threads=args.threads,
+        tune_trials=args.tune_trials,
+        tuning_db=args.tuning_db,
+        debug=_debug_from(args),
+        quantize=quantize,
+        sparsity=not args.no_sparsity,
+        packed=_parse_packed(getattr(args, "packed", None)),
+        packed_seqs=getattr(args, "packed_seqs", 32),
     )
     if quantize is not None:
         import json as _json
 
         manifest = _json.loads((Path(out) / "manifest.json").read_text())
         info = manifest.get("extra", {}).get("quantization", {})
-        print(f"lamina: INT8 ({info.get('pipeline', '')}): {info.get('quantized_ops')} ops quantized, "
-              f"mean cosine {info.get('cosine')}, kept in fp32: {', '.join(info.get('fp32_ops') or []) or 'none'}",
-              file=sys.stderr)
+        print(
+            f"lamina: INT8 ({info.get('pipeline', '')}): {info.get('quantized_ops')} ops "
+            "quantized, "
+            f"mean cosine {info.get('cosine')}, kept in fp32: "
+            f"{', '.join(info.get('fp32_ops') or []) or 'none'}",
+            file=sys.stderr,
+        )
     print(f"lamina: wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 
 def _add_quantize_args(p: argparse.ArgumentParser, *, in_compile: bool) -> None:
-    g = p.add_argument_group("INT8 quantization" + (" (with --quantize int8)" if in_compile else ""))
-    g.add_argument("--calibration", metavar="FILE",
-                   help="calibration data: a text file (one text a line, with --tokenizer) or an .npz of feeds")
-    g.add_argument("--tokenizer", metavar="DIR", help="directory with tokenizer.json (for a text --calibration)")
-    g.add_argument("--calibration-size", type=int, default=300, metavar="N",
-                   help="calibration samples (default 300); the next 200 measure accuracy for --target-cos")
-    g.add_argument("--mode", choices=["static", "dynamic"], default="static",
-                   help="static: activation scales calibrated; dynamic: computed at run time")
-    g.add_argument("--method", choices=["minmax", "percentile", "entropy", "mse"], default="minmax",
-                   help="calibration range method (static mode)")
-    g.add_argument("--activation", choices=["u8", "s8"], default="u8",
-                   help="activation type: u8 asymmetric or s8 symmetric (static mode)")
-    g.add_argument("--target-cos", type=float, default=0.995,
-                   help="keep the most sensitive ops in fp32 until the mean cosine of the first output to fp32 "
-                        "reaches this (default 0.995); 0 quantizes everything without measuring")
-    g.add_argument("--smooth-quant", type=float, default=None, metavar="ALPHA",
-                   help="SmoothQuant migration with this alpha before quantizing (exact in fp32)")
-    g.add_argument("--report", metavar="FILE.json", help="write the per-layer sensitivity table and result")
+    g = p.add_argument_group(
+        "INT8 quantization" + (" (with --quantize int8)" if in_compile else "")
+    )
+    g.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="calibration data: a text file (one text a line, with --tokenizer) or an .npz of "
+        "feeds",
+    )
+    g.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="directory with tokenizer.json (for a text --calibration)",
+    )
+    g.add_argument(
+        "--calibration-size",
+        type=int,
+        default=300,
+        metavar="N",
+        help="calibration samples (default 300); the next 200 measure accuracy for --target-cos",
+    )
+    g.add_argument(
+        "--mode",
+        choices=["static", "dynamic"],
+        default="static",
+        help="static: activation scales calibrated; dynamic: computed at run time",
+    )
+    g.add_argument(
+        "--method",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        default="minmax",
+        help="calibration range method (static mode)",
+    )
+    g.add_argument(
+        "--activation",
+        choices=["u8", "s8"],
+        default="u8",
+        help="activation type: u8 asymmetric or s8 symmetric (static mode)",
+    )
+    g.add_argument(
+        "--target-cos",
+        type=float,
+        default=0.995,
+        help="keep the most sensitive ops in fp32 until the mean cosine of the first output to "
+        "fp32 reaches this (default 0.995); 0 quantizes everything without measuring",
+    )
+    g.add_argument(
+        "--smooth-quant",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="SmoothQuant migration with this alpha before quantizing (exact in fp32)",
+    )
+    g.add_argument(
+        "--report", metavar="FILE.json", help="write the per-layer sensitivity table and result"
+    )
     g.add_argument("--plot", metavar="FILE.png", help="draw per-layer sensitivity (matplotlib)")
 
 
@@ -203,21 +254,32 @@ def _quantize_config(args: argparse.Namespace):
     from lamina.compiler.driver.quantize import QuantizeConfig
 
     if not args.calibration and (args.mode == "static" or args.target_cos):
-        raise UsageError("INT8 quantization needs --calibration FILE (texts with --tokenizer DIR, or an .npz)")
+        raise UsageError(
+            "INT8 quantization needs --calibration FILE (texts with --tokenizer DIR, or an .npz)"
+        )
     if args.calibration_size <= 0:
         raise UsageError(f"--calibration-size must be positive, got {args.calibration_size}")
     return QuantizeConfig(
-        calibration=args.calibration, tokenizer=args.tokenizer, mode=args.mode, method=args.method,
-        activation=args.activation, calibration_size=args.calibration_size,
-        target_cos=args.target_cos or None, smooth_alpha=args.smooth_quant,
-        always_sensitivity=bool(args.plot or args.report), report=args.report, plot=args.plot)
+        calibration=args.calibration,
+        tokenizer=args.tokenizer,
+        mode=args.mode,
+        method=args.method,
+        activation=args.activation,
+        calibration_size=args.calibration_size,
+        target_cos=args.target_cos or None,
+        smooth_alpha=args.smooth_quant,
+        always_sensitivity=bool(args.plot or args.report),
+        report=args.report,
+        plot=args.plot,
+    )
 
 
 def _quantize_outputs(cfg, result) -> None:
     total = len(result.quantized) + len(result.fp32)
     line = f"lamina: INT8 {cfg.mode}: {len(result.quantized)} of {total} ops quantized"
     if result.cosine is not None:
-        line += f"; mean cosine to fp32 {result.cosine:.5f} (target {cfg.target_cos}) on the held-out samples"
+        line += (f"; mean cosine to fp32 {result.cosine:.5f} (target {cfg.target_cos}) on the "
+                 "held-out samples")
     if result.fp32:
         line += f"; kept in fp32: {', '.join(result.fp32)}"
     print(line, file=sys.stderr)
@@ -236,6 +298,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _quantize_outputs(cfg, result)
     print(f"lamina: wrote {path} (pipeline {report.pipeline},{result.pipeline})", file=sys.stderr)
     return 0
+
+
 def _parse_packed(text: str | None) -> list[int] | bool:
     """``--packed``: 'auto' (the default token buckets) or token counts, e.g. 64,128,256."""
     if text is None:
@@ -245,7 +309,9 @@ def _parse_packed(text: str | None) -> list[int] | bool:
     try:
         tokens = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
-        raise UsageError(f"--packed {text!r}: give 'auto' or token counts, e.g. 64,128,256") from None
+        raise UsageError(
+            f"--packed {text!r}: give 'auto' or token counts, e.g. 64,128,256"
+        ) from None
     if not tokens or tokens[0] < 1:
         raise UsageError(f"--packed {text!r}: token counts must be positive")
     return tokens
@@ -328,16 +394,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     stats = prune_model(model, args.sparsity, patterns)
     path = api.save(model, args.output)
     zeros = [analyze_weight(v.const_value.numpy()).zeros for v, _ in matmul_weight_values(model)]
-    print(f"lamina: wrote {path}: pattern {args.pattern}, sparsity {args.sparsity:g}; "
-          f"{stats['weights']} weights, {stats['heads']} heads, {stats['neurons']} neurons pruned; "
-          f"matmul weights now {100 * float(np.mean(zeros)) if zeros else 0:.1f}% zeros", file=sys.stderr)
+    print(
+        f"lamina: wrote {path}: pattern {args.pattern}, sparsity {args.sparsity:g}; "
+        f"{stats['weights']} weights, {stats['heads']} heads, {stats['neurons']} neurons pruned; "
+        f"matmul weights now {100 * float(np.mean(zeros)) if zeros else 0:.1f}% zeros",
+        file=sys.stderr,
+    )
     if args.tokenizer:
         from lamina.compiler.driver.prune import accuracy_cost, read_texts
 
         acc = accuracy_cost(reference, model, read_texts(args.corpus, args.texts), args.tokenizer)
-        print(f"accuracy cost on {acc['texts']} held-out sentences (no fine-tuning): mean cosine "
-              f"{acc['mean_cosine']:.4f} (min {acc['min_cosine']:.4f}) vs the unpruned model, top-1 "
-              f"neighbour agreement {100 * acc['top1_neighbour_agreement']:.1f}%")
+        print(
+            f"accuracy cost on {acc['texts']} held-out sentences (no fine-tuning): mean cosine "
+            f"{acc['mean_cosine']:.4f} (min {acc['min_cosine']:.4f}) vs the unpruned model, top-1 "
+            f"neighbour agreement {100 * acc['top1_neighbour_agreement']:.1f}%"
+        )
     return 0
 
 
@@ -349,6 +420,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # -----------------------------------------------------------------------------------------------
 # parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -393,21 +465,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="MetaSchedule trials to spend (0: use database records and default schedules)",
     )
-    p.add_argument("--tuning-db", default=os.environ.get("LAMINA_TUNING_DB"),
-                   help="tuning database directory (default: a per-user cache directory)")
-    p.add_argument("--no-sparsity", action="store_true",
-                   help="leave pruned weights dense (no shrink-structured / encode-sparsity)")
-    p.add_argument("--packed", nargs="?", const="auto", default=None, metavar="TOKENS",
-                   help="also compile padding-free functions (uneven batches run without padding): "
-                        "'auto' (token buckets 32..1024) or token counts, e.g. 64,128,256")
-    p.add_argument("--packed-seqs", type=int, default=32,
-                   help="with --packed: the most sequences one packed call holds (default 32)")
+    p.add_argument(
+        "--tuning-db",
+        default=os.environ.get("LAMINA_TUNING_DB"),
+        help="tuning database directory (default: a per-user cache directory)",
+    )
+    p.add_argument(
+        "--no-sparsity",
+        action="store_true",
+        help="leave pruned weights dense (no shrink-structured / encode-sparsity)",
+    )
+    p.add_argument(
+        "--packed",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="TOKENS",
+        help="also compile padding-free functions (uneven batches run without padding): "
+        "'auto' (token buckets 32..1024) or token counts, e.g. 64,128,256",
+    )
+    p.add_argument(
+        "--packed-seqs",
+        type=int,
+        default=32,
+        help="with --packed: the most sequences one packed call holds (default 32)",
+    )
     _add_pipeline_args(p, None, env=("LAMINA_COMPILE_PIPELINE", "LAMINA_PIPELINE"))
-    p.add_argument("--quantize", choices=["int8"], help="INT8: O1 then quantize-int8 with accuracy fallback")
+    p.add_argument(
+        "--quantize", choices=["int8"], help="INT8: O1 then quantize-int8 with accuracy fallback"
+    )
     _add_quantize_args(p, in_compile=True)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("quantize", help="quantize a model to INT8 (QDQ ONNX that ONNX Runtime runs)")
+    p = sub.add_parser(
+        "quantize", help="quantize a model to INT8 (QDQ ONNX that ONNX Runtime runs)"
+    )
     p.add_argument("model", help="an .onnx file")
     p.add_argument("-o", "--output", required=True, help="output .onnx file (QDQ form)")
     _add_quantize_args(p, in_compile=False)
@@ -423,19 +515,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="save the outputs as DIR/<name>.npy")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("prune", help="magnitude-prune matmul weights (makes sparse models to study)")
+    p = sub.add_parser(
+        "prune", help="magnitude-prune matmul weights (makes sparse models to study)"
+    )
     p.add_argument("model", help="an .onnx file")
     p.add_argument("-o", "--output", required=True, help="the pruned .onnx file")
     p.add_argument("--sparsity", type=float, required=True, help="fraction to zero, e.g. 0.9")
-    p.add_argument("--pattern", default="unstructured",
-                   help="unstructured, RxC blocks in [out, in] order (4x1, 1x4, 16x1...), 2:4, heads, "
-                        "neurons, or heads,neurons (default unstructured)")
-    p.add_argument("--tokenizer", help="directory with tokenizer.json: print the accuracy cost on real text")
-    p.add_argument("--corpus", help="sentences for the accuracy figures (default data/corpus/heldout.txt)")
+    p.add_argument(
+        "--pattern",
+        default="unstructured",
+        help="unstructured, RxC blocks in [out, in] order (4x1, 1x4, 16x1...), 2:4, heads, "
+        "neurons, or heads,neurons (default unstructured)",
+    )
+    p.add_argument(
+        "--tokenizer", help="directory with tokenizer.json: print the accuracy cost on real text"
+    )
+    p.add_argument(
+        "--corpus", help="sentences for the accuracy figures (default data/corpus/heldout.txt)"
+    )
     p.add_argument("--texts", type=int, default=64, help="how many sentences (default 64)")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("bench", help="benchmark Lamina against ONNX Runtime and PyTorch, side by side")
+    p = sub.add_parser(
+        "bench", help="benchmark Lamina against ONNX Runtime and PyTorch, side by side"
+    )
     from lamina.compiler.driver.bench import add_arguments
 
     add_arguments(p)
@@ -450,8 +553,12 @@ def _debug_anywhere(parser: argparse.ArgumentParser, sub: argparse._SubParsersAc
     parser.allow_abbrev = False
     for p in sub.choices.values():
         p.allow_abbrev = False
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks and debug logs")
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show tracebacks and debug logs",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,8 +589,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"lamina: internal error: {type(exc).__name__}: {first}; rerun with --debug for the "
-              "traceback and report it", file=sys.stderr)
+        print(
+            f"lamina: internal error: {type(exc).__name__}: {first}; rerun with --debug for the "
+            "traceback and report it",
+            file=sys.stderr,
+        )
         if argv is None:
             silence_native_stderr()
         return 3

@@ -56,7 +56,8 @@ def _num_heads(model: ir.Model, hidden: int | None) -> int | None:
 
 
 def _dq_params(value: ir.Value | None) -> dict[str, Any] | None:
-    """Scale / zero point of the DequantizeLinear (or dynamic quantization) that produces ``value``."""
+    """Scale / zero point of the DequantizeLinear (or dynamic quantization) that produces
+    ``value``."""
     node = value.producer() if value is not None else None
     if node is None or node.op_type != "DequantizeLinear":
         return None
@@ -69,9 +70,13 @@ def _dq_params(value: ir.Value | None) -> dict[str, Any] | None:
         return {"kind": "unknown"}
     out: dict[str, Any] = {"dtype": str(zp.dtype) if zp is not None else "uint8"}
     if scale.size == 1:
-        out.update(scale=float(scale.reshape(())), zero_point=int(zp.reshape(())) if zp is not None else 0)
+        out.update(
+            scale=float(scale.reshape(())), zero_point=int(zp.reshape(())) if zp is not None else 0
+        )
     else:
-        out.update(channels=int(scale.size), scale_min=float(scale.min()), scale_max=float(scale.max()))
+        out.update(
+            channels=int(scale.size), scale_min=float(scale.min()), scale_max=float(scale.max())
+        )
     return out
 
 
@@ -80,23 +85,38 @@ def _quantization(model: ir.Model) -> list[dict[str, Any]]:
     rows = []
     for node in model.graph:
         if node.op_type in ("MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv"):
-            rows.append({"op": node.name, "kind": node.op_type, "tag": "onnxruntime-" + node.op_type})
+            rows.append(
+                {"op": node.name, "kind": node.op_type, "tag": "onnxruntime-" + node.op_type}
+            )
             continue
         w = _dq_params(node.inputs[1]) if len(node.inputs) > 1 else None
         if w is None or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        kind = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
-        rows.append({"op": node.name, "kind": kind, "tag": node.metadata_props.get("lamina.quant", "qdq"),
-                     "activation": _dq_params(node.inputs[0]), "weight": w})
+        kind = (
+            f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        )
+        rows.append(
+            {
+                "op": node.name,
+                "kind": kind,
+                "tag": node.metadata_props.get("lamina.quant", "qdq"),
+                "activation": _dq_params(node.inputs[0]),
+                "weight": w,
+            }
+        )
     return rows
 
 
 def _matmul_weights(model: ir.Model) -> dict[str, np.ndarray]:
-    """2-D float initializers used as a MatMul / Gemm weight, in the MatMul orientation ``[K, N]``."""
+    """2-D float initializers used as a MatMul / Gemm weight, in the MatMul orientation ``[K,
+    N]``."""
     out: dict[str, np.ndarray] = {}
     for node in model.graph:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm") \
-                or len(node.inputs) < 2:
+        if (
+            node.domain not in ("", "ai.onnx")
+            or node.op_type not in ("MatMul", "Gemm")
+            or len(node.inputs) < 2
+        ):
             continue
         value = node.inputs[1]
         if value is None or value.name in out:
@@ -105,7 +125,9 @@ def _matmul_weights(model: ir.Model) -> dict[str, np.ndarray]:
         if arr is None or arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
             continue
         trans = node.attributes.get("transB")
-        out[value.name] = arr.T if node.op_type == "Gemm" and trans is not None and trans.value else arr
+        out[value.name] = (
+            arr.T if node.op_type == "Gemm" and trans is not None and trans.value else arr
+        )
     return out
 
 
@@ -115,33 +137,50 @@ def sparsity_section(model: ir.Model, fused: ir.Model | None = None) -> dict[str
     from lamina.passes.sparsity._analysis import analyze_weight
     from lamina.passes.sparsity._structure import find_attention_blocks, find_ffn_blocks
 
-    weights = {name: analyze_weight(w).to_dict() for name, w in sorted(_matmul_weights(model).items())}
+    weights = {
+        name: analyze_weight(w).to_dict() for name, w in sorted(_matmul_weights(model).items())
+    }
     layers: list[dict[str, Any]] = []
     if fused is not None:
         for i, blk in enumerate(find_attention_blocks(fused)):
             z = blk.zero_heads()
-            layers.append({"layer": i, "kind": "attention", "heads": blk.heads,
-                           "zero_heads": int((z["q"] & z["k"] & z["v"] & z["o"]).sum()),
-                           "zero_qk_heads": int((z["q"] | z["k"]).sum()),
-                           "no_output_heads": int((z["v"] | z["o"]).sum())})
+            layers.append(
+                {
+                    "layer": i,
+                    "kind": "attention",
+                    "heads": blk.heads,
+                    "zero_heads": int((z["q"] & z["k"] & z["v"] & z["o"]).sum()),
+                    "zero_qk_heads": int((z["q"] | z["k"]).sum()),
+                    "no_output_heads": int((z["v"] | z["o"]).sum()),
+                }
+            )
         for i, ffn in enumerate(find_ffn_blocks(fused)):
             z = ffn.zero_neurons()
-            layers.append({"layer": i, "kind": "ffn", "neurons": int(z["up"].size),
-                           "zero_neurons": int((z["up"] & z["up_bias"] & z["down"]).sum()),
-                           "no_output_neurons": int(z["down"].sum()),
-                           "zero_input_neurons": int(z["up"].sum())})
+            layers.append(
+                {
+                    "layer": i,
+                    "kind": "ffn",
+                    "neurons": int(z["up"].size),
+                    "zero_neurons": int((z["up"] & z["up_bias"] & z["down"]).sum()),
+                    "no_output_neurons": int(z["down"].sum()),
+                    "zero_input_neurons": int(z["up"].sum()),
+                }
+            )
     return {"weights": weights, "layers": layers}
 
 
-def describe(model: ir.Model, canonical: ir.Model | None = None,
-             fused: ir.Model | None = None) -> dict[str, Any]:
-    """A JSON-able description of ``model``. ``canonical`` (the O0 form) helps detect heads and layers;
-    ``fused`` (the O1 form) locates attention heads and FFN neurons for the sparsity report."""
+def describe(
+    model: ir.Model, canonical: ir.Model | None = None, fused: ir.Model | None = None
+) -> dict[str, Any]:
+    """A JSON-able description of ``model``. ``canonical`` (the O0 form) helps detect heads and
+    layers; ``fused`` (the O1 form) locates attention heads and FFN neurons for the sparsity
+    report."""
     graph = model.graph
     inits = _float_initializers(model)
     num_params = int(sum(a.size for a in inits.values()))
-    num_bytes = int(sum(v.const_value.nbytes for v in graph.initializers.values()
-                        if v.const_value is not None))
+    num_bytes = int(
+        sum(v.const_value.nbytes for v in graph.initializers.values() if v.const_value is not None)
+    )
     zero_fraction = {
         name: round(float(np.mean(a == 0)), 6) for name, a in sorted(inits.items()) if a.ndim >= 2
     }
@@ -162,8 +201,13 @@ def describe(model: ir.Model, canonical: ir.Model | None = None,
     hidden = widths.most_common(1)[0][0] if widths else None
     if hidden is None:
         for value in graph.initializers.values():
-            if value.shape is not None and len(value.shape) == 2 and value.dtype is not None and \
-                    value.dtype.is_floating_point() and value.shape[0] > 1000:
+            if (
+                value.shape is not None
+                and len(value.shape) == 2
+                and value.dtype is not None
+                and value.dtype.is_floating_point()
+                and value.shape[0] > 1000
+            ):
                 hidden = int(value.shape[1])
                 break
     ref_ops = op_histogram(ref)
@@ -175,12 +219,19 @@ def describe(model: ir.Model, canonical: ir.Model | None = None,
     for value in graph.inputs:
         if "input_ids" in value.name:
             for node, idx in value.uses():
-                if node.op_type == "Gather" and idx == 1 and node.inputs[0] is not None and \
-                        node.inputs[0].shape is not None:
+                if (
+                    node.op_type == "Gather"
+                    and idx == 1
+                    and node.inputs[0] is not None
+                    and node.inputs[0].shape is not None
+                ):
                     vocab = node.inputs[0].shape[0]
     return {
-        "inputs": [{"name": v.name, "type": format_type(v)} for v in graph.inputs
-                   if v.name not in graph.initializers],
+        "inputs": [
+            {"name": v.name, "type": format_type(v)}
+            for v in graph.inputs
+            if v.name not in graph.initializers
+        ],
         "outputs": [{"name": v.name, "type": format_type(v)} for v in graph.outputs],
         "opset": model.opset_imports.get("", None),
         "num_nodes": sum(1 for _ in graph),
@@ -229,8 +280,11 @@ def format_description(path: str, info: dict[str, Any]) -> str:
                 act = f"x {a['dtype']} scale {a['scale']:.4g} zp {a['zero_point']}"
             else:
                 act = f"x {a.get('kind', '-')}"
-            wt = (f"w int8 x{w['channels']} scales {w['scale_min']:.3g}..{w['scale_max']:.3g}"
-                  if "channels" in w else (f"w scale {w['scale']:.4g}" if "scale" in w else ""))
+            wt = (
+                f"w int8 x{w['channels']} scales {w['scale_min']:.3g}..{w['scale_max']:.3g}"
+                if "channels" in w
+                else (f"w scale {w['scale']:.4g}" if "scale" in w else "")
+            )
             lines.append(f"    {q['op']} ({q['kind']}, {q['tag']}): {act}; {wt}".rstrip("; "))
     lines += format_sparsity(info.get("sparsity"))
     return "\n".join(lines) + "\n"
@@ -241,29 +295,43 @@ def format_sparsity(sp: dict[str, Any] | None, limit: int = 40) -> list[str]:
         return []
     weights = sp["weights"]
     patterns = collections.Counter(w["pattern"] for w in weights.values())
-    lines = ["  sparsity (matmul weights; blocks are OUTxIN, 4x1 = 4 outputs of one input):",
-             "    patterns: " + ", ".join(f"{p} {n}" for p, n in patterns.most_common())]
+    lines = [
+        "  sparsity (matmul weights; blocks are OUTxIN, 4x1 = 4 outputs of one input):",
+        "    patterns: " + ", ".join(f"{p} {n}" for p, n in patterns.most_common()),
+    ]
     shown = [(n, w) for n, w in weights.items() if w["zeros"] > 0.01]
     if shown:
-        lines.append(f"    {'weight':<44} {'shape':>11} {'zeros':>6} {'pattern':>12} "
-                     + " ".join(f"{b:>5}" for b in ("4x1", "1x4", "16x1", "1x16")) + "   2:4  0-out 0-in")
+        lines.append(
+            f"    {'weight':<44} {'shape':>11} {'zeros':>6} {'pattern':>12} "
+            + " ".join(f"{b:>5}" for b in ("4x1", "1x4", "16x1", "1x16"))
+            + "   2:4  0-out 0-in"
+        )
     for name, w in sorted(shown, key=lambda kv: -kv[1]["zeros"])[:limit]:
         blocks = w["zero_blocks"]
-        cells = " ".join(f"{100 * blocks[b]:5.1f}" if b in blocks else "    -"
-                         for b in ("4x1", "1x4", "16x1", "1x16"))
+        cells = " ".join(
+            f"{100 * blocks[b]:5.1f}" if b in blocks else "    -"
+            for b in ("4x1", "1x4", "16x1", "1x16")
+        )
         nm = "    -" if w["nm_2_4"] is None else f"{100 * w['nm_2_4']:5.1f}"
         shape = "x".join(str(d) for d in w["shape"])
-        lines.append(f"    {name[-44:]:<44} {shape:>11} {100 * w['zeros']:5.1f}% {w['pattern']:>12} {cells} "
-                     f"{nm} {w['zero_outputs']:>5} {w['zero_inputs']:>4}")
+        lines.append(
+            f"    {name[-44:]:<44} {shape:>11} {100 * w['zeros']:5.1f}% {w['pattern']:>12} {cells} "
+            f"{nm} {w['zero_outputs']:>5} {w['zero_inputs']:>4}"
+        )
     if len(shown) > limit:
         lines.append(f"    ... {len(shown) - limit} more (--json lists all)")
     for layer in sp["layers"]:
-        if layer["kind"] == "attention" and (layer["zero_heads"] or layer["zero_qk_heads"]
-                                             or layer["no_output_heads"]):
-            lines.append(f"    attention {layer['layer']}: {layer['zero_heads']}/{layer['heads']} heads all "
-                         f"zero, {layer['no_output_heads']} with zero V or output rows, "
-                         f"{layer['zero_qk_heads']} with zero Q or K")
+        if layer["kind"] == "attention" and (
+            layer["zero_heads"] or layer["zero_qk_heads"] or layer["no_output_heads"]
+        ):
+            lines.append(
+                f"    attention {layer['layer']}: {layer['zero_heads']}/{layer['heads']} heads all "
+                f"zero, {layer['no_output_heads']} with zero V or output rows, "
+                f"{layer['zero_qk_heads']} with zero Q or K"
+            )
         elif layer["kind"] == "ffn" and (layer["zero_neurons"] or layer["no_output_neurons"]):
-            lines.append(f"    ffn {layer['layer']}: {layer['zero_neurons']}/{layer['neurons']} neurons all "
-                         f"zero, {layer['no_output_neurons']} with a zero output row")
+            lines.append(
+                f"    ffn {layer['layer']}: {layer['zero_neurons']}/{layer['neurons']} neurons all "
+                f"zero, {layer['no_output_neurons']} with a zero output row"
+            )
     return lines

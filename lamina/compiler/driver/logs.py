@@ -60,7 +60,8 @@ class StderrHandler(logging.StreamHandler):
 
 
 def setup_logging(debug: bool) -> None:
-    """Route all logging (Lamina's and third-party) through one stderr handler (see the module doc)."""
+    """Route all logging (Lamina's and third-party) through one stderr handler (see the module
+    doc)."""
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     if not debug:
@@ -74,7 +75,8 @@ def setup_logging(debug: bool) -> None:
 
 
 def silence_native_stderr() -> None:
-    """Send whatever native code writes to stderr from now on to /dev/null (after the error line)."""
+    """Send whatever native code writes to stderr from now on to /dev/null (after the error
+    line)."""
     try:
         sys.stderr.flush()
         devnull = os.open(os.devnull, os.O_WRONLY)

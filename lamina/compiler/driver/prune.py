@@ -1,9 +1,9 @@
 """``lamina prune``: magnitude-prune a model's matmul weights, and show what it costs in accuracy.
 
-Accuracy on real text (``--tokenizer``): the first ``--texts`` sentences of ``data/corpus/heldout.txt`` (or
-``--corpus``) run through the unpruned and the pruned model on ONNX Runtime; the figures are the mean cosine
-between their mean-pooled embeddings and the top-1 neighbour agreement (for each sentence, is its nearest
-other sentence the same in both models).
+Accuracy on real text (``--tokenizer``): the first ``--texts`` sentences of
+``data/corpus/heldout.txt`` (or ``--corpus``) run through the unpruned and the pruned model on ONNX
+Runtime; the figures are the mean cosine between their mean-pooled embeddings and the top-1
+neighbour agreement (for each sentence, is its nearest other sentence the same in both models).
 """
 
 from __future__ import annotations
@@ -40,14 +40,18 @@ def embeddings(model: ir.Model, texts: list[str], tokenizer: str, batch: int = 1
         feeds = tokenize(texts[i:i + batch], tokenizer, names)
         hidden = sess.run([out_name], feeds)[0]
         if hidden.ndim != 3:
-            raise UsageError(f"accuracy needs a [batch, seq, hidden] first output; {out_name!r} has "
-                             f"shape {list(hidden.shape)}")
+            raise UsageError(
+                f"accuracy needs a [batch, seq, hidden] first output; {out_name!r} has "
+                f"shape {list(hidden.shape)}"
+            )
         mask = feeds[next(n for n in names if "mask" in n.lower())][..., None].astype(np.float64)
         rows.append((hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0))
     return np.concatenate(rows)
 
 
-def accuracy_cost(reference: ir.Model, pruned: ir.Model, texts: list[str], tokenizer: str) -> dict[str, Any]:
+def accuracy_cost(
+    reference: ir.Model, pruned: ir.Model, texts: list[str], tokenizer: str
+) -> dict[str, Any]:
     a = embeddings(reference, texts, tokenizer)
     b = embeddings(pruned, texts, tokenizer)
 
@@ -63,5 +67,9 @@ def accuracy_cost(reference: ir.Model, pruned: ir.Model, texts: list[str], token
         return sim.argmax(axis=1)
 
     agree = float(np.mean(neighbour(ua) == neighbour(ub))) if len(texts) > 1 else 1.0
-    return {"texts": len(texts), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
-            "top1_neighbour_agreement": agree}
+    return {
+        "texts": len(texts),
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "top1_neighbour_agreement": agree,
+    }

@@ -1,14 +1,16 @@
-"""INT8 quantization as users run it: calibrate, quantize, measure, and keep the most sensitive ops in fp32.
+"""INT8 quantization as users run it: calibrate, quantize, measure, and keep the most sensitive ops
+in fp32.
 
     from lamina.compiler.driver.quantize import QuantizeConfig, quantize_model
     model, result = quantize_model(api.load("minilm.onnx"), QuantizeConfig(calibration="calib.txt",
                                    tokenizer="tok/", target_cos=0.995))
 
-The accuracy measure (the ``--target-cos`` of the CLI): the mean cosine, over held-out samples, between the first
-output of the fp32 and of the quantized graph, mean-pooled over the attention mask when the output has a sequence
-axis (sentence embeddings), both run by ONNX Runtime. Sensitivity of an op: that cosine with only this op
-quantized. Fallback: ops are returned to fp32, most sensitive first, until the target is met on the held-out part
-of the calibration file (samples after the first ``calibration_size``).
+The accuracy measure (the ``--target-cos`` of the CLI): the mean cosine, over held-out samples,
+between the first output of the fp32 and of the quantized graph, mean-pooled over the attention mask
+when the output has a sequence axis (sentence embeddings), both run by ONNX Runtime. Sensitivity of
+an op: that cosine with only this op quantized. Fallback: ops are returned to fp32, most sensitive
+first, until the target is met on the held-out part of the calibration file (samples after the first
+``calibration_size``).
 """
 
 from __future__ import annotations
@@ -60,20 +62,34 @@ class QuantizeResult:
 
     def summary(self) -> dict[str, Any]:
         """What the artifact manifest and the compile log record."""
-        return {"pipeline": self.pipeline, "quantized_ops": len(self.quantized), "fp32_ops": self.fp32,
-                "cosine": self.cosine, "target_met": self.target_met}
+        return {
+            "pipeline": self.pipeline,
+            "quantized_ops": len(self.quantized),
+            "fp32_ops": self.fp32,
+            "cosine": self.cosine,
+            "target_met": self.target_met,
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return {"quantized": self.quantized, "fp32": self.fp32, "cosine": self.cosine,
-                "cosine_all_quantized": self.cosine_all, "target_met": self.target_met,
-                "sensitivity": self.sensitivity, "pipeline": self.pipeline,
-                "activation_ranges": {k: list(v) for k, v in self.ranges.items()}}
+        return {
+            "quantized": self.quantized,
+            "fp32": self.fp32,
+            "cosine": self.cosine,
+            "cosine_all_quantized": self.cosine_all,
+            "target_met": self.target_met,
+            "sensitivity": self.sensitivity,
+            "pipeline": self.pipeline,
+            "activation_ranges": {k: list(v) for k, v in self.ranges.items()},
+        }
 
 
-# ------------------------------------------------------------------------------------------ accuracy
+# ------------------------------------------------------------------------------------------
+# accuracy
+
 
 def pooled(output: np.ndarray, feeds: Feeds) -> np.ndarray:
-    """Mean over the attention mask (when ``output`` is [batch, seq, hidden]), L2-normalised per row."""
+    """Mean over the attention mask (when ``output`` is [batch, seq, hidden]), L2-normalised per
+    row."""
     out = np.asarray(output, np.float64)
     mask = next((v for k, v in feeds.items() if "mask" in k.lower()), None)
     if out.ndim == 3 and mask is not None and mask.shape == out.shape[:2]:
@@ -84,7 +100,8 @@ def pooled(output: np.ndarray, feeds: Feeds) -> np.ndarray:
 
 
 def embeddings(model: ir.Model | Any, batches: list[Feeds], desc: str = "") -> np.ndarray:
-    """Pooled first outputs of ``model`` (an IR model, an ONNX file path, or an ORT session) over ``batches``."""
+    """Pooled first outputs of ``model`` (an IR model, an ONNX file path, or an ORT session) over
+    ``batches``."""
     from lamina.backends.reference import session
     from lamina.passes.quant._calibration import iterate
 
@@ -110,10 +127,13 @@ def nn_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(sa.argmax(1) == sb.argmax(1)))
 
 
-# ------------------------------------------------------------------------------------------ quantize
+# ------------------------------------------------------------------------------------------
+# quantize
 
-def _quantize(base: ir.Model, names: set[str], cfg: QuantizeConfig,
-              ranges: dict[str, tuple[float, float]]) -> ir.Model:
+
+def _quantize(
+    base: ir.Model, names: set[str], cfg: QuantizeConfig, ranges: dict[str, tuple[float, float]]
+) -> ir.Model:
     """A copy of ``base`` with exactly the ops ``names`` quantized."""
     from lamina.passes.quant._utils import classify
     from lamina.passes.quant.quantize_int8 import rewrite
@@ -129,9 +149,9 @@ def _quantize(base: ir.Model, names: set[str], cfg: QuantizeConfig,
 def quantize_model(model: ir.Model, cfg: QuantizeConfig) -> tuple[ir.Model, QuantizeResult]:
     """Quantize an O1-optimized ``model``; with ``cfg.target_cos``, fall back to fp32 where needed.
 
-    Raises :class:`UsageError` when nothing is quantizable, and when the target cannot be met (stating the best
-    cosine reached): a model that silently misses the target is never returned. ``cfg.report`` / ``cfg.plot``
-    are written either way once the sensitivity is measured.
+    Raises :class:`UsageError` when nothing is quantizable, and when the target cannot be met
+    (stating the best cosine reached): a model that silently misses the target is never returned.
+    ``cfg.report`` / ``cfg.plot`` are written either way once the sensitivity is measured.
     """
     result = QuantizeResult()
     try:
@@ -143,8 +163,9 @@ def quantize_model(model: ir.Model, cfg: QuantizeConfig) -> tuple[ir.Model, Quan
             plot_sensitivity(cfg.plot, result, cfg.target_cos)
 
 
-def _quantize_model(model: ir.Model, cfg: QuantizeConfig, result: QuantizeResult
-                    ) -> tuple[ir.Model, QuantizeResult]:
+def _quantize_model(
+    model: ir.Model, cfg: QuantizeConfig, result: QuantizeResult
+) -> tuple[ir.Model, QuantizeResult]:
     from lamina.compiler.driver.api import max_positions
     from lamina.passes.quant._calibration import collect_ranges, load_batches, text_batches
     from lamina.passes.quant._utils import quantizable_ops
@@ -153,11 +174,14 @@ def _quantize_model(model: ir.Model, cfg: QuantizeConfig, result: QuantizeResult
         raise UsageError(f"--mode must be static or dynamic, got {cfg.mode!r}")
     ops = quantizable_ops(model)
     if not ops:
-        raise UsageError("nothing to quantize: the model has no MatMul, Gemm or Linear with a constant 2-D "
-                         "float32 weight")
+        raise UsageError(
+            "nothing to quantize: the model has no MatMul, Gemm or Linear with a constant 2-D "
+            "float32 weight"
+        )
     positions = max_positions(model)
     if cfg.smooth_alpha is not None:
         from lamina.passes.quant.smooth_quant import smooth
+
         if not cfg.calibration:
             raise UsageError("smooth-quant needs calibration data (--calibration)")
         calib = load_batches(model, cfg.calibration, cfg.tokenizer, cfg.calibration_size, positions)
@@ -182,8 +206,12 @@ def _quantize_model(model: ir.Model, cfg: QuantizeConfig, result: QuantizeResult
     ref = embeddings(model, holdout, "fp32 reference")
     result.cosine_all = float(cosine(ref, embeddings(quantized, holdout, "all quantized")).mean())
     result.cosine = result.cosine_all
-    log.info("quantize: all %d ops quantized: mean cosine %.5f on %d held-out samples", len(all_names),
-             result.cosine_all, len(ref))
+    log.info(
+        "quantize: all %d ops quantized: mean cosine %.5f on %d held-out samples",
+        len(all_names),
+        result.cosine_all,
+        len(ref),
+    )
     if result.cosine_all >= cfg.target_cos:
         result.quantized, result.target_met = all_names, True
         if cfg.always_sensitivity:
@@ -210,12 +238,20 @@ def _quantize_model(model: ir.Model, cfg: QuantizeConfig, result: QuantizeResult
     result.target_met = result.cosine >= cfg.target_cos
     result.pipeline = _pipeline_text(cfg, result.fp32)
     if result.target_met:
-        log.info("quantize: mean cosine %.5f >= target %s with %d of %d ops in INT8; kept in fp32: %s",
-                    result.cosine, cfg.target_cos, len(result.quantized), len(all_names), ", ".join(result.fp32))
+        log.info(
+            "quantize: mean cosine %.5f >= target %s with %d of %d ops in INT8; kept in fp32: %s",
+            result.cosine,
+            cfg.target_cos,
+            len(result.quantized),
+            len(all_names),
+            ", ".join(result.fp32),
+        )
     if not result.target_met:
-        raise UsageError(f"--target-cos {cfg.target_cos}: cannot be met; the best mean cosine reached is "
-                         f"{result.cosine:.5f} (with {len(result.fp32)} of {len(all_names)} ops in fp32); "
-                         "lower the target or try --method percentile/--smooth-quant")
+        raise UsageError(
+            f"--target-cos {cfg.target_cos}: cannot be met; the best mean cosine reached is "
+            f"{result.cosine:.5f} (with {len(result.fp32)} of {len(all_names)} ops in fp32); "
+            "lower the target or try --method percentile/--smooth-quant"
+        )
     return quantized, result
 
 
@@ -223,8 +259,12 @@ def _pipeline_text(cfg: QuantizeConfig, exclude: list[str] | None = None) -> str
     """The textual pipeline equivalent of what ran (calibration files by name)."""
     opts = [f"mode={cfg.mode}"]
     if cfg.mode == "static":
-        opts += [f"activation={cfg.activation}", f"method={cfg.method}", f"calibration={cfg.calibration}",
-                 f"calibration-size={cfg.calibration_size}"]
+        opts += [
+            f"activation={cfg.activation}",
+            f"method={cfg.method}",
+            f"calibration={cfg.calibration}",
+            f"calibration-size={cfg.calibration_size}",
+        ]
         if cfg.tokenizer:
             opts.append(f"tokenizer={cfg.tokenizer}")
     if exclude:
@@ -235,8 +275,11 @@ def _pipeline_text(cfg: QuantizeConfig, exclude: list[str] | None = None) -> str
     return text
 
 
-def _holdout(model: ir.Model, cfg: QuantizeConfig, positions: int | None, text_batches) -> list[Feeds]:
-    """Samples of the calibration file after the first ``calibration_size`` (or, if too few, its first ones)."""
+def _holdout(
+    model: ir.Model, cfg: QuantizeConfig, positions: int | None, text_batches
+) -> list[Feeds]:
+    """Samples of the calibration file after the first ``calibration_size`` (or, if too few, its
+    first ones)."""
     from lamina.passes.quant._calibration import npz_batches, read_texts
 
     path = Path(cfg.calibration)
@@ -245,24 +288,42 @@ def _holdout(model: ir.Model, cfg: QuantizeConfig, positions: int | None, text_b
         rows = cfg.calibration_size // 16
         return batches[rows:] or batches
     texts = read_texts(path)
-    held = texts[cfg.calibration_size:cfg.calibration_size + cfg.holdout_size]
+    held = texts[cfg.calibration_size : cfg.calibration_size + cfg.holdout_size]
     if len(held) < 16:
-        log.warning("quantize: %s has no texts after the first %d; measuring accuracy on calibration texts",
-                    path, cfg.calibration_size)
-        held = texts[:cfg.holdout_size]
+        log.warning(
+            "quantize: %s has no texts after the first %d; measuring accuracy on calibration texts",
+            path,
+            cfg.calibration_size,
+        )
+        held = texts[: cfg.holdout_size]
     return text_batches(model, held, cfg.tokenizer, max_positions=positions)
 
 
-def sensitivity(model: ir.Model, ops: list, cfg: QuantizeConfig, ranges: dict[str, tuple[float, float]],
-                holdout: list[Feeds], ref: np.ndarray) -> list[dict[str, Any]]:
-    """Per op: the mean and worst cosine to fp32 with only this op quantized (lower = more sensitive)."""
+def sensitivity(
+    model: ir.Model,
+    ops: list,
+    cfg: QuantizeConfig,
+    ranges: dict[str, tuple[float, float]],
+    holdout: list[Feeds],
+    ref: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Per op: the mean and worst cosine to fp32 with only this op quantized (lower = more
+    sensitive)."""
     from tqdm import tqdm
 
     rows = []
     for op in tqdm(ops, desc="sensitivity", unit="op", leave=False, disable=None):
         cos = cosine(ref, embeddings(_quantize(model, {op.name}, cfg, ranges), holdout, op.name))
-        rows.append({"op": op.name, "kind": op.kind, "weight_shape": list(op.weight.shape),
-                     "input": op.x.name, "cosine": float(cos.mean()), "worst_cosine": float(cos.min())})
+        rows.append(
+            {
+                "op": op.name,
+                "kind": op.kind,
+                "weight_shape": list(op.weight.shape),
+                "input": op.x.name,
+                "cosine": float(cos.mean()),
+                "worst_cosine": float(cos.min()),
+            }
+        )
     return rows
 
 
@@ -273,7 +334,8 @@ def write_report(path: str | os.PathLike, result: QuantizeResult, cfg: QuantizeC
 
 
 def plot_sensitivity(path: str | os.PathLike, result: QuantizeResult, target: float | None) -> None:
-    """A bar per op: ``1 - cosine`` with only that op quantized (log scale); fp32-kept ops in another colour."""
+    """A bar per op: ``1 - cosine`` with only that op quantized (log scale); fp32-kept ops in
+    another colour."""
     try:
         import matplotlib
     except ImportError:
@@ -284,8 +346,10 @@ def plot_sensitivity(path: str | os.PathLike, result: QuantizeResult, target: fl
 
     rows = result.sensitivity
     if not rows:
-        raise UsageError("--plot: no per-layer sensitivity was measured (the target was met with every op "
-                         "quantized); pass --sensitivity to measure it anyway")
+        raise UsageError(
+            "--plot: no per-layer sensitivity was measured (the target was met with every op "
+            "quantized); pass --sensitivity to measure it anyway"
+        )
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(rows)), 4))
     loss = [max(1 - r["cosine"], 1e-9) for r in rows]
     colors = ["tab:red" if r["op"] in result.fp32 else "tab:blue" for r in rows]

@@ -76,9 +76,12 @@ def make_feeds(
         shape = concrete_shape(value, dims)
         if any(d < 0 for d in shape) or math.prod(shape) > MAX_FEED_ELEMENTS:
             raise UsageError(
-                f"input {value.name!r}: example inputs of shape {shape} ({math.prod(shape)} elements) exceed "
-                f"the budget of {MAX_FEED_ELEMENTS} elements for seeded feeds; bind smaller dims with --dim "
-                "or --input-shape")
+                f"input {value.name!r}: example inputs of shape {shape} ({math.prod(shape)} "
+                "elements) exceed "
+                f"the budget of {MAX_FEED_ELEMENTS} elements for seeded feeds; bind smaller dims "
+                "with --dim "
+                "or --input-shape"
+            )
         dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         name = value.name.lower()
         if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
@@ -86,7 +89,7 @@ def make_feeds(
                 arr = np.ones(shape, dtype=np.int64)
                 if len(shape) == 2 and shape[1] > 2:
                     for row in range(1, shape[0], 2):  # every other row has trailing padding
-                        arr[row, shape[1] - 1 - (row % max(1, shape[1] // 2)):] = 0
+                        arr[row, shape[1] - 1 - (row % max(1, shape[1] // 2)) :] = 0
             else:
                 rows = _table_rows(value) or 2
                 if "position" in name:

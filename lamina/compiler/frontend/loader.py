@@ -1,8 +1,8 @@
 """Loading ONNX files: existence, decoding, external data, validation, domains and opset conversion.
 
-What a model declares is checked against what it holds before anything allocates from it (a fuzzed or
-hostile file must not take the machine's memory): every tensor's dims against the size of its data, and
-every graph input's static dims against :data:`MAX_DIM` and :data:`MAX_INPUT_ELEMENTS`.
+What a model declares is checked against what it holds before anything allocates from it (a fuzzed
+or hostile file must not take the machine's memory): every tensor's dims against the size of its
+data, and every graph input's static dims against :data:`MAX_DIM` and :data:`MAX_INPUT_ELEMENTS`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ TARGET_OPSET = 18
 # checked one by one at lowering (``backends/tvm/lower/versions.py``), not refused wholesale here.
 MAX_OPSET = onnx.defs.onnx_opset_version()
 KNOWN_DOMAINS = {"", "ai.onnx", DOMAIN}
-# Sane bounds for the static dims of a graph input (an encoder's batch or sequence is far below them).
+# Sane bounds for the static dims of a graph input (an encoder's batch or sequence is far below
+# them).
 MAX_DIM = 1 << 24
 MAX_INPUT_ELEMENTS = 1 << 28
-_FOUR_BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+_FOUR_BIT = {
+    getattr(onnx.TensorProto, n)
+    for n in ("INT4", "UINT4", "FLOAT4E2M1")
+    if hasattr(onnx.TensorProto, n)
+}
 _COMPLEX = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
 
 
@@ -102,7 +107,13 @@ def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
         unit = "bytes"
     else:
         held = len(getattr(tensor, field))
-        need = 2 * n if tensor.data_type in _COMPLEX else (n + 1) // 2 if tensor.data_type in _FOUR_BIT else n
+        need = (
+            2 * n
+            if tensor.data_type in _COMPLEX
+            else (n + 1) // 2
+            if tensor.data_type in _FOUR_BIT
+            else n
+        )
         unit = "values"
     if held != need:
         return f"declares dims {dims} of {np_dtype} ({need} {unit}) but holds {held} {unit}"
@@ -114,7 +125,9 @@ def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
         problem = _tensor_problem(tensor)
         if problem:
             name = repr(tensor.name) if tensor.name else "(a Constant's value)"
-            raise FrontendError(f"{path}: tensor {name} {problem}; the file is corrupt, re-export the model")
+            raise FrontendError(
+                f"{path}: tensor {name} {problem}; the file is corrupt, re-export the model"
+            )
 
 
 def _check_inputs(proto: onnx.ModelProto, path: Path) -> None:
@@ -127,16 +140,27 @@ def _check_inputs(proto: onnx.ModelProto, path: Path) -> None:
                 continue
             v = d.dim_value
             if v <= 0 or v > MAX_DIM:
-                why = "an empty input cannot run" if v == 0 else (
-                    "a dim cannot be negative" if v < 0 else f"beyond Lamina's limit of {MAX_DIM} per dim")
+                why = (
+                    "an empty input cannot run"
+                    if v == 0
+                    else (
+                        "a dim cannot be negative"
+                        if v < 0
+                        else f"beyond Lamina's limit of {MAX_DIM} per dim"
+                    )
+                )
                 raise FrontendError(
-                    f"{path}: input {vi.name!r} declares dim {i} = {v}: {why}; fix the export (a symbolic dim "
-                    "can be bound later with --dim or --input-shape)")
+                    f"{path}: input {vi.name!r} declares dim {i} = {v}: {why}; fix the export (a "
+                    "symbolic dim "
+                    "can be bound later with --dim or --input-shape)"
+                )
             total *= v
         if total > MAX_INPUT_ELEMENTS:
             raise FrontendError(
                 f"{path}: input {vi.name!r} declares {total} elements, beyond Lamina's limit of "
-                f"{MAX_INPUT_ELEMENTS}; fix the export (a symbolic dim can be bound later with --dim)")
+                f"{MAX_INPUT_ELEMENTS}; fix the export (a symbolic dim can be bound later with "
+                "--dim)"
+            )
 
 
 def _check_domains(proto: onnx.ModelProto, path: Path) -> None:
@@ -181,8 +205,10 @@ def load_proto(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
             first = " ".join(str(exc).split())[:400]  # its messages continue on the next lines
             raise FrontendError(f"{path}: the ONNX checker rejects the model: {first}") from None
         except UnicodeDecodeError:  # the checker's message quotes a name that is not valid UTF-8
-            raise FrontendError(f"{path}: the ONNX checker rejects the model, and a name in it is not valid "
-                                "UTF-8: the file is corrupt; re-export it or check the download") from None
+            raise FrontendError(
+                f"{path}: the ONNX checker rejects the model, and a name in it is not valid "
+                "UTF-8: the file is corrupt; re-export it or check the download"
+            ) from None
     return proto
 
 
@@ -196,7 +222,8 @@ def convert_opset(
         raise FrontendError(f"{where}: imports no standard ONNX opset; it is not a usable model")
     if current > MAX_OPSET:
         raise FrontendError(
-            f"{where}: uses ONNX opset {current}, newer than the installed onnx package knows ({MAX_OPSET}); "
+            f"{where}: uses ONNX opset {current}, newer than the installed onnx package knows "
+            f"({MAX_OPSET}); "
             f"upgrade onnx or export with opset {MAX_OPSET} or lower"
         )
     if current >= target:
@@ -235,15 +262,23 @@ def load_model(
 
 
 def non_finite_weights(model: ir.Model) -> list[tuple[str, int, int, int]]:
-    """``(name, nan, inf, size)`` for each float initializer or Constant of the main graph holding NaN or Inf.
+    """``(name, nan, inf, size)`` for each float initializer or Constant of the main graph holding
+    NaN or Inf.
 
-    A single-element Inf is left out: exporters write ``-inf`` scalars on purpose (mask fill values).
+    A single-element Inf is left out: exporters write ``-inf`` scalars on purpose (mask fill
+    values).
     """
     found = []
     tensors = [(name, v.const_value) for name, v in model.graph.initializers.items()]
     for node in model.graph:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in node.attributes:
-            tensors.append((node.outputs[0].name or node.name or "?", node.attributes["value"].value))
+        if (
+            node.op_type == "Constant"
+            and node.domain in ("", "ai.onnx")
+            and "value" in node.attributes
+        ):
+            tensors.append(
+                (node.outputs[0].name or node.name or "?", node.attributes["value"].value)
+            )
     for name, tensor in tensors:
         if tensor is None or tensor.dtype is None or not tensor.dtype.is_floating_point():
             continue
@@ -261,15 +296,22 @@ def non_finite_weights(model: ir.Model) -> list[tuple[str, int, int, int]]:
 
 
 def warn_non_finite(model: ir.Model, where: str) -> None:
-    """Log one warning naming the weights that hold NaN or Inf (outputs depending on them will too)."""
+    """Log one warning naming the weights that hold NaN or Inf (outputs depending on them will
+    too)."""
     bad = non_finite_weights(model)
     if not bad:
         return
     parts = [f"{name!r} ({nan} NaN, {inf} Inf of {size})" for name, nan, inf, size in bad[:5]]
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    log.warning("%s: weight%s %s%s hold%s NaN or Inf values; outputs that depend on them will be NaN or "
-                "Inf: fix the checkpoint (or the export) that produced them", where,
-                "s" if len(bad) > 1 else "", ", ".join(parts), more, "" if len(bad) > 1 else "s")
+    log.warning(
+        "%s: weight%s %s%s hold%s NaN or Inf values; outputs that depend on them will be NaN or "
+        "Inf: fix the checkpoint (or the export) that produced them",
+        where,
+        "s" if len(bad) > 1 else "",
+        ", ".join(parts),
+        more,
+        "" if len(bad) > 1 else "s",
+    )
 
 
 def _load_text(path: Path, *, check: bool) -> ir.Model:

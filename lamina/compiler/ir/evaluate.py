@@ -34,7 +34,8 @@ def _broadcast(*shapes: list[int]) -> int:
 
 def result_elements(node: ir.Node, arrays: list[np.ndarray | None]) -> int | None:
     """Elements of the largest output when the inputs decide it beyond their own sizes (None: not
-    larger than an input's, or unknown). Covers the ops whose output size comes from input *values*."""
+    larger than an input's, or unknown). Covers the ops whose output size comes from input
+    *values*."""
     op = node.op_type
     a = arrays + [None] * 4
     if op == "ConstantOfShape":

@@ -17,10 +17,21 @@ from lamina.passes.canonical.infer_shapes import InferShapesPass
 log = logging.getLogger(__name__)
 
 # Ops whose result is not a function of their inputs, or that we never want to materialise.
-NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-              "Bernoulli", "Dropout", "If", "Loop", "Scan", "SequenceConstruct",
-              # INT8 weights stay int8 + DequantizeLinear: the form quantized kernels consume.
-              "DequantizeLinear"}
+NEVER_FOLD = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+    "If",
+    "Loop",
+    "Scan",
+    "SequenceConstruct",
+    # INT8 weights stay int8 + DequantizeLinear: the form quantized kernels consume.
+    "DequantizeLinear",
+}
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,8 @@ class FoldConstantsPass(Pass):
         largest = max((a.size for a in arrays if a is not None), default=0)
         budget = max(self.options.max_elements, largest)
         try:
-            # The budget is checked before evaluating: a declared ConstantOfShape([2**40]) must not allocate.
+            # The budget is checked before evaluating: a declared ConstantOfShape([2**40]) must not
+            # allocate.
             results = evaluate_node(node, arrays, opset, max_elements=budget)
         except TooLarge as exc:
             log.debug("not folding %s: %s", node.name, exc)

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 _ONNX_IR_LOGGER = "onnx_ir.passes.common.shape_inference"
-# ONNX's messages name the node: "[ShapeInferenceError] (op_type:Reshape, node name: /Reshape_1): ...".
+# ONNX's messages name the node: "[ShapeInferenceError] (op_type:Reshape, node name: /Reshape_1):
+# ...".
 _NODE = re.compile(r"\(op_type:\s*([^,]+),\s*node name:\s*([^)]*)\)")
 
 
@@ -74,9 +75,27 @@ def _infer(model: ir.Model, data_prop: bool) -> tuple[ir.Model, str | None]:
 
 
 # Data propagation evaluates shape arithmetic in ONNX's C++; an absurd constant there (a Reshape to
-# [2**40]) makes it run for hours. Such constants turn data propagation off (shape inference still runs).
-_SHAPE_ARITHMETIC = {"Reshape", "Expand", "ConstantOfShape", "Tile", "Range", "Concat", "Mul", "Add", "Sub",
-                     "Div", "Unsqueeze", "Squeeze", "Gather", "Resize", "Upsample", "OneHot", "Pad"}
+# [2**40]) makes it run for hours. Such constants turn data propagation off (shape inference still
+# runs).
+_SHAPE_ARITHMETIC = {
+    "Reshape",
+    "Expand",
+    "ConstantOfShape",
+    "Tile",
+    "Range",
+    "Concat",
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "Unsqueeze",
+    "Squeeze",
+    "Gather",
+    "Resize",
+    "Upsample",
+    "OneHot",
+    "Pad",
+}
 _MAX_SHAPE_VALUE = 1 << 24
 _SENTINELS = {2**63 - 1, -(2**63), 2**31 - 1, -(2**31)}  # "to the end" in Slice-like uses
 
@@ -89,8 +108,11 @@ def _unsafe_for_data_prop(model: ir.Model) -> str | None:
             arr = const_array(v)
             if arr is None or arr.dtype.kind not in "iu" or arr.size == 0 or arr.size > 4096:
                 continue
-            big = [int(x) for x in arr.reshape(-1)
-                   if abs(int(x)) > _MAX_SHAPE_VALUE and int(x) not in _SENTINELS]
+            big = [
+                int(x)
+                for x in arr.reshape(-1)
+                if abs(int(x)) > _MAX_SHAPE_VALUE and int(x) not in _SENTINELS
+            ]
             if big:
                 return f"node {node.name!r} ({node.op_type}) takes the constant {big[0]}"
     return None
@@ -127,8 +149,11 @@ class InferShapesPass(Pass):
     ensures = frozenset({SHAPES})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        before = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))
-                  for n in model.graph for v in n.outputs]
+        before = [
+            (v.name, v.dtype, None if v.shape is None else tuple(v.shape))
+            for n in model.graph
+            for v in n.outputs
+        ]
         # Recompute from scratch: shapes recorded earlier (by the exporter or before a rewrite) may
         # be stale, and inference would keep them instead of the better ones it can derive now.
         previous = {}
@@ -146,14 +171,20 @@ class InferShapesPass(Pass):
             log.debug("infer-shapes: with data propagation: %s; retrying without it", failure)
             model, failure = _infer(model, data_prop=False)
             if failure is not None:
-                log.warning("infer-shapes: ONNX shape inference failed%s; shapes stay as they were, and "
-                            "passes or lowering that need them may fail later", failure)
+                log.warning(
+                    "infer-shapes: ONNX shape inference failed%s; shapes stay as they were, and "
+                    "passes or lowering that need them may fail later",
+                    failure,
+                )
         for node in model.graph:
             for out in node.outputs:
                 old = previous.get(id(out))
                 if old is not None:
                     out.shape = _merge(out.shape, old)
-        after = [(v.name, v.dtype, None if v.shape is None else tuple(v.shape))
-                 for n in model.graph for v in n.outputs]
+        after = [
+            (v.name, v.dtype, None if v.shape is None else tuple(v.shape))
+            for n in model.graph
+            for v in n.outputs
+        ]
         annotated = sum(a != b for a, b in zip(before, after, strict=True))
         return PassResult(model, changed=annotated > 0, stats={"annotated": annotated})

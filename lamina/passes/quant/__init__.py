@@ -1,1 +1,2 @@
-"""INT8 rewriting: calibration, SmoothQuant migration, static/dynamic QDQ quantization, accuracy fallback."""
+"""INT8 rewriting: calibration, SmoothQuant migration, static/dynamic QDQ quantization, accuracy
+fallback."""

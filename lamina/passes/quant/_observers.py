@@ -1,14 +1,18 @@
 """Range observers for activation calibration: min-max, percentile, entropy (KL) and MSE-optimal.
 
-An observer sees every calibration batch of one tensor and returns the range ``(lo, hi)`` to quantize to.
-Min-max needs one sweep over the data. The histogram methods need two: the first finds the min and max, the
-second fills a fixed histogram over that range (``HIST_BINS`` bins); the range is then chosen on the histogram:
+An observer sees every calibration batch of one tensor and returns the range ``(lo, hi)`` to
+quantize to. Min-max needs one sweep over the data. The histogram methods need two: the first finds
+the min and max, the second fills a fixed histogram over that range (``HIST_BINS`` bins); the range
+is then chosen on the histogram:
 
 - ``percentile``: the ``p``-th and ``(100 - p)``-th percentiles (``p`` = 99.999 by default);
-- ``entropy``: TensorRT's KL-divergence threshold search on the histogram of ``|x|`` (symmetric threshold ``T``,
+- ``entropy``: TensorRT's KL-divergence threshold search on the histogram of ``|x|`` (symmetric
+  threshold ``T``,
   range ``[max(min, -T), min(max, T)]``), 128 quantization levels per side;
-- ``mse``: the range, among ``[min, max]`` shrunk towards zero in 1% steps on each side, that minimises the
-  expected squared quantization error (rounding inside the range, clipping outside) under the histogram.
+- ``mse``: the range, among ``[min, max]`` shrunk towards zero in 1% steps on each side, that
+  minimises the
+  expected squared quantization error (rounding inside the range, clipping outside) under the
+  histogram.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ HIST_BINS = 2048
 
 
 class Observer:
-    """Accumulates statistics of one tensor; ``needs_histogram`` says whether a second sweep is needed."""
+    """Accumulates statistics of one tensor; ``needs_histogram`` says whether a second sweep is
+    needed."""
 
     def __init__(self, method: str, percentile: float = 99.999, levels: int = 256) -> None:
         if method not in METHODS:
-            raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+            raise ValueError(
+                f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}"
+            )
         self.method = method
         self.percentile = percentile
         self.levels = levels
@@ -87,8 +94,9 @@ class Observer:
                 continue
             # Merge i bins into `half` levels, expand back over the non-empty bins.
             chunks = np.array_split(hist[:i], half)
-            cand = np.concatenate([
-                np.where(c > 0, c.sum() / max(1, np.count_nonzero(c)), 0.0) for c in chunks])
+            cand = np.concatenate(
+                [np.where(c > 0, c.sum() / max(1, np.count_nonzero(c)), 0.0) for c in chunks]
+            )
             p = ref / ref.sum()
             q = cand / max(cand.sum(), 1e-12)
             mask = p > 0

@@ -1,8 +1,9 @@
 """What INT8 rewriting quantizes, and the arithmetic of scales and zero points.
 
-Quantizable ops (the contract with the INT8 kernels): ``lamina::Linear``, ``MatMul`` and ``Gemm`` (``transA=0``)
-whose weight is a constant 2-D float tensor. Input 0 is the activation X, input 1 the weight W: ``[K, N]``,
-output channels on axis 1, except ``Gemm{transB=1}`` whose ``[N, K]`` weight has them on axis 0.
+Quantizable ops (the contract with the INT8 kernels): ``lamina::Linear``, ``MatMul`` and ``Gemm``
+(``transA=0``) whose weight is a constant 2-D float tensor. Input 0 is the activation X, input 1 the
+weight W: ``[K, N]``, output channels on axis 1, except ``Gemm{transB=1}`` whose ``[N, K]`` weight
+has them on axis 0.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
 @dataclass
 class QuantOp:
-    """One quantizable op: the node, its activation input, its constant weight and the weight's channel axis."""
+    """One quantizable op: the node, its activation input, its constant weight and the weight's
+    channel axis."""
 
     node: ir.Node
     x: ir.Value
@@ -34,7 +36,11 @@ class QuantOp:
 
     @property
     def kind(self) -> str:
-        return f"{self.node.domain}::{self.node.op_type}" if self.node.domain == DOMAIN else self.node.op_type
+        return (
+            f"{self.node.domain}::{self.node.op_type}"
+            if self.node.domain == DOMAIN
+            else self.node.op_type
+        )
 
 
 def _is(node: ir.Node, op_type: str, domain: str = "") -> bool:
@@ -73,7 +79,8 @@ def quantizable_ops(model: ir.Model) -> list[QuantOp]:
 
 
 def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8 in [-127, 127]: (W_q int8, scale f32 [N]) with W ~ W_q * scale."""
+    """Per-output-channel symmetric int8 in [-127, 127]: (W_q int8, scale f32 [N]) with W ~ W_q *
+    scale."""
     amax = np.abs(w).max(axis=1 - axis)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     shaped = scale[None, :] if axis == 1 else scale[:, None]
@@ -84,7 +91,8 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 def activation_qparams(lo: float, hi: float, scheme: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-tensor (scale f32 scalar, zero point scalar) for the range ``[lo, hi]``.
 
-    ``u8``: asymmetric uint8, the range widened to include 0 so that 0 is exact; ``s8``: symmetric int8, zp 0.
+    ``u8``: asymmetric uint8, the range widened to include 0 so that 0 is exact; ``s8``: symmetric
+    int8, zp 0.
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if scheme == "s8":
@@ -102,5 +110,6 @@ def quantize_ref(x: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> 
 
 
 def quant_info(node: ir.Node) -> str | None:
-    """The ``lamina.quant`` tag of a node (``static:u8:minmax``, ``dynamic:u8``, ``imported:...``), if any."""
+    """The ``lamina.quant`` tag of a node (``static:u8:minmax``, ``dynamic:u8``, ``imported:...``),
+    if any."""
     return node.metadata_props.get(QUANT_KEY)

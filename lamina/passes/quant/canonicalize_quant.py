@@ -1,4 +1,5 @@
-"""``canonicalize-quant``: ONNX Runtime's quantized forms -> Lamina's QDQ form (one IR for INT8, however made)."""
+"""``canonicalize-quant``: ONNX Runtime's quantized forms -> Lamina's QDQ form (one IR for INT8,
+however made)."""
 
 from __future__ import annotations
 
@@ -30,21 +31,35 @@ class _Builder:
         self.graph.insert_before(before, node)
         return node
 
-    def dq(self, x: ir.Value, scale: ir.Value, zp: ir.Value | None, rule: str, before: ir.Node,
-           *, weight: bool = False) -> ir.Value:
+    def dq(
+        self,
+        x: ir.Value,
+        scale: ir.Value,
+        zp: ir.Value | None,
+        rule: str,
+        before: ir.Node,
+        *,
+        weight: bool = False,
+    ) -> ir.Value:
         attrs = {}
         s = const_array(scale)
         if weight and s is not None and s.size > 1:
             attrs["axis"] = 1
-        node = self.node("DequantizeLinear", [x, scale, zp] if zp is not None else [x, scale], attrs, rule,
-                         before)
+        node = self.node(
+            "DequantizeLinear",
+            [x, scale, zp] if zp is not None else [x, scale],
+            attrs,
+            rule,
+            before,
+        )
         node.outputs[0].dtype = ir.DataType.FLOAT
         node.outputs[0].shape = x.shape
         return node.outputs[0]
 
 
 def _dynamic(b: _Builder, node: ir.Node) -> list[ir.Node] | None:
-    """``Mul(Cast(MatMulInteger(A, Wq, a_zp, w_zp)), Mul(a_scale, w_scale))`` -> ``MatMul(DQ(A), DQ(Wq))``."""
+    """``Mul(Cast(MatMulInteger(A, Wq, a_zp, w_zp)), Mul(a_scale, w_scale))`` -> ``MatMul(DQ(A),
+    DQ(Wq))``."""
     a, w = node.inputs[0], node.inputs[1]
     a_zp = node.inputs[2] if len(node.inputs) > 2 else None
     w_zp = node.inputs[3] if len(node.inputs) > 3 else None
@@ -71,7 +86,8 @@ def _dynamic(b: _Builder, node: ir.Node) -> list[ir.Node] | None:
 
 
 def _qoperator(b: _Builder, node: ir.Node) -> list[ir.Node] | None:
-    """``QLinearMatMul(a, as, az, b, bs, bz, ys, yz)`` -> ``QuantizeLinear(MatMul(DQ(a), DQ(b)), ys, yz)``."""
+    """``QLinearMatMul(a, as, az, b, bs, bz, ys, yz)`` -> ``QuantizeLinear(MatMul(DQ(a), DQ(b)), ys,
+    yz)``."""
     a, a_s, a_z, w, w_s, w_z, y_s, y_z = node.inputs[:8]
     x = b.dq(a, a_s, a_z, "qoperator", node)
     wd = b.dq(w, w_s, w_z, "qoperator", node, weight=const_array(w) is not None)
@@ -86,22 +102,26 @@ def _qoperator(b: _Builder, node: ir.Node) -> list[ir.Node] | None:
 
 @register("canonicalize-quant")
 class CanonicalizeQuantPass(Pass):
-    """Rewrite ONNX Runtime's quantized operator forms into the QDQ form that ``quantize-int8`` produces.
+    """Rewrite ONNX Runtime's quantized operator forms into the QDQ form that ``quantize-int8``
+    produces.
 
     - dynamic (``quantize_dynamic``)::
 
           %xq, %xs, %xz = DynamicQuantizeLinear(%x)
           %y = Mul(Cast(MatMulInteger(%xq, %Wq, %xz, %wz)), Mul(%xs, %ws))
         ->
-          %y = MatMul(DequantizeLinear(%xq, %xs, %xz), DequantizeLinear(%Wq, %ws, %wz){axis=1 if per channel})
+          %y = MatMul(DequantizeLinear(%xq, %xs, %xz), DequantizeLinear(%Wq, %ws, %wz){axis=1 if per
+          channel})
 
-    - QOperator: ``QLinearMatMul(a, as, az, b, bs, bz, ys, yz)`` -> ``QuantizeLinear(MatMul(DQ(a), DQ(b)), ys, yz)``
+    - QOperator: ``QLinearMatMul(a, as, az, b, bs, bz, ys, yz)`` -> ``QuantizeLinear(MatMul(DQ(a),
+      DQ(b)), ys, yz)``
       (the requantization of the output kept; its DequantizeLinear consumer follows as before).
-    - QDQ (``quantize_static``, QDQ format): already this form; ``MatMul``/``Gemm`` fed by a DequantizeLinear weight
+    - QDQ (``quantize_static``, QDQ format): already this form; ``MatMul``/``Gemm`` fed by a
+      DequantizeLinear weight
       are tagged ``lamina.quant = imported:qdq``.
 
-    Exact up to fp32 summation order (integer products are exact in fp32 below 2**24) and, for QLinearMatMul, one
-    output quantum on rounding ties. Part of ``O0``: a no-op on fp32 models.
+    Exact up to fp32 summation order (integer products are exact in fp32 below 2**24) and, for
+    QLinearMatMul, one output quantum on rounding ties. Part of ``O0``: a no-op on fp32 models.
     """
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
@@ -114,18 +134,31 @@ class CanonicalizeQuantPass(Pass):
             if node.op_type == "MatMulInteger":
                 dead = _dynamic(b, node)
                 if dead is None and ctx.wants_explanations(self.name):
-                    ctx.explain(f"MatMulInteger {node.name!r}", "not followed by Cast and a Mul by the scales")
+                    ctx.explain(
+                        f"MatMulInteger {node.name!r}",
+                        "not followed by Cast and a Mul by the scales",
+                    )
                 stats["dynamic"] += dead is not None
             elif node.op_type == "QLinearMatMul" and len(node.inputs) >= 8:
                 dead = _qoperator(b, node)
                 stats["qoperator"] += 1
             elif node.op_type in ("MatMul", "Gemm") and QUANT_KEY not in node.metadata_props:
-                w = node.inputs[1].producer() if len(node.inputs) > 1 and node.inputs[1] is not None else None
-                if w is not None and is_standard(w, "DequantizeLinear") and const_array(w.inputs[0]) is not None:
+                w = (
+                    node.inputs[1].producer()
+                    if len(node.inputs) > 1 and node.inputs[1] is not None
+                    else None
+                )
+                if (
+                    w is not None
+                    and is_standard(w, "DequantizeLinear")
+                    and const_array(w.inputs[0]) is not None
+                ):
                     node.metadata_props[QUANT_KEY] = "imported:qdq"
                     stats["qdq"] += 1
             for n in dead or []:
-                if n.graph is not None and not any(o.uses() or o.is_graph_output() for o in n.outputs):
+                if n.graph is not None and not any(
+                    o.uses() or o.is_graph_output() for o in n.outputs
+                ):
                     model.graph.remove(n, safe=True)
         changed = any(stats.values())
         if changed:

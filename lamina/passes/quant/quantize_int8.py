@@ -1,4 +1,5 @@
-"""``quantize-int8``: rewrite dense layers into the QDQ form (int8 weights, quantized activations)."""
+"""``quantize-int8``: rewrite dense layers into the QDQ form (int8 weights, quantized
+activations)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,17 @@ SCHEMES = ("u8", "s8")
 
 @dataclass(frozen=True)
 class QuantizeInt8Options:
-    mode: str = option("static", "static (calibrated activation scales) or dynamic (scales at run time)")
-    activation: str = option("u8", "activation type of static mode: u8 (asymmetric) or s8 (symmetric)")
-    calibration: str = option("", "static mode: a text file (one text a line; needs tokenizer) or an .npz of "
-                                  "feeds; or a .json of ranges {tensor: [lo, hi]} (e.g. a --report)")
+    mode: str = option(
+        "static", "static (calibrated activation scales) or dynamic (scales at run time)"
+    )
+    activation: str = option(
+        "u8", "activation type of static mode: u8 (asymmetric) or s8 (symmetric)"
+    )
+    calibration: str = option(
+        "",
+        "static mode: a text file (one text a line; needs tokenizer) or an .npz of "
+        "feeds; or a .json of ranges {tensor: [lo, hi]} (e.g. a --report)",
+    )
     tokenizer: str = option("", "directory with tokenizer.json, for a text calibration file")
     calibration_size: int = option(300, "calibration samples to use")
     method: str = option("minmax", "range observer: minmax, percentile, entropy or mse")
@@ -42,13 +50,22 @@ def _exclude_set(text: str) -> set[str]:
     return {s.strip() for s in text.split(";") if s.strip()}
 
 
-def rewrite(model: ir.Model, ops: list[QuantOp], *, mode: str, ranges: dict[str, tuple[float, float]] | None,
-            scheme: str = "u8", tag: str = "", pass_name: str = "quantize-int8") -> int:
+def rewrite(
+    model: ir.Model,
+    ops: list[QuantOp],
+    *,
+    mode: str,
+    ranges: dict[str, tuple[float, float]] | None,
+    scheme: str = "u8",
+    tag: str = "",
+    pass_name: str = "quantize-int8",
+) -> int:
     """Rewrite ``ops`` of ``model`` in place into the QDQ form; returns how many were quantized.
 
-    Static: ``X -> QuantizeLinear(s, zp) -> DequantizeLinear(s, zp) -> op`` with one Q/DQ pair per distinct X,
-    shared by its quantized consumers. Dynamic: ``DynamicQuantizeLinear(X) -> DequantizeLinear -> op``.
-    Weights: ``DequantizeLinear(W_q int8, w_scale f32 [N], zp int8 zeros [N], axis)`` into input 1.
+    Static: ``X -> QuantizeLinear(s, zp) -> DequantizeLinear(s, zp) -> op`` with one Q/DQ pair per
+    distinct X, shared by its quantized consumers. Dynamic: ``DynamicQuantizeLinear(X) ->
+    DequantizeLinear -> op``. Weights: ``DequantizeLinear(W_q int8, w_scale f32 [N], zp int8 zeros
+    [N], axis)`` into input 1.
     """
     graph = model.graph
     namer = Namer(graph)
@@ -67,21 +84,35 @@ def rewrite(model: ir.Model, ops: list[QuantOp], *, mode: str, ranges: dict[str,
         wq_v = add_initializer(graph, base, wq)
         ws_v = add_initializer(graph, namer(f"{base}_scale"), ws)
         wz_v = add_initializer(graph, namer(f"{base}_zp"), np.zeros(ws.shape, np.int8))
-        dq_w = _node(namer, "DequantizeLinear", [wq_v, ws_v, wz_v], {"axis": op.axis}, pass_name, "weight")
+        dq_w = _node(
+            namer, "DequantizeLinear", [wq_v, ws_v, wz_v], {"axis": op.axis}, pass_name, "weight"
+        )
         dq_w.outputs[0].dtype = ir.DataType.FLOAT
         dq_w.outputs[0].shape = ir.Shape(list(op.weight.shape))
         graph.insert_before(node, dq_w)
         old_w = node.inputs[1]
         node.replace_input_with(1, dq_w.outputs[0])
-        if old_w is not None and old_w.is_initializer() and not old_w.uses() and not old_w.is_graph_output():
+        if (
+            old_w is not None
+            and old_w.is_initializer()
+            and not old_w.uses()
+            and not old_w.is_graph_output()
+        ):
             del graph.initializers[old_w.name]
         node.metadata_props[QUANT_KEY] = tag or f"{mode}:u8"
         done += 1
     return done
 
 
-def _node(namer: Namer, op_type: str, inputs: list, attrs: dict, pass_name: str, rule: str,
-          num_outputs: int = 1) -> ir.Node:
+def _node(
+    namer: Namer,
+    op_type: str,
+    inputs: list,
+    attrs: dict,
+    pass_name: str,
+    rule: str,
+    num_outputs: int = 1,
+) -> ir.Node:
     base = f"{pass_name}_{op_type}".replace("-", "_")
     node = ir.node(op_type, inputs, attrs, num_outputs=num_outputs, name=namer(base))
     for out in node.outputs:
@@ -90,13 +121,26 @@ def _node(namer: Namer, op_type: str, inputs: list, attrs: dict, pass_name: str,
     return node
 
 
-def _activation_qdq(graph: ir.Graph, namer: Namer, x: ir.Value, mode: str,
-                    ranges: dict[str, tuple[float, float]] | None, scheme: str, before: ir.Node,
-                    pass_name: str) -> ir.Value:
+def _activation_qdq(
+    graph: ir.Graph,
+    namer: Namer,
+    x: ir.Value,
+    mode: str,
+    ranges: dict[str, tuple[float, float]] | None,
+    scheme: str,
+    before: ir.Node,
+    pass_name: str,
+) -> ir.Value:
     if mode == "dynamic":
-        dq_in = _node(namer, "DynamicQuantizeLinear", [x], {}, pass_name, "activation", num_outputs=3)
+        dq_in = _node(
+            namer, "DynamicQuantizeLinear", [x], {}, pass_name, "activation", num_outputs=3
+        )
         ins = list(dq_in.outputs)
-        ins[0].dtype, ins[1].dtype, ins[2].dtype = ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8
+        ins[0].dtype, ins[1].dtype, ins[2].dtype = (
+            ir.DataType.UINT8,
+            ir.DataType.FLOAT,
+            ir.DataType.UINT8,
+        )
         ins[0].shape, ins[1].shape, ins[2].shape = x.shape, ir.Shape([]), ir.Shape([])
         nodes = [dq_in]
     else:
@@ -121,11 +165,15 @@ def _activation_qdq(graph: ir.Graph, namer: Namer, x: ir.Value, mode: str,
 def load_ranges(path: str) -> dict[str, tuple[float, float]]:
     try:
         data = json.loads(Path(path).read_text())
-        data = data.get("activation_ranges", data)  # a `--report` file, or a plain {tensor: [lo, hi]}
+        data = data.get(
+            "activation_ranges", data
+        )  # a `--report` file, or a plain {tensor: [lo, hi]}
         return {k: (float(v[0]), float(v[1])) for k, v in data.items()}
     except (OSError, ValueError, TypeError, IndexError) as exc:
-        raise UsageError(f"--calibration {path}: not a JSON object of ranges {{tensor: [lo, hi]}} "
-                         f"({type(exc).__name__})") from None
+        raise UsageError(
+            f"--calibration {path}: not a JSON object of ranges {{tensor: [lo, hi]}} "
+            f"({type(exc).__name__})"
+        ) from None
 
 
 @register("quantize-int8")
@@ -134,18 +182,20 @@ class QuantizeInt8Pass(Pass):
 
     Before::
 
-        %y = lamina::Linear(%x, %W, %b) {...}            # also MatMul(%x, %W), Gemm(%x, %W, %c); W constant
+        %y = lamina::Linear(%x, %W, %b) {...}            # also MatMul(%x, %W), Gemm(%x, %W, %c); W
+        constant
 
     After (static; dynamic puts ``DynamicQuantizeLinear(%x)`` in place of the QuantizeLinear)::
 
-        %xq = QuantizeLinear(%x, %x_scale, %x_zp)        # u8 asymmetric (or s8, zp 0), one pair per tensor
-        %xd = DequantizeLinear(%xq, %x_scale, %x_zp)
-        %wd = DequantizeLinear(%W_q, %w_scale, %w_zp) {axis=1}   # int8 [K, N], per output channel, symmetric
-        %y  = lamina::Linear(%xd, %wd, %b) {...}         # metadata lamina.quant = "static:u8:minmax"
+        %xq = QuantizeLinear(%x, %x_scale, %x_zp)        # u8 asymmetric (or s8, zp 0), one pair per
+        tensor %xd = DequantizeLinear(%xq, %x_scale, %x_zp) %wd = DequantizeLinear(%W_q, %w_scale,
+        %w_zp) {axis=1}   # int8 [K, N], per output channel, symmetric %y  = lamina::Linear(%xd,
+        %wd, %b) {...}         # metadata lamina.quant = "static:u8:minmax"
 
-    Biases, residual adds, LayerNorm, softmax and GELU stay fp32. Runs after ``O1`` (so ``lamina::Linear`` and
-    the merged QKV projection exist); static mode calibrates on ``calibration`` first. Lossy: checked against
-    fp32 with an explicit accuracy bound (mean cosine of the output), not by ``--verify-each``'s rtol.
+    Biases, residual adds, LayerNorm, softmax and GELU stay fp32. Runs after ``O1`` (so
+    ``lamina::Linear`` and the merged QKV projection exist); static mode calibrates on
+    ``calibration`` first. Lossy: checked against fp32 with an explicit accuracy bound (mean cosine
+    of the output), not by ``--verify-each``'s rtol.
     """
 
     Options = QuantizeInt8Options
@@ -181,8 +231,15 @@ class QuantizeInt8Pass(Pass):
         if o.mode == "static":
             ranges = self._ranges(model, ops)
             mode_tag = f"static:{o.activation}:{o.method}"
-        stats["quantized"] = rewrite(model, ops, mode=o.mode, ranges=ranges, scheme=o.activation,
-                                     tag=mode_tag, pass_name=self.name)
+        stats["quantized"] = rewrite(
+            model,
+            ops,
+            mode=o.mode,
+            ranges=ranges,
+            scheme=o.activation,
+            tag=mode_tag,
+            pass_name=self.name,
+        )
         model.graph.sort()
         return PassResult(model, changed=True, stats=stats)
 
@@ -192,11 +249,14 @@ class QuantizeInt8Pass(Pass):
 
         o = self.options
         if not o.calibration:
-            raise UsageError("quantize-int8{mode=static} needs calibration data: --calibration FILE "
-                             "(texts with --tokenizer DIR, or an .npz of feeds)")
+            raise UsageError(
+                "quantize-int8{mode=static} needs calibration data: --calibration FILE "
+                "(texts with --tokenizer DIR, or an .npz of feeds)"
+            )
         if o.calibration.endswith(".json"):
             return load_ranges(o.calibration)
-        batches = load_batches(model, o.calibration, o.tokenizer or None, o.calibration_size,
-                               max_positions(model))
+        batches = load_batches(
+            model, o.calibration, o.tokenizer or None, o.calibration_size, max_positions(model)
+        )
         names = list(dict.fromkeys(op.x.name for op in ops))
         return collect_ranges(model, names, batches, o.method, o.percentile)

@@ -1,4 +1,5 @@
-"""``smooth-quant``: SmoothQuant-style migration of activation outliers into the weights, exactly."""
+"""``smooth-quant``: SmoothQuant-style migration of activation outliers into the weights,
+exactly."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ SMOOTH_KEY = "lamina.smooth"
 @dataclass(frozen=True)
 class SmoothQuantOptions:
     alpha: float = option(0.5, "migration strength: s_k = max|X_k|^alpha / max|W_k|^(1 - alpha)")
-    calibration: str = option("", "a text file (one text a line; needs tokenizer) or an .npz of feeds")
+    calibration: str = option(
+        "", "a text file (one text a line; needs tokenizer) or an .npz of feeds"
+    )
     tokenizer: str = option("", "directory with tokenizer.json, for a text calibration file")
     calibration_size: int = option(300, "calibration samples to use")
 
@@ -50,9 +53,10 @@ def _channel_absmax(model: ir.Model, names: list[str], batches: list) -> dict[st
 def smooth(model: ir.Model, batches: list, alpha: float, pass_name: str = "smooth-quant") -> int:
     """Smooth every quantizable op's input in place; returns the number of tensors smoothed.
 
-    Per input channel k of X (shared by all its quantizable consumers, e.g. the merged QKV projection):
-    ``s_k = max|X_k|^alpha / max_j max|W_j[k, :]|^(1 - alpha)``, then ``X' = X * (1/s)`` (one ``Mul`` by a
-    constant vector) and ``W'[k, :] = s_k W[k, :]`` in every consumer, so ``X' @ W' == X @ W``.
+    Per input channel k of X (shared by all its quantizable consumers, e.g. the merged QKV
+    projection): ``s_k = max|X_k|^alpha / max_j max|W_j[k, :]|^(1 - alpha)``, then ``X' = X *
+    (1/s)`` (one ``Mul`` by a constant vector) and ``W'[k, :] = s_k W[k, :]`` in every consumer, so
+    ``X' @ W' == X @ W``.
     """
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"smooth-quant: alpha must be in [0, 1], got {alpha}")
@@ -74,7 +78,9 @@ def smooth(model: ir.Model, batches: list, alpha: float, pass_name: str = "smoot
         x = xs[key]
         act = stats[x.name].astype(np.float64)
         wmax = np.max([np.abs(op.weight).max(1) for op in ops], axis=0).astype(np.float64)
-        s = np.where((act > 0) & (wmax > 0), act ** alpha / np.maximum(wmax, 1e-12) ** (1 - alpha), 1.0)
+        s = np.where(
+            (act > 0) & (wmax > 0), act**alpha / np.maximum(wmax, 1e-12) ** (1 - alpha), 1.0
+        )
         s = np.clip(s, 1e-5, 1e5).astype(np.float32)
         inv = add_initializer(model.graph, namer(f"{x.name}_smooth"), (1.0 / s).astype(np.float32))
         mul = ir.node("Mul", [x, inv], name=namer(f"{pass_name}_Mul".replace("-", "_")))
@@ -83,8 +89,11 @@ def smooth(model: ir.Model, batches: list, alpha: float, pass_name: str = "smoot
         set_origin(mul, pass_name)
         model.graph.insert_before(ops[0].node, mul)
         for op in ops:
-            w = add_initializer(model.graph, namer(f"{op.node.name}_w_smooth"),
-                                (op.weight * s[:, None]).astype(np.float32))
+            w = add_initializer(
+                model.graph,
+                namer(f"{op.node.name}_w_smooth"),
+                (op.weight * s[:, None]).astype(np.float32),
+            )
             op.node.replace_input_with(0, mul.outputs[0])
             op.node.replace_input_with(1, w)
             op.node.metadata_props[SMOOTH_KEY] = f"alpha={alpha}"
@@ -102,15 +111,18 @@ class SmoothQuantPass(Pass):
 
     Before::
 
-        %y = lamina::Linear(%x, %W, %b)               # x has a few channels 10-100x larger than the rest
+        %y = lamina::Linear(%x, %W, %b)               # x has a few channels 10-100x larger than the
+        rest
 
     After::
 
-        %xs = Mul(%x, %inv_s)                          # inv_s = 1/s, s per input channel (see smooth())
-        %y  = lamina::Linear(%xs, %W_s, %b)            # W_s = diag(s) @ W; metadata lamina.smooth
+        %xs = Mul(%x, %inv_s)                          # inv_s = 1/s, s per input channel (see
+        smooth()) %y  = lamina::Linear(%xs, %W_s, %b)            # W_s = diag(s) @ W; metadata
+        lamina.smooth
 
-    Exact in fp32 (``X diag(1/s) diag(s) W = X W`` up to rounding, rtol 1e-4); it only changes how evenly the
-    quantization error falls on the channels. Ops already smoothed are left alone (idempotent).
+    Exact in fp32 (``X diag(1/s) diag(s) W = X W`` up to rounding, rtol 1e-4); it only changes how
+    evenly the quantization error falls on the channels. Ops already smoothed are left alone
+    (idempotent).
     """
 
     Options = SmoothQuantOptions
@@ -122,12 +134,17 @@ class SmoothQuantPass(Pass):
         from lamina.passes.quant._calibration import load_batches
 
         o = self.options
-        if not any(classify(n)[0] is not None and SMOOTH_KEY not in n.metadata_props for n in model.graph):
+        if not any(
+            classify(n)[0] is not None and SMOOTH_KEY not in n.metadata_props for n in model.graph
+        ):
             return PassResult(model, changed=False, stats={"smoothed": 0})
         if not o.calibration:
-            raise UsageError("smooth-quant needs calibration data: calibration=FILE (texts with tokenizer=DIR, "
-                             "or an .npz of feeds)")
-        batches = load_batches(model, o.calibration, o.tokenizer or None, o.calibration_size,
-                               max_positions(model))
+            raise UsageError(
+                "smooth-quant needs calibration data: calibration=FILE (texts with tokenizer=DIR, "
+                "or an .npz of feeds)"
+            )
+        batches = load_batches(
+            model, o.calibration, o.tokenizer or None, o.calibration_size, max_positions(model)
+        )
         n = smooth(model, batches, o.alpha, self.name)
         return PassResult(model, changed=n > 0, stats={"smoothed": n})

@@ -1,1 +1,2 @@
-"""Sparsity passes: structured shrinking of zero heads and neurons, and block-sparse weight encoding."""
+"""Sparsity passes: structured shrinking of zero heads and neurons, and block-sparse weight
+encoding."""

@@ -1,20 +1,21 @@
 """Sparsity analysis of weights: what zeros a weight holds and which pattern they follow.
 
-Used by ``lamina inspect`` (the report), ``lamina prune`` (to check what it made) and the sparsity passes
-(the cost model reads the block densities measured here).
+Used by ``lamina inspect`` (the report), ``lamina prune`` (to check what it made) and the sparsity
+passes (the cost model reads the block densities measured here).
 
-Orientation. A MatMul weight is stored ``W[K, N]`` (inputs x outputs). Block shapes are named the way
-pruning papers and Intel's / Neural Magic's engines name them, in the PyTorch ``Linear`` orientation
-``[out, in]``: ``RxC`` = R consecutive *outputs* x C consecutive *inputs*. So ``4x1`` is one input row of
-``W[K, N]`` times 4 consecutive output columns (what Lamina's block-sparse kernel reads as one unit), and
-``1x4`` is 4 consecutive inputs of one output. ``N:M`` (``2:4``) counts nonzeros in groups of M consecutive
-inputs of one output, as NVIDIA's sparse tensor cores do.
+Orientation. A MatMul weight is stored ``W[K, N]`` (inputs x outputs). Block shapes are named the
+way pruning papers and Intel's / Neural Magic's engines name them, in the PyTorch ``Linear``
+orientation ``[out, in]``: ``RxC`` = R consecutive *outputs* x C consecutive *inputs*. So ``4x1`` is
+one input row of ``W[K, N]`` times 4 consecutive output columns (what Lamina's block-sparse kernel
+reads as one unit), and ``1x4`` is 4 consecutive inputs of one output. ``N:M`` (``2:4``) counts
+nonzeros in groups of M consecutive inputs of one output, as NVIDIA's sparse tensor cores do.
 
-Detection: a weight pruned with blocks of ``b`` elements at sparsity ``s`` has a fraction of all-zero
-``b``-blocks close to ``s``; random (unstructured) zeros give about ``s ** b``. The detected pattern is
-the largest block shape whose all-zero fraction holds at least :data:`COVER` of the zeros, else 2:4 when
-every group of 4 holds at most 2 nonzeros, else ``unstructured``;
-``outputs`` / ``inputs`` when whole output columns (neurons, heads) / input rows are zero (or ``dense`` below :data:`MIN_ZEROS`).
+Detection: a weight pruned with blocks of ``b`` elements at sparsity ``s`` has a fraction of
+all-zero ``b``-blocks close to ``s``; random (unstructured) zeros give about ``s ** b``. The
+detected pattern is the largest block shape whose all-zero fraction holds at least :data:`COVER` of
+the zeros, else 2:4 when every group of 4 holds at most 2 nonzeros, else ``unstructured``;
+``outputs`` / ``inputs`` when whole output columns (neurons, heads) / input rows are zero (or
+``dense`` below :data:`MIN_ZEROS`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 
 # Block shapes reported, as (outputs, inputs) = (R, C) in the [out, in] orientation.
 BLOCKS: tuple[tuple[int, int], ...] = ((1, 1), (4, 1), (1, 4), (8, 1), (1, 8), (16, 1), (1, 16))
-# Preference when several fit: the larger block first, then outputs-major (what the kernel runs best).
+# Preference when several fit: the larger block first, then outputs-major (what the kernel runs
+# best).
 _DETECT_ORDER: tuple[tuple[int, int], ...] = ((16, 1), (1, 16), (8, 1), (1, 8), (4, 1), (1, 4))
 MIN_ZEROS = 0.05   # below this a weight is reported dense
 COVER = 0.95       # a block shape "explains" the zeros when its all-zero blocks hold 95% of them
@@ -92,8 +94,8 @@ class WeightSparsity:
 
 
 def analyze_weight(w_kn: np.ndarray) -> WeightSparsity:
-    """Zeros, all-zero block fractions, 2:4, all-zero rows / columns and the detected pattern of a 2-D
-    weight ``W[K, N]`` (MatMul orientation; transpose a Gemm ``transB=1`` weight first)."""
+    """Zeros, all-zero block fractions, 2:4, all-zero rows / columns and the detected pattern of a
+    2-D weight ``W[K, N]`` (MatMul orientation; transpose a Gemm ``transB=1`` weight first)."""
     w = np.asarray(w_kn)
     if w.ndim != 2:
         raise ValueError(f"analyze_weight expects a 2-D weight, got shape {w.shape}")
@@ -131,8 +133,8 @@ def detect_pattern(info: WeightSparsity) -> str:
 
 
 def head_zero_mask(w_kn: np.ndarray, heads: int, axis: int) -> np.ndarray:
-    """``[heads]`` booleans: True where head ``h``'s slice (``head_dim`` outputs when ``axis=1``, inputs
-    when ``axis=0``) is all zero."""
+    """``[heads]`` booleans: True where head ``h``'s slice (``head_dim`` outputs when ``axis=1``,
+    inputs when ``axis=0``) is all zero."""
     size = w_kn.shape[axis]
     if size % heads:
         raise ValueError(f"{size} is not a multiple of {heads} heads")

@@ -1,7 +1,8 @@
 """The sparse-vs-dense cost model: per-token kernel times fitted to timings measured on the target.
 
-A calibration table (JSON, measured once per target by ``lamina.backends.tvm.kernels.sparse_calibrate``
-and cached beside the tuning records as ``<db>/<target key>/sparse_costs.json``) holds::
+A calibration table (JSON, measured once per target by
+``lamina.backends.tvm.kernels.sparse_calibrate`` and cached beside the tuning records as
+``<db>/<target key>/sparse_costs.json``) holds::
 
     {"target": "...", "tokens": 128,
      "dense":  {"ns_per_mac": c},                    # dense kernel, cold weights: t = c * K * N
@@ -9,9 +10,10 @@ and cached beside the tuning records as ``<db>/<target key>/sparse_costs.json``)
                                                      # block-sparse, R outputs a block:
                                                      # t = a * stored_blocks + o * (K + N)
 
-all per token (the kernels' times grow linearly with the tokens M). :func:`predict` evaluates both for a
-weight from its block counts (``_analysis.block_mask``), for every block width the table has, and returns
-the fastest choice; ``encode-sparsity`` rewrites a matmul when the predicted gain clears ``min_gain``.
+all per token (the kernels' times grow linearly with the tokens M). :func:`predict` evaluates both
+for a weight from its block counts (``_analysis.block_mask``), for every block width the table has,
+and returns the fastest choice; ``encode-sparsity`` rewrites a matmul when the predicted gain clears
+``min_gain``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ class CostTable:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CostTable:
-        sparse = {int(r): (float(v["ns_per_block"]), float(v["ns_per_dim"])) for r, v in d["sparse"].items()}
+        sparse = {
+            int(r): (float(v["ns_per_block"]), float(v["ns_per_dim"]))
+            for r, v in d["sparse"].items()
+        }
         return cls(str(d.get("target", "")), float(d["dense"]["ns_per_mac"]), sparse)
 
     @classmethod
@@ -77,9 +82,12 @@ class CostTable:
         return best
 
 
-def fit(dense_samples: list[tuple[int, int, float]],
-        sparse_samples: dict[int, list[tuple[int, int, int, float]]], target: str, tokens: int
-        ) -> dict[str, Any]:
+def fit(
+    dense_samples: list[tuple[int, int, float]],
+    sparse_samples: dict[int, list[tuple[int, int, int, float]]],
+    target: str,
+    tokens: int,
+) -> dict[str, Any]:
     """A table from measurements: dense ``(K, N, ns per token)``; sparse per R
     ``(K, N, stored blocks, ns per token)`` (least squares of ``a * blocks + o * (K + N)``)."""
     c = float(np.mean([t / (k * n) for k, n, t in dense_samples]))
@@ -88,5 +96,8 @@ def fit(dense_samples: list[tuple[int, int, float]],
         a = np.array([[b, k + n] for k, n, b, _ in rows], np.float64)
         y = np.array([t for *_, t in rows], np.float64)
         (per_block, per_dim), *_ = np.linalg.lstsq(a, y, rcond=None)
-        sparse[str(r)] = {"ns_per_block": max(float(per_block), 1e-6), "ns_per_dim": max(float(per_dim), 0.0)}
+        sparse[str(r)] = {
+            "ns_per_block": max(float(per_block), 1e-6),
+            "ns_per_dim": max(float(per_dim), 0.0),
+        }
     return {"target": target, "tokens": tokens, "dense": {"ns_per_mac": c}, "sparse": sparse}

@@ -3,7 +3,8 @@
 Patterns (block names in the ``[out, in]`` orientation, see ``_analysis``):
 
 - ``unstructured``: the smallest ``|w|`` of each weight become zero;
-- ``RxC`` (``4x1``, ``1x4``, ``16x1`` ...): blocks of R outputs x C inputs with the smallest L2 norm;
+- ``RxC`` (``4x1``, ``1x4``, ``16x1`` ...): blocks of R outputs x C inputs with the smallest L2
+  norm;
 - ``2:4``: in every group of 4 consecutive inputs of one output, the 2 smallest (sparsity is 50%);
 - ``heads``: whole attention heads (Q, K, V columns and biases, and the output projection's rows),
   smallest total L2 norm first, per layer;
@@ -37,12 +38,15 @@ def check_pattern(pattern: str) -> None:
     try:
         parse_block(pattern)
     except ValueError:
-        raise UsageError(f"--pattern {pattern!r}: expected unstructured, RxC (4x1, 1x4, 16x1 ...), 2:4, "
-                         "heads or neurons") from None
+        raise UsageError(
+            f"--pattern {pattern!r}: expected unstructured, RxC (4x1, 1x4, 16x1 ...), 2:4, "
+            "heads or neurons"
+        ) from None
 
 
 def _drop_smallest(scores: np.ndarray, sparsity: float) -> np.ndarray:
-    """Boolean keep-mask of ``scores``' shape with the ``sparsity`` fraction of smallest entries off."""
+    """Boolean keep-mask of ``scores``' shape with the ``sparsity`` fraction of smallest entries
+    off."""
     flat = scores.reshape(-1)
     n_drop = int(round(sparsity * flat.size))
     keep = np.ones(flat.size, bool)
@@ -67,8 +71,10 @@ def prune_weight(w_kn: np.ndarray, sparsity: float, pattern: str) -> np.ndarray:
         return w * keep.reshape(k, n)
     r, c = parse_block(pattern)
     if k % c or n % r:
-        raise UsageError(f"block {pattern}: weight {k}x{n} (inputs x outputs) does not split into "
-                         f"{r} outputs x {c} inputs")
+        raise UsageError(
+            f"block {pattern}: weight {k}x{n} (inputs x outputs) does not split into "
+            f"{r} outputs x {c} inputs"
+        )
     norms = np.sqrt((w.astype(np.float64) ** 2).reshape(k // c, c, n // r, r).sum(axis=(1, 3)))
     keep = _drop_smallest(norms, sparsity)
     return w * np.repeat(np.repeat(keep, c, axis=0), r, axis=1)
@@ -78,13 +84,20 @@ def matmul_weight_values(model: ir.Model) -> list[tuple[ir.Value, bool]]:
     """Initializers used as MatMul / Gemm weights: (value, stored transposed as ``[N, K]``)."""
     seen: dict[str, tuple[ir.Value, bool]] = {}
     for node in model.graph:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm") \
-                or len(node.inputs) < 2:
+        if (
+            node.domain not in ("", "ai.onnx")
+            or node.op_type not in ("MatMul", "Gemm")
+            or len(node.inputs) < 2
+        ):
             continue
         v = node.inputs[1]
         if v is None or v.name in seen or v.name not in model.graph.initializers:
             continue
-        if v.const_value is None or len(v.const_value.shape) != 2 or not v.dtype.is_floating_point():
+        if (
+            v.const_value is None
+            or len(v.const_value.shape) != 2
+            or not v.dtype.is_floating_point()
+        ):
             continue
         trans = node.attributes.get("transB")
         seen[v.name] = (v, node.op_type == "Gemm" and trans is not None and bool(trans.value))
@@ -99,18 +112,24 @@ def _structured_blocks(model: ir.Model) -> tuple[list[Any], list[Any]]:
     from lamina.compiler.pipeline import PassManager, parse_pipeline
     from lamina.passes.sparsity._structure import find_attention_blocks, find_ffn_blocks
 
-    fused = PassManager(parse_pipeline("O0,fuse-layernorm,fuse-gelu,fuse-attention,"
-                                       "fuse-bias-residual,remove-dead-code")).run(model.clone())
+    fused = PassManager(
+        parse_pipeline(
+            "O0,fuse-layernorm,fuse-gelu,fuse-attention,fuse-bias-residual,remove-dead-code"
+        )
+    ).run(model.clone())
     return find_attention_blocks(fused), find_ffn_blocks(fused)
 
 
 def _init(model: ir.Model, value: ir.Value, what: str) -> ir.Value:
-    """The original initializer behind a weight of the fused graph (names survive canonicalization)."""
+    """The original initializer behind a weight of the fused graph (names survive
+    canonicalization)."""
     orig = model.graph.initializers.get(value.name or "")
     if orig is None or orig.const_value is None:
-        raise UsageError(f"prune: cannot map {what} {value.name!r} back to an initializer of the model; "
-                         "structured pruning needs weights stored as MatMul initializers (a torchscript "
-                         "export)")
+        raise UsageError(
+            f"prune: cannot map {what} {value.name!r} back to an initializer of the model; "
+            "structured pruning needs weights stored as MatMul initializers (a torchscript "
+            "export)"
+        )
     return orig
 
 
@@ -137,7 +156,9 @@ def prune_model(model: ir.Model, sparsity: float, patterns: Iterable[str]) -> di
     attns, ffns = _structured_blocks(model)
     if "heads" in patterns:
         if not attns:
-            raise UsageError("--pattern heads: no attention layer with constant Q/K/V/output weights found")
+            raise UsageError(
+                "--pattern heads: no attention layer with constant Q/K/V/output weights found"
+            )
         for blk in attns:
             stats["heads"] += _prune_heads(model, blk, sparsity)
     if "neurons" in patterns:
@@ -156,16 +177,16 @@ def _prune_heads(model: ir.Model, blk: Any, sparsity: float) -> int:
     wo = _init(model, blk.out.inputs[1], "weight")
     score = np.zeros(h)
     for p, w in zip(projs, ws, strict=True):
-        cols = w.const_value.numpy()[:, p.lo:p.hi].astype(np.float64)
-        score += (cols ** 2).reshape(cols.shape[0], h, d).sum(axis=(0, 2))
+        cols = w.const_value.numpy()[:, p.lo : p.hi].astype(np.float64)
+        score += (cols**2).reshape(cols.shape[0], h, d).sum(axis=(0, 2))
     score += (wo.const_value.numpy().astype(np.float64) ** 2).reshape(h, d, -1).sum(axis=(1, 2))
     drop = ~_drop_smallest(score, sparsity)
     cols = np.repeat(drop, d)
     for p, w, b in zip(projs, ws, bs, strict=True):
         wa, ba = w.const_value.numpy().copy(), b.const_value.numpy().copy()
-        wa[:, p.lo:p.hi][:, cols] = 0
+        wa[:, p.lo : p.hi][:, cols] = 0
         flat = ba.reshape(-1)
-        flat[p.lo:p.hi][cols] = 0
+        flat[p.lo : p.hi][cols] = 0
         _set(w, wa)
         _set(b, flat.reshape(ba.shape))
     woa = wo.const_value.numpy().copy()
@@ -179,7 +200,9 @@ def _prune_neurons(model: ir.Model, ffn: Any, sparsity: float) -> int:
     b1 = _init(model, ffn.up.inputs[2], "bias")
     w2 = _init(model, ffn.down.inputs[1], "weight")
     a1, ab, a2 = (v.const_value.numpy().copy() for v in (w1, b1, w2))
-    score = np.linalg.norm(a1.astype(np.float64), axis=0) * np.linalg.norm(a2.astype(np.float64), axis=1)
+    score = np.linalg.norm(a1.astype(np.float64), axis=0) * np.linalg.norm(
+        a2.astype(np.float64), axis=1
+    )
     drop = ~_drop_smallest(score, sparsity)
     a1[:, drop] = 0
     ab.reshape(-1)[drop] = 0

@@ -9,8 +9,9 @@ O1 (``fuse-attention``, ``merge-qkv``, ``fuse-bias-residual``) leaves every laye
     %h = lamina::Linear(%z, %W1, %b1) {activation: gelu}   # FFN up
     %f = lamina::Linear(%h, %W2, %b2, %z2)              # FFN down
 
-Head ``h`` owns output columns ``[h*D, (h+1)*D)`` of each of Q, K, V and input rows ``[h*D, (h+1)*D)`` of
-``Wo``; FFN neuron ``j`` owns output column ``j`` of ``W1`` (and ``b1[j]``) and input row ``j`` of ``W2``.
+Head ``h`` owns output columns ``[h*D, (h+1)*D)`` of each of Q, K, V and input rows ``[h*D,
+(h+1)*D)`` of ``Wo``; FFN neuron ``j`` owns output column ``j`` of ``W1`` (and ``b1[j]``) and input
+row ``j`` of ``W2``.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def find_attention_blocks(model: ir.Model) -> list[AttentionBlock]:
 
 
 def find_ffn_blocks(model: ir.Model) -> list[FfnBlock]:
-    """Every ``Linear{activation} -> Linear`` pair with constant weights and no other user between."""
+    """Every ``Linear{activation} -> Linear`` pair with constant weights and no other user
+    between."""
     out = []
     for node in model.graph:
         if not _const_linear(node) or _attr(node, "activation", "none") == "none":

@@ -1,4 +1,5 @@
-"""``encode-sparsity``: constant pruned weights -> ``lamina::SparseLinear`` when the cost model says it pays.
+"""``encode-sparsity``: constant pruned weights -> ``lamina::SparseLinear`` when the cost model says
+it pays.
 
 Before::
 
@@ -10,12 +11,12 @@ After::
              {in_features: 384, out_features: 1536, block: 4, activation: gelu, has_residual: 0}
 
 For every ``lamina::Linear`` with a constant 2-D float32 weight the pass measures the weight's block
-structure (``_analysis.block_mask``) and asks the cost table (``_cost``: kernel timings measured on the
-target, ``lamina compile`` passes its table in ``costs``) for the per-token time of the dense kernel and of
-the block-sparse kernel at each block width it knows. It rewrites the matmul with the fastest width when
-the predicted gain is at least ``min-gain``, and lists every decision in its stats (``decisions``; the
-compile log prints them). Exact: the kernel and the reference definition use the very weights, zeros
-left out. Run after O1's fusions and ``shrink-structured``.
+structure (``_analysis.block_mask``) and asks the cost table (``_cost``: kernel timings measured on
+the target, ``lamina compile`` passes its table in ``costs``) for the per-token time of the dense
+kernel and of the block-sparse kernel at each block width it knows. It rewrites the matmul with the
+fastest width when the predicted gain is at least ``min-gain``, and lists every decision in its
+stats (``decisions``; the compile log prints them). Exact: the kernel and the reference definition
+use the very weights, zeros left out. Run after O1's fusions and ``shrink-structured``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ DEFAULT_COSTS = Path(__file__).with_name("default_costs.json")
 
 
 def encode_weight(w_kn: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(data[nnzb, r], index[nnzb])`` of ``lamina::SparseLinear`` (``index = g * K + k``, ascending).
-    An all-zero weight keeps one explicit zero block, so no tensor is empty."""
+    """``(data[nnzb, r], index[nnzb])`` of ``lamina::SparseLinear`` (``index = g * K + k``,
+    ascending). An all-zero weight keeps one explicit zero block, so no tensor is empty."""
     k, n = w_kn.shape
     blocks = w_kn.reshape(k, n // r, r).transpose(1, 0, 2)
     g, kk = np.nonzero((blocks != 0).any(axis=2))
@@ -53,13 +54,16 @@ def encode_weight(w_kn: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class EncodeSparsityOptions:
-    costs: str = option("", "cost table JSON measured on the target (default: the shipped AVX-512 table)")
+    costs: str = option(
+        "", "cost table JSON measured on the target (default: the shipped AVX-512 table)"
+    )
     min_gain: float = option(1.15, "predicted dense / sparse time needed to encode a matmul")
 
 
 @register("encode-sparsity")
 class EncodeSparsityPass(Pass):
-    """Rewrite pruned constant-weight ``lamina::Linear`` into ``lamina::SparseLinear`` where it pays."""
+    """Rewrite pruned constant-weight ``lamina::Linear`` into ``lamina::SparseLinear`` where it
+    pays."""
 
     Options = EncodeSparsityOptions
     atol = 1e-5
@@ -70,8 +74,10 @@ class EncodeSparsityPass(Pass):
         try:
             table = CostTable.load(path)
         except ValueError as exc:
-            raise PassError(f"encode-sparsity: {exc}; give costs=PATH or rerun lamina compile, which "
-                            "measures the table") from None
+            raise PassError(
+                f"encode-sparsity: {exc}; give costs=PATH or rerun lamina compile, which "
+                "measures the table"
+            ) from None
         rw = Rewriter(model, ctx, self.name)
         decisions: list[str] = []
         encoded = 0
@@ -88,19 +94,27 @@ class EncodeSparsityPass(Pass):
                 continue
             pred = table.predict(w)
             use = pred.gain >= self.options.min_gain
-            line = (f"{node.name}: W {w.shape[0]}x{w.shape[1]} {100 * info.zeros:.1f}% zeros "
-                    f"({info.pattern}); dense {pred.dense_ns:.0f} ns/token, sparse {pred.block}x1 "
-                    f"{pred.sparse_ns:.0f} ns/token ({100 * pred.density:.0f}% of blocks stored): "
-                    f"{'SPARSE' if use else 'dense'}, predicted gain {pred.gain:.2f}x")
+            line = (
+                f"{node.name}: W {w.shape[0]}x{w.shape[1]} {100 * info.zeros:.1f}% zeros "
+                f"({info.pattern}); dense {pred.dense_ns:.0f} ns/token, sparse {pred.block}x1 "
+                f"{pred.sparse_ns:.0f} ns/token ({100 * pred.density:.0f}% of blocks stored): "
+                f"{'SPARSE' if use else 'dense'}, predicted gain {pred.gain:.2f}x"
+            )
             decisions.append(line)
             log.info("encode-sparsity %s", line)
             if not use:
-                rw.explain(node, f"predicted gain {pred.gain:.2f}x < min-gain {self.options.min_gain}")
+                rw.explain(
+                    node, f"predicted gain {pred.gain:.2f}x < min-gain {self.options.min_gain}"
+                )
                 continue
             self._rewrite(rw, node, w, pred.block)
             encoded += 1
-        stats = {"encoded": encoded, "kept_dense": len(decisions) - encoded, "decisions": decisions,
-                 "unmatched": rw.misses}
+        stats = {
+            "encoded": encoded,
+            "kept_dense": len(decisions) - encoded,
+            "decisions": decisions,
+            "unmatched": rw.misses,
+        }
         return PassResult(model, changed=encoded > 0, stats=stats)
 
     @staticmethod
@@ -109,12 +123,21 @@ class EncodeSparsityPass(Pass):
         act = node.attributes.get("activation")
         res = node.attributes.get("has_residual")
         has_res = int(res.value) if res is not None else 0
-        inputs = [node.inputs[0], rw.initializer("sparse_data", data),
-                  rw.initializer("sparse_index", index), node.inputs[2]]
+        inputs = [
+            node.inputs[0],
+            rw.initializer("sparse_data", data),
+            rw.initializer("sparse_index", index),
+            node.inputs[2],
+        ]
         if has_res:
             inputs.append(node.inputs[3])
-        attrs = {"in_features": int(w.shape[0]), "out_features": int(w.shape[1]), "block": r,
-                 "activation": act.value if act is not None else "none", "has_residual": has_res}
+        attrs = {
+            "in_features": int(w.shape[0]),
+            "out_features": int(w.shape[1]),
+            "block": r,
+            "activation": act.value if act is not None else "none",
+            "has_residual": has_res,
+        }
         new = rw.node("SparseLinear", inputs, attrs, domain=DOMAIN, rule=f"{r}x1", before=node)
         rw.replace(node.outputs[0], new.outputs[0])
         rw.remove_dead([node])

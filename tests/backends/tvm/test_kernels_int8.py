@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-tvm = pytest.importorskip("tvm")
+import tvm
 
 from lamina.backends.tvm.kernels import host_supports, target_for  # noqa: E402
 from lamina.backends.tvm.kernels.common import standalone_module  # noqa: E402

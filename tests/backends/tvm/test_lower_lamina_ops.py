@@ -78,7 +78,9 @@ def test_attention(kind):
     check(m, feeds, tol=1e-5)
 
 
-@pytest.mark.parametrize("activation,residual,block", [("none", 0, 4), ("gelu", 1, 4), ("gelu", 0, 1)])
+@pytest.mark.parametrize(
+    "activation,residual,block", [("none", 0, 4), ("gelu", 1, 4), ("gelu", 0, 1)]
+)
 def test_sparse_linear(activation, residual, block):
     from lamina.passes.sparsity._prune import prune_weight
     from lamina.passes.sparsity.encode_sparsity import encode_weight
@@ -89,9 +91,24 @@ def test_sparse_linear(activation, residual, block):
     b = RNG.standard_normal(12).astype(np.float32)
     ins = ["x", "data", "index", "b"] + (["r"] if residual else [])
     inputs = [("x", F, [2, 5, 8])] + ([("r", F, [2, 5, 12])] if residual else [])
-    m = _model([helper.make_node("SparseLinear", ins, ["y"], domain="lamina", activation=activation,
-                                 has_residual=residual, in_features=8, out_features=12, block=block)],
-               inputs, ["y"], [("data", data), ("index", index), ("b", b)])
+    m = _model(
+        [
+            helper.make_node(
+                "SparseLinear",
+                ins,
+                ["y"],
+                domain="lamina",
+                activation=activation,
+                has_residual=residual,
+                in_features=8,
+                out_features=12,
+                block=block,
+            )
+        ],
+        inputs,
+        ["y"],
+        [("data", data), ("index", index), ("b", b)],
+    )
     feeds = {"x": X, "r": RNG.standard_normal((2, 5, 12)).astype(np.float32)}
     feeds = {k: v for k, v in feeds.items() if k in {i[0] for i in inputs}}
     check(m, feeds, tol=1e-4)

@@ -48,7 +48,11 @@ def _check(M: int, w: np.ndarray, R: int, target, *, epilogue=None, residual=Fal
     r = RNG.normal(size=(M, N)).astype(np.float32) if residual else None
     func = sparse_dense_kernel(M, sw, epilogue=epilogue, residual=residual, target=target)
     ex = tvm.compile(standalone_module(func), target)
-    args = [x, sw.indptr, sw.kidx, sw.data, b] + ([r] if residual else []) + [np.zeros((M, N), np.float32)]
+    args = (
+        [x, sw.indptr, sw.kidx, sw.data, b]
+        + ([r] if residual else [])
+        + [np.zeros((M, N), np.float32)]
+    )
     tens = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
     ex.mod["main"](*tens)
     ref = sparse_dense_reference(x, sw, b, epilogue, r)
@@ -63,7 +67,9 @@ def test_patterns(isa: str, kind: str) -> None:
         _check(32, _weight(kind, 48, 64, R), R, target)
 
 
-@pytest.mark.parametrize("epilogue,residual", [("gelu_erf", False), (None, True), ("gelu_tanh", True)])
+@pytest.mark.parametrize(
+    "epilogue,residual", [("gelu_erf", False), (None, True), ("gelu_tanh", True)]
+)
 def test_epilogues(epilogue, residual) -> None:
     target = host_target(2)
     _check(128, _weight("blocks", 64, 96, 4), 4, target, epilogue=epilogue, residual=residual)

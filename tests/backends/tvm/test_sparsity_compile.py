@@ -1,5 +1,7 @@
-"""Default compile on a pruned model: encode-sparsity picks the block-sparse kernel where the (given)
-cost table says so, and the artifact matches ONNX Runtime on the pruned file; --no-sparsity stays dense."""
+"""Default compile on a pruned model: encode-sparsity picks the block-sparse kernel where the
+(given) cost table says so, and the artifact matches ONNX Runtime on the pruned file; --no-sparsity
+stays
+dense."""
 
 from __future__ import annotations
 
@@ -32,12 +34,24 @@ def test_pruned_tiny_bert_compiles_sparse(tiny_bert: Path, tmp_path: Path):
     table.write_text(json.dumps({"target": "test", "dense": {"ns_per_mac": 0.03},
                                  "sparse": {"4": {"ns_per_block": 0.2, "ns_per_dim": 0.1}}}))
     log = io.StringIO()
-    out = api.compile(pruned, tmp_path / "s.lamina", buckets=[(1, 16)], threads=1, tuning_db=str(db),
-                      debug=api.Debug(report_stream=log))
+    out = api.compile(
+        pruned,
+        tmp_path / "s.lamina",
+        buckets=[(1, 16)],
+        threads=1,
+        tuning_db=str(db),
+        debug=api.Debug(report_stream=log),
+    )
     assert "pruned matmuls run sparse" in log.getvalue() and "predicted gain" in log.getvalue()
     assert b"lamina_sparse_dense" in out.joinpath("model.so").read_bytes()
-    dense = api.compile(pruned, tmp_path / "d.lamina", buckets=[(1, 16)], threads=1, tuning_db=str(db),
-                        sparsity=False)
+    dense = api.compile(
+        pruned,
+        tmp_path / "d.lamina",
+        buckets=[(1, 16)],
+        threads=1,
+        tuning_db=str(db),
+        sparsity=False,
+    )
     assert b"lamina_sparse_dense" not in dense.joinpath("model.so").read_bytes()
     feeds = make_inputs(pruned, 1, 12, seed=3)
     want = run(pruned, feeds)

@@ -19,8 +19,9 @@ def _w(rng: np.random.Generator, *shape: int, scale: float = 0.3) -> np.ndarray:
 
 
 def mlp(*, const_weight: bool = True, outlier: float = 1.0, seed: int = 0) -> ir.Model:
-    """``y = Relu(x @ W1 + b1) @ W2 + b2 + x``, x [batch, seq, 16]; ``outlier`` scales channel 3 of W1's
-    output (an activation outlier channel, as BERT has, for SmoothQuant and the fallback tests)."""
+    """``y = Relu(x @ W1 + b1) @ W2 + b2 + x``, x [batch, seq, 16]; ``outlier`` scales channel 3 of
+    W1's output (an activation outlier channel, as BERT has, for SmoothQuant and the fallback
+    tests)."""
     rng = np.random.default_rng(seed)
     w1 = _w(rng, HID, FF)
     w1[:, 3] *= outlier
@@ -41,16 +42,27 @@ def mlp(*, const_weight: bool = True, outlier: float = 1.0, seed: int = 0) -> ir
 
 
 def shared_input() -> ir.Model:
-    """Two MatMuls reading the same x (one Q/DQ pair must serve both), plus a Gemm{transB=1} on a 2-D input."""
+    """Two MatMuls reading the same x (one Q/DQ pair must serve both), plus a Gemm{transB=1} on a
+    2-D input."""
     rng = np.random.default_rng(1)
-    n = [h.make_node("MatMul", ["x", "Wa"], ["ya"], name="mm_a"),
-         h.make_node("MatMul", ["x", "Wb"], ["yb"], name="mm_b"),
-         h.make_node("Add", ["ya", "yb"], ["y"], name="sum"),
-         h.make_node("Gemm", ["p", "Wg", "bg"], ["z"], name="gemm", transB=1)]
-    inits = [const("Wa", _w(rng, HID, HID)), const("Wb", _w(rng, HID, HID)), const("Wg", _w(rng, 8, HID)),
-             const("bg", _w(rng, 8))]
-    return model(n, [f32("x", ["batch", "seq", HID]), f32("p", ["batch", HID])],
-                 [f32("y", None), f32("z", None)], inits)
+    n = [
+        h.make_node("MatMul", ["x", "Wa"], ["ya"], name="mm_a"),
+        h.make_node("MatMul", ["x", "Wb"], ["yb"], name="mm_b"),
+        h.make_node("Add", ["ya", "yb"], ["y"], name="sum"),
+        h.make_node("Gemm", ["p", "Wg", "bg"], ["z"], name="gemm", transB=1),
+    ]
+    inits = [
+        const("Wa", _w(rng, HID, HID)),
+        const("Wb", _w(rng, HID, HID)),
+        const("Wg", _w(rng, 8, HID)),
+        const("bg", _w(rng, 8)),
+    ]
+    return model(
+        n,
+        [f32("x", ["batch", "seq", HID]), f32("p", ["batch", HID])],
+        [f32("y", None), f32("z", None)],
+        inits,
+    )
 
 
 def feeds(m: ir.Model, n: int, seed: int = 0) -> dict[str, np.ndarray]:

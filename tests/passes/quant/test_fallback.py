@@ -1,4 +1,5 @@
-"""Accuracy-driven fallback: per-layer sensitivity, the most sensitive op kept in fp32, report and plot."""
+"""Accuracy-driven fallback: per-layer sensitivity, the most sensitive op kept in fp32, report and
+plot."""
 
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ def test_no_fallback_when_target_met(tmp_path: Path) -> None:
 def test_unreachable_target_is_one_line_error(tmp_path: Path) -> None:
     m = mlp(outlier=30.0)
     calib = write_npz(m, tmp_path / "c.npz", n=96)
-    with pytest.raises(UsageError, match=r"cannot be met; the best mean cosine reached is 0\.9") as exc:
+    with pytest.raises(
+        UsageError, match=r"cannot be met; the best mean cosine reached is 0\.9"
+    ) as exc:
         quantize_model(m.clone(), _cfg(calib, 1.0))
     assert "\n" not in str(exc.value)
 

@@ -1,4 +1,5 @@
-"""ONNX Runtime's three quantized forms load, canonicalize into the QDQ form and match ONNX Runtime on them."""
+"""ONNX Runtime's three quantized forms load, canonicalize into the QDQ form and match ONNX Runtime
+on them."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ RNG = np.random.default_rng(0)
 def _float_model(path: Path) -> Path:
     w1 = RNG.normal(0, 0.3, (16, 32)).astype(np.float32)
     w2 = RNG.normal(0, 0.3, (32, 8)).astype(np.float32)
-    g = h.make_graph([h.make_node("MatMul", ["x", "W1"], ["m1"], name="fc1"),
-                      h.make_node("Relu", ["m1"], ["r"], name="relu"),
-                      h.make_node("MatMul", ["r", "W2"], ["y"], name="fc2")], "g",
-                     [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", 16])],
-                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 8])],
-                     [onnx.numpy_helper.from_array(w1, "W1"), onnx.numpy_helper.from_array(w2, "W2")])
+    g = h.make_graph(
+        [
+            h.make_node("MatMul", ["x", "W1"], ["m1"], name="fc1"),
+            h.make_node("Relu", ["m1"], ["r"], name="relu"),
+            h.make_node("MatMul", ["r", "W2"], ["y"], name="fc2"),
+        ],
+        "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", 16])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 8])],
+        [onnx.numpy_helper.from_array(w1, "W1"), onnx.numpy_helper.from_array(w2, "W2")],
+    )
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, path)
@@ -49,15 +55,23 @@ def _quantized(tmp_path: Path, form: str) -> Path:
         ortq.quantize_dynamic(str(src), str(out), per_channel=form == "dynamic-per-channel")
     else:
         fmt = ortq.QuantFormat.QDQ if form == "qdq" else ortq.QuantFormat.QOperator
-        ortq.quantize_static(str(src), str(out), _Reader(), quant_format=fmt, per_channel=form == "qdq",
-                             op_types_to_quantize=["MatMul"])
+        ortq.quantize_static(
+            str(src),
+            str(out),
+            _Reader(),
+            quant_format=fmt,
+            per_channel=form == "qdq",
+            op_types_to_quantize=["MatMul"],
+        )
     return out
 
 
-FORMS = {"dynamic": ("MatMulInteger", "imported:dynamic"),
-         "dynamic-per-channel": ("MatMulInteger", "imported:dynamic"),
-         "qdq": ("QuantizeLinear", "imported:qdq"),
-         "qoperator": ("QLinearMatMul", "imported:qoperator")}
+FORMS = {
+    "dynamic": ("MatMulInteger", "imported:dynamic"),
+    "dynamic-per-channel": ("MatMulInteger", "imported:dynamic"),
+    "qdq": ("QuantizeLinear", "imported:qdq"),
+    "qoperator": ("QLinearMatMul", "imported:qoperator"),
+}
 
 
 @pytest.mark.parametrize("form", list(FORMS))
@@ -77,7 +91,8 @@ def test_canonical_form_and_numbers(tmp_path: Path, form: str) -> None:
         assert w.inputs[0].const_value.numpy().dtype == np.int8
     feeds = {"x": np.random.default_rng(2).normal(0, 1, (5, 16)).astype(np.float32)}
     want, got = run(path, feeds)["y"], run(model, feeds)["y"]
-    # Within quantization tolerance: fp32 summation order, and one output quantum for QLinearMatMul ties.
+    # Within quantization tolerance: fp32 summation order, and one output quantum for QLinearMatMul
+    # ties.
     np.testing.assert_allclose(got, want, atol=0.02 * float(np.abs(want).max()), rtol=0)
     # Idempotent: a second canonicalization finds nothing.
     again, _ = api.optimize(model, "canonicalize-quant")
@@ -86,7 +101,8 @@ def test_canonical_form_and_numbers(tmp_path: Path, form: str) -> None:
 
 @pytest.mark.slow
 def test_compiles_and_matches_on_tvm(tmp_path: Path) -> None:
-    pytest.importorskip("tvm")
+    import tvm  # noqa: F401 - a hard dependency: a broken install fails
+
     from lamina.compiler.frontend import specialize
     from lamina.compiler.ir import to_proto
     from tests.backends.tvm.tvm_test_utils import run_tvm

@@ -23,12 +23,15 @@ def test_minmax_is_exact() -> None:
     assert _observe("minmax", x) == (float(x.min()), float(x.max()))
 
 
-@pytest.mark.parametrize(("method", "bound"), [("percentile", 30.0), ("entropy", 30.0), ("mse", 50.0)])
+@pytest.mark.parametrize(
+    ("method", "bound"), [("percentile", 30.0), ("entropy", 30.0), ("mse", 50.0)]
+)
 def test_histogram_methods_clip_a_rare_outlier(method: str, bound: float) -> None:
     x = np.random.default_rng(0).normal(0, 1, 200_000).astype(np.float32)
     x[0] = 60.0  # one outlier: min-max would spend most of the levels on it
     lo, hi = _observe(method, x)
-    # MSE weighs the one clipped value against 200,000 rounding errors: it clips less than the others.
+    # MSE weighs the one clipped value against 200,000 rounding errors: it clips less than the
+    # others.
     assert hi < bound, (method, lo, hi)
     assert lo <= -2.5 and hi >= 2.5, (method, lo, hi)  # the bulk stays in range
 

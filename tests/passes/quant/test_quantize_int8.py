@@ -1,4 +1,5 @@
-"""quantize-int8: QDQ structure per op, must-not-fire, numbers against fp32, idempotence, rounding."""
+"""quantize-int8: QDQ structure per op, must-not-fire, numbers against fp32, idempotence,
+rounding."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ Pass = get_pass("quantize-int8")
 
 
 def quantize(m, ctx=None, **opts):
-    return Pass(Pass.Options(**opts)).run(m, ctx or PassContext(debug_match=frozenset(["quantize-int8"])))
+    return Pass(Pass.Options(**opts)).run(
+        m, ctx or PassContext(debug_match=frozenset(["quantize-int8"]))
+    )
 
 
 def test_static_structure_shared_qdq_and_gemm_axis(tmp_path: Path) -> None:
@@ -27,19 +30,23 @@ def test_static_structure_shared_qdq_and_gemm_axis(tmp_path: Path) -> None:
     calib = write_npz(m, tmp_path / "c.npz")
     r = quantize(m, calibration=str(calib))
     assert r.changed and r.stats["quantized"] == 3
-    assert signature(r.model) == [
-        "QuantizeLinear(x, const[], const[]){}",
-        "DequantizeLinear(%0, const[], const[]){}",
-        "DequantizeLinear(const[16, 16], const[16], const[16]){axis=1}",
-        "MatMul(%1, %2){}",
-        "DequantizeLinear(const[16, 16], const[16], const[16]){axis=1}",
-        "MatMul(%1, %4){}",  # one Q/DQ pair for x, shared by both consumers
-        "Add(%3, %5){}",
-        "QuantizeLinear(p, const[], const[]){}",
-        "DequantizeLinear(%7, const[], const[]){}",
-        "DequantizeLinear(const[8, 16], const[8], const[8]){axis=0}",  # Gemm transB=1: [N, K], axis 0
-        "Gemm(%8, %9, const[8]){transB=1}",
-    ]
+    assert (
+        signature(r.model)
+        == [
+            "QuantizeLinear(x, const[], const[]){}",
+            "DequantizeLinear(%0, const[], const[]){}",
+            "DequantizeLinear(const[16, 16], const[16], const[16]){axis=1}",
+            "MatMul(%1, %2){}",
+            "DequantizeLinear(const[16, 16], const[16], const[16]){axis=1}",
+            "MatMul(%1, %4){}",  # one Q/DQ pair for x, shared by both consumers
+            "Add(%3, %5){}",
+            "QuantizeLinear(p, const[], const[]){}",
+            "DequantizeLinear(%7, const[], const[]){}",
+            # Gemm transB=1: the weight is [N, K], its channels on axis 0
+            "DequantizeLinear(const[8, 16], const[8], const[8]){axis=0}",
+            "Gemm(%8, %9, const[8]){transB=1}",
+        ]
+    )
     nodes = list(r.model.graph)
     q = nodes[0]
     assert q.inputs[2].const_value.numpy().dtype == np.uint8
@@ -62,10 +69,16 @@ def test_static_s8_symmetric(tmp_path: Path) -> None:
 def test_dynamic_structure() -> None:
     r = quantize(shared_input(), mode="dynamic")
     sig = signature(r.model)
-    assert sig[:4] == ["DynamicQuantizeLinear(x){}", "DequantizeLinear(%0.0, %0.1, %0.2){}",
-                       "DequantizeLinear(const[16, 16], const[16], const[16]){axis=1}", "MatMul(%1, %2){}"]
+    assert sig[:4] == [
+        "DynamicQuantizeLinear(x){}",
+        "DequantizeLinear(%0.0, %0.1, %0.2){}",
+        "DequantizeLinear(const[16, 16], const[16], const[16]){axis=1}",
+        "MatMul(%1, %2){}",
+    ]
     assert sum(s.startswith("DynamicQuantizeLinear") for s in sig) == 2
-    assert [n.metadata_props.get(QUANT_KEY) for n in r.model.graph if n.op_type == "Gemm"] == ["dynamic:u8"]
+    assert [n.metadata_props.get(QUANT_KEY) for n in r.model.graph if n.op_type == "Gemm"] == [
+        "dynamic:u8"
+    ]
 
 
 def test_fused_linear_after_o1(tmp_path: Path) -> None:
@@ -162,6 +175,8 @@ def test_qparams_and_weight_rounding() -> None:
     assert zp.dtype == np.int8 and zp == 0 and np.isclose(scale, 2 / 127)
     w = np.array([[1.0, -0.5], [-2.0, 0.25]], np.float32)
     q, s = quantize_weight(w, axis=1)
-    assert np.allclose(s, [2 / 127, 0.5 / 127]) and q[1, 0] == -127 and q[1, 1] == 64  # 63.5 -> 64 (even)
+    assert (
+        np.allclose(s, [2 / 127, 0.5 / 127]) and q[1, 0] == -127 and q[1, 1] == 64
+    )  # 63.5 -> 64 (even)
     qt, st = quantize_weight(w.T.copy(), axis=0)
     assert np.array_equal(qt, q.T) and np.allclose(st, s)

@@ -46,7 +46,9 @@ def test_evens_out_the_outlier_channel(tmp_path: Path) -> None:
     m = mlp(outlier=30.0)
     calib = write_npz(m, tmp_path / "c.npz")
     r = _run(m, calib)
-    inv = next(n for n in r.model.graph if n.op_type == "Mul" and n.inputs[0].name == "r1").inputs[1]
+    inv = next(n for n in r.model.graph if n.op_type == "Mul" and n.inputs[0].name == "r1").inputs[
+        1
+    ]
     s = 1.0 / inv.const_value.numpy()
     assert np.argmax(s) == 3  # the outlier channel gets the largest migration
 
@@ -61,7 +63,10 @@ def test_idempotent(tmp_path: Path) -> None:
 
 
 def test_must_not_fire_without_constant_weights(tmp_path: Path) -> None:
-    m = model([h.make_node("MatMul", ["a", "b"], ["y"])], [f32("a", [2, 4, 8]), f32("b", [2, 8, 3])],
-              [f32("y", None)])
+    m = model(
+        [h.make_node("MatMul", ["a", "b"], ["y"])],
+        [f32("a", [2, 4, 8]), f32("b", [2, 8, 3])],
+        [f32("y", None)],
+    )
     r = Pass(Pass.Options()).run(m, PassContext())  # no calibration needed when nothing qualifies
     assert not r.changed and r.stats["smoothed"] == 0

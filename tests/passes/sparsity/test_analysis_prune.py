@@ -18,11 +18,17 @@ RNG = np.random.default_rng(0)
 
 
 def lamina(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lamina.compiler.driver.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    return subprocess.run(
+        [sys.executable, "-m", "lamina.compiler.driver.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "4x1", "1x4", "8x1", "1x8", "16x1", "1x16", "2:4"])
+@pytest.mark.parametrize(
+    "pattern", ["unstructured", "4x1", "1x4", "8x1", "1x8", "16x1", "1x16", "2:4"]
+)
 def test_detects_the_pattern_it_was_not_told(pattern: str):
     w = RNG.normal(size=(64, 96)).astype(np.float32)
     sparsity = 0.5 if pattern == "2:4" else 0.8
@@ -54,7 +60,9 @@ def test_dense_zero_rows_and_columns():
 
 def test_prune_and_inspect_cli(tiny_bert: Path, tmp_path: Path):
     out = tmp_path / "p.onnx"
-    proc = lamina("prune", str(tiny_bert), "-o", str(out), "--sparsity", "0.5", "--pattern", "heads,neurons")
+    proc = lamina(
+        "prune", str(tiny_bert), "-o", str(out), "--sparsity", "0.5", "--pattern", "heads,neurons"
+    )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(lamina("inspect", "--json", str(out)).stdout)["sparsity"]
     attn = [lay for lay in info["layers"] if lay["kind"] == "attention"]

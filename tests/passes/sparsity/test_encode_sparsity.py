@@ -113,7 +113,8 @@ def test_default_table_keeps_big_30_percent_weights_dense():
 
 
 def test_encode_weight_roundtrip():
-    w = prune_weight(np.random.default_rng(1).standard_normal((16, 12)).astype(np.float32), 0.7, "4x1")
+    dense = np.random.default_rng(1).standard_normal((16, 12)).astype(np.float32)
+    w = prune_weight(dense, 0.7, "4x1")
     data, index = encode_weight(w, 4)
     back = np.zeros((3, 16, 4), np.float32)
     back[index // 16, index % 16] = data

@@ -1,5 +1,5 @@
-"""shrink-structured: zero heads / FFN neurons -> smaller dense matmuls (structure, no-fire, numbers,
-idempotence)."""
+"""shrink-structured: zero heads / FFN neurons -> smaller dense matmuls (structure, no-fire,
+numbers, idempotence)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def _set(lin: ir.Node, idx: int, arr: np.ndarray) -> None:
 
 
 def _zero_heads(m: ir.Model, *, v_only: bool = False, qk_only: bool = False) -> None:
-    """Zero head 0 (all of it, or only V weights, or only Q weights) in every layer; neurons 0..15 of each
-    FFN (8 with a zero up column and nonzero bias: a constant folded into the down bias)."""
+    """Zero head 0 (all of it, or only V weights, or only Q weights) in every layer; neurons 0..15
+    of each FFN (8 with a zero up column and nonzero bias: a constant folded into the down bias)."""
     for blk in find_attention_blocks(m):
         d = blk.head_dim
         lin = blk.q.linear
@@ -54,7 +54,9 @@ def _zero_heads(m: ir.Model, *, v_only: bool = False, qk_only: bool = False) -> 
 
 
 def _apply(m: ir.Model):
-    ctx = PassContext(debug_match=frozenset(["shrink-structured"]), current_pass="shrink-structured")
+    ctx = PassContext(
+        debug_match=frozenset(["shrink-structured"]), current_pass="shrink-structured"
+    )
     return get_pass("shrink-structured")().run(m, ctx), ctx
 
 
@@ -82,8 +84,9 @@ def test_shrinks_heads_and_neurons(o1: ir.Model, tiny_bert: Path, v_only: bool):
         assert const_array(b.q.linear.inputs[1]).shape[1] == 3 * b.heads * b.head_dim
         assert const_array(b.out.inputs[1]).shape[0] == b.heads * b.head_dim
     if not v_only:
-        assert [const_array(f.up.inputs[1]).shape[1] for f in find_ffn_blocks(result.model)] == \
-            [w - 16 for w in widths]
+        assert [const_array(f.up.inputs[1]).shape[1] for f in find_ffn_blocks(result.model)] == [
+            w - 16 for w in widths
+        ]
     _numbers(before, result.model, tiny_bert)
     again, _ = _apply(result.model)
     assert not again.changed
@@ -94,7 +97,9 @@ def test_keeps_heads_with_zero_q(o1: ir.Model):
     _zero_heads(m, qk_only=True)
     result, ctx = _apply(m)
     assert not result.changed
-    assert any("zero Q or K weights but output the mean of V" in e for e in ctx.explanations), ctx.explanations
+    assert any("zero Q or K weights but output the mean of V" in e for e in ctx.explanations), (
+        ctx.explanations
+    )
 
 
 def test_dense_model_does_not_fire(o1: ir.Model):

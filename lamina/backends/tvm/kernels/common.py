@@ -31,14 +31,32 @@ def _poly(x2: tirx.PrimExpr, coeffs: list[float]) -> tirx.PrimExpr:
 
 
 def fast_erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """Rational erf approximation (Eigen's, as in TVM's ``fast_erf``), max error ~1e-6, vectorizes."""
+    """Rational erf approximation (Eigen's, as in TVM's ``fast_erf``), max error ~1e-6,
+    vectorizes."""
     x = tirx.max(tirx.min(x, f32(4.0)), f32(-4.0))
     x2 = x * x
-    p = x * _poly(x2, [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-                       -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-                       -1.60960333262415e-02])
-    q = _poly(x2, [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-                   -7.37332916720468e-03, -1.42647390514189e-02])
+    p = x * _poly(
+        x2,
+        [
+            -2.72614225801306e-10,
+            2.77068142495902e-08,
+            -2.10102402082508e-06,
+            -5.69250639462346e-05,
+            -7.34990630326855e-04,
+            -2.95459980854025e-03,
+            -1.60960333262415e-02,
+        ],
+    )
+    q = _poly(
+        x2,
+        [
+            -1.45660718464996e-05,
+            -2.13374055278905e-04,
+            -1.68282697438203e-03,
+            -7.37332916720468e-03,
+            -1.42647390514189e-02,
+        ],
+    )
     return p / q
 
 
@@ -46,11 +64,21 @@ def fast_tanh(x: tirx.PrimExpr) -> tirx.PrimExpr:
     """Rational tanh approximation (Eigen's, as in TVM's ``fast_tanh``), vectorizes."""
     x = tirx.max(tirx.min(x, f32(9.0)), f32(-9.0))
     x2 = x * x
-    p = x * _poly(x2, [-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                       5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                       4.89352455891786e-03])
-    q = _poly(x2, [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                   4.89352518554385e-03])
+    p = x * _poly(
+        x2,
+        [
+            -2.76076847742355e-16,
+            2.00018790482477e-13,
+            -8.60467152213735e-11,
+            5.12229709037114e-08,
+            1.48572235717979e-05,
+            6.37261928875436e-04,
+            4.89352455891786e-03,
+        ],
+    )
+    q = _poly(
+        x2, [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03]
+    )
     return p / q
 
 
@@ -90,8 +118,9 @@ def dequant_epilogue(bias: bool, epilogue: Epilogue, residual: bool):
     ``epilogue((a - zp * colsum[j]) * x_scale * w_scale[j] + bias[j]) + R[i, j]`` with
     ``qp = [x_scale, zp]`` (TIR, vectorizes)."""
 
-    def epi(i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r
-            ) -> tirx.PrimExpr:
+    def epi(
+        i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r
+    ) -> tirx.PrimExpr:
         zp = tirx.Cast("int32", qp[1])
         v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])
         if bias:
@@ -118,8 +147,11 @@ def finish_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Mark a hand-scheduled kernel: MetaSchedule and dlight skip it (``tirx.is_scheduled``), and
     FuseOps never merges it with its neighbours (``op_pattern`` opaque: FuseTIR cannot splice a
     scheduled kernel, e.g. the pooler's dense followed by Tanh)."""
-    return (func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
-            .without_attr("global_symbol"))
+    return (
+        func.with_attr("tirx.is_scheduled", True)
+        .with_attr("op_pattern", OPAQUE)
+        .without_attr("global_symbol")
+    )
 
 
 def root_block(func: tirx.PrimFunc) -> tirx.PrimFunc:

@@ -21,8 +21,8 @@ tile of each panel would wait on memory; with ``prefetch_kc`` (default 64) K run
 chunk issues software prefetches for its share of the *next* panel, which brought the kernel with
 cold weights from 355 to 328 us (MiniLM FFN1, AVX-512, 2 threads; AVX2 693 -> 644 us). Tile
 sizes live in :class:`DenseConfig`; :func:`default_config` picks them per ISA and
-:func:`candidate_configs` lists the small grid that ``lamina.backends.tvm.tuning.kernel_search`` measures
-per shape.
+:func:`candidate_configs` lists the small grid that ``lamina.backends.tvm.tuning.kernel_search``
+measures per shape.
 
 How the converter emits a dense layer in Relax (weights packed by numpy at compile time)::
 
@@ -322,13 +322,15 @@ def _add_panel_prefetch(sch: tvm.s_tir.Schedule, loops: tuple[object, object, ob
 
 def dense_compute(M: int, K: int, N: int, nb: int, *, bias: bool, epilogue: Epilogue,
                   residual: bool) -> tirx.PrimFunc:
-    """The unscheduled PrimFunc (args ``X, Wp, [bias], [R], Y``); blocks ``matmul``, ``epilogue``."""
+    """The unscheduled PrimFunc (args ``X, Wp, [bias], [R], Y``); blocks ``matmul``,
+    ``epilogue``."""
     check_epilogue(epilogue)
     X = te.placeholder((M, K), "float32", "X")
     W = te.placeholder(packed_weight_shape(K, N, nb), "float32", "W_packed")
     k = te.reduce_axis((0, K), "k")
-    C = te.compute((M, N), lambda i, j: te.sum(X[i, k] * W[j // nb, k, j % nb], axis=k),
-                   name="matmul")
+    C = te.compute(
+        (M, N), lambda i, j: te.sum(X[i, k] * W[j // nb, k, j % nb], axis=k), name="matmul"
+    )
     args = [X, W]
     B = R = None
     if bias:
@@ -351,9 +353,17 @@ def dense_compute(M: int, K: int, N: int, nb: int, *, bias: bool, epilogue: Epil
     return te.create_prim_func([*args, Y])
 
 
-def dense_kernel(M: int, K: int, N: int, *, bias: bool = False, epilogue: Epilogue = None,
-                 residual: bool = False, target: tvm.target.Target,
-                 config: DenseConfig | None = None) -> tirx.PrimFunc:
+def dense_kernel(
+    M: int,
+    K: int,
+    N: int,
+    *,
+    bias: bool = False,
+    epilogue: Epilogue = None,
+    residual: bool = False,
+    target: tvm.target.Target,
+    config: DenseConfig | None = None,
+) -> tirx.PrimFunc:
     """Scheduled fp32 dense ``Y = epilogue(X @ W + bias) + R`` for a packed weight.
 
     Arguments of the PrimFunc, in order: ``X[M, K]``, ``W_packed[N // nb, K, nb]``
@@ -370,9 +380,11 @@ def dense_kernel(M: int, K: int, N: int, *, bias: bool = False, epilogue: Epilog
     return finish_kernel(_add_panel_prefetch(sch, loops, cfg, M, K, N))
 
 
-def resolve_config(M: int, K: int, N: int, target: tvm.target.Target,
-                   config: DenseConfig | None = None) -> DenseConfig:
-    """The tile :func:`dense_kernel` will really use (defaults filled, sizes fitted to the shape)."""
+def resolve_config(
+    M: int, K: int, N: int, target: tvm.target.Target, config: DenseConfig | None = None
+) -> DenseConfig:
+    """The tile :func:`dense_kernel` will really use (defaults filled, sizes fitted to the
+    shape)."""
     return default_config(M, K, N, target) if config is None else _fix(config, M, N, K)
 
 
@@ -381,29 +393,37 @@ def resolve_config(M: int, K: int, N: int, target: tvm.target.Target,
 # ---------------------------------------------------------------------------------------------
 
 
-def default_batch_config(batch: int, M: int, K: int, N: int,
-                         target: tvm.target.Target) -> DenseConfig:
+def default_batch_config(
+    batch: int, M: int, K: int, N: int, target: tvm.target.Target
+) -> DenseConfig:
     """Default tile for ``[batch, M, K] x [batch, K, N]``."""
     isa = isa_of(target)
     mr, nb = {"avx512": (6, 32), "avx2": (6, 16), "generic": (4, 8)}[isa]
     return _fix(DenseConfig(mr=mr, nb=nb, mc=M), M, N)
 
 
-def batch_matmul_kernel(batch: int, M: int, K: int, N: int, *, scale: float | None = None,
-                        target: tvm.target.Target,
-                        config: DenseConfig | None = None) -> tirx.PrimFunc:
+def batch_matmul_kernel(
+    batch: int,
+    M: int,
+    K: int,
+    N: int,
+    *,
+    scale: float | None = None,
+    target: tvm.target.Target,
+    config: DenseConfig | None = None,
+) -> tirx.PrimFunc:
     """Scheduled ``C[b, M, N] = scale * (A[b, M, K] @ B[b, K, N])`` (attention QK^T and PV).
 
     Arguments: ``A``, ``B`` (natural layouts, B's rows read as nb-wide vectors) and output ``C``.
     For QK^T pass K already transposed (``[b*h, 64, s]``, as the exporters emit it).
     """
-    cfg = (default_batch_config(batch, M, K, N, target) if config is None
-           else _fix(config, M, N))
+    cfg = default_batch_config(batch, M, K, N, target) if config is None else _fix(config, M, N)
     A = te.placeholder((batch, M, K), "float32", "A")
     B = te.placeholder((batch, K, N), "float32", "B")
     k = te.reduce_axis((0, K), "k")
-    C = te.compute((batch, M, N), lambda b, i, j: te.sum(A[b, i, k] * B[b, k, j], axis=k),
-                   name="matmul")
+    C = te.compute(
+        (batch, M, N), lambda b, i, j: te.sum(A[b, i, k] * B[b, k, j], axis=k), name="matmul"
+    )
     if scale is None:
         Y = te.compute((batch, M, N), lambda b, i, j: C[b, i, j], name="epilogue")
     else:

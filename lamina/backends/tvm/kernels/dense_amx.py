@@ -1,9 +1,10 @@
 """AMX-INT8 dense kernel: ``tdpbusd`` on tiles, the AMX family of ``dense_int8`` (same arguments and
 epilogue, weights in the VNNI layout with 16-column panels, K padded to 64).
 
-TVM 0.27 has no AMX intrinsic; LLVM 22's (``ldtilecfg``, ``tileloadd64``, ``tdpbusd``, ``tilestored64``,
-``tilerelease``) are called from TIR with ``call_llvm_intrin`` (TVM_NOTES.md). Builds on any host, runs only
-on CPUs with AMX-INT8, after the process got the tile state from Linux (``backends/tvm/amx.py``).
+TVM 0.27 has no AMX intrinsic; LLVM 22's (``ldtilecfg``, ``tileloadd64``, ``tdpbusd``,
+``tilestored64``, ``tilerelease``) are called from TIR with ``call_llvm_intrin`` (TVM_NOTES.md).
+Builds on any host, runs only on CPUs with AMX-INT8, after the process got the tile state from Linux
+(``backends/tvm/amx.py``).
 """
 
 from __future__ import annotations

@@ -12,13 +12,14 @@ byte for byte the VNNI / AMX-INT8 layout. K is padded to a multiple of 4 with ze
 
 Instruction families (``isa.int8_isa``):
 
-- ``vnni`` (AVX-512 VNNI): ``acc[16 x i32] = vpdpbusd(acc, bcast4(Xq[i, 4k4:4k4+4]), Wp[p, k4, v])``;
+- ``vnni`` (AVX-512 VNNI): ``acc[16 x i32] = vpdpbusd(acc, bcast4(Xq[i, 4k4:4k4+4]), Wp[p, k4,
+  v])``;
   exact.
 - ``avx2``: ``vpmaddwd(vpmaddubsw(bcast4(X), W), 1)`` added to ``acc[8 x i32]``. ``vpmaddubsw``
   saturates its int16 pair sums (255 * 127 * 2 > 32767), so this family uses **reduce-range
   weights**: the lowering requantizes the int8 weights to 7 bits (``[-64, 63]``, scale doubled,
-  :func:`reduce_range`), after which no pair sum can saturate (255 * 64 * 2 = 32640) and the kernel is
-  exact for the weights it gets. The cost is one bit of weight precision (measured in the notes).
+  :func:`reduce_range`), after which no pair sum can saturate (255 * 64 * 2 = 32640) and the kernel
+  is exact for the weights it gets. The cost is one bit of weight precision (measured in the notes).
 - ``amx`` (AMX-INT8): ``dense_amx.py``, chosen by :func:`dense_int8_kernel` on AMX targets.
 
 ``quantize.py`` makes ``Xq`` (QuantizeLinear / DynamicQuantizeLinear semantics).

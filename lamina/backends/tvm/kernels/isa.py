@@ -44,7 +44,8 @@ def target_has(feature: str, target: tvm.target.Target) -> bool:
 
 
 def isa_of(target: tvm.target.Target) -> Isa:
-    """The vector ISA the kernels use for ``target``: ``avx512``, ``avx2`` (with FMA) or ``generic``."""
+    """The vector ISA the kernels use for ``target``: ``avx512``, ``avx2`` (with FMA) or
+    ``generic``."""
     if target.kind.name != "llvm":
         return "generic"
     if target_has("avx512f", target) and target_has("avx512bw", target):
@@ -85,11 +86,14 @@ def num_threads(target: tvm.target.Target) -> int:
 
 
 def target_for(isa: str, num_cores: int | None = None) -> tvm.target.Target:
-    """The portable target of a kernel family (``avx512``, ``avx2``, ``generic``, ``vnni``, ``amx``):
-    the ``x86-64-vN`` CPU of its ISA level plus the level's extra features."""
+    """The portable target of a kernel family (``avx512``, ``avx2``, ``generic``, ``vnni``,
+    ``amx``): the ``x86-64-vN`` CPU of its ISA level plus the level's extra features."""
     lvl = ISA_LEVELS[_LEVEL_OF[isa]]
-    cfg: dict[str, object] = {"kind": "llvm", "mcpu": lvl.mcpu,
-                              "num-cores": int(num_cores or os.cpu_count() or 1)}
+    cfg: dict[str, object] = {
+        "kind": "llvm",
+        "mcpu": lvl.mcpu,
+        "num-cores": int(num_cores or os.cpu_count() or 1),
+    }
     if lvl.mattr:
         cfg["mattr"] = list(lvl.mattr)
     return tvm.target.Target(cfg)

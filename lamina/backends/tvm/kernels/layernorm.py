@@ -1,8 +1,9 @@
 """Row LayerNorm over the last axis: ``Y = (X - mean) / sqrt(var + eps) * gamma + beta``.
 
-One parallel loop over rows. Mean and variance (two passes, like ONNX's reference: no E[x^2] - mean^2
-cancellation) first reduce on the target's vector lanes (16 on AVX-512, 8 on AVX2), then across them; the normalisation is vectorized. For
-MiniLM's 128 x 384 rows this is a few microseconds where the legalized TOPI layer_norm, untuned, took tens.
+One parallel loop over rows. Mean and variance (two passes, like ONNX's reference: no E[x^2] -
+mean^2 cancellation) first reduce on the target's vector lanes (16 on AVX-512, 8 on AVX2), then
+across them; the normalisation is vectorized. For MiniLM's 128 x 384 rows this is a few microseconds
+where the legalized TOPI layer_norm, untuned, took tens.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def layer_norm_kernel(rows: int, n: int, eps: float,
 def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,
                     shape: list[int], eps: float,
                     target: tvm.target.Target | None = None) -> relax.Expr:
-    """LayerNorm of ``x`` (static ``shape``) over its last axis with ``gamma``/``beta`` of that length."""
+    """LayerNorm of ``x`` (static ``shape``) over its last axis with ``gamma``/``beta`` of that
+    length."""
     n = shape[-1]
     rows = 1
     for d in shape[:-1]:

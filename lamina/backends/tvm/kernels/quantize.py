@@ -1,5 +1,5 @@
-"""Activation quantization for the INT8 kernels: ONNX QuantizeLinear into the u8 the kernels read, and
-DynamicQuantizeLinear's run-time parameters.
+"""Activation quantization for the INT8 kernels: ONNX QuantizeLinear into the u8 the kernels read,
+and DynamicQuantizeLinear's run-time parameters.
 """
 
 from __future__ import annotations

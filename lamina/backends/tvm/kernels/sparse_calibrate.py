@@ -2,8 +2,8 @@
 
 Both kernels are timed the way a model runs them (cold weights,
 the target's threads) and the block-sparse kernel likewise, each cycling through copies of its
-weights, at two densities per block width on two shapes. ``lamina.passes.sparsity._cost.fit`` turns the timings
-into the per-token model ``encode-sparsity`` uses. About 10-20 s on a 2-core machine.
+weights, at two densities per block width on two shapes. ``lamina.passes.sparsity._cost.fit`` turns
+the timings into the per-token model ``encode-sparsity`` uses. About 10-20 s on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -61,11 +61,15 @@ def _sparse_timer(M: int, w: np.ndarray, R: int, target: tvm.target.Target):
     sw = encode_blocks(w, R)
     ex = tvm.compile(standalone_module(sparse_dense_kernel(M, sw, target=target)), target)
     dev = tvm.cpu()
-    x = tvm.runtime.tensor(np.random.default_rng(1).standard_normal((M, sw.K), dtype=np.float32), dev)
+    x = tvm.runtime.tensor(
+        np.random.default_rng(1).standard_normal((M, sw.K), dtype=np.float32), dev
+    )
     b = tvm.runtime.tensor(np.zeros(sw.N, np.float32), dev)
     y = tvm.runtime.tensor(np.zeros((M, sw.N), np.float32), dev)
-    sets = [(x, *(tvm.runtime.tensor(a.copy(), dev) for a in (sw.indptr, sw.kidx, sw.data)), b, y)
-            for _ in range(_copies(sw.data.nbytes + sw.kidx.nbytes))]
+    sets = [
+        (x, *(tvm.runtime.tensor(a.copy(), dev) for a in (sw.indptr, sw.kidx, sw.data)), b, y)
+        for _ in range(_copies(sw.data.nbytes + sw.kidx.nbytes))
+    ]
     return sw.nnzb, _block_timer(ex.mod["main"], sets)
 
 
@@ -84,8 +88,14 @@ def calibrate(target: tvm.target.Target, rounds: int = 12) -> dict:
     rng = np.random.default_rng(0)
     dense, sparse = [], {r: [] for r in BLOCKS}
     for K, N in SHAPES:
-        timers = [("dense", 0, 0, _dense_timer(TOKENS, rng.standard_normal((K, N), dtype=np.float32),
-                                               target))]
+        timers = [
+            (
+                "dense",
+                0,
+                0,
+                _dense_timer(TOKENS, rng.standard_normal((K, N), dtype=np.float32), target),
+            )
+        ]
         for R in BLOCKS:
             for d in DENSITIES:
                 keep = rng.random((K, N // R)) < d
@@ -101,8 +111,11 @@ def calibrate(target: tvm.target.Target, rounds: int = 12) -> dict:
             else:
                 sparse[R].append((K, N, nnzb, 1e9 * t / TOKENS))
     table = fit(dense, sparse, target_key(target), TOKENS)
-    table["measured"] = {"dense": dense, "sparse": {str(r): v for r, v in sparse.items()},
-                         "threads": num_threads(target)}
+    table["measured"] = {
+        "dense": dense,
+        "sparse": {str(r): v for r, v in sparse.items()},
+        "threads": num_threads(target),
+    }
     return table
 
 
@@ -114,7 +127,9 @@ def cost_table(target: tvm.target.Target, db_dir: str | Path) -> Path:
 
     path = database_dir(db_dir, target) / COSTS_FILE
     if not path.exists():
-        log.warning("measuring the sparse kernel cost table for this target (once, ~20 s): %s", path)
+        log.warning(
+            "measuring the sparse kernel cost table for this target (once, ~20 s): %s", path
+        )
         table = calibrate(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

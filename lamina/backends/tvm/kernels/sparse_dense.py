@@ -9,16 +9,16 @@ consecutive outputs of one input row* (``Rx1`` in the ``[out, in]`` naming of
     kidx[nnzb]      int32   their input row k
     data[nnzb, R]   float32 their R weights
 
-``R = 1`` is the unstructured case (CSR over outputs). A weight pruned with 4x1 blocks has exactly its
-nonzero blocks stored; an unstructured one may be stored with ``R = 4`` too (zeros inside stored blocks
-are multiplied), which the cost model picks when fewer, fuller blocks win.
+``R = 1`` is the unstructured case (CSR over outputs). A weight pruned with 4x1 blocks has exactly
+its nonzero blocks stored; an unstructured one may be stored with ``R = 4`` too (zeros inside stored
+blocks are multiplied), which the cost model picks when fewer, fuller blocks win.
 
 Why this layout: the kernel vectorises over *rows of X* (tokens), not over N. With ``X^T[K, mc]``
 (each task transposes its tokens once) a block is one vector load per ``lanes`` tokens, reused by
 the R weights of the block; a register tile of ``R x mc`` accumulators (AVX-512, R = 4: 4 x 64 = 16
-zmm) takes ``mc / lanes`` loads, R broadcasts and ``R * mc / lanes`` FMAs per block, the ratio of the
-dense kernel's 8 x 32 tile. Vectorising over N instead would need blocks 16-32 outputs wide to fill a
-vector, a much coarser pattern than the 4x1 blocks pruning keeps accuracy with. Schedule::
+zmm) takes ``mc / lanes`` loads, R broadcasts and ``R * mc / lanes`` FMAs per block, the ratio of
+the dense kernel's 8 x 32 tile. Vectorising over N instead would need blocks 16-32 outputs wide to
+fill a vector, a much coarser pattern than the 4x1 blocks pruning keeps accuracy with. Schedule::
 
     parallel for (mo, chunk):                               # mc tokens x a chunk of output groups
       XT[k, :] = X[mo*mc : mo*mc+mc, k]                     # this task's tokens, transposed
@@ -29,10 +29,11 @@ vector, a much coarser pattern than the 4x1 blocks pruning keeps accuracy with. 
         acc = epilogue(acc + bias[gR:gR+R])                 # vectorised over tokens
         Y[mo*mc + m, gR + j] = acc[j, m] (+ R[...])         # R contiguous floats per token
 
-One parallel region only: a second (a shared transpose) costs a barrier, which on a busy machine waits
-for a descheduled thread (it tripled the kernel's time under load). Measured (AVX-512 Zen5, 2 threads,
-shared machine, ratios from interleaved runs): 128 x 384 x 1536 with 90% 4x1 sparsity 2.6-3.1x faster
-than the dense kernel, 768 x 3072 2.6-2.8x; 90% unstructured as R = 4 1.3-1.5x, as R = 1 0.5x.
+One parallel region only: a second (a shared transpose) costs a barrier, which on a busy machine
+waits for a descheduled thread (it tripled the kernel's time under load). Measured (AVX-512 Zen5, 2
+threads, shared machine, ratios from interleaved runs): 128 x 384 x 1536 with 90% 4x1 sparsity
+2.6-3.1x faster than the dense kernel, 768 x 3072 2.6-2.8x; 90% unstructured as R = 4 1.3-1.5x, as R
+= 1 0.5x.
 
 The nonzero structure of each weight is fixed at compile time: the kernel is generated for its exact
 ``nnzb`` and the index arrays are constants of the artifact (a params entry beside the data).
@@ -84,19 +85,20 @@ class SparseWeight:
 
 
 def encode_blocks(w_kn: np.ndarray, R: int) -> SparseWeight:
-    """Encode ``W[K, N]`` with blocks of ``R`` outputs x 1 input (keeps every block with a nonzero)."""
+    """Encode ``W[K, N]`` with blocks of ``R`` outputs x 1 input (keeps every block with a
+    nonzero)."""
     w = np.asarray(w_kn, np.float32)
     K, N = w.shape
     if N % R:
         raise ValueError(f"N={N} is not a multiple of the block width R={R}")
-    blocks = w.reshape(K, N // R, R).transpose(1, 0, 2)          # [G, K, R]
-    nz = (blocks != 0).any(axis=2)                                # [G, K]
+    blocks = w.reshape(K, N // R, R).transpose(1, 0, 2)  # [G, K, R]
+    nz = (blocks != 0).any(axis=2)  # [G, K]
     counts = nz.sum(axis=1)
     indptr = np.zeros(N // R + 1, np.int32)
     indptr[1:] = np.cumsum(counts)
-    g_idx, k_idx = np.nonzero(nz)                                 # row-major: grouped by g, k ascending
+    g_idx, k_idx = np.nonzero(nz)  # row-major: grouped by g, k ascending
     data = np.ascontiguousarray(blocks[g_idx, k_idx], np.float32)
-    if data.size == 0:   # keep the buffers non-empty (an all-zero weight): one explicit zero block
+    if data.size == 0:  # keep the buffers non-empty (an all-zero weight): one explicit zero block
         k_idx = np.zeros(1, np.int64)
         data = np.zeros((1, R), np.float32)
         indptr[1:] = 1
@@ -122,8 +124,14 @@ def token_tile(M: int, R: int, target: tvm.target.Target) -> int:
     return M if M <= vecs * nl else math.gcd(M, vecs * nl)
 
 
-def sparse_dense_kernel(M: int, sw: SparseWeight, *, epilogue: Epilogue = None,
-                        residual: bool = False, target: tvm.target.Target) -> tirx.PrimFunc:
+def sparse_dense_kernel(
+    M: int,
+    sw: SparseWeight,
+    *,
+    epilogue: Epilogue = None,
+    residual: bool = False,
+    target: tvm.target.Target,
+) -> tirx.PrimFunc:
     """The kernel for ``X[M, K]`` and the constant pattern of ``sw``.
 
     Arguments, in order: ``X[M, K]``, ``indptr``, ``kidx``, ``data`` (``sw``'s arrays), ``bias[N]``
@@ -157,12 +165,15 @@ def sparse_dense_kernel(M: int, sw: SparseWeight, *, epilogue: Epilogue = None,
         for m in range(mh):
             for j in T.unroll(Rb):
                 Y[mo * mc + half * mh + m, g * Rb + j] = res_add(
-                    tile[j, m], mo * mc + half * mh + m, g * Rb + j)
+                    tile[j, m], mo * mc + half * mh + m, g * Rb + j
+                )
 
     # One parallel region (a second one costs a barrier, which on a busy machine means waiting for a
-    # descheduled thread): each task transposes its mc tokens of X into its own XT and runs G / chunks
+    # descheduled thread): each task transposes its mc tokens of X into its own XT and runs G /
+    # chunks
     # output groups on them. The register tile is two local buffers of Rb x mh: TVM puts a local
-    # buffer on the stack (where LLVM promotes it to registers) only below 1 KB; a 4 x 64 tile would go
+    # buffer on the stack (where LLVM promotes it to registers) only below 1 KB; a 4 x 64 tile would
+    # go
     # to a heap workspace and every FMA would store its accumulator back.
     @T.macro
     def body(X, indptr, kidx, data, B, Y, res_add):
@@ -179,8 +190,10 @@ def sparse_dense_kernel(M: int, sw: SparseWeight, *, epilogue: Epilogue = None,
                     for m in T.vectorized(mh):
                         acc0[j, m] = T.float32(0)
                         acc1[j, m] = T.float32(0)
-                for b in range(indptr[task % chunks * (G // chunks) + gi],
-                               indptr[task % chunks * (G // chunks) + gi + 1]):
+                for b in range(
+                    indptr[task % chunks * (G // chunks) + gi],
+                    indptr[task % chunks * (G // chunks) + gi + 1],
+                ):
                     for j in T.unroll(Rb):
                         for m in T.vectorized(mh):
                             acc0[j, m] = acc0[j, m] + data[b, j] * XT[kidx[b], m]
@@ -189,27 +202,46 @@ def sparse_dense_kernel(M: int, sw: SparseWeight, *, epilogue: Epilogue = None,
                                 acc1[j, m] = acc1[j, m] + data[b, j] * XT[kidx[b], mh + m]
                 store(acc0, 0, Y, B, task // chunks, task % chunks * (G // chunks) + gi, res_add)
                 if halves == 2:
-                    store(acc1, 1, Y, B, task // chunks, task % chunks * (G // chunks) + gi, res_add)
+                    store(
+                        acc1, 1, Y, B, task // chunks, task % chunks * (G // chunks) + gi, res_add
+                    )
 
     if residual:
+
         @T.prim_func(private=True)
-        def kernel(X: T.Buffer((M, K), "float32"), indptr: T.Buffer((G + 1,), "int32"),
-                   kidx: T.Buffer((nnzb,), "int32"), data: T.Buffer((nnzb, Rb), "float32"),
-                   B: T.Buffer((N,), "float32"), Res: T.Buffer((M, N), "float32"),
-                   Y: T.Buffer((M, N), "float32")):
+        def kernel(
+            X: T.Buffer((M, K), "float32"),
+            indptr: T.Buffer((G + 1,), "int32"),
+            kidx: T.Buffer((nnzb,), "int32"),
+            data: T.Buffer((nnzb, Rb), "float32"),
+            B: T.Buffer((N,), "float32"),
+            Res: T.Buffer((M, N), "float32"),
+            Y: T.Buffer((M, N), "float32"),
+        ):
             body(X, indptr, kidx, data, B, Y, lambda v, i, n: v + Res[i, n])
     else:
+
         @T.prim_func(private=True)
-        def kernel(X: T.Buffer((M, K), "float32"), indptr: T.Buffer((G + 1,), "int32"),
-                   kidx: T.Buffer((nnzb,), "int32"), data: T.Buffer((nnzb, Rb), "float32"),
-                   B: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32")):
+        def kernel(
+            X: T.Buffer((M, K), "float32"),
+            indptr: T.Buffer((G + 1,), "int32"),
+            kidx: T.Buffer((nnzb,), "int32"),
+            data: T.Buffer((nnzb, Rb), "float32"),
+            B: T.Buffer((N,), "float32"),
+            Y: T.Buffer((M, N), "float32"),
+        ):
             body(X, indptr, kidx, data, B, Y, lambda v, i, n: v)
 
     return finish_kernel(kernel.with_attr("tirx.noalias", True))
 
 
-def sparse_dense_reference(x: np.ndarray, sw: SparseWeight, bias: np.ndarray | None = None,
-                           epilogue: Epilogue = None, residual: np.ndarray | None = None) -> np.ndarray:
+def sparse_dense_reference(
+    x: np.ndarray,
+    sw: SparseWeight,
+    bias: np.ndarray | None = None,
+    epilogue: Epilogue = None,
+    residual: np.ndarray | None = None,
+) -> np.ndarray:
     """numpy reference of :func:`sparse_dense_kernel` (through the dense reference)."""
     from .dense import dense_reference
 
@@ -231,10 +263,17 @@ def from_index(index: np.ndarray, data: np.ndarray, K: int, N: int) -> SparseWei
     return SparseWeight(K, N, R, indptr, kidx.astype(np.int32), data)
 
 
-def emit_sparse_dense(bb: relax.BlockBuilder, x: relax.Expr, sw: SparseWeight,
-                      bias: relax.Expr | None, *, epilogue: Epilogue = None,
-                      residual: relax.Expr | None = None, target: tvm.target.Target,
-                      param_name: str) -> tuple[relax.Expr, list[tuple[str, relax.Var, np.ndarray]]]:
+def emit_sparse_dense(
+    bb: relax.BlockBuilder,
+    x: relax.Expr,
+    sw: SparseWeight,
+    bias: relax.Expr | None,
+    *,
+    epilogue: Epilogue = None,
+    residual: relax.Expr | None = None,
+    target: tvm.target.Target,
+    param_name: str,
+) -> tuple[relax.Expr, list[tuple[str, relax.Var, np.ndarray]]]:
     """``epilogue(x @ W + bias) + residual`` for ``x[..., K]`` and the sparse weight ``sw``, as one
     ``call_tir``; returns ``y`` and the new parameters ``(name, var, array)`` (indptr, kidx, data)
     for the caller to register (weights stay out of the library, like the packed dense panels)."""
@@ -243,10 +282,14 @@ def emit_sparse_dense(bb: relax.BlockBuilder, x: relax.Expr, sw: SparseWeight,
     shape = _static_shape(x)
     K, N = sw.K, sw.N
     M = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    func = sparse_dense_kernel(M, sw, epilogue=epilogue, residual=residual is not None, target=target)
+    func = sparse_dense_kernel(
+        M, sw, epilogue=epilogue, residual=residual is not None, target=target
+    )
     tag = f"_{epilogue}" if epilogue else ""
-    gv = bb.add_func(func, f"lamina_sparse_dense_{M}x{K}x{N}_r{sw.R}{tag}"
-                           f"{'_res' if residual is not None else ''}")
+    gv = bb.add_func(
+        func,
+        f"lamina_sparse_dense_{M}x{K}x{N}_r{sw.R}{tag}{'_res' if residual is not None else ''}",
+    )
     params = []
     args: list[relax.Expr] = [x if len(shape) == 2 else bb.emit(relax.op.reshape(x, (M, K)))]
     for suffix, arr in (("indptr", sw.indptr), ("kidx", sw.kidx), ("data", sw.data)):

@@ -2,10 +2,11 @@
 
 Rows of different lengths are packed one after another into ``X[T, 3 * h * d]`` (the merged QKV
 projection of all tokens); sequence ``b`` owns rows ``cu[b] .. cu[b + 1] - 1`` (``cu``: int32
-cumulative lengths, ``cu[0] = 0``, non-decreasing; an empty sequence is skipped). For each sequence and
-head::
+cumulative lengths, ``cu[0] = 0``, non-decreasing; an empty sequence is skipped). For each sequence
+and head::
 
-    O[cu[b] + i, h, :] = softmax(scale * Q[i, h, :] . K[:, h, :]) @ V[:, h, :]    over that sequence only
+    O[cu[b] + i, h, :] = softmax(scale * Q[i, h, :] . K[:, h, :]) @ V[:, h, :]    over that sequence
+    only
 
 which is the fused kernel of :mod:`.attention` with the key-padding mask implied by the offsets:
 equal, for every real token, to running that kernel on the batch padded to its longest row. Rows of
@@ -40,8 +41,8 @@ from .isa import isa_of, lanes
 
 
 def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """TVM's ``fast_exp`` for float32 (topi ``fast_exp_float32``): range reduction to 2^n * e^f and a
-    degree-7 polynomial for e^f; relative error ~1e-7 on [-88, 88], clamped outside."""
+    """TVM's ``fast_exp`` for float32 (topi ``fast_exp_float32``): range reduction to 2^n * e^f and
+    a degree-7 polynomial for e^f; relative error ~1e-7 on [-88, 88], clamped outside."""
     f32 = "float32"
 
     def c(v: float) -> tirx.PrimExpr:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # Nodes whose inputs are all constants and this small (in elements, summed) are evaluated at
 # compile time with ONNX's reference evaluator; bigger ones (weights) stay in the Relax graph.
 FOLD_MAX_ELEMENTS = 1 << 16
-# Ops whose converters fold constant inputs themselves (onnx.reference lacks their older opset versions).
+# Ops whose converters fold constant inputs themselves (onnx.reference lacks their older opset
+# versions).
 SELF_FOLDING = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 

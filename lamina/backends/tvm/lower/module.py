@@ -44,10 +44,10 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
     Buckets are specializations of one model, so weights with the same name normally have the
     same value and are stored once; a name whose value differs in some bucket (a constant folded
     to that bucket's shape) is stored again as ``name@b{batch}_s{seq}``. With ``target``, matmuls on
-    constant weights use the hand-written kernels of ``backends/tvm/kernels`` for that target. ``FunctionInfo.params``
-    lists the parameter-file keys each function takes, in order. ``extra``: more functions by name
-    (e.g. the packed, padding-free ones of ``varlen.py``), lowered after the buckets with the same
-    weight pooling.
+    constant weights use the hand-written kernels of ``backends/tvm/kernels`` for that target.
+    ``FunctionInfo.params`` lists the parameter-file keys each function takes, in order. ``extra``:
+    more functions by name (e.g. the packed, padding-free ones of ``varlen.py``), lowered after the
+    buckets with the same weight pooling.
     """
     if not models:
         raise BackendError("no buckets to compile")

@@ -3,26 +3,31 @@
 Signature::
 
     y = lamina::SparseLinear(X, data, index, B, [R])
-        {in_features: int, out_features: int, block: int, activation: str = "none", has_residual: int = 0}
+        {in_features: int, out_features: int, block: int, activation: str = "none", has_residual:
+        int = 0}
 
-- ``X``: float ``[..., K]`` with ``K = in_features``; ``y``: float ``[..., N]`` with ``N = out_features``.
-- The weight ``W[K, N]`` is stored as its nonzero blocks of ``block`` consecutive outputs of one input row
+- ``X``: float ``[..., K]`` with ``K = in_features``; ``y``: float ``[..., N]`` with ``N =
+  out_features``.
+- The weight ``W[K, N]`` is stored as its nonzero blocks of ``block`` consecutive outputs of one
+  input row
   (``Rx1`` in the ``[out, in]`` naming, see ``lamina.passes.sparsity._analysis``):
 
   - ``data``: float ``[nnzb, block]``, the blocks' weights;
-  - ``index``: int64 ``[nnzb]``, ascending, ``g * K + k`` for the block at output group ``g`` (columns
+  - ``index``: int64 ``[nnzb]``, ascending, ``g * K + k`` for the block at output group ``g``
+    (columns
     ``[g*block, (g+1)*block)``) and input row ``k``.
 
 - ``B``: float ``[N]``; ``R`` only with ``has_residual=1``; ``activation`` as in ``lamina::Linear``.
 
 Math::
 
-    W = zeros[N / block, K, block];  W[index // K, index % K, :] = data;  W = W.transpose(1, 0, 2).reshape(K, N)
-    y = act(X @ W + B) + R
+    W = zeros[N / block, K, block];  W[index // K, index % K, :] = data;  W = W.transpose(1, 0,
+    2).reshape(K, N) y = act(X @ W + B) + R
 
-The reference definition builds ``W`` with ``ScatterND`` and runs the dense ``lamina::Linear`` math, so the
-result is exact against the same masked dense weight. Created by ``encode-sparsity``; backends run it with
-a block-sparse kernel whose index arrays are derived from ``index`` at compile time.
+The reference definition builds ``W`` with ``ScatterND`` and runs the dense ``lamina::Linear`` math,
+so the result is exact against the same masked dense weight. Created by ``encode-sparsity``;
+backends run it with a block-sparse kernel whose index arrays are derived from ``index`` at compile
+time.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Internal to padding-free compilation: ``varlen.pack_model`` puts it where ``lamina::Attention`` was,
 with the sequences' offsets (``cu_seqlens``) instead of the key-padding mask. Inputs
-``(Q, K, V, cu_seqlens)``, ``Q/K/V[1, T, hidden]``; attributes ``num_heads``, ``scale``, ``max_len``.
+``(Q, K, V, cu_seqlens)``, ``Q/K/V[1, T, hidden]``; attributes ``num_heads``, ``scale``,
+``max_len``.
 """
 
 from __future__ import annotations

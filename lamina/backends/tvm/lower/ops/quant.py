@@ -1,13 +1,17 @@
-"""QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear, emulated in fp32 (exactly as ONNX Runtime).
+"""QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear, emulated in fp32 (exactly as ONNX
+Runtime).
 
-- ``QuantizeLinear``: ``y = saturate(round_half_even(x / scale) + zp)``, of the zero point's type (uint8 when
-  absent); per tensor or per ``axis``. The division (not a multiply by 1/scale) and the rounding to even match
-  ONNX Runtime bit for bit.
-- ``DequantizeLinear``: ``y = (float(x) - float(zp)) * scale``. With constant inputs (the int8 weights written by
-  ``quantize-int8``) it folds to an fp32 constant at compile time, so ``lamina::Linear`` still sees a constant
-  weight and takes the packed dense kernel.
+- ``QuantizeLinear``: ``y = saturate(round_half_even(x / scale) + zp)``, of the zero point's type
+  (uint8 when
+  absent); per tensor or per ``axis``. The division (not a multiply by 1/scale) and the rounding to
+  even match ONNX Runtime bit for bit.
+- ``DequantizeLinear``: ``y = (float(x) - float(zp)) * scale``. With constant inputs (the int8
+  weights written by
+  ``quantize-int8``) it folds to an fp32 constant at compile time, so ``lamina::Linear`` still sees
+  a constant weight and takes the packed dense kernel.
 - ``DynamicQuantizeLinear``: ``scale = (max(0, max x) - min(0, min x)) / 255``,
-  ``zp = saturate(round(-min(0, min x) / scale))``, ``y = saturate(round(x / scale) + zp)``, all uint8.
+  ``zp = saturate(round(-min(0, min x) / scale))``, ``y = saturate(round(x / scale) + zp)``, all
+  uint8.
 
 INT8 kernels that consume the quantized form directly are a separate layer on top of these.
 """
@@ -24,8 +28,11 @@ from ..registry import Const, converter
 _RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(2**31), 2**31 - 1)}
 
 
-def _broadcast(ctx: LowerContext, node: ir.Node, param: Const | relax.Expr, rank: int) -> Const | relax.Expr:
-    """Reshape a per-axis scale / zero point [C] so that it broadcasts along ``axis`` of a rank-``rank`` x."""
+def _broadcast(
+    ctx: LowerContext, node: ir.Node, param: Const | relax.Expr, rank: int
+) -> Const | relax.Expr:
+    """Reshape a per-axis scale / zero point [C] so that it broadcasts along ``axis`` of a
+    rank-``rank`` x."""
     if len(ctx.shape(param)) != 1 or rank <= 1:
         return param
     axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 1)), rank)
@@ -59,7 +66,9 @@ def quantize_linear(ctx: LowerContext, node: ir.Node, inputs):
     rank = len(ctx.shape(x))
     scale, zp = _broadcast(ctx, node, scale, rank), _broadcast(ctx, node, zp, rank)
     if all(isinstance(v, Const) for v in (x, scale, zp)):
-        return Const(_np_quantize(np.asarray(x.value), np.asarray(scale.value), np.asarray(zp.value), dtype))
+        return Const(
+            _np_quantize(np.asarray(x.value), np.asarray(scale.value), np.asarray(zp.value), dtype)
+        )
     return _quantize_expr(ctx, ctx.expr(ctx.cast(x, "float32")), scale, zp, dtype)
 
 
@@ -89,7 +98,9 @@ def dynamic_quantize_linear(ctx: LowerContext, node: ir.Node, inputs):
     lo = ctx.emit(relax.op.minimum(relax.op.min(x), zero))
     hi = ctx.emit(relax.op.maximum(relax.op.max(x), zero))
     scale = ctx.emit(relax.op.divide(relax.op.subtract(hi, lo), relax.const(255.0, "float32")))
-    zpf = ctx.emit(relax.op.clip(relax.op.round(relax.op.divide(relax.op.negative(lo), scale)), 0, 255))
+    zpf = ctx.emit(
+        relax.op.clip(relax.op.round(relax.op.divide(relax.op.negative(lo), scale)), 0, 255)
+    )
     q = relax.op.add(relax.op.round(relax.op.divide(x, scale)), zpf)
     y = ctx.emit(relax.op.astype(relax.op.clip(q, 0, 255), "uint8"))
     return [y, scale, ctx.emit(relax.op.astype(zpf, "uint8"))]

@@ -1,4 +1,5 @@
-"""The QDQ form of a quantized dense layer, lowered to one INT8 kernel call (``kernels/dense_int8``).
+"""The QDQ form of a quantized dense layer, lowered to one INT8 kernel call
+(``kernels/dense_int8``).
 
 The ``quantize-int8`` pass leaves, for every quantized ``lamina::Linear`` (or MatMul / Gemm on a
 constant weight)::
@@ -130,7 +131,8 @@ def _match(node: ir.Node, lanes: int) -> Int8Dense | None:
         trans_b = False
     elif domain in _ONNX and node.op_type == "Gemm":
         attrs = {k: a.value for k, a in node.attributes.items()}
-        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        scaled = attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
+        if attrs.get("transA", 0) or scaled:
             return None
         trans_b = bool(attrs.get("transB", 0))
         if len(node.inputs) > 2 and node.inputs[2] is not None:
@@ -194,8 +196,14 @@ def plan_int8(graph: ir.Graph, target: object) -> tuple[dict[ir.Node, Int8Dense]
     return matches, skip
 
 
-def emit_int8_dense(ctx: LowerContext, m: Int8Dense, *, bias: Value | None = None,
-                    activation: str = "none", residual: Value | None = None) -> relax.Expr:
+def emit_int8_dense(
+    ctx: LowerContext,
+    m: Int8Dense,
+    *,
+    bias: Value | None = None,
+    activation: str = "none",
+    residual: Value | None = None,
+) -> relax.Expr:
     """``act(DQ(Q(x)) @ DQ(W_q) + bias) + residual`` as quantize + one INT8 kernel call."""
     from ...kernels.dense_int8 import (
         column_sums,
@@ -238,24 +246,37 @@ def emit_int8_dense(ctx: LowerContext, m: Int8Dense, *, bias: Value | None = Non
             qp_dense = qp
         else:
             qp = relax.const(np.array([m.x_scale, m.x_zp], np.float32), "float32")
-            qp_dense = relax.const(np.array([m.x_scale, m.x_zp + (128 if m.signed else 0)],
-                                            np.float32), "float32")
-        gv = bb.add_func(quantize_kernel(rows, k, signed=m.signed, target=target, k_step=k_step),
-                         f"lamina_quantize_{rows}x{k}{'_s8' if m.signed else ''}")
+            qp_dense = relax.const(
+                np.array([m.x_scale, m.x_zp + (128 if m.signed else 0)], np.float32), "float32"
+            )
+        gv = bb.add_func(
+            quantize_kernel(rows, k, signed=m.signed, target=target, k_step=k_step),
+            f"lamina_quantize_{rows}x{k}{'_s8' if m.signed else ''}",
+        )
         xq = bb.emit(relax.call_tir(gv, [x2, qp], relax.TensorType((rows, kp), "uint8")))
         cache[key] = (xq, qp_dense)
     xq, qp_dense = cache[key]
 
-    wq, w_scale = (reduce_range(m.wq, m.w_scale) if fam == "avx2" else (m.wq, m.w_scale))
+    wq, w_scale = reduce_range(m.wq, m.w_scale) if fam == "avx2" else (m.wq, m.w_scale)
     tag = f"@int8{fam}{nb}k{k_step}"
     wp_var = _param(ctx, f"{m.w_name}{tag}", pack_weight_int8(wq, nb, k_step))
     cs_var = _param(ctx, f"{m.w_name}{tag}:colsum", column_sums(wq))
     ws_var = _param(ctx, f"{m.w_name}{tag}:scale", w_scale)
     epilogue = EPILOGUES[activation]
-    func = dense_int8_kernel(rows, k, n, target=target, config=cfg, bias=bias is not None,
-                             epilogue=epilogue, residual=residual is not None)
-    name = (f"lamina_dense_int8_{rows}x{k}x{n}{'_' + epilogue if epilogue else ''}"
-            f"{'_res' if residual is not None else ''}")
+    func = dense_int8_kernel(
+        rows,
+        k,
+        n,
+        target=target,
+        config=cfg,
+        bias=bias is not None,
+        epilogue=epilogue,
+        residual=residual is not None,
+    )
+    name = (
+        f"lamina_dense_int8_{rows}x{k}x{n}{'_' + epilogue if epilogue else ''}"
+        f"{'_res' if residual is not None else ''}"
+    )
     gv = bb.add_func(func, name)
     args = [xq, wp_var, cs_var, ws_var, qp_dense]
     if bias is not None:

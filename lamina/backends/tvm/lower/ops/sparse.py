@@ -29,13 +29,22 @@ def sparse_linear(ctx: LowerContext, node: ir.Node, inputs):
     bias = ctx.expr(inputs[3])
     if ctx.target is None or ctx.dtype(inputs[0]) != "float32":
         # No kernels: the reference math on the dense weight.
-        y = ctx.emit(relax.op.add(relax.op.matmul(ctx.expr(inputs[0]), relax.const(sw.to_dense())), bias))
+        y = ctx.emit(
+            relax.op.add(relax.op.matmul(ctx.expr(inputs[0]), relax.const(sw.to_dense())), bias)
+        )
         if act != "none":
             y = ctx.emit(relax.op.nn.gelu(y) if act == "gelu" else relax.op.nn.gelu_tanh(y))
         return ctx.emit(relax.op.add(y, residual)) if residual is not None else y
-    y, params = emit_sparse_dense(ctx.bb, ctx.expr(inputs[0]), sw, bias, epilogue=EPILOGUES[act],
-                                  residual=residual, target=ctx.target,
-                                  param_name=data.name or node.name or "sparse")
+    y, params = emit_sparse_dense(
+        ctx.bb,
+        ctx.expr(inputs[0]),
+        sw,
+        bias,
+        epilogue=EPILOGUES[act],
+        residual=residual,
+        target=ctx.target,
+        param_name=data.name or node.name or "sparse",
+    )
     for name, var, arr in params:
         ctx.add_param(name, var, arr)
     return y
