@@ -39,6 +39,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # $XDG_CACHE_HOME/Microsoft/DeveloperTools), Hugging Face, matplotlib.
     os.environ["XDG_CACHE_HOME"] = str(_SESSION_DIR / "xdg-cache")
     os.environ["MPLCONFIGDIR"] = str(_SESSION_DIR / "matplotlib")
+    # Whatever still writes under ~ (OpenVINO's telemetry id in ~/intel) writes into the session.
+    home = _SESSION_DIR / "home"
+    home.mkdir()
+    os.environ["HOME"] = str(home)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -150,15 +150,14 @@ def _check_inputs(proto: onnx.ModelProto, path: Path) -> None:
                     )
                 )
                 raise FrontendError(
-                    f"{path}: input {vi.name!r} declares dim {i} = {v}: {why}; fix the export (a "
-                    "symbolic dim "
-                    "can be bound later with --dim or --input-shape)"
+                    f"{path}: graph input {vi.name!r} declares dim {i} = {v}: {why}; fix the "
+                    "export (a symbolic dim can be bound later with --dim or --input-shape)"
                 )
             total *= v
         if total > MAX_INPUT_ELEMENTS:
             raise FrontendError(
-                f"{path}: input {vi.name!r} declares {total} elements, beyond Lamina's limit of "
-                f"{MAX_INPUT_ELEMENTS}; fix the export (a symbolic dim can be bound later with "
+                f"{path}: graph input {vi.name!r} declares {total} elements, beyond Lamina's "
+                f"limit of {MAX_INPUT_ELEMENTS}; fix the export (a symbolic dim can be bound later with "
                 "--dim)"
             )
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from .dense import dense_kernel, pack_weight, resolve_config, standalone_module
+from .common import standalone_module
+from .dense import dense_kernel, pack_weight, resolve_config
 from .isa import num_threads
 from .sparse_dense import encode_blocks, sparse_dense_kernel
 
@@ -140,8 +141,9 @@ def cost_table(target: tvm.target.Target, db_dir: str | Path) -> Path:
 
 def cost_table_for(target: str | dict, threads: int | None, db_dir: str | Path | None) -> Path:
     """:func:`cost_table` for a ``lamina compile`` target spec (``auto``, a preset, JSON)."""
-    from ..build import DEFAULT_TUNING_DB
+    from ..build import default_tuning_db
     from ..target import resolve_target
 
     spec = resolve_target(target, threads)
-    return cost_table(spec.tvm_target, Path(db_dir) if db_dir is not None else DEFAULT_TUNING_DB)
+    return cost_table(spec.tvm_target,
+                      Path(db_dir) if db_dir is not None else default_tuning_db())
