@@ -157,8 +157,8 @@ def _check_inputs(proto: onnx.ModelProto, path: Path) -> None:
         if total > MAX_INPUT_ELEMENTS:
             raise FrontendError(
                 f"{path}: graph input {vi.name!r} declares {total} elements, beyond Lamina's "
-                f"limit of {MAX_INPUT_ELEMENTS}; fix the export (a symbolic dim can be bound later with "
-                "--dim)"
+                f"limit of {MAX_INPUT_ELEMENTS}; fix the export (a symbolic dim can be bound "
+                "later with --dim)"
             )
 
 
