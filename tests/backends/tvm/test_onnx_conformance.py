@@ -1,7 +1,7 @@
 """ONNX's backend node tests for the ops the lowering claims (see ``onnx_conformance.py``).
 
 CI runs a seeded sample plus the cases that once failed; ``bench/onnx_conformance.py`` runs every
-in-scope case (about 10 minutes on 2 cores) and prints the counts.
+in-scope case (about 5 minutes on 2 cores) and prints the counts.
 """
 
 from __future__ import annotations
