@@ -17,7 +17,14 @@ STANDARD = ("", "ai.onnx")
 
 
 class NoMatch(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """A pattern check failed; ``str(exc)`` says which one."""
+    """A pattern check failed; ``str(exc)`` says which one, ``node`` (when known) is where matching
+    stopped and ``depth`` how many nodes had matched (a rule pass reports the failure that got
+    furthest)."""
+
+    def __init__(self, reason: str, node: ir.Node | None = None) -> None:
+        super().__init__(reason)
+        self.node = node
+        self.depth: float = 0
 
 
 def is_op(node: ir.Node | None, *op_types: str, domain: str | None = None) -> bool:
