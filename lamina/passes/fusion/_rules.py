@@ -112,7 +112,7 @@ class Rule:
     """One fusion. Subclasses set :attr:`anchor_ops` (and :attr:`anchor_domain`) and implement
     :meth:`pattern` (returning the bindings) and :meth:`rewrite`; :meth:`check` is optional."""
 
-    anchor_ops: ClassVar[tuple[str, ...]] = ()
+    anchor_ops: tuple[str, ...] = ()
     anchor_domain: ClassVar[str | None] = None
     #: Origin label of the nodes the rewrite creates (``pass:name``).
     name: str = ""
