@@ -42,6 +42,7 @@ class Match:
         self.nodes: list[ir.Node] = []
         #: Values the rewrite replaces (default: the last matched node's first output).
         self.outputs: list[ir.Value] = []
+        self.bindings: dict[str, Any] = {}
 
     @property
     def last(self) -> ir.Node:
@@ -133,30 +134,31 @@ class Rule:
     def stats(self, **bindings: Any) -> dict[str, int]:
         return {}
 
-    def apply(self, rw: Rewriter, anchor: ir.Node) -> dict[str, int]:
+    def apply(self, rw: Rewriter, anchor: ir.Node) -> Match:
+        """Match at ``anchor``, check, rewrite; the match (with its ``bindings``) on success."""
         m = Match(anchor)
         try:
-            bindings = self.pattern(m)
+            m.bindings = self.pattern(m)
         except NoMatch as exc:
             exc.depth = len(m.nodes)
             raise
         if not m.outputs:
             m.outputs = [m.last.outputs[0]]
         try:
-            self.check(rw, m, **bindings)
+            self.check(rw, m, **m.bindings)
             m.check_removable()
         except NoMatch as exc:
             exc.depth = len(m.nodes) + 0.5  # a full structural match failing a check: furthest
             raise
         rw.rule = self.name
         try:
-            new = self.rewrite(rw, m, **bindings)
+            new = self.rewrite(rw, m, **m.bindings)
         finally:
             rw.rule = ""
         for old, value in zip(m.outputs, new, strict=True):
             rw.replace(old, value)
         rw.graph.remove(m.nodes, safe=True)
-        return self.stats(**bindings)
+        return m
 
 
 class RuleFusionPass(AnchoredFusionPass):
@@ -168,14 +170,18 @@ class RuleFusionPass(AnchoredFusionPass):
         return any(rule.is_anchor(node) for rule in self.rules)
 
     def rewrite(self, rw: Rewriter, node: ir.Node) -> dict[str, int]:
-        best: NoMatch | None = None
+        misses: list[NoMatch] = []
         for rule in self.rules:
             if not rule.is_anchor(node):
                 continue
             try:
-                return rule.apply(rw, node)
+                m = rule.apply(rw, node)
             except NoMatch as exc:
-                if best is None or exc.depth > best.depth:
-                    best = exc
-        assert best is not None  # is_anchor() held for some rule
-        raise best
+                misses.append(exc)
+                continue
+            # A longer variant that got past this match stopped for a reason worth telling.
+            for exc in misses:
+                if exc.depth > len(m.nodes):
+                    rw.explain(node, f"fused as {rule.name} only: {exc}", exc.node, miss=False)
+            return rule.stats(**m.bindings)
+        raise max(misses, key=lambda exc: exc.depth)  # the first of the furthest

@@ -31,9 +31,12 @@ class Rewriter:
         #: Origin label for the nodes :meth:`node` creates without an explicit ``rule``.
         self.rule = ""
 
-    def explain(self, node: ir.Node, reason: str, at: ir.Node | None = None) -> None:
-        """Record a miss at anchor ``node``; ``at`` is the node where matching stopped."""
-        self.misses += 1
+    def explain(
+        self, node: ir.Node, reason: str, at: ir.Node | None = None, *, miss: bool = True
+    ) -> None:
+        """Record a miss (or with ``miss=False`` a partial one) at anchor ``node``; ``at`` is the
+        node where matching stopped."""
+        self.misses += int(miss)
         if self.explain_on:
             here = f"{node.op_type} {node.name!r}"
             if at is not None and at is not node:

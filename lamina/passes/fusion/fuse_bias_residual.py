@@ -38,6 +38,7 @@ class BiasResidualRule(Rule):
 
     def __init__(self, *, gelu: bool, residual: bool) -> None:
         self.gelu, self.residual = gelu, residual
+        self.name = "bias" + "+gelu" * gelu + "+residual" * residual
 
     def pattern(self, m: Match) -> dict[str, Any]:
         mm = m.add(m.anchor)
@@ -77,6 +78,7 @@ class BiasResidualRule(Rule):
         barr = const_array(b)
         if barr.ndim != 1:
             b = rw.initializer(f"{b.name}_1d", barr.reshape(-1))
+        # The origin names the GELU form (bias+gelu_tanh+residual...).
         rule = "+".join(["bias", *([activation] if activation != "none" else []),
                          *(["residual"] if r is not None else [])])
         lin = rw.node(

@@ -15,6 +15,7 @@ from lamina.passes.fusion._rules import Match, Rule, RuleFusionPass
 from lamina.passes.fusion._utils import Rewriter
 from tests.passes.fusion._graphs import (
     HID,
+    apply,
     check_fusion,
     check_no_fire,
     f32,
@@ -57,6 +58,21 @@ def test_interior_user_limits_the_match() -> None:
     m = check_fusion("fuse-bias-residual", _dense(False, False, leak="a"))
     assert signature(m)[0] == "lamina::Linear(x, const[16, 16], const[16]){activation='gelu', " \
         "has_residual=0}"
+
+
+def test_partial_match_is_explained() -> None:
+    # r broadcasts ([16] against [batch, seq, 16]): the residual variant stops at that Add, the
+    # bias + gelu variant fires, and --debug-match says why the Add stayed.
+    m = _dense(False, False)
+    (r,) = [v for v in m.graph.inputs if v.name == "r"]
+    r.shape = ir.Shape([HID])
+    result, ctx = apply("fuse-bias-residual", m)
+    assert result.stats["fused"] == 1 and result.stats["unmatched"] == 0
+    assert ctx.explanations == [
+        "[fuse-bias-residual] MatMul 'mm' (stopped at Add 'res'): fused as bias+gelu only: not "
+        "folded as residual: operand is constant, the same value, or of another shape (Add would "
+        "broadcast)"
+    ]
 
 
 def test_interior_user_refuses_and_names_it() -> None:
