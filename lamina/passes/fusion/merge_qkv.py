@@ -66,8 +66,9 @@ class MergeQkvRule(Rule):
         def matmul_plus_bias(xw: ir.Value | None, b: ir.Value | None
                              ) -> tuple[ir.Value, np.ndarray, np.ndarray]:
             mm = xw.producer() if xw is not None else None
-            w, barr = (const_array(mm.inputs[1]), const_array(b)) if is_op(mm, "MatMul") else (
-                None, None)
+            if not is_op(mm, "MatMul"):
+                m.fail(f"{role}: not Add(MatMul(x, W const), b const)")
+            w, barr = const_array(mm.inputs[1]), const_array(b)
             if w is None or w.ndim != 2 or barr is None or barr.size != w.shape[1]:
                 m.fail(f"{role}: not Add(MatMul(x, W const), b const)")
             m.add(mm)
