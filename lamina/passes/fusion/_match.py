@@ -2,12 +2,11 @@
 
 A matcher walks the graph from an anchor node and raises :class:`NoMatch` with a one-line reason as
 soon as a check fails; the pass turns the reason into a ``--debug-match`` explanation. Helpers here
-never mutate the graph.
+never mutate the graph. Which users a matched node may have is not a helper's business: the rules
+framework (``_rules.py``) checks removability once for every rule.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import onnx_ir as ir
 
@@ -17,7 +16,14 @@ STANDARD = ("", "ai.onnx")
 
 
 class NoMatch(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """A pattern check failed; ``str(exc)`` says which one."""
+    """A pattern check failed; ``str(exc)`` says which one, ``node`` (when known) is where matching
+    stopped and ``depth`` how many nodes had matched (a rule pass reports the failure that got
+    furthest)."""
+
+    def __init__(self, reason: str, node: ir.Node | None = None) -> None:
+        super().__init__(reason)
+        self.node = node
+        self.depth: float = 0
 
 
 def is_op(node: ir.Node | None, *op_types: str, domain: str | None = None) -> bool:
@@ -49,36 +55,6 @@ def scalar(value: ir.Value | None) -> float | None:
 
 def close(a: float | None, b: float, rtol: float = 1e-3) -> bool:
     return a is not None and abs(a - b) <= rtol * abs(b)
-
-
-def other_input(node: ir.Node, value: ir.Value) -> ir.Value | None:
-    """For a binary node, the input that is not ``value`` (None when ``value`` is not an input)."""
-    a, b = node.inputs[0], node.inputs[1]
-    if a is value:
-        return b
-    if b is value:
-        return a
-    return None
-
-
-def single_consumer(value: ir.Value) -> ir.Node | None:
-    """The only node using ``value`` (None if several uses, none, or it is a graph output)."""
-    if value.is_graph_output():
-        return None
-    users = {id(u.node): u.node for u in value.uses()}
-    return next(iter(users.values())) if len(users) == 1 else None
-
-
-def only_used_by(values: Iterable[ir.Value], nodes: Iterable[ir.Node]) -> ir.Value | None:
-    """The first value used outside ``nodes`` (or a graph output), else None."""
-    inside = {id(n) for n in nodes}
-    for v in values:
-        if v.is_graph_output():
-            return v
-        for use in v.uses():
-            if id(use.node) not in inside:
-                return v
-    return None
 
 
 def reduce_axes(node: ir.Node) -> list[int] | None:

@@ -28,11 +28,20 @@ class Rewriter:
         self.namer = Namer(model.graph)
         self.explain_on = ctx.wants_explanations(pass_name)
         self.misses = 0
+        #: Origin label for the nodes :meth:`node` creates without an explicit ``rule``.
+        self.rule = ""
 
-    def explain(self, node: ir.Node, reason: str) -> None:
-        self.misses += 1
+    def explain(
+        self, node: ir.Node, reason: str, at: ir.Node | None = None, *, miss: bool = True
+    ) -> None:
+        """Record a miss (or with ``miss=False`` a partial one) at anchor ``node``; ``at`` is the
+        node where matching stopped."""
+        self.misses += int(miss)
         if self.explain_on:
-            self.ctx.explain(f"{node.op_type} {node.name!r}", reason)
+            here = f"{node.op_type} {node.name!r}"
+            if at is not None and at is not node:
+                here += f" (stopped at {at.op_type} {at.name!r})"
+            self.ctx.explain(here, reason)
 
     def initializer(self, prefix: str, array: np.ndarray) -> ir.Value:
         return add_initializer(self.graph, self.namer(prefix), array)
@@ -60,6 +69,7 @@ class Rewriter:
         )
         for out in node.outputs:
             out.name = self.namer(f"{base}_out")
+        rule = rule or self.rule
         set_origin(node, f"{self.pass_name}:{rule}" if rule else self.pass_name)
         self.graph.insert_before(before, node)
         if domain == DOMAIN:
@@ -135,7 +145,7 @@ class AnchoredFusionPass(Pass):
             try:
                 extra = self.rewrite(rw, node)
             except NoMatch as exc:
-                rw.explain(node, str(exc))
+                rw.explain(node, str(exc), exc.node)
                 continue
             stats[self.count_stat] += 1
             for key, value in (extra or {}).items():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx_ir as ir
 
 from lamina.compiler.ir import const_array
 from lamina.compiler.pipeline import register
-from lamina.passes.fusion._match import NoMatch, is_op, other_input, single_consumer
-from lamina.passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
+from lamina.passes.fusion._rules import Match, Rule, RuleFusionPass
+from lamina.passes.fusion._utils import DOMAIN, Rewriter
 from lamina.passes.fusion.fuse_gelu import GELU_FUSED
 
 GELU_ACTIVATION = {"none": "gelu", "tanh": "gelu_tanh"}
@@ -29,8 +31,72 @@ def _same_dims(a: ir.Value, b: ir.Value) -> bool:
     return True
 
 
+class BiasResidualRule(Rule):
+    """``MatMul(x, W) + b``, then a ``lamina::Gelu`` if ``gelu``, then ``+ r`` if ``residual``."""
+
+    anchor_ops = ("MatMul",)
+
+    def __init__(self, *, gelu: bool, residual: bool) -> None:
+        self.gelu, self.residual = gelu, residual
+        self.name = "bias" + "+gelu" * gelu + "+residual" * residual
+
+    def pattern(self, m: Match) -> dict[str, Any]:
+        mm = m.add(m.anchor)
+        x, w = mm.inputs[0], mm.inputs[1]
+        warr = const_array(w)
+        if warr is None or warr.ndim != 2:
+            m.fail("weight is not a constant 2-D tensor (activation x activation MatMul)")
+        n = warr.shape[1]
+        add = m.user(mm.outputs[0], "Add", why="MatMul output is not used by a bias Add")
+        b = m.other(add, mm.outputs[0])
+        barr = const_array(b)
+        if (
+            barr is None
+            or barr.size != n
+            or (barr.ndim > 1 and any(d != 1 for d in barr.shape[:-1]))
+        ):
+            m.fail(f"Add operand is not a constant bias of {n} elements")
+        out, activation = add.outputs[0], "none"
+        if self.gelu:
+            act = m.user(out, "Gelu", domain=DOMAIN, why="bias Add is not followed by a Gelu")
+            approx = act.attributes.get("approximate")
+            activation = GELU_ACTIVATION.get(approx.value if approx is not None else "none", "")
+            if not activation:
+                m.fail(f"unknown Gelu approximation {approx.value!r}")
+            out = act.outputs[0]
+        r = None
+        if self.residual:
+            res = m.user(out, "Add", why="no residual Add follows")
+            r = m.other(res, out)
+            if r is out or const_array(r) is not None or not _same_dims(r, out):
+                m.fail("not folded as residual: operand is constant, the same value, or of "
+                       "another shape (Add would broadcast)")
+        return {"x": x, "w": w, "b": b, "r": r, "activation": activation}
+
+    def rewrite(self, rw: Rewriter, m: Match, *, x: ir.Value, w: ir.Value, b: ir.Value,
+                r: ir.Value | None, activation: str) -> list[ir.Value]:
+        barr = const_array(b)
+        if barr.ndim != 1:
+            b = rw.initializer(f"{b.name}_1d", barr.reshape(-1))
+        # The origin names the GELU form (bias+gelu_tanh+residual...).
+        rule = "+".join(["bias", *([activation] if activation != "none" else []),
+                         *(["residual"] if r is not None else [])])
+        lin = rw.node(
+            "Linear",
+            [x, w, b] + ([r] if r is not None else []),
+            {"activation": activation, "has_residual": int(r is not None)},
+            domain=DOMAIN,
+            rule=rule,
+            before=m.last,
+        )
+        return [lin.outputs[0]]
+
+    def stats(self, *, activation: str, r: ir.Value | None, **_: Any) -> dict[str, int]:
+        return {"with_gelu": int(activation != "none"), "with_residual": int(r is not None)}
+
+
 @register("fuse-bias-residual")
-class FuseBiasResidualPass(AnchoredFusionPass):
+class FuseBiasResidualPass(RuleFusionPass):
     """Fuse a dense layer and its epilogue into ``lamina::Linear``.
 
     Before::
@@ -43,76 +109,12 @@ class FuseBiasResidualPass(AnchoredFusionPass):
     After: ``%y = lamina::Linear(%x, %W, %b[, %r]) {activation="none"|"gelu"|"gelu_tanh",
     has_residual}``.
 
-    Each step is taken only when the value before it has that single user, so no intermediate that
-    something else reads is lost. Run after ``fuse-gelu`` (to fold the activation) and
-    ``fuse-attention`` / ``merge-qkv`` (so attention projections are final). Anchor: ``MatMul``.
-    rtol 1e-4 (same arithmetic).
+    One :class:`BiasResidualRule` per variant, the longest epilogue first; a step is taken only
+    when nothing outside the match reads the value before it (the rules framework checks that).
+    Run after ``fuse-gelu`` (to fold the activation) and ``fuse-attention`` / ``merge-qkv`` (so
+    attention projections are final). Anchor: ``MatMul``. rtol 1e-4 (same arithmetic).
     """
 
     requires = frozenset({GELU_FUSED})
-
-    def is_anchor(self, node: ir.Node) -> bool:
-        return is_op(node, "MatMul")
-
-    def rewrite(self, rw: Rewriter, node: ir.Node) -> dict[str, int]:
-        act, res = self._rewrite(rw, node)
-        return {"with_gelu": int(act != "none"), "with_residual": int(res)}
-
-    def _rewrite(self, rw: Rewriter, mm: ir.Node) -> tuple[str, bool]:
-        x, w = mm.inputs[0], mm.inputs[1]
-        warr = const_array(w)
-        if warr is None or warr.ndim != 2:
-            raise NoMatch("weight is not a constant 2-D tensor (activation x activation MatMul)")
-        n = warr.shape[1]
-        add = single_consumer(mm.outputs[0])
-        if not is_op(add, "Add"):
-            raise NoMatch("MatMul output is not used by exactly one bias Add")
-        b = other_input(add, mm.outputs[0])
-        barr = const_array(b)
-        if (
-            barr is None
-            or barr.size != n
-            or (barr.ndim > 1 and any(d != 1 for d in barr.shape[:-1]))
-        ):
-            raise NoMatch(f"Add operand is not a constant bias of {n} elements")
-        if barr.ndim != 1:
-            b = rw.initializer(f"{b.name}_1d", barr.reshape(-1))
-        nodes = [mm, add]
-        out = add.outputs[0]
-        activation = "none"
-        nxt = single_consumer(out)
-        if is_op(nxt, "Gelu", domain=DOMAIN):
-            approx = nxt.attributes.get("approximate")
-            activation = GELU_ACTIVATION.get(approx.value if approx is not None else "none", "")
-            if not activation:
-                raise NoMatch(f"unknown Gelu approximation {approx.value!r}")
-            nodes.append(nxt)
-            out = nxt.outputs[0]
-            nxt = single_consumer(out)
-        inputs = [x, w, b]
-        if is_op(nxt, "Add"):
-            r = other_input(nxt, out)
-            if r is not None and r is not out and const_array(r) is None and _same_dims(r, out):
-                nodes.append(nxt)
-                out = nxt.outputs[0]
-                inputs.append(r)
-            elif rw.explain_on:
-                rw.ctx.explain(
-                    f"Add {nxt.name!r}",
-                    "not folded as residual: operand is constant, the same "
-                    "value, or of another shape (Add would broadcast)",
-                )
-        has_residual = len(inputs) == 4
-        rule = "+".join(["bias", *([activation] if activation != "none" else []),
-                         *(["residual"] if has_residual else [])])
-        lin = rw.node(
-            "Linear",
-            inputs,
-            {"activation": activation, "has_residual": int(has_residual)},
-            domain=DOMAIN,
-            rule=rule,
-            before=out.producer(),
-        )
-        rw.replace(out, lin.outputs[0])
-        rw.remove_dead(nodes)
-        return activation, has_residual
+    rules = tuple(BiasResidualRule(gelu=g, residual=r)
+                  for g, r in ((True, True), (True, False), (False, True), (False, False)))

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import onnx_ir as ir
 
 from lamina.compiler.pipeline import register, register_property
-from lamina.passes.fusion._match import (
-    NoMatch,
-    close,
-    is_op,
-    only_used_by,
-    other_input,
-    producer,
-    scalar,
-    single_consumer,
-)
-from lamina.passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
+from lamina.passes.fusion._match import close, is_op, producer, scalar
+from lamina.passes.fusion._rules import Match, Rule, RuleFusionPass
+from lamina.passes.fusion._utils import DOMAIN, Rewriter
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -63,8 +56,83 @@ GELU_FUSED = register_property(
     _no_gelu_arithmetic).name
 
 
+class GeluRule(Rule):
+    """``0.5 * x * (1 + Erf(x / sqrt(2)))`` (``form="erf"``) or its tanh approximation
+    (``form="tanh"``), the final product associated in any order."""
+
+    def __init__(self, *, form: str) -> None:
+        self.form = self.name = form
+        self.anchor_ops = (form.capitalize(),)
+
+    def pattern(self, m: Match) -> dict[str, Any]:
+        anchor = m.add(m.anchor)
+        if self.form == "erf":
+            found = _scaled_input(anchor.inputs[0], 1.0 / SQRT2)
+            if found is None:
+                m.fail("erf input is not x / sqrt(2) or x * (1 / sqrt(2))")
+            x = found[0]
+            m.add(found[1])
+        else:
+            found = _scaled_input(anchor.inputs[0], SQRT_2_OVER_PI)
+            if found is None:
+                m.fail("tanh input is not sqrt(2/pi) * (...)")
+            m.add(found[1])
+            add = producer(found[0], "Add")
+            if add is None:
+                m.fail("tanh argument is not sqrt(2/pi) * (x + 0.044715 * x**3)")
+            m.add(add)
+
+            def x_plus_cube(cand: ir.Value | None, rest: ir.Value | None) -> ir.Value:
+                k = _scaled_input(rest, 0.044715)
+                cube = _cube_of(k[0]) if k is not None else None
+                if cube is None or cube[0] is not cand:
+                    m.fail("tanh argument: no x + 0.044715 * x**3 term", add)
+                for node in (k[1], *cube[1]):
+                    m.add(node)
+                return cand
+
+            x = m.either(add, x_plus_cube)
+        t = anchor.outputs[0]
+        why = f"{anchor.op_type} output is not used by one Add(., 1.0)"
+        one_add = m.user(t, "Add", why=why)
+        if not close(scalar(m.other(one_add, t)), 1.0):
+            m.fail(why)
+        m.outputs = [self._product(m, x, one_add.outputs[0])]
+        return {"x": x}
+
+    @staticmethod
+    def _product(m: Match, x: ir.Value, a: ir.Value) -> ir.Value:
+        """Climb the Mul tree above ``a`` until its factors are exactly {x, a, 0.5}."""
+        need_x, need_half = True, True
+        cur = a
+        while need_x or need_half:
+            missing = " and ".join(["x"] * need_x + ["0.5"] * need_half)
+            mul = m.user(cur, "Mul", why=f"the product x * (1 + t) * 0.5 is incomplete: missing "
+                                         f"{missing}")
+            other = m.other(mul, cur)
+            leaves = [other]
+            sub = producer(other, "Mul")
+            if sub is not None and (sub.inputs[0] is x or sub.inputs[1] is x):
+                leaves = list(sub.inputs)
+                m.add(sub)
+            for leaf in leaves:
+                if leaf is x and need_x:
+                    need_x = False
+                elif close(scalar(leaf), 0.5) and need_half:
+                    need_half = False
+                else:
+                    m.fail(f"unexpected factor {leaf.name!r} in the GELU product")
+            cur = mul.outputs[0]
+        return cur
+
+    def rewrite(self, rw: Rewriter, m: Match, *, x: ir.Value) -> list[ir.Value]:
+        gelu = rw.node("Gelu", [x], {"approximate": "none" if self.form == "erf" else "tanh"},
+                       domain=DOMAIN, before=m.outputs[0].producer())
+        return [gelu.outputs[0]]
+
+
 @register("fuse-gelu")
-class FuseGeluPass(AnchoredFusionPass):
+class FuseGeluPass(RuleFusionPass):
     """Fuse GELU written with ``Erf`` or ``Tanh`` into ``lamina::Gelu{approximate}``.
 
     Before (erf, rule ``erf``)::
@@ -78,92 +146,9 @@ class FuseGeluPass(AnchoredFusionPass):
     After: ``%y = lamina::Gelu(%x) {approximate="none"|"tanh"}``. The final product
     ``x * (1 + t) * 0.5`` may be associated in any order (0.5 applied first, last, or to
     ``1 + t``), operands in any order.
-    Anchor: ``Erf`` / ``Tanh``. Intermediates must have no other users. rtol 1e-4.
+    One :class:`GeluRule` per form. Anchor: ``Erf`` / ``Tanh``. Intermediates must have no other
+    users. rtol 1e-4.
     """
 
     ensures = frozenset({GELU_FUSED})
-
-    def is_anchor(self, node: ir.Node) -> bool:
-        return is_op(node, "Erf", "Tanh")
-
-    def rewrite(self, rw: Rewriter, anchor: ir.Node) -> None:
-        if anchor.op_type == "Erf":
-            found = _scaled_input(anchor.inputs[0], 1.0 / SQRT2)
-            if found is None:
-                raise NoMatch("erf input is not x / sqrt(2) or x * (1 / sqrt(2))")
-            x, scale_node = found
-            inner = [scale_node]
-            approximate = "none"
-        else:
-            found = _scaled_input(anchor.inputs[0], SQRT_2_OVER_PI)
-            if found is None:
-                raise NoMatch("tanh input is not sqrt(2/pi) * (...)")
-            poly, scale_node = found
-            add = producer(poly, "Add")
-            if add is None:
-                raise NoMatch("tanh argument is not sqrt(2/pi) * (x + 0.044715 * x**3)")
-            x = k_term = None
-            for i in (0, 1):
-                cand, rest = add.inputs[i], add.inputs[1 - i]
-                k = _scaled_input(rest, 0.044715)
-                cube = _cube_of(k[0]) if k is not None else None
-                if cube is not None and cube[0] is cand:
-                    x, k_term = cand, [k[1], *cube[1]]
-                    break
-            if x is None:
-                raise NoMatch("tanh argument: no x + 0.044715 * x**3 term")
-            inner = [scale_node, add, *k_term]
-            approximate = "tanh"
-        one_add = single_consumer(anchor.outputs[0])
-        if not is_op(one_add, "Add") or not close(
-            scalar(other_input(one_add, anchor.outputs[0])), 1.0
-        ):
-            raise NoMatch(f"{anchor.op_type} output is not used by one Add(., 1.0)")
-        root, product = self._product(x, one_add.outputs[0])
-        nodes = [*inner, anchor, one_add, *product]
-        leak = only_used_by([n.outputs[0] for n in nodes if n is not root], nodes)
-        if leak is not None:
-            raise NoMatch(f"intermediate {leak.name!r} is used outside the GELU")
-        gelu = rw.node(
-            "Gelu",
-            [x],
-            {"approximate": approximate},
-            domain=DOMAIN,
-            rule=anchor.op_type.lower(),
-            before=root,
-        )
-        rw.replace(root.outputs[0], gelu.outputs[0])
-        rw.remove_dead(nodes)
-
-    @staticmethod
-    def _product(x: ir.Value, a: ir.Value) -> tuple[ir.Node, list[ir.Node]]:
-        """Climb the Mul tree above ``a`` until its factors are exactly {x, a, 0.5}."""
-        need_x, need_half = True, True
-        cur = a
-        nodes: list[ir.Node] = []
-        while need_x or need_half:
-            mul = single_consumer(cur)
-            if not is_op(mul, "Mul"):
-                raise NoMatch(
-                    "the product x * (1 + t) * 0.5 is incomplete: "
-                    f"missing {'x' if need_x else ''}{' and ' if need_x and need_half else ''}"
-                    f"{'0.5' if need_half else ''}"
-                )
-            nodes.append(mul)
-            other = other_input(mul, cur)
-            leaves = [other]
-            sub = producer(other, "Mul")
-            if sub is not None and single_consumer(other) is mul and (
-                sub.inputs[0] is x or sub.inputs[1] is x
-            ):
-                leaves = list(sub.inputs)
-                nodes.append(sub)
-            for leaf in leaves:
-                if leaf is x and need_x:
-                    need_x = False
-                elif close(scalar(leaf), 0.5) and need_half:
-                    need_half = False
-                else:
-                    raise NoMatch(f"unexpected factor {leaf.name!r} in the GELU product")
-            cur = mul.outputs[0]
-        return nodes[0] if len(nodes) == 1 else next(n for n in nodes if n.outputs[0] is cur), nodes
+    rules = (GeluRule(form="erf"), GeluRule(form="tanh"))

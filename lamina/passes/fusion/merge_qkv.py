@@ -2,93 +2,87 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
 
 from lamina.compiler.ir import const_array
 from lamina.compiler.pipeline import register
-from lamina.passes.fusion._match import NoMatch, is_op, other_input, single_consumer
-from lamina.passes.fusion._utils import DOMAIN, AnchoredFusionPass, Rewriter
+from lamina.passes.fusion._match import is_op
+from lamina.passes.fusion._rules import Match, Rule, RuleFusionPass
+from lamina.passes.fusion._utils import DOMAIN, Rewriter
 
 
-def _projection(
-    value: ir.Value, attn: ir.Node, role: str
-) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node], bool]:
-    """``value = x @ W + b`` (MatMul + Add, or a plain ``lamina::Linear``): (x, W, b, nodes,
-    is_linear)."""
-    if single_consumer(value) is not attn or sum(1 for i in attn.inputs if i is value) != 1:
-        raise NoMatch(
-            f"{role}: projection output has other users (or feeds several attention inputs)"
-        )
-    node = value.producer()
-    if is_op(node, "Linear", domain=DOMAIN):
-        act = node.attributes.get("activation")
-        res = node.attributes.get("has_residual")
-        if (act is not None and act.value != "none") or (res is not None and res.value):
-            raise NoMatch(f"{role}: Linear has an activation or residual epilogue")
-        w, b = const_array(node.inputs[1]), const_array(node.inputs[2])
-        if w is None or b is None:
-            raise NoMatch(f"{role}: Linear weight or bias is not constant")
-        return node.inputs[0], w, b.reshape(-1), [node], True
-    if not is_op(node, "Add"):
-        raise NoMatch(f"{role}: not produced by a bias Add or a lamina::Linear")
-    for i in (0, 1):
-        mm = node.inputs[i].producer() if node.inputs[i] is not None else None
-        if is_op(mm, "MatMul") and single_consumer(node.inputs[i]) is node:
-            w, b = const_array(mm.inputs[1]), const_array(other_input(node, node.inputs[i]))
-            if w is not None and w.ndim == 2 and b is not None and b.size == w.shape[1]:
-                return mm.inputs[0], w, b.reshape(-1), [node, mm], False
-    raise NoMatch(f"{role}: not Add(MatMul(x, W const), b const)")
+class MergeQkvRule(Rule):
+    """The three projections of one ``lamina::Attention``, all ``Add(MatMul(x, W), b)`` or (with
+    ``linear``) all plain ``lamina::Linear``."""
 
+    anchor_ops = ("Attention",)
+    anchor_domain = DOMAIN
 
-@register("merge-qkv")
-class MergeQkvPass(AnchoredFusionPass):
-    """Concatenate the three projections feeding one ``lamina::Attention`` into a single GEMM.
+    def __init__(self, *, linear: bool) -> None:
+        self.linear = linear
 
-    Before::
-
-        %q = Add(MatMul(%x, %Wq), %bq); %k = ...(%Wk, %bk); %v = ...(%Wv, %bv)
-        %c = lamina::Attention(%q, %k, %v, %mask) {...}
-
-    After::
-
-        %qkv = Add(MatMul(%x, %Wqkv), %bqkv)     # Wqkv = [Wq | Wk | Wv] (K x 3N), bqkv likewise
-        %q, %k, %v = Split(%qkv, [Nq, Nk, Nv], axis=-1)
-        %c = lamina::Attention(%q, %k, %v, %mask) {...}
-
-    It pays whenever the three read the same ``x`` (self-attention): ``x`` is read once and one K x
-    3N GEMM keeps the cores busier than three K x N ones. ``fuse-bias-residual`` then turns the
-    merged MatMul + Add into a ``lamina::Linear``; already-fused plain ``lamina::Linear``
-    projections are merged into a ``lamina::Linear`` directly, so the two passes compose in either
-    order. Anchor: ``lamina::Attention``. Exact up to GEMM summation order (rtol 1e-4).
-    """
-
-    count_stat = "merged"
-
-    def is_anchor(self, node: ir.Node) -> bool:
-        return is_op(node, "Attention", domain=DOMAIN)
-
-    def rewrite(self, rw: Rewriter, attn: ir.Node) -> None:
+    def pattern(self, m: Match) -> dict[str, Any]:
+        attn = m.anchor
         q, k, v = attn.inputs[0], attn.inputs[1], attn.inputs[2]
         if q is None or k is None or v is None or len({id(q), id(k), id(v)}) != 3:
-            raise NoMatch("Q, K, V are not three distinct values")
-        parts = [_projection(val, attn, role) for val, role in ((q, "Q"), (k, "K"), (v, "V"))]
+            m.fail("Q, K, V are not three distinct values")
+        parts = [self._projection(m, val, role) for val, role in ((q, "Q"), (k, "K"), (v, "V"))]
         x = parts[0][0]
         if any(p[0] is not x for p in parts):
-            raise NoMatch(
-                "Q, K, V projections read different inputs (cross-attention): nothing to share"
-            )
-        if len({p[4] for p in parts}) != 1:
-            raise NoMatch(
-                "Q, K, V projections are of mixed kinds (MatMul + Add and lamina::Linear)"
-            )
+            m.fail("Q, K, V projections read different inputs (cross-attention): nothing to share")
         ws, bs = [p[1] for p in parts], [p[2] for p in parts]
         if len({w.shape[0] for w in ws}) != 1 or len({w.dtype for w in ws + bs}) != 1:
-            raise NoMatch("Q, K, V weights differ in input size or dtype")
+            m.fail("Q, K, V weights differ in input size or dtype")
+        m.outputs = [q, k, v]
+        return {"x": x, "ws": ws, "bs": bs}
+
+    def _projection(self, m: Match, value: ir.Value, role: str
+                    ) -> tuple[ir.Value, np.ndarray, np.ndarray]:
+        """``value = x @ W + b`` (MatMul + Add, or a plain ``lamina::Linear``): (x, W, b)."""
+        attn = m.anchor
+        if value.is_graph_output() or [u.node for u in value.uses()] != [attn]:
+            m.fail(f"{role}: projection output has other users (or feeds several attention "
+                   "inputs)", attn)
+        node = value.producer()
+        if self.linear:
+            if not is_op(node, "Linear", domain=DOMAIN):
+                m.fail(f"{role}: not produced by a lamina::Linear", attn)
+            m.add(node)
+            act = node.attributes.get("activation")
+            res = node.attributes.get("has_residual")
+            if (act is not None and act.value != "none") or (res is not None and res.value):
+                m.fail(f"{role}: Linear has an activation or residual epilogue")
+            w, b = const_array(node.inputs[1]), const_array(node.inputs[2])
+            if w is None or b is None:
+                m.fail(f"{role}: Linear weight or bias is not constant")
+            return node.inputs[0], w, b.reshape(-1)
+        if not is_op(node, "Add"):
+            m.fail(f"{role}: not produced by a bias Add", attn)
+        m.add(node)
+
+        def matmul_plus_bias(xw: ir.Value | None, b: ir.Value | None
+                             ) -> tuple[ir.Value, np.ndarray, np.ndarray]:
+            mm = xw.producer() if xw is not None else None
+            if not is_op(mm, "MatMul"):
+                m.fail(f"{role}: not Add(MatMul(x, W const), b const)")
+            w, barr = const_array(mm.inputs[1]), const_array(b)
+            if w is None or w.ndim != 2 or barr is None or barr.size != w.shape[1]:
+                m.fail(f"{role}: not Add(MatMul(x, W const), b const)")
+            m.add(mm)
+            return mm.inputs[0], w, barr.reshape(-1)
+
+        return m.either(node, matmul_plus_bias)
+
+    def rewrite(self, rw: Rewriter, m: Match, *, x: ir.Value, ws: list[np.ndarray],
+                bs: list[np.ndarray]) -> list[ir.Value]:
+        attn, q = m.anchor, m.outputs[0]
         w = rw.initializer("qkv_weight", np.concatenate(ws, axis=1))
         b = rw.initializer("qkv_bias", np.concatenate(bs))
         widths = [int(wi.shape[1]) for wi in ws]
-        if parts[0][4]:
+        if self.linear:
             lin = rw.node(
                 "Linear",
                 [x, w, b],
@@ -109,6 +103,32 @@ class MergeQkvPass(AnchoredFusionPass):
         split = rw.node(
             "Split", [qkv, sizes], {"axis": -1}, num_outputs=3, rule="split", before=attn
         )
-        for i, old in enumerate((q, k, v)):
-            rw.replace(old, split.outputs[i])
-        rw.remove_dead([n for p in parts for n in p[3]])
+        return list(split.outputs)
+
+
+@register("merge-qkv")
+class MergeQkvPass(RuleFusionPass):
+    """Concatenate the three projections feeding one ``lamina::Attention`` into a single GEMM.
+
+    Before::
+
+        %q = Add(MatMul(%x, %Wq), %bq); %k = ...(%Wk, %bk); %v = ...(%Wv, %bv)
+        %c = lamina::Attention(%q, %k, %v, %mask) {...}
+
+    After::
+
+        %qkv = Add(MatMul(%x, %Wqkv), %bqkv)     # Wqkv = [Wq | Wk | Wv] (K x 3N), bqkv likewise
+        %q, %k, %v = Split(%qkv, [Nq, Nk, Nv], axis=-1)
+        %c = lamina::Attention(%q, %k, %v, %mask) {...}
+
+    It pays whenever the three read the same ``x`` (self-attention): ``x`` is read once and one K x
+    3N GEMM keeps the cores busier than three K x N ones. ``fuse-bias-residual`` then turns the
+    merged MatMul + Add into a ``lamina::Linear``; already-fused plain ``lamina::Linear``
+    projections are merged into a ``lamina::Linear`` directly, so the two passes compose in either
+    order. One :class:`MergeQkvRule` per projection kind (mixed kinds are left alone); the
+    projections' intermediates must have no other users. Anchor: ``lamina::Attention``. Exact up
+    to GEMM summation order (rtol 1e-4).
+    """
+
+    count_stat = "merged"
+    rules = (MergeQkvRule(linear=False), MergeQkvRule(linear=True))
