@@ -282,10 +282,6 @@ class CompiledModel:
                              f"{format_buckets([*self._functions, (batch, seq)])}`")
         return plan
 
-    def bucket_for(self, batch: int, seq: int) -> Bucket:
-        """The bucket a request of ``batch`` x ``seq`` runs in."""
-        return self.plan(batch, seq)[0]
-
     # -- run ----------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run one request; returns one array per output, padding removed."""
