@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 BUCKETS = [(1, 16), (1, 32), (1, 64), (4, 32), (4, 64)]
 
