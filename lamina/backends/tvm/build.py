@@ -70,6 +70,12 @@ def seed_database(db: Path, target: tvm.target.Target) -> bool:
 
     key = target_key(target)
     src, dst = SHIPPED_RECORDS / key, db / key
+    if not src.is_dir():
+        # The same CPU level, ISA family and thread count with other extra features (an artifact's
+        # target keeps only the features its kernels use, e.g. +avx512vnni for INT8): MetaSchedule's
+        # schedules of the remaining ops do not depend on those, so the records apply as they are.
+        prefix = key.rsplit("-", 1)[0] + "-"
+        src = next((d for d in sorted(SHIPPED_RECORDS.glob(prefix + "*")) if d.is_dir()), src)
     if not src.is_dir() or (dst / "database_tuning_record.json").exists():
         return False
     dst.mkdir(parents=True, exist_ok=True)

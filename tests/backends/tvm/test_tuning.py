@@ -183,3 +183,17 @@ def test_plan_skips_symbolic_tasks(tmp_path) -> None:
             return y
 
     assert plan_tasks(relax.get_pipeline("zero")(Sym), host_target(2), 8, tmp_path) == []
+
+
+def test_shipped_records_seed_a_target_with_other_extra_features(tmp_path) -> None:
+    """An artifact's target keeps only the features its kernels use (no +avx512vnni for fp32), so
+    its key differs from the shipped records' by the digest only; seeding still finds them (the
+    MetaSchedule schedules of the remaining ops do not depend on those features)."""
+    from lamina.backends.tvm.build import SHIPPED_RECORDS, seed_database
+    from lamina.backends.tvm.tuning.meta import target_key
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4", "num-cores": 2})
+    key = target_key(target)
+    assert not (SHIPPED_RECORDS / key).is_dir()  # the shipped records were tuned with +avx512vnni
+    assert seed_database(tmp_path, target)
+    assert (tmp_path / key / "database_tuning_record.json").stat().st_size > 0
