@@ -33,6 +33,9 @@ def _broadcast(
 ) -> Const | relax.Expr:
     """Reshape a per-axis scale / zero point [C] so that it broadcasts along ``axis`` of a
     rank-``rank`` x."""
+    block = int(ctx.attr(node, "block_size", 0) or 0)
+    if block > 0:
+        return _expand_blocks(ctx, node, param, rank, block)
     if len(ctx.shape(param)) != 1 or rank <= 1:
         return param
     axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 1)), rank)
@@ -41,6 +44,26 @@ def _broadcast(
     if isinstance(param, Const):
         return Const(np.asarray(param.value).reshape(shape))
     return ctx.emit(relax.op.reshape(param, shape))
+
+
+def _expand_blocks(
+    ctx: LowerContext, node: ir.Node, param: Const | relax.Expr, rank: int, block: int
+) -> Const | relax.Expr:
+    """Blocked quantization (opset 21): ``param`` has x's rank with ``ceil(n / block)`` entries on
+    ``axis``; each applies to ``block`` consecutive elements of x there."""
+    if len(ctx.shape(param)) == 0:  # the default zero point
+        return param
+    if len(ctx.shape(param)) != rank:
+        raise ctx.error(f"blocked quantization needs a scale / zero point of rank {rank}")
+    axis = normalize_axis(ctx, int(ctx.attr(node, "axis", 1)), rank)
+    x_len = node.inputs[0].shape[axis] if node.inputs[0].shape is not None else None
+    if not isinstance(x_len, int):
+        raise ctx.error("blocked quantization needs a static length on its axis")
+    if isinstance(param, Const):
+        v = np.repeat(np.asarray(param.value), block, axis=axis)
+        return Const(np.take(v, np.arange(x_len), axis=axis))
+    rep = ctx.emit(relax.op.repeat(param, block, axis=axis))
+    return ctx.emit(relax.op.strided_slice(rep, axes=[axis], begin=[0], end=[x_len]))
 
 
 def _np_quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, dtype: str) -> np.ndarray:
@@ -59,7 +82,14 @@ def _quantize_expr(ctx: LowerContext, x: relax.Expr, scale, zp, dtype: str) -> r
 @converter("QuantizeLinear")
 def quantize_linear(ctx: LowerContext, node: ir.Node, inputs):
     x, scale = inputs[0], inputs[1]
-    zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else Const(np.array(0, np.uint8))
+    if len(inputs) > 2 and inputs[2] is not None:
+        zp = inputs[2]
+    else:  # no zero point: the type comes from output_dtype (opset 21), uint8 by default
+        code = int(ctx.attr(node, "output_dtype", 0) or 0)
+        if code not in (0, 2, 3):
+            name = ir.DataType(code).name
+            raise ctx.error(f"output_dtype {name} is not supported (uint8 or int8)")
+        zp = Const(np.array(0, np.int8 if code == 3 else np.uint8))
     dtype = ctx.dtype(zp)
     if dtype not in ("uint8", "int8"):
         raise ctx.error(f"zero point of type {dtype} is not supported (uint8 or int8)")
