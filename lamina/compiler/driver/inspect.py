@@ -108,26 +108,14 @@ def _quantization(model: ir.Model) -> list[dict[str, Any]]:
 
 
 def _matmul_weights(model: ir.Model) -> dict[str, np.ndarray]:
-    """2-D float initializers used as a MatMul / Gemm weight, in the MatMul orientation ``[K,
-    N]``."""
+    """2-D float initializers used as a MatMul / Gemm weight, in the MatMul orientation
+    ``[K, N]``."""
+    from lamina.passes.sparsity._prune import matmul_weight_values
+
     out: dict[str, np.ndarray] = {}
-    for node in model.graph:
-        if (
-            node.domain not in ("", "ai.onnx")
-            or node.op_type not in ("MatMul", "Gemm")
-            or len(node.inputs) < 2
-        ):
-            continue
-        value = node.inputs[1]
-        if value is None or value.name in out:
-            continue
-        arr = const_array(value)
-        if arr is None or arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-            continue
-        trans = node.attributes.get("transB")
-        out[value.name] = (
-            arr.T if node.op_type == "Gemm" and trans is not None and trans.value else arr
-        )
+    for value, transposed in matmul_weight_values(model):
+        arr = value.const_value.numpy()
+        out[value.name] = arr.T if transposed else arr
     return out
 
 
