@@ -24,8 +24,8 @@ Concurrent calls share the cores instead of each starting ``threads`` workers: a
 for one to finish; the pool never holds more VMs than that. Measured on an idle 2-core Zen5 with
 MiniLM (``bench/threads_runtime.py``): with ``threads=2`` two calling threads reach 0.96x and four
 0.93x the throughput of one, where running two 1-thread calls side by side reached only 0.65x
-(TVM binds each calling thread's pool to the same first core); with ``threads=1`` two calls run
-side by side, 1.31x one caller.
+(cause not established: TVM's per-thread pools may bind to the same core); with ``threads=1``
+two calls run side by side, 1.31x one caller.
 
 Checks besides the feeds: ids fed to an embedding-style lookup (a Gather on a constant table,
 recorded at compile time as ``index_checks`` in the manifest) must lie in ``[0, rows)``, and a
