@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tvm
@@ -215,6 +216,21 @@ SearchReport = Callable[[str, str, float, int, float], None]
 """``(what, best tile, best seconds, candidates timed, search seconds)`` after each search."""
 
 
+def _keep_best(what: str, key: str, results: list[tuple[float, Any]], t0: float, path: Path | None,
+               on_search: SearchReport | None, rate: tuple[str, float] | None = None) -> Any:
+    """Report the winner of a search and cache it under ``key``; ``rate`` = (unit, operations)
+    records e.g. GFLOP/s beside its time."""
+    best_s, best = results[0]
+    if on_search is not None:
+        on_search(f"{what} {key}", best.key(), best_s, len(results), time.monotonic() - t0)
+    if path is not None:
+        record = {"config": best.to_dict(), "us": best_s * 1e6, "candidates": len(results)}
+        if rate is not None:
+            record[rate[0]] = rate[1] / best_s / 1e9
+        _store(path, key, record)
+    return best
+
+
 def best_dense_config(M: int, K: int, N: int, target: tvm.target.Target, *,
                       cache: str | os.PathLike[str] | None = None, measure: bool = True,
                       budget_s: float | None = None,
@@ -232,13 +248,7 @@ def best_dense_config(M: int, K: int, N: int, target: tvm.target.Target, *,
     results = search_dense(M, K, N, target, budget_s)
     if not results:
         return resolve_config(M, K, N, target)
-    best_s, best = results[0]
-    if on_search is not None:
-        on_search(f"dense {key}", best.key(), best_s, len(results), time.monotonic() - t0)
-    if path is not None:
-        _store(path, key, {"config": best.to_dict(), "us": best_s * 1e6,
-                           "gflops": 2.0 * M * K * N / best_s / 1e9, "candidates": len(results)})
-    return best
+    return _keep_best("dense", key, results, t0, path, on_search, ("gflops", 2.0 * M * K * N))
 
 
 def _prepare_int8(M: int, K: int, N: int, cfg: Int8Config, target: tvm.target.Target,
@@ -300,14 +310,7 @@ def best_int8_config(M: int, K: int, N: int, target: tvm.target.Target, *,
                       budget_s, 4, 3, 0.03)
     if not results:
         return resolve_int8_config(M, K, N, target)
-    best_s, best = results[0]
-    if on_search is not None:
-        on_search(f"int8 dense {key}", best.key(), best_s, len(results),  # type: ignore[attr-defined]
-                  time.monotonic() - t0)
-    if path is not None:
-        _store(path, key, {"config": best.to_dict(), "us": best_s * 1e6,  # type: ignore[attr-defined]
-                           "gops": 2.0 * M * K * N / best_s / 1e9, "candidates": len(results)})
-    return best  # type: ignore[return-value]
+    return _keep_best("int8 dense", key, results, t0, path, on_search, ("gops", 2.0 * M * K * N))
 
 
 def _prepare_attention(shape: tuple[int, int, int, int, int], merged: bool, mask: bool,
@@ -353,14 +356,7 @@ def best_attention_config(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                       budget_s, 4, 3, 0.03)
     if not results:
         return resolve_attention_config(sq, skv, d, target)
-    best_s, best = results[0]
-    if on_search is not None:
-        on_search(f"attention {key}", best.key(), best_s, len(results),  # type: ignore[attr-defined]
-                  time.monotonic() - t0)
-    if path is not None:
-        _store(path, key, {"config": best.to_dict(), "us": best_s * 1e6,  # type: ignore[attr-defined]
-                           "candidates": len(results)})
-    return best  # type: ignore[return-value]
+    return _keep_best("attention", key, results, t0, path, on_search)
 
 
 class KernelTiles:
