@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from lamina.compiler.ir.core import indexed_gathers
+
 from ._errors import BackendError
 from .artifact import FORMAT, FORMAT_VERSION, LIBRARY, PARAMS, versions, write_artifact
 from .buckets import Bucket, parse_buckets
@@ -30,7 +32,7 @@ _RESERVED = {"format", "format_version", "lamina_version", "tvm_version", "tvm_f
              "created_utc", "target", "threads", "buckets", "inputs", "outputs", "files",
              "manifest_sha256", "build_seconds", "extra", "tuning", "index_checks", "precision"}
 # Ops an index passes through unchanged on its way from an input to a Gather (for index_checks).
-_INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+_INDEX_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
 
 
 def io_dims_from_model(model: ir.Model, batch_dim: str | int = 0, seq_dim: str | int = 1
@@ -84,33 +86,21 @@ def index_checks(model: ir.Model) -> list[dict[str, Any]]:
     for inp in model.graph.inputs:
         if inp.dtype is None or not inp.dtype.is_integer():
             continue
-        frontier, seen = [inp], set()
-        while frontier:
-            v = frontier.pop()
-            if id(v) in seen:
+        for node in indexed_gathers(inp, _INDEX_PASS_THROUGH):
+            table = node.inputs[0]
+            if table is None or table.shape is None or (
+                    table.const_value is None and table.name not in model.graph.initializers):
                 continue
-            seen.add(id(v))
-            for node, idx in v.uses():
-                if node.domain not in ("", "ai.onnx"):
-                    continue
-                if node.op_type == "Gather" and idx == 1:
-                    table = node.inputs[0]
-                    if table is None or table.shape is None or (
-                            table.const_value is None and table.name not in
-                            model.graph.initializers):
-                        continue
-                    attr = node.attributes.get("axis")
-                    axis = int(attr.value) if attr is not None else 0
-                    rank = len(table.shape)
-                    axis = axis + rank if axis < 0 else axis
-                    if not 0 <= axis < rank or not isinstance(table.shape[axis], int):
-                        continue
-                    size = int(table.shape[axis])
-                    if inp.name not in checks or size < checks[inp.name]["size"]:
-                        checks[inp.name or ""] = {"input": inp.name, "size": size,
-                                                  "table": table.name or ""}
-                elif node.op_type in _INDEX_PASS_THROUGH and idx == 0:
-                    frontier.extend(node.outputs)
+            attr = node.attributes.get("axis")
+            axis = int(attr.value) if attr is not None else 0
+            rank = len(table.shape)
+            axis = axis + rank if axis < 0 else axis
+            if not 0 <= axis < rank or not isinstance(table.shape[axis], int):
+                continue
+            size = int(table.shape[axis])
+            if inp.name not in checks or size < checks[inp.name]["size"]:
+                checks[inp.name or ""] = {"input": inp.name, "size": size,
+                                          "table": table.name or ""}
     return [checks[k] for k in sorted(checks)]
 
 

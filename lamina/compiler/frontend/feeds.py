@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lamina.compiler.errors import UsageError
+from lamina.compiler.ir.core import indexed_gathers
 
 DEFAULT_DIMS = {"batch": 2, "seq": 16}
 # Seeded feeds are small examples: a declared shape beyond this is refused rather than allocated.
@@ -40,28 +41,14 @@ def concrete_shape(value: ir.Value, dims: dict[str, int]) -> list[int]:
 
 
 def _table_rows(value: ir.Value) -> int | None:
-    """Rows of the smallest Gather table fed by ``value`` (through Cast/Reshape/Unsqueeze), if
+    """Rows of the smallest Gather table fed by ``value`` (through Cast/Reshape/Unsqueeze/Add), if
     any."""
-    rows = None
-    frontier, seen = [value], set()
-    while frontier:
-        v = frontier.pop()
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        for node, idx in v.uses():
-            if node.op_type == "Gather" and idx == 1:
-                table = node.inputs[0]
-                if (
-                    table is not None
-                    and table.shape is not None
-                    and isinstance(table.shape[0], int)
-                ):
-                    n = table.shape[0]
-                    rows = n if rows is None else min(rows, n)
-            elif node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Add"):
-                frontier.extend(node.outputs)
-    return rows
+    rows = [t.shape[0] for t in (n.inputs[0] for n in indexed_gathers(value, _ID_PASS_THROUGH))
+            if t is not None and t.shape is not None and isinstance(t.shape[0], int)]
+    return min(rows) if rows else None
+
+
+_ID_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Add"})
 
 
 def make_feeds(

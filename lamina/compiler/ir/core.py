@@ -89,3 +89,24 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
         return tensor.numpy()
     except Exception:  # noqa: BLE001 - external data missing etc.
         return None
+
+
+def indexed_gathers(value: ir.Value, through: frozenset[str]) -> list[ir.Node]:
+    """The standard ``Gather`` nodes that take ``value`` as their index (input 1), directly or
+    through ops in ``through`` (followed from their first input, and from either side of an
+    ``Add``): the tables an input of token ids reaches."""
+    found: list[ir.Node] = []
+    frontier, seen = [value], set()
+    while frontier:
+        v = frontier.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        for node, idx in v.uses():
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "Gather" and idx == 1:
+                found.append(node)
+            elif node.op_type in through and (idx == 0 or node.op_type == "Add"):
+                frontier.extend(node.outputs)
+    return found
