@@ -84,6 +84,19 @@ def test_bench_json(tiny_artifact: Path, capsys):
 
 
 @pytest.mark.slow
+def test_bench_baseline_named_in_engines_is_timed_once(tiny_artifact: Path, capsys):
+    common = ["bench", str(tiny_artifact), "--batch", "1", "--seq", "16", "--threads", "1"]
+    common += ["--iters", "2", "--warmup", "1", "--rounds", "2", "--json"]
+    rc = main([*common, "--engines", "lamina,baseline", "--baseline", str(tiny_artifact)])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["results"]) == {"lamina", "baseline"}
+    assert report["results"]["baseline"]["calls"] == 4
+    assert main([*common, "--engines", "lamina,baseline"]) == 2
+    assert "--baseline ART" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_bench_peers_mark_precision_and_check_lamina_first(tiny_artifact: Path, capsys):
     engines = ["lamina", "onnxruntime", "ort-int8-dynamic", "ort-int8-qdq"]
     try:

@@ -171,6 +171,10 @@ def main(args: argparse.Namespace) -> int:
         return text_main(args)
     target = Path(args.target)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if "baseline" in engines and not args.baseline:
+        raise UsageError("--engines names 'baseline': give its artifact with --baseline ART")
+    # --baseline adds the engine; naming it in --engines as well must not time it twice.
+    engines = [e for e in engines if e != "baseline"]
     with tempfile.TemporaryDirectory(prefix="lamina-bench-") as tmp:
         if target.suffix == ".onnx":
             from lamina.compiler.driver import api
