@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 Dims = Sequence[int | str]
 _RESERVED = {"format", "format_version", "lamina_version", "tvm_version", "tvm_ffi_version",
              "created_utc", "target", "threads", "buckets", "inputs", "outputs", "files",
+             "staged", "length_configs",
              "manifest_sha256", "build_seconds", "extra", "tuning", "index_checks", "precision"}
 # Ops an index passes through unchanged on its way from an input to a Gather (for index_checks).
 _INDEX_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
@@ -182,7 +183,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    kernels: bool = True,
                    tune_trials: int = 0,
                    tuning_db: str | os.PathLike[str] | None = None,
-                   packed: Sequence[Any] | None = None) -> Path:
+                   packed: Sequence[Any] | None = None,
+                   staged: Sequence[Any] | None = None) -> Path:
     """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
 
     - ``models``: ``{(batch, seq): model}``, each the canonical graph specialized to its bucket
@@ -204,6 +206,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
       from the records shipped in ``backends/tvm/records`` for the same target key).
     - ``packed``: ``varlen.PackedGraph`` s, one padding-free function per token bucket (manifest
       ``packed``; the runtime runs uneven batches through them, see ``packed_runtime.py``).
+    - ``staged``: ``staged.StagedGraph`` s, the packed functions cut layer by layer (manifest
+      ``staged``; the runtime prunes tokens between layers, see ``pruned_runtime.py``).
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
@@ -227,9 +231,13 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
 
         tiles = KernelTiles(db, measure=tune_trials > 0, on_search=_report_tile_search)
     packed_funcs = {f"packed_t{p.tokens}_n{p.seqs}": p for p in packed or ()}
+    extra_models = {n: p.model for n, p in packed_funcs.items()}
+    for sg in staged or ():
+        for st in sg.stages:
+            extra_models[f"staged_t{sg.tokens}_n{sg.seqs}_{st.name}"] = st.model
     lowered = lower_buckets({k: models[k] for k in buckets},
                             target=spec.tvm_target if kernels else None, tiles=tiles,
-                            extra={n: p.model for n, p in packed_funcs.items()})
+                            extra=extra_models)
     t_lower = time.perf_counter() - t0
     # Build and require only the extra features the kernels use (VNNI only for INT8 kernels...).
     spec = spec.narrowed(lowered.features)
@@ -256,6 +264,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                     "params": lowered.extra[n].params, "inputs": p.inputs,
                     "token_outputs": p.token_outputs, "seq_outputs": p.seq_outputs}
                    for n, p in packed_funcs.items()],
+        "staged": _staged_manifest(staged, lowered.extra) if staged else None,
         "pipeline": extra.pop("pipeline", None),
         "source_model_sha256": extra.pop("source_model_sha256", None),
         "source_model": extra.pop("source_model", None),
@@ -289,3 +298,23 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         time.perf_counter() - t0,
     )
     return out
+
+
+def _staged_manifest(staged: Sequence[Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's ``staged`` entry: the layer structure once, the functions per bucket."""
+    first = staged[0]
+    return {
+        "layers": first.layers,
+        "heads": first.heads,
+        "scales": first.scales,
+        "token_output": first.token_output,
+        "seq_outputs": first.seq_outputs,
+        "functions": [
+            {"tokens": sg.tokens, "seqs": sg.seqs,
+             "stages": [{"name": st.name, "function": (fn := f"staged_t{sg.tokens}_n{sg.seqs}_"
+                                                               f"{st.name}"),
+                         "params": extra[fn].params, "inputs": st.inputs,
+                         "outputs": st.outputs} for st in sg.stages]}
+            for sg in staged
+        ],
+    }

@@ -155,6 +155,25 @@ def write_artifact(out_path: str | os.PathLike[str], manifest: dict[str, Any],
     return out
 
 
+def update_manifest(path: str | os.PathLike[str], changes: dict[str, Any]) -> dict[str, Any]:
+    """Set top-level ``changes`` in a verified artifact's manifest (new checksum), atomically: a
+    reader sees the old manifest or the new one. Returns the new manifest."""
+    root, manifest = read_manifest(path)
+    manifest = {**manifest, **changes}
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _fsync(Path(tmp))
+        _private(Path(tmp))
+        os.replace(tmp, root / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return manifest
+
+
 def check_permissions(path: str | os.PathLike[str]) -> None:
     """Refuse an artifact that users other than its owner (and root) may have modified.
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +135,15 @@ class CompiledModel:
 
         # Padding-free functions for uneven batches (``varlen.py``), when the artifact has them.
         self._packed = PackedRunner.create(self, manifest, params)
+        # Layer-by-layer functions and length configurations for token pruning, when compiled in.
+        self._staged = None
+        if manifest.get("staged"):
+            from .pruned_runtime import StagedRunner
+
+            lc = manifest.get("length_configs") or {}
+            self._staged = StagedRunner(self, manifest["staged"], lc.get("configs", []),
+                                        lc.get("default"), params)
+        self.last_config: str | None = None  # the length configuration the last request ran
         self.last_plan = ""  # how the last request ran: "packed ..." or "bucket ..."
         # A batch may be split into chunks only if every input and output has a batch dim.
         self._can_split = all(BATCH in s.dims for s in [*self.inputs, *self.outputs])
@@ -147,6 +156,7 @@ class CompiledModel:
                               for c in manifest.get("index_checks", [])]
         self._mask_input = next((s.name for s in self.inputs
                                  if "mask" in s.name.lower() and SEQ in s.dims), None)
+        self._staged_mask = self._mask_input
 
     @property
     def buckets(self) -> list[Bucket]:
@@ -285,10 +295,54 @@ class CompiledModel:
         return plan
 
     # -- run ----------------------------------------------------------------------------------
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Run one request; returns one array per output, padding removed."""
+    @property
+    def last_depth(self) -> np.ndarray | None:
+        """After a token-pruned request: ``[batch, seq]``, how many layers ran each token (the
+        layer count for tokens kept to the end, 0 at padding); None otherwise."""
+        if self._staged is None or self.last_config is None:
+            return None
+        return self._staged.last_depth
+
+    @property
+    def length_configs(self) -> list[Any]:
+        """The token-pruning length configurations (``pruned_runtime.LengthConfig``), if any."""
+        return list(self._staged.configs) if self._staged is not None else []
+
+    def run(self, feeds: Mapping[str, Any], budget_ms: float | None = None,
+            length_config: str | Sequence[float] | None = None) -> dict[str, np.ndarray]:
+        """Run one request; returns one array per output, padding removed.
+
+        Artifacts compiled with token pruning (``--prune-tokens``) run their default length
+        configuration; ``budget_ms`` picks the most accurate one expected to finish within that
+        many milliseconds (the fastest, with a warning, when none is), ``length_config`` names one
+        (``"unpruned"`` runs every token) or gives per-layer keep ratios. ``last_config`` /
+        ``last_plan`` say which ran.
+        """
+        if budget_ms is not None and not budget_ms > 0:
+            raise UsageError(f"budget_ms must be > 0, got {budget_ms}")
+        if (budget_ms is not None and not self.length_configs) or (
+                length_config is not None and self._staged is None):
+            raise UsageError(f"{self.path}: has no length configurations (budget_ms and "
+                             "length_config need an artifact compiled with --prune-tokens)")
         arrays, batch, seq = self._check_feeds(feeds)
         self._check_indices(arrays)
+        self.last_config = None
+        if self._staged is not None:
+            from .pruned_runtime import lengths
+
+            lens = lengths(arrays.get(self._staged_mask)) if self._staged_mask else None
+            chunks = self._staged.plan(lens) if lens is not None else None
+            if chunks is not None:
+                if length_config is not None:
+                    cfg, why = self._staged.config(length_config), "asked for"
+                else:
+                    cfg, why = self._staged.choose(budget_ms, int(lens.sum()))
+                self.last_config = cfg.name
+                self.last_plan = f"pruned {cfg.describe()}: {why}"
+                with self._slot():
+                    return self._staged.run(arrays, lens, chunks, cfg)
+            log.info("%s: the request is not right-padded (or too long for the staged "
+                     "functions); it runs unpruned", self.path)
         # Packed (padding-free) when it computes fewer tokens than the fixed buckets
         # (packed_runtime).
         packed = self._packed.choose(arrays, self._functions, self._can_split) \

@@ -167,6 +167,7 @@ def compile(  # noqa: A001 - the verb users expect
     sparsity: bool = True,
     packed: bool | list[int] = False,
     packed_seqs: int = 32,
+    staged: bool | list[int] = False,
 ) -> Path:
     """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend.
 
@@ -178,6 +179,10 @@ def compile(  # noqa: A001 - the verb users expect
     ``packed``: also compile padding-free functions, one per token bucket (True: the default
     buckets, or a list of token counts), each holding up to ``packed_seqs`` sequences; the runtime
     runs uneven batches through them when that computes fewer tokens (``backends/tvm/varlen.py``).
+
+    ``staged``: also compile the packed functions cut layer by layer (same token buckets), which
+    token pruning runs (``backends/tvm/staged.py``); :func:`lamina.compiler.driver.length.
+    compile_pruned` adds the length search on top.
     """
     from lamina.backends import tvm as tvm_backend
     from lamina.backends.tvm.artifact import sha256_file
@@ -216,6 +221,17 @@ def compile(  # noqa: A001 - the verb users expect
         extra["quantization"] = quant_info
     dump_dir = Path(debug.dump_ir) if debug and debug.dump_ir else None
     packed_graphs = _packed_graphs(model, packed, packed_seqs, positions) if packed else None
+    staged_graphs = None
+    if staged:
+        from lamina.backends.tvm.staged import stage_model
+        from lamina.backends.tvm.varlen import NotPackable
+
+        try:
+            staged_graphs = [stage_model(p) for p in _packed_graphs(model, staged, packed_seqs,
+                                                                     positions)]
+        except NotPackable as e:
+            raise UsageError(f"--prune-tokens: this model cannot run layer by layer ({e})") \
+                from None
     return tvm_backend.build_artifact(
         specialized,
         output,
@@ -227,6 +243,7 @@ def compile(  # noqa: A001 - the verb users expect
         tune_trials=tune_trials,
         tuning_db=tuning_db,
         packed=packed_graphs,
+        staged=staged_graphs,
     )
 
 

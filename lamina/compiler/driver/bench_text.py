@@ -7,7 +7,9 @@ into batches of ``--batch`` and times three engines on the same batches:
 - ``lamina``: the artifact fed each batch padded to its longest row (the runtime chooses how to run
   it: packed without padding when the artifact holds packed functions, else its fixed buckets);
 - ``ort-longest``: ONNX Runtime (``ORT_ENABLE_ALL``, the same threads) fed the same padded batches;
-- ``ort-128``: ONNX Runtime fed each batch padded to ``--pad-to`` (128), as many deployments do.
+- ``ort-128``: ONNX Runtime fed each batch padded to ``--pad-to`` (128), as many deployments do;
+- ``baseline`` (with ``--baseline ART``): another artifact fed the same batches as ``lamina`` (e.g.
+  the unpruned artifact beside a token-pruned one, which runs its default length configuration).
 
 Protocol: each engine in its own process (runtimes' thread pools disturb each other), started once:
 it loads, runs one untimed pass over all batches and then waits; timed passes alternate between the
@@ -113,6 +115,8 @@ def main(args: argparse.Namespace) -> int:
     engines = [e for e in dict.fromkeys(wanted) if e in ENGINES] or list(ENGINES)
     if "lamina" not in engines:
         engines.insert(0, "lamina")
+    if getattr(args, "baseline", None):
+        engines.insert(1, "baseline")
     with tempfile.TemporaryDirectory(prefix="lamina-bench-text-") as tmp:
         feeds = {"longest": Path(tmp) / "longest.npz", "fixed": Path(tmp) / "fixed.npz"}
         _save(longest, feeds["longest"])
@@ -121,6 +125,7 @@ def main(args: argparse.Namespace) -> int:
             "lamina": (str(target), feeds["longest"]),
             "ort-longest": (onnx_path, feeds["longest"]),
             "ort-128": (onnx_path, feeds["fixed"]),
+            "baseline": (str(getattr(args, "baseline", "") or ""), feeds["longest"]),
         }
         passes: dict[str, list[float]] = {e: [] for e in engines}
         round_med: dict[str, list[float]] = {e: [] for e in engines}
@@ -227,7 +232,7 @@ def _reply(proc: subprocess.Popen, engine: str) -> float:
 def _worker(engine: str, path: str, feeds_path: str, threads: int) -> None:
     """Load, run one untimed pass, print 0; then time one pass per ``pass`` line on stdin."""
     batches = _load(feeds_path)
-    if engine == "lamina":
+    if engine in ("lamina", "baseline"):
         import lamina.backends.tvm as lamina_tvm
 
         model = lamina_tvm.load(path, threads=threads)

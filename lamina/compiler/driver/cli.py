@@ -154,11 +154,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
     api.load_passes(args.load_passes)
     buckets = _parse_buckets(args.buckets) if args.buckets else None
     quantize = None
-    if args.quantize == "int8":
+    prune = None
+    if args.prune_tokens:
+        if args.quantize:
+            raise UsageError("--prune-tokens and --quantize int8 cannot be combined yet; "
+                             "compile with one of them")
+        prune = _length_config(args)
+    elif args.quantize == "int8":
         quantize = _quantize_config(args)
     elif args.calibration or args.report or args.plot:
-        raise UsageError("--calibration, --report and --plot belong to --quantize int8")
+        raise UsageError("--calibration, --report and --plot belong to --quantize int8 or "
+                         "--prune-tokens")
     start = time.perf_counter()
+    staged = False
+    if prune is not None:
+        staged = _parse_packed(args.packed) if args.packed else True
     out = api.compile(
         args.model,
         args.output,
@@ -171,9 +181,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         debug=_debug_from(args),
         quantize=quantize,
         sparsity=not args.no_sparsity,
-        packed=_parse_packed(getattr(args, "packed", None)),
+        packed=_parse_packed(getattr(args, "packed", None)) if prune is None else False,
         packed_seqs=getattr(args, "packed_seqs", 32),
+        staged=staged,
     )
+    if prune is not None:
+        _tune_length(out, prune, threads=args.threads, remove_on_error=True)
     if quantize is not None:
         import json as _json
 
@@ -187,6 +200,57 @@ def cmd_compile(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"lamina: wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _length_config(args: argparse.Namespace):
+    from lamina.compiler.driver.length import LengthSearchConfig, check_max_loss
+
+    check_max_loss(args.max_loss)
+    if not args.calibration or not args.tokenizer:
+        raise UsageError("the length search needs --calibration FILE (sentences, one a line) and "
+                         "--tokenizer DIR")
+    if not Path(args.calibration).is_file():
+        raise UsageError(f"--calibration {args.calibration}: no such file")
+    return LengthSearchConfig(calibration=args.calibration, tokenizer=args.tokenizer,
+                              max_loss=args.max_loss, batch=getattr(args, "search_batch", 8),
+                              plot=args.plot, report=args.report)
+
+
+def _tune_length(artifact: str | Path, cfg, threads: int | None = None,
+                 remove_on_error: bool = False) -> None:
+    """Run the length search on ``artifact`` and write its configurations into it."""
+    import shutil
+
+    from lamina.backends import tvm as tvm_backend
+    from lamina.compiler.driver import length
+
+    try:
+        model = tvm_backend.load(artifact, threads=threads)
+        result = length.search(model, cfg, progress=lambda m: print(f"lamina: {m}",
+                                                                    file=sys.stderr))
+        configs = length.apply(artifact, result)
+    except BaseException:
+        if remove_on_error:   # never leave a half-made artifact behind
+            shutil.rmtree(artifact, ignore_errors=True)
+        raise
+    print(length.summary(result), file=sys.stderr)
+    if cfg.report:
+        length.write_report(result, cfg.report)
+        print(f"lamina: wrote {cfg.report}", file=sys.stderr)
+    if cfg.plot:
+        length.write_plot(result, cfg.plot)
+        print(f"lamina: wrote {cfg.plot}", file=sys.stderr)
+    names = ", ".join(f"{c['name']} (keep {':'.join(f'{r:g}' for r in c['keep'])}, agreement "
+                      f"{c['agreement']:.3f}, {c['ms_per_batch']:.1f} ms/batch)"
+                      for c in configs["configs"])
+    print(f"lamina: {artifact}: length configurations {names}; default {configs['default']}",
+          file=sys.stderr)
+
+
+def cmd_tune_length(args: argparse.Namespace) -> int:
+    cfg = _length_config(args)
+    _tune_length(args.artifact, cfg, threads=args.threads)
     return 0
 
 
@@ -365,9 +429,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         feeds.update(tokenize(args.text, args.tokenizer, [i.name for i in art.inputs]))
     if not feeds:
         raise UsageError("give inputs with --input NAME=FILE.npy or --text ... --tokenizer DIR")
-    art.run(feeds)  # warm-up
+    kw = {"budget_ms": args.budget_ms, "length_config": args.length_config}
+    art.run(feeds, **kw)  # warm-up
     start = time.perf_counter()
-    outs = art.run(feeds)
+    outs = art.run(feeds, **kw)
     ms = 1e3 * (time.perf_counter() - start)
     for name, arr in outs.items():
         flat = np.asarray(arr).reshape(-1)
@@ -495,7 +560,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", choices=["int8"], help="INT8: O1 then quantize-int8 with accuracy fallback"
     )
     _add_quantize_args(p, in_compile=True)
+    g = p.add_argument_group("token pruning (with --prune-tokens; --calibration, --tokenizer, "
+                             "--report and --plot as above)")
+    g.add_argument("--prune-tokens", action="store_true",
+                   help="compile layer-by-layer padding-free functions and search per-layer "
+                   "token keep ratios against --max-loss on --calibration sentences")
+    g.add_argument("--max-loss", type=float, default=0.08,
+                   help="largest loss of top-1 neighbour agreement allowed (default 0.08)")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser(
+        "tune-length",
+        help="search token pruning's per-layer keep ratios for an artifact compiled with "
+        "--prune-tokens; writes its length configurations (and a Pareto plot / report)",
+    )
+    p.add_argument("artifact", help="a NAME.lamina directory compiled with --prune-tokens")
+    p.add_argument("--calibration", required=True, metavar="FILE",
+                   help="sentences, one a line (the last third is held out)")
+    p.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="directory with tokenizer.json")
+    p.add_argument("--max-loss", type=float, default=0.08,
+                   help="largest loss of top-1 neighbour agreement allowed (default 0.08)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the latency-vs-agreement Pareto curve")
+    p.add_argument("--report", metavar="FILE.json", help="write every searched point as JSON")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_tune_length)
 
     p = sub.add_parser(
         "quantize", help="quantize a model to INT8 (QDQ ONNX that ONNX Runtime runs)"
@@ -513,6 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="directory with tokenizer.json (for --text)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--save", metavar="DIR", help="save the outputs as DIR/<name>.npy")
+    p.add_argument("--budget-ms", type=float, default=None,
+                   help="token-pruned artifacts: run the most accurate length configuration "
+                   "expected to finish within this many milliseconds")
+    p.add_argument("--length-config", default=None, metavar="NAME",
+                   help="token-pruned artifacts: run this length configuration (or 'unpruned')")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

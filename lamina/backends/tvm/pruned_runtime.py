@@ -1,0 +1,337 @@
+"""Run uneven batches layer by layer, dropping unimportant tokens between layers.
+
+An artifact compiled with token pruning holds, per token bucket, the stages of ``staged.py``
+(embeddings, one function per layer, the pooler) and a list of *length configurations*: per-layer
+keep ratios found by the length search (``lamina/compiler/driver/length.py``), each with its
+measured accuracy and latency. A request runs padding-free (as in ``packed_runtime.py``); before
+each layer whose keep ratio drops, the runner
+
+1. computes each token's importance from the previous layer's queries and keys: the attention it
+   receives, averaged over heads and over its sequence's tokens;
+2. keeps, per sequence, the ``k = max(2, ceil(r * length))`` most important tokens ([CLS] and the
+   last kept token, [SEP], always stay);
+3. writes the dropped tokens' hidden states to the output (they keep their last state) and
+   compacts the stream into the smallest token bucket that holds the rest.
+
+This is exactly ``prune-tokens``' math (``lamina/compiler/ir/ops/token_pruning.py``), whose graph
+ONNX Runtime runs as the reference. ``choose(budget_ms, tokens)`` picks the most accurate
+configuration expected to fit a latency budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._errors import BackendError, UsageError
+from .packed_runtime import POSITION_IDS
+
+log = logging.getLogger(__name__)
+
+BIG = np.float32(3e38)
+_DEPTH = "\0depth"
+
+
+@dataclass(frozen=True)
+class StageFunction:
+    function: str
+    params: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StagedBucket:
+    tokens: int
+    seqs: int
+    stages: dict[str, StageFunction]
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    """One entry of the manifest's ``length_configs``."""
+
+    name: str
+    keep: tuple[float, ...]
+    agreement: float           # top-1 neighbour agreement with the unpruned model (held out)
+    ms_fixed: float            # expected latency of a request: ms_fixed + ms_per_token * tokens,
+    ms_per_token: float        # times slack (the measured p90 of actual / expected)
+    slack: float = 1.0
+
+    def expected_ms(self, tokens: int) -> float:
+        return (self.ms_fixed + self.ms_per_token * tokens) * self.slack
+
+    @classmethod
+    def from_manifest(cls, d: Mapping[str, Any]) -> LengthConfig:
+        return cls(str(d["name"]), tuple(float(r) for r in d["keep"]), float(d["agreement"]),
+                   float(d["ms_fixed"]), float(d["ms_per_token"]), float(d.get("slack", 1.0)))
+
+    def describe(self) -> str:
+        return f"{self.name} (keep {':'.join(f'{r:g}' for r in self.keep)})"
+
+
+def token_importance(q: np.ndarray, k: np.ndarray, seg: np.ndarray, heads: int,
+                     scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(imp, valid)``, both ``[nseq, longest]``: the attention each token of a packed stream
+    (``q``, ``k``: ``[tokens, hidden]``, sequences of lengths ``seg`` one after another) receives,
+    averaged over heads and over its sequence's queries. One small softmax per sequence (no
+    padding computed: a batch of uneven rows is a third of its padded square)."""
+    nseq, longest = len(seg), int(seg.max())
+    d = q.shape[1] // heads
+    imp = np.zeros((nseq, longest), np.float32)
+    qs = (q * np.float32(scale)).reshape(-1, heads, d).transpose(1, 0, 2)   # [heads, T, d]
+    ks = k.reshape(-1, heads, d).transpose(1, 2, 0)                        # [heads, d, T]
+    lo = 0
+    for b, n in enumerate(seg.tolist()):
+        s = qs[:, lo:lo + n] @ ks[:, :, lo:lo + n]                         # [heads, n, n]
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        imp[b, :n] = s.sum(axis=(0, 1)) / (heads * n)
+        lo += n
+    return imp, np.arange(longest)[None, :] < seg[:, None]
+
+
+def keep_counts(alive: np.ndarray, lengths: np.ndarray, keep_ratio: float) -> np.ndarray:
+    """Tokens each row keeps: ``min(alive, max(2, ceil(r * length - 0.001)))`` in float32."""
+    want = np.ceil(np.float32(keep_ratio) * lengths.astype(np.float32) - np.float32(0.001))
+    return np.minimum(alive, np.maximum(2, want.astype(np.int64)))
+
+
+def select_rows(imp: np.ndarray, valid: np.ndarray, lengths: np.ndarray,
+                keep_ratio: float) -> np.ndarray:
+    """Which tokens stay (``[nseq, longest]`` bool): the first and the last valid token of each row,
+    then the most important (ties: the earlier token) up to :func:`keep_counts`."""
+    n = valid.sum(axis=1)
+    k = keep_counts(n, lengths, keep_ratio)
+    col = np.arange(valid.shape[1])
+    forced = (col[None, :] == 0) | (col[None, :] == (n - 1)[:, None])
+    score = np.where(forced, BIG, np.where(valid, imp, -BIG)).astype(np.float32)
+    order = np.argsort(-score, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(valid.shape[1])[None, :].repeat(len(n), 0), axis=1)
+    return (rank < k[:, None]) & valid
+
+
+def choose_config(configs: Sequence[LengthConfig], default: LengthConfig,
+                  budget_ms: float | None, tokens: int) -> tuple[LengthConfig, str]:
+    """``(configuration, why)`` for a request of ``tokens`` real tokens: ``default`` without a
+    budget; else the most accurate configuration whose expected latency fits ``budget_ms``; else
+    (with a warning) the fastest."""
+    if budget_ms is None or not configs:
+        return default, "default"
+    fits = [c for c in configs if c.expected_ms(tokens) <= budget_ms]
+    if fits:
+        best = max(fits, key=lambda c: (c.agreement, -c.expected_ms(tokens)))
+        return best, f"expected {best.expected_ms(tokens):.1f} ms <= budget {budget_ms:g} ms"
+    fastest = min(configs, key=lambda c: c.expected_ms(tokens))
+    log.warning("budget %g ms is below every length configuration's expected latency for %d "
+                "tokens; running the fastest, %s (expected %.1f ms)", budget_ms, tokens,
+                fastest.describe(), fastest.expected_ms(tokens))
+    return fastest, (f"budget {budget_ms:g} ms is below every configuration; the fastest, "
+                     f"expected {fastest.expected_ms(tokens):.1f} ms")
+
+
+class StagedRunner:
+    """The staged functions and length configurations of one loaded artifact."""
+
+    def __init__(self, model: Any, staged: Mapping[str, Any],
+                 configs: list[Mapping[str, Any]], default: str | None,
+                 params: Mapping[str, Any]) -> None:
+        self._model = model
+        self.layers = int(staged["layers"])
+        self.heads = [int(h) for h in staged["heads"]]
+        self.scales = [float(s) for s in staged["scales"]]
+        self.token_output = staged.get("token_output")
+        self.seq_outputs = list(staged.get("seq_outputs") or [])
+        self.buckets = sorted(
+            (StagedBucket(int(f["tokens"]), int(f["seqs"]),
+                          {s["name"]: StageFunction(s["function"], tuple(s["params"]),
+                                                    tuple(s["inputs"]), tuple(s["outputs"]))
+                           for s in f["stages"]})
+             for f in staged["functions"]),
+            key=lambda b: (b.tokens, b.seqs))
+        self._params = {p: params[p] for b in self.buckets for s in b.stages.values()
+                        for p in s.params}
+        self.max_tokens = self.buckets[-1].tokens
+        self.max_seqs = max(b.seqs for b in self.buckets)
+        self.configs = [LengthConfig.from_manifest(c) for c in configs]
+        self.default = next((c for c in self.configs if c.name == default), None)
+        self.unpruned = LengthConfig("unpruned", (1.0,) * self.layers, 1.0, 0.0, 0.0)
+        names = [s.name for s in model.inputs]
+        masks = [n for n in names if "mask" in n.lower()]
+        self._mask = masks[0] if len(masks) == 1 else None
+        # [batch, seq]: how many layers ran each token in the last request (0 at padding).
+        self.last_depth: np.ndarray | None = None
+
+    # -- choosing a configuration --------------------------------------------------------------
+    def choose(self, budget_ms: float | None, tokens: int) -> tuple[LengthConfig, str]:
+        """The configuration for a request of ``tokens`` real tokens, and why it was picked."""
+        return choose_config(self.configs, self.default or self.unpruned, budget_ms, tokens)
+
+    def config(self, name: str | Sequence[float]) -> LengthConfig:
+        """A configuration by name, or an ad-hoc one from per-layer keep ratios."""
+        if not isinstance(name, str):
+            keep = tuple(float(r) for r in name)
+            ok = (len(keep) == self.layers and all(0 < r <= 1 for r in keep) and keep[0] == 1
+                  and all(b <= a for a, b in zip(keep, keep[1:], strict=False)))
+            if not ok:
+                raise UsageError(f"keep ratios {list(keep)}: need {self.layers} values in (0, 1], "
+                                 "the first 1, none above the one before")
+            return LengthConfig("custom", keep, float("nan"), 0.0, 0.0)
+        for c in [*self.configs, self.unpruned]:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in [*self.configs, self.unpruned])
+        raise BackendError(f"{self._model.path}: no length configuration {name!r} (has {known})")
+
+    # -- planning ------------------------------------------------------------------------------
+    def _fit(self, total: int, rows: int) -> StagedBucket | None:
+        for b in self.buckets:
+            if b.tokens >= total and b.seqs >= rows:
+                return b
+        return None
+
+    def plan(self, lens: np.ndarray) -> list[tuple[int, int]] | None:
+        """Consecutive row chunks ``(lo, hi)`` that each fit one bucket; None if a row is too
+        long."""
+        out, lo, n = [], 0, len(lens)
+        while lo < n:
+            hi, total = lo, 0
+            while hi < n and total + int(lens[hi]) <= self.max_tokens and hi - lo < self.max_seqs:
+                total += int(lens[hi])
+                hi += 1
+            if hi == lo:
+                return None
+            out.append((lo, hi))
+            lo = hi
+        return out
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray,
+            chunks: list[tuple[int, int]], cfg: LengthConfig) -> dict[str, np.ndarray]:
+        batch, seq = arrays[self._mask].shape if self._mask else next(iter(arrays.values())).shape
+        outs: dict[str, np.ndarray] = {}
+        depth = np.zeros((batch, seq), np.int32)
+        for lo, hi in chunks:
+            part = self._run_chunk(arrays, lens[lo:hi], lo, hi, cfg.keep)
+            d = part.pop(_DEPTH)
+            depth[lo:hi, : d.shape[1]] = d
+            for spec in self._model.outputs:
+                got = part[spec.name]
+                if spec.name not in outs:
+                    shape = [batch if d == "batch" else seq if d == "seq" else d for d in spec.dims]
+                    outs[spec.name] = np.zeros(shape, got.dtype)
+                outs[spec.name][lo:hi, : got.shape[1]] = got
+        self.last_depth = depth
+        return outs
+
+    def _call(self, bucket: StagedBucket, stage: str, args: list[Any]) -> list[Any]:
+        m = self._model
+        f = bucket.stages[stage]
+        try:
+            result = m._vm[f.function](*args, *(self._params[p] for p in f.params))
+        except Exception as e:
+            raise BackendError(f"{m.path}: {f.function} failed: {type(e).__name__}: "
+                               f"{str(e).strip()[:500]}") from e
+        if hasattr(result, "numpy"):   # one output, not wrapped in a tuple
+            return [result]
+        return [result[i] for i in range(len(f.outputs))]
+
+    def _cu(self, seg: np.ndarray, seqs: int) -> np.ndarray:
+        cu = np.zeros(seqs + 1, np.int32)
+        cu[1: len(seg) + 1] = np.cumsum(seg)
+        cu[len(seg) + 1:] = cu[len(seg)]
+        return cu
+
+    def _run_chunk(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray, lo: int, hi: int,
+                   keep: tuple[float, ...]) -> dict[str, np.ndarray]:
+        import tvm
+
+        dev = self._model._dev
+        nseq, total, longest = len(rows), int(rows.sum()), int(rows.max())
+        bucket = self._fit(total, nseq)
+        if bucket is None:
+            raise BackendError(f"{self._model.path}: no staged bucket holds {total} tokens")
+        sel = np.arange(longest)[None, :] < rows[:, None]   # real positions of the chunk
+        feeds: dict[str, np.ndarray] = {}
+        embed = bucket.stages["embed"]
+        for name in embed.inputs:
+            if name == POSITION_IDS:
+                pos = np.zeros((1, bucket.tokens), np.int64)
+                pos[0, :total] = np.nonzero(sel)[1]
+                feeds[name] = pos
+            else:
+                a = arrays[name][lo:hi, :longest]
+                stream = np.zeros((1, bucket.tokens), a.dtype)
+                stream[0, :total] = a[sel]
+                feeds[name] = stream
+        args = [tvm.runtime.tensor(feeds[n], dev) for n in embed.inputs]
+        h = self._call(bucket, "embed", args)[0]
+        where = np.flatnonzero(sel.reshape(-1))   # each stream token's place in [nseq * longest]
+        seg = rows.astype(np.int64).copy()
+        depth = np.zeros(nseq * longest, np.int32)   # layers that ran each token
+        carried = None
+        qk: list[Any] = []
+        for layer in range(self.layers):
+            r = keep[layer]
+            if layer > 0 and r < keep[layer - 1]:
+                n = int(seg.sum())
+                q = qk[0].numpy()[0, :n]
+                k = qk[1].numpy()[0, :n]
+                hid = h.numpy()[0, :n]
+                imp, valid = token_importance(q, k, seg, self.heads[layer - 1],
+                                              self.scales[layer - 1])
+                kept = select_rows(imp, valid, rows, r)[valid]   # per stream token
+                depth[where[~kept]] = layer
+                if self.token_output is not None:
+                    if carried is None:
+                        carried = np.zeros((nseq * longest, hid.shape[1]), np.float32)
+                    carried[where[~kept]] = hid[~kept]
+                where = where[kept]
+                seg = np.add.reduceat(kept.astype(np.int64), np.concatenate(
+                    [[0], np.cumsum(seg)[:-1]]))
+                n = int(seg.sum())
+                bucket = self._fit(n, nseq)
+                stream = np.zeros((1, bucket.tokens, hid.shape[1]), np.float32)
+                stream[0, :n] = hid[kept]
+                h = tvm.runtime.tensor(stream, dev)
+            cu = tvm.runtime.tensor(self._cu(seg, bucket.seqs), dev)
+            got = self._call(bucket, f"l{layer}", [h, cu])
+            h, qk = got[0], got[1:]
+        depth[where] = self.layers
+        out: dict[str, np.ndarray] = {_DEPTH: depth.reshape(nseq, longest)}
+        n = int(seg.sum())
+        hid = h.numpy()[0, :n]
+        if self.token_output is not None:
+            if carried is None:
+                carried = np.zeros((nseq * longest, hid.shape[1]), np.float32)
+            carried[where] = hid
+            out[self.token_output] = carried.reshape(nseq, longest, -1)
+        if "head" in bucket.stages and self.seq_outputs:
+            first = np.zeros(bucket.seqs, np.int64)
+            first[:nseq] = np.concatenate([[0], np.cumsum(seg)[:-1]])
+            got = self._call(bucket, "head", [h, tvm.runtime.tensor(first, dev)])
+            for name, arr in zip(bucket.stages["head"].outputs, got, strict=True):
+                out[name] = arr.numpy()[:nseq]
+        return out
+
+
+def lengths(mask: np.ndarray | None) -> np.ndarray | None:
+    """Each row's real length when ``mask`` is right-padded with no empty row; else None."""
+    if mask is None or mask.ndim != 2:
+        return None
+    lens = (mask != 0).sum(axis=1)
+    if lens.min() < 1:
+        return None
+    if not np.array_equal(mask != 0, np.arange(mask.shape[1])[None, :] < lens[:, None]):
+        return None
+    return lens
+
+
+__all__ = ["LengthConfig", "StagedRunner", "choose_config", "keep_counts", "lengths", "select_rows",
+           "token_importance"]

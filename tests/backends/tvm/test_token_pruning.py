@@ -1,0 +1,181 @@
+"""Token pruning at run time: the selection math, budget selection, staged artifacts against the
+unpruned run and ONNX Runtime on the ``prune-tokens`` graph, the length search and its errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lamina.backends.tvm.pruned_runtime import (
+    LengthConfig,
+    choose_config,
+    keep_counts,
+    select_rows,
+    token_importance,
+)
+
+
+def _brute_select(imp: np.ndarray, n: int, length: int, r: float) -> set[int]:
+    k = min(n, max(2, math.ceil(np.float32(r) * np.float32(length) - np.float32(0.001))))
+    forced = {0, n - 1}
+    rest = sorted((t for t in range(n) if t not in forced), key=lambda t: (-imp[t], t))
+    return set(sorted(forced)[:k]) | set(rest[: max(0, k - len(forced))])
+
+
+def test_keep_counts_round_up_without_float_surprises() -> None:
+    lengths = np.array([10, 10, 10, 3, 1, 21, 128])
+    alive = lengths.copy()
+    assert keep_counts(alive, lengths, 0.7).tolist() == [7, 7, 7, 3, 1, 15, 90]
+    assert keep_counts(alive, lengths, 0.3).tolist() == [3, 3, 3, 2, 1, 7, 39]
+    # never more than what is still alive
+    assert keep_counts(np.array([4, 2]), np.array([10, 10]), 0.9).tolist() == [4, 2]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_select_rows_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    seg = rng.integers(1, 30, size=6)
+    longest = int(seg.max())
+    valid = np.arange(longest)[None, :] < seg[:, None]
+    imp = rng.random((6, longest)).astype(np.float32)
+    imp[:, ::5] = 0.5  # ties: the earlier token wins
+    lengths = seg + rng.integers(0, 10, size=6)  # original lengths (rows already pruned)
+    for r in (0.9, 0.5, 0.2):
+        got = select_rows(imp, valid, lengths, r)
+        assert not got[~valid].any()
+        for b in range(6):
+            want = _brute_select(imp[b], int(seg[b]), int(lengths[b]), r)
+            assert set(np.flatnonzero(got[b]).tolist()) == want, (b, r)
+
+
+def test_select_rows_always_keeps_first_and_last() -> None:
+    imp = np.array([[0.0, 9.0, 9.0, 9.0, 0.0]], np.float32)
+    valid = np.ones((1, 5), bool)
+    got = select_rows(imp, valid, np.array([5]), 0.2)
+    assert got.tolist() == [[True, False, False, False, True]]
+
+
+def test_token_importance_matches_per_sequence_softmax() -> None:
+    rng = np.random.default_rng(0)
+    heads, d = 2, 4
+    seg = np.array([3, 5, 1])
+    q = rng.standard_normal((9, heads * d)).astype(np.float32)
+    k = rng.standard_normal((9, heads * d)).astype(np.float32)
+    imp, valid = token_importance(q, k, seg, heads, 0.5)
+    start = 0
+    for b, n in enumerate(seg):
+        want = np.zeros(n)
+        for h in range(heads):
+            qs = q[start:start + n, h * d:(h + 1) * d].astype(np.float64)
+            ks = k[start:start + n, h * d:(h + 1) * d].astype(np.float64)
+            s = 0.5 * qs @ ks.T
+            p = np.exp(s - s.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            want += p.sum(0) / n / heads
+        np.testing.assert_allclose(imp[b, :n], want, rtol=1e-5)
+        assert valid[b].sum() == n
+        start += n
+
+
+def _cfgs() -> list[LengthConfig]:
+    # accurate and slow -> less accurate and fast; expected = (fixed + per_token * tokens) * slack
+    return [LengthConfig("c0", (1, 1, 1), 1.0, 1.0, 0.10),
+            LengthConfig("c1", (1, 0.8, 0.8), 0.95, 1.0, 0.08),
+            LengthConfig("c2", (1, 0.6, 0.4), 0.91, 1.0, 0.05, slack=1.2)]
+
+
+def test_budget_picks_the_most_accurate_configuration_that_fits() -> None:
+    cfgs = _cfgs()
+    assert choose_config(cfgs, cfgs[2], None, 100)[0].name == "c2"   # no budget: the default
+    assert choose_config(cfgs, cfgs[2], 11.0, 100)[0].name == "c0"   # 11 ms fits all
+    assert choose_config(cfgs, cfgs[2], 9.0, 100)[0].name == "c1"    # c0 expects 11
+    assert choose_config(cfgs, cfgs[2], 7.2, 100)[0].name == "c2"    # c2 expects 7.2
+    assert choose_config(cfgs, cfgs[2], 90.0, 1000)[0].name == "c1"  # scales with tokens
+
+
+def test_budget_below_every_configuration_runs_the_fastest_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    cfgs = _cfgs()
+    with caplog.at_level("WARNING"):
+        cfg, why = choose_config(cfgs, cfgs[0], 1.0, 100)
+    assert cfg.name == "c2" and "below every configuration" in why
+    assert "running the fastest" in caplog.text
+
+
+# -- end to end on a tiny model -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def staged_tiny(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lamina.compiler.driver import api
+
+    out = tmp_path_factory.mktemp("staged") / "tiny.lamina"
+    api.compile(tiny_bert, out, buckets=[(4, 32)], staged=[32, 64, 128], packed_seqs=8,
+                threads=1)
+    return out
+
+
+def _feeds(lens: list[int], seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lens), seq), np.int64)
+    mask = np.zeros((len(lens), seq), np.int64)
+    for b, n in enumerate(lens):
+        ids[b, :n] = rng.integers(5, 90, size=n)
+        ids[b, 0], ids[b, n - 1] = 1, 2
+        mask[b, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+@pytest.mark.slow
+def test_unpruned_staged_run_equals_the_fixed_bucket(staged_tiny: Path) -> None:
+    import lamina
+
+    model = lamina.load(staged_tiny)
+    feeds = _feeds([7, 32, 3, 19], 32)
+    got = model.run(feeds, length_config="unpruned")
+    assert model.last_plan.startswith("pruned unpruned")
+    staged, model._staged = model._staged, None
+    want = model.run(feeds)
+    model._staged = staged
+    mask = feeds["attention_mask"][..., None].astype(bool)
+    out = "last_hidden_state"
+    np.testing.assert_allclose(np.where(mask, got[out], 0), np.where(mask, want[out], 0),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_pruned_run_matches_onnx_runtime_on_the_prune_tokens_graph(
+        staged_tiny: Path, tiny_bert: Path) -> None:
+    pytest.importorskip("lamina.passes.pruning.prune_tokens")
+    import lamina
+    from lamina.backends.reference import session
+    from lamina.compiler.driver import api
+
+    graph, _ = api.optimize(api.load(tiny_bert), "O1,prune-tokens{keep=1:0.5}")
+    sess = session(graph)
+    model = lamina.load(staged_tiny)
+    feeds = _feeds([7, 32, 3, 19, 12], 32, seed=3)
+    got = model.run(feeds, length_config=[1.0, 0.5])
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    mask = feeds["attention_mask"][..., None].astype(bool)
+    out = "last_hidden_state"
+    np.testing.assert_allclose(np.where(mask, got[out], 0), np.where(mask, want[out], 0),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_bad_keep_ratios_and_budget_are_one_line_errors(staged_tiny: Path) -> None:
+    import lamina
+    from lamina.compiler.errors import UsageError
+
+    model = lamina.load(staged_tiny)
+    feeds = _feeds([5, 9], 16)
+    with pytest.raises(UsageError, match="keep ratios"):
+        model.run(feeds, length_config=[0.5, 0.5])
+    with pytest.raises(UsageError, match="no length configurations"):
+        model.run(feeds, budget_ms=5.0)   # compiled without a search
+    with pytest.raises(UsageError, match="budget_ms must be > 0"):
+        model.run(feeds, budget_ms=-1)
