@@ -200,6 +200,10 @@ def compile(  # noqa: A001 - the verb users expect
             costs = cost_table_for(target, threads, tuning_db)
             pipeline += "," + SPARSITY_PASSES.format(costs=costs)
     model, report = optimize(model, pipeline, debug)
+    if any(n.op_type == "SelectTokens" and n.domain == "lamina" for n in model.graph):
+        raise UsageError("the pipeline prunes tokens (prune-tokens), which fixed-shape functions "
+                         "cannot do: compile with --prune-tokens (layer-by-layer functions and "
+                         "a length search) and a pipeline without prune-tokens")
     quant_info = None
     if quantize is not None:
         from lamina.compiler.driver.quantize import quantize_model
@@ -227,8 +231,8 @@ def compile(  # noqa: A001 - the verb users expect
         from lamina.backends.tvm.varlen import NotPackable
 
         try:
-            staged_graphs = [stage_model(p) for p in _packed_graphs(model, staged, packed_seqs,
-                                                                     positions)]
+            staged_graphs = [stage_model(p) for p in _packed_graphs(
+                model, staged, packed_seqs, positions, flag="--prune-tokens")]
         except NotPackable as e:
             raise UsageError(f"--prune-tokens: this model cannot run layer by layer ({e})") \
                 from None
@@ -253,7 +257,8 @@ def canonicalize(model: ir.Model, dims: dict[str, int]) -> ir.Model:
 
 
 def _packed_graphs(
-    model: ir.Model, packed: bool | list[int], seqs: int, positions: int | None
+    model: ir.Model, packed: bool | list[int], seqs: int, positions: int | None,
+    flag: str = "--packed",
 ) -> list:
     """The packed graphs for the token buckets ``packed`` asks for; a clear error if the model
     cannot run packed."""
@@ -268,7 +273,7 @@ def _packed_graphs(
             out.append(pack_model(model, t, min(seqs, t), positions, canonicalize=canonicalize))
         except NotPackable as e:
             raise UsageError(
-                f"--packed: this model cannot run padding-free ({e}); compile without --packed"
+                f"{flag}: this model cannot run padding-free ({e}); compile without {flag}"
             ) from None
     return out
 

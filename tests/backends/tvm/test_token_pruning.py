@@ -4,6 +4,8 @@ unpruned run and ONNX Runtime on the ``prune-tokens`` graph, the length search a
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,20 @@ from lamina.backends.tvm.pruned_runtime import (
     select_rows,
     token_importance,
 )
+
+
+def lamina(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lamina.compiler.driver.cli", *args],
+                          capture_output=True, text=True)
+
+
+def _one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
 
 
 def _brute_select(imp: np.ndarray, n: int, length: int, r: float) -> set[int]:
@@ -179,3 +195,93 @@ def test_bad_keep_ratios_and_budget_are_one_line_errors(staged_tiny: Path) -> No
         model.run(feeds, budget_ms=5.0)   # compiled without a search
     with pytest.raises(UsageError, match="budget_ms must be > 0"):
         model.run(feeds, budget_ms=-1)
+
+
+# -- the length search (real MiniLM, real sentences, small budgets) -----------------------------
+
+
+def _tokenizer() -> str:
+    from lamina.zoo import minilm_tokenizer_dir
+
+    return str(minilm_tokenizer_dir())
+
+
+@pytest.fixture(scope="module")
+def staged_minilm(minilm_ts17: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lamina.compiler.driver import api
+
+    out = tmp_path_factory.mktemp("staged") / "minilm.lamina"
+    api.compile(minilm_ts17, out, buckets=[(1, 32)], staged=[64, 128, 256], threads=2)
+    return out
+
+
+@pytest.mark.slow
+def test_length_search_honours_max_loss_on_held_out_sentences(staged_minilm: Path,
+                                                               tmp_path: Path) -> None:
+    import shutil
+
+    import lamina
+    from lamina.compiler.driver import length
+
+    art = tmp_path / "a.lamina"
+    shutil.copytree(staged_minilm, art)
+    corpus = Path(__file__).resolve().parents[3] / "data" / "corpus" / "calibration.txt"
+    cfg = length.LengthSearchConfig(str(corpus), _tokenizer(), max_loss=0.3, limit=150,
+                                    grid=(1.0, 0.8, 0.6, 0.4))
+    model = lamina.load(art, threads=2)
+    result = length.search(model, cfg)
+    assert result.heldout_sentences == 50 and result.search_sentences == 100
+    assert result.points[0].keep == [1.0] * 6 and result.points[0].heldout_agreement == 1.0
+    assert 1 - result.chosen.heldout_agreement <= 0.3
+    costs = [p.cost for p in result.points]
+    assert costs == sorted(costs, reverse=True)
+    configs = length.apply(art, result)
+    assert all(1 - c["agreement"] <= 0.3 for c in configs["configs"])
+    reloaded = lamina.load(art, threads=2)
+    names = [c.name for c in reloaded.length_configs]
+    assert configs["default"] in names
+    # the default runs the chosen keep ratios; a huge budget runs the most accurate
+    from lamina.compiler.frontend.text import tokenize
+
+    feeds = tokenize(["A short sentence.", "Another, somewhat longer sentence about tokens."],
+                     _tokenizer(), [i.name for i in reloaded.inputs])
+    reloaded.run(feeds)
+    assert reloaded.last_config == configs["default"]
+    reloaded.run(feeds, budget_ms=1e6)
+    assert reloaded.last_config == "c0"
+    depth = reloaded.last_depth
+    assert depth is not None and (depth[feeds["attention_mask"] == 0] == 0).all()
+    assert (depth[feeds["attention_mask"] != 0] == 6).all()  # c0 keeps every token
+
+
+@pytest.mark.slow
+def test_tune_length_cli_writes_plot_report_and_bad_input_is_one_line(
+        staged_minilm: Path, tmp_path: Path, tiny_bert: Path) -> None:
+    import shutil
+
+    from lamina.compiler.driver.cli import main
+
+    art = tmp_path / "a.lamina"
+    shutil.copytree(staged_minilm, art)
+    corpus = tmp_path / "corpus.txt"
+    src = Path(__file__).resolve().parents[3] / "data" / "corpus" / "calibration.txt"
+    corpus.write_text("\n".join(src.read_text().splitlines()[:90]) + "\n")
+    plot, report = tmp_path / "pareto.png", tmp_path / "r.json"
+    assert main(["tune-length", str(art), "--calibration", str(corpus), "--tokenizer",
+                 _tokenizer(), "--max-loss", "0.5", "--plot", str(plot), "--report",
+                 str(report), "--threads", "2"]) == 0
+    assert plot.stat().st_size > 10_000
+    import json
+
+    data = json.loads(report.read_text())
+    assert data["max_loss"] == 0.5 and data["points"][0]["keep"] == [1.0] * 6
+
+    small = tmp_path / "small.txt"
+    small.write_text("one sentence.\nanother one.\n")
+    _one_clear_line(lamina("tune-length", str(art), "--calibration", str(small), "--tokenizer",
+                           _tokenizer()), "too few", "small.txt")
+    _one_clear_line(lamina("tune-length", str(art), "--calibration", str(corpus),
+                           "--tokenizer", _tokenizer(), "--max-loss", "1.5"), "--max-loss")
+    _one_clear_line(lamina("compile", str(tiny_bert), "-o", str(tmp_path / "x.lamina"),
+                           "--prune-tokens", "--max-loss", "0"), "--max-loss")
+    assert not (tmp_path / "x.lamina").exists()

@@ -1,0 +1,1 @@
+"""Token pruning passes (``prune-tokens``): drop unimportant tokens layer by layer."""
