@@ -6,8 +6,9 @@ keep ratios found by the length search (``lamina/compiler/driver/length.py``), e
 measured accuracy and latency. A request runs padding-free (as in ``packed_runtime.py``); before
 each layer whose keep ratio drops, the runner
 
-1. computes each token's importance from the previous layer's queries and keys: the attention it
-   receives, averaged over heads and over its sequence's tokens;
+1. takes each token's importance from the previous layer's function: the attention it received
+   (a kernel beside attention's, ``kernels/varlen_attention.py``), averaged over heads and over its
+   sequence's tokens;
 2. keeps, per sequence, the ``k = max(2, ceil(r * length))`` most important tokens ([CLS] and the
    last kept token, [SEP], always stay);
 3. writes the dropped tokens' hidden states to the output (they keep their last state) and
@@ -72,28 +73,6 @@ class LengthConfig:
 
     def describe(self) -> str:
         return f"{self.name} (keep {':'.join(f'{r:g}' for r in self.keep)})"
-
-
-def token_importance(q: np.ndarray, k: np.ndarray, seg: np.ndarray, heads: int,
-                     scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(imp, valid)``, both ``[nseq, longest]``: the attention each token of a packed stream
-    (``q``, ``k``: ``[tokens, hidden]``, sequences of lengths ``seg`` one after another) receives,
-    averaged over heads and over its sequence's queries. One small softmax per sequence (no
-    padding computed: a batch of uneven rows is a third of its padded square)."""
-    nseq, longest = len(seg), int(seg.max())
-    d = q.shape[1] // heads
-    imp = np.zeros((nseq, longest), np.float32)
-    qs = (q * np.float32(scale)).reshape(-1, heads, d).transpose(1, 0, 2)   # [heads, T, d]
-    ks = k.reshape(-1, heads, d).transpose(1, 2, 0)                        # [heads, d, T]
-    lo = 0
-    for b, n in enumerate(seg.tolist()):
-        s = qs[:, lo:lo + n] @ ks[:, :, lo:lo + n]                         # [heads, n, n]
-        s -= s.max(axis=-1, keepdims=True)
-        np.exp(s, out=s)
-        s /= s.sum(axis=-1, keepdims=True)
-        imp[b, :n] = s.sum(axis=(0, 1)) / (heads * n)
-        lo += n
-    return imp, np.arange(longest)[None, :] < seg[:, None]
 
 
 def keep_counts(alive: np.ndarray, lengths: np.ndarray, keep_ratio: float) -> np.ndarray:
@@ -276,16 +255,17 @@ class StagedRunner:
         seg = rows.astype(np.int64).copy()
         depth = np.zeros(nseq * longest, np.int32)   # layers that ran each token
         carried = None
-        qk: list[Any] = []
+        received_t: Any = None
         for layer in range(self.layers):
             r = keep[layer]
             if layer > 0 and r < keep[layer - 1]:
                 n = int(seg.sum())
-                q = qk[0].numpy()[0, :n]
-                k = qk[1].numpy()[0, :n]
                 hid = h.numpy()[0, :n]
-                imp, valid = token_importance(q, k, seg, self.heads[layer - 1],
-                                              self.scales[layer - 1])
+                # importance: received attention summed over heads, over (heads * seq length)
+                received = received_t.numpy()[:, :n].sum(axis=0)
+                valid = np.arange(int(seg.max()))[None, :] < seg[:, None]
+                imp = np.zeros(valid.shape, np.float32)
+                imp[valid] = received / (self.heads[layer - 1] * np.repeat(seg, seg))
                 kept = select_rows(imp, valid, rows, r)[valid]   # per stream token
                 depth[where[~kept]] = layer
                 if self.token_output is not None:
@@ -302,7 +282,7 @@ class StagedRunner:
                 h = tvm.runtime.tensor(stream, dev)
             cu = tvm.runtime.tensor(self._cu(seg, bucket.seqs), dev)
             got = self._call(bucket, f"l{layer}", [h, cu])
-            h, qk = got[0], got[1:]
+            h, received_t = got[0], (got[1] if len(got) > 1 else None)
         depth[where] = self.layers
         out: dict[str, np.ndarray] = {_DEPTH: depth.reshape(nseq, longest)}
         n = int(seg.sum())
@@ -333,5 +313,5 @@ def lengths(mask: np.ndarray | None) -> np.ndarray | None:
     return lens
 
 
-__all__ = ["LengthConfig", "StagedRunner", "choose_config", "keep_counts", "lengths", "select_rows",
-           "token_importance"]
+__all__ = ["LengthConfig", "StagedRunner", "choose_config", "keep_counts", "lengths",
+           "select_rows"]

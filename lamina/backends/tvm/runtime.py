@@ -339,7 +339,16 @@ class CompiledModel:
                     cfg, why = self._staged.choose(budget_ms, int(lens.sum()))
                 self.last_config = cfg.name
                 self.last_plan = f"pruned {cfg.describe()}: {why}"
+                packed = None
+                if all(r == 1 for r in cfg.keep) and self._packed is not None:
+                    # every token kept: the whole-model packed functions (one call, no
+                    # importance computed) give the same result faster
+                    packed = self._packed.choose(arrays, self._functions, self._can_split)
                 with self._slot():
+                    if packed is not None:
+                        self._staged.last_depth = np.where(
+                            arrays[self._staged_mask] != 0, self._staged.layers, 0)
+                        return self._packed.run(arrays, *packed)
                     return self._staged.run(arrays, lens, chunks, cfg)
             log.info("%s: the request is not right-padded (or too long for the staged "
                      "functions); it runs unpruned", self.path)

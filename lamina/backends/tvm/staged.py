@@ -4,12 +4,13 @@ A packed graph (``varlen.py``: one ``[1, T]`` token stream, per-sequence offsets
 layer boundaries into functions that each run one piece for the same token bucket ``T``::
 
     embed:  input_ids, ..., lamina_position_ids      -> h_0            [1, T, H]
-    l{i}:   h_i, lamina_cu_seqlens                   -> h_{i+1}, q_i, k_i
+    l{i}:   h_i, lamina_cu_seqlens                   -> h_{i+1}, r_i   (r: not in the last layer)
     head:   h_L, lamina_first_token                  -> the per-sequence outputs (pooler), if any
 
-``q_i`` / ``k_i`` are layer ``i``'s attention queries and keys (``[1, T, H]``, heads not split):
-the runtime (``pruned_runtime.py``) computes from them the attention each token receives, drops
-the least important tokens between layers (``prune-tokens``' math, see
+``r_i`` (``[heads, T]``, ``lamina::PackedTokenImportance``, the kernel
+``varlen_received_attention_kernel``) is the attention each token receives in layer ``i`` per head,
+summed over its sequence's queries: the runtime (``pruned_runtime.py``) drops the least important
+tokens between layers (``prune-tokens``' math, see
 ``lamina/compiler/ir/ops/token_pruning.py``), compacts the stream into a smaller token bucket and
 runs the next layer on it. Every stage exists for every token bucket, so one artifact serves any
 list of per-layer keep ratios; a list of all ones computes exactly the packed function's result.
@@ -127,12 +128,19 @@ def stage_model(packed: PackedGraph) -> StagedGraph:
     for i, h in enumerate(hs):
         if not h.name:
             h.name = f"lamina_h{i}"
-    qk = []
-    for i, a in enumerate(attns):
-        for j, v in enumerate(a.inputs[:2]):
-            if not v.name:
-                v.name = f"lamina_{'qk'[j]}{i}"
-        qk.append((a.inputs[0].name, a.inputs[1].name))
+    # Each layer but the last also computes the attention its tokens receive (per head).
+    imps = []
+    for i, a in enumerate(attns[:-1]):
+        attrs = {n: a.attributes[n].value for n in ("num_heads", "scale", "max_len")
+                 if n in a.attributes}
+        node = ir.node("PackedTokenImportance", list(a.inputs), attrs, domain="lamina",
+                       name=f"lamina_importance{i}")
+        out = node.outputs[0]
+        out.name = f"lamina_importance{i}"
+        out.dtype = ir.DataType.FLOAT
+        out.shape = ir.Shape([int(a.attributes["num_heads"].value), packed.tokens])
+        g.insert_after(a, node)
+        imps.append(out.name)
     h_last = hs[-1]
     token_outs = [o for o in g.outputs if o.name in packed.token_outputs]
     if any(o is not h_last for o in token_outs):
@@ -145,7 +153,7 @@ def stage_model(packed: PackedGraph) -> StagedGraph:
         ins = [hs[i].name, CU_SEQLENS]
         outs = [hs[i + 1].name]
         if i < len(attns) - 1:
-            outs += list(qk[i])
+            outs.append(imps[i])
         stages.append(Stage(f"l{i}", _cut(packed.model, ins, outs), ins, outs))
     if packed.seq_outputs:
         ins = [h_last.name, FIRST_TOKEN]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -26,6 +27,7 @@ from lamina.compiler.pipeline.plugins import load_entry_points, load_module
 from lamina.compiler.pipeline.registry import flatten
 
 if TYPE_CHECKING:  # pragma: no cover
+    from lamina.compiler.driver.length import LengthSearchConfig
     from lamina.compiler.driver.quantize import QuantizeConfig
 
 DEFAULT_COMPILE_PIPELINE = "O1"
@@ -168,6 +170,8 @@ def compile(  # noqa: A001 - the verb users expect
     packed: bool | list[int] = False,
     packed_seqs: int = 32,
     staged: bool | list[int] = False,
+    prune_tokens: LengthSearchConfig | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Compile an ONNX file into a ``.lamina`` artifact for the TVM backend.
 
@@ -181,8 +185,13 @@ def compile(  # noqa: A001 - the verb users expect
     runs uneven batches through them when that computes fewer tokens (``backends/tvm/varlen.py``).
 
     ``staged``: also compile the packed functions cut layer by layer (same token buckets), which
-    token pruning runs (``backends/tvm/staged.py``); :func:`lamina.compiler.driver.length.
-    compile_pruned` adds the length search on top.
+    token pruning runs (``backends/tvm/staged.py``).
+
+    ``prune_tokens``: a :class:`lamina.compiler.driver.length.LengthSearchConfig`: compile the
+    staged and the packed functions (``packed`` or the default token buckets), then search per-layer
+    keep ratios against ``max_loss`` on the calibration sentences and store the length
+    configurations in the artifact (``CompiledModel.run(feeds, budget_ms=...)`` picks one);
+    ``progress`` receives the search's steps and summary.
     """
     from lamina.backends import tvm as tvm_backend
     from lamina.backends.tvm.artifact import sha256_file
@@ -190,6 +199,14 @@ def compile(  # noqa: A001 - the verb users expect
     from lamina.compiler.frontend import specialize
 
     model_path = Path(model_path)
+    if prune_tokens is not None:
+        from lamina.compiler.driver.length import check_max_loss
+
+        check_max_loss(prune_tokens.max_loss)
+        staged = staged or packed or True
+        packed = packed or staged
+        if quantize is not None:
+            raise UsageError("token pruning and INT8 cannot be combined yet; compile with one")
     model = load_model(model_path)
     if pipeline is None:
         pipeline = DEFAULT_COMPILE_PIPELINE
@@ -236,7 +253,7 @@ def compile(  # noqa: A001 - the verb users expect
         except NotPackable as e:
             raise UsageError(f"--prune-tokens: this model cannot run layer by layer ({e})") \
                 from None
-    return tvm_backend.build_artifact(
+    out = tvm_backend.build_artifact(
         specialized,
         output,
         target=target,
@@ -249,6 +266,15 @@ def compile(  # noqa: A001 - the verb users expect
         packed=packed_graphs,
         staged=staged_graphs,
     )
+    if prune_tokens is not None:
+        from lamina.compiler.driver import length
+
+        result, configs = length.tune(out, prune_tokens, threads, remove_on_error=True,
+                                      progress=progress)
+        if progress:
+            progress(length.summary(result))
+            progress(length.describe_configs(out, configs))
+    return out
 
 
 def canonicalize(model: ir.Model, dims: dict[str, int]) -> ir.Model:

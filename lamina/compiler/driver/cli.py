@@ -166,9 +166,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError("--calibration, --report and --plot belong to --quantize int8 or "
                          "--prune-tokens")
     start = time.perf_counter()
-    staged = False
-    if prune is not None:
-        staged = _parse_packed(args.packed) if args.packed else True
     out = api.compile(
         args.model,
         args.output,
@@ -181,12 +178,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         debug=_debug_from(args),
         quantize=quantize,
         sparsity=not args.no_sparsity,
-        packed=_parse_packed(getattr(args, "packed", None)) if prune is None else False,
+        packed=_parse_packed(getattr(args, "packed", None)),
         packed_seqs=getattr(args, "packed_seqs", 32),
-        staged=staged,
+        prune_tokens=prune,
+        progress=lambda m: print(f"lamina: {m}", file=sys.stderr),
     )
-    if prune is not None:
-        _tune_length(out, prune, threads=args.threads, remove_on_error=True)
     if quantize is not None:
         import json as _json
 
@@ -214,38 +210,21 @@ def _length_config(args: argparse.Namespace):
         raise UsageError(f"--calibration {args.calibration}: no such file")
     return LengthSearchConfig(calibration=args.calibration, tokenizer=args.tokenizer,
                               max_loss=args.max_loss, batch=getattr(args, "search_batch", 8),
-                              plot=args.plot, report=args.report)
+                              plot=args.plot, report=args.report,
+                              max_configs=getattr(args, "max_configs", 4))
 
 
-def _tune_length(artifact: str | Path, cfg, threads: int | None = None,
-                 remove_on_error: bool = False) -> None:
+def _tune_length(artifact: str | Path, cfg, threads: int | None = None) -> None:
     """Run the length search on ``artifact`` and write its configurations into it."""
-    import shutil
-
-    from lamina.backends import tvm as tvm_backend
     from lamina.compiler.driver import length
 
-    try:
-        model = tvm_backend.load(artifact, threads=threads)
-        result = length.search(model, cfg, progress=lambda m: print(f"lamina: {m}",
-                                                                    file=sys.stderr))
-        configs = length.apply(artifact, result)
-    except BaseException:
-        if remove_on_error:   # never leave a half-made artifact behind
-            shutil.rmtree(artifact, ignore_errors=True)
-        raise
+    result, configs = length.tune(artifact, cfg, threads,
+                                  progress=lambda m: print(f"lamina: {m}", file=sys.stderr))
     print(length.summary(result), file=sys.stderr)
-    if cfg.report:
-        length.write_report(result, cfg.report)
-        print(f"lamina: wrote {cfg.report}", file=sys.stderr)
-    if cfg.plot:
-        length.write_plot(result, cfg.plot)
-        print(f"lamina: wrote {cfg.plot}", file=sys.stderr)
-    names = ", ".join(f"{c['name']} (keep {':'.join(f'{r:g}' for r in c['keep'])}, agreement "
-                      f"{c['agreement']:.3f}, {c['ms_per_batch']:.1f} ms/batch)"
-                      for c in configs["configs"])
-    print(f"lamina: {artifact}: length configurations {names}; default {configs['default']}",
-          file=sys.stderr)
+    for path in (cfg.report, cfg.plot):
+        if path:
+            print(f"lamina: wrote {path}", file=sys.stderr)
+    print(f"lamina: {length.describe_configs(artifact, configs)}", file=sys.stderr)
 
 
 def cmd_tune_length(args: argparse.Namespace) -> int:
@@ -567,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "token keep ratios against --max-loss on --calibration sentences")
     g.add_argument("--max-loss", type=float, default=0.08,
                    help="largest loss of top-1 neighbour agreement allowed (default 0.08)")
+    g.add_argument("--max-configs", type=int, default=4,
+                   help="length configurations kept for run(budget_ms=) (default 4; 0: all)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser(
@@ -583,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest loss of top-1 neighbour agreement allowed (default 0.08)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the latency-vs-agreement Pareto curve")
     p.add_argument("--report", metavar="FILE.json", help="write every searched point as JSON")
+    p.add_argument("--max-configs", type=int, default=4,
+                   help="length configurations kept for run(budget_ms=) (default 4; 0: all)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_tune_length)
 

@@ -54,6 +54,7 @@ class LengthSearchConfig:
     plot: str | None = None
     report: str | None = None
     grid: Sequence[float] = GRID
+    max_configs: int = 4              # length configurations kept in the artifact (0: all)
 
 
 @dataclass
@@ -83,10 +84,21 @@ class SearchResult:
     cpu: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def configs(self) -> dict[str, Any]:
-        """The manifest's ``length_configs``: Pareto points within the loss, most accurate first."""
+    def configs(self, max_configs: int = 0) -> dict[str, Any]:
+        """The manifest's ``length_configs``: Pareto points within the loss, most accurate first;
+        with ``max_configs``, at most that many (the most accurate, the chosen one, and between
+        them the points that split the latency range most evenly)."""
         keep = [p for p in self.points if p.pareto and 1 - p.heldout_agreement <= self.max_loss]
         keep.sort(key=lambda p: (-p.heldout_agreement, p.ms_per_batch))
+        if max_configs and len(keep) > max_configs:
+            picked = [keep[0]] + ([self.chosen] if self.chosen is not keep[0] else [])
+            rest = [p for p in keep if p not in picked]
+            while len(picked) < max_configs and rest:
+                lat = sorted(q.ms_per_batch for q in picked)
+                best = max(rest, key=lambda p: min(abs(p.ms_per_batch - x) for x in lat))
+                picked.append(best)
+                rest.remove(best)
+            keep = sorted(picked, key=lambda p: (-p.heldout_agreement, p.ms_per_batch))
         out, default = [], None
         for i, p in enumerate(keep):
             name = f"c{i}"
@@ -332,13 +344,45 @@ def write_plot(result: SearchResult, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def apply(artifact: str | Path, result: SearchResult) -> dict[str, Any]:
+def apply(artifact: str | Path, result: SearchResult, max_configs: int = 0) -> dict[str, Any]:
     """Write the search's configurations into the artifact's manifest."""
     from lamina.backends.tvm.artifact import update_manifest
 
-    configs = result.configs()
+    configs = result.configs(max_configs)
     update_manifest(artifact, {"length_configs": configs})
     return configs
+
+
+def tune(artifact: str | Path, cfg: LengthSearchConfig, threads: int | None = None, *,
+         remove_on_error: bool = False, progress: Callable[[str], None] | None = None
+         ) -> tuple[SearchResult, dict[str, Any]]:
+    """Search ``artifact`` (compiled with staged functions) and write its length configurations,
+    the report and the plot; with ``remove_on_error``, a failed search removes the artifact (a
+    compile never leaves a half-made one)."""
+    import shutil
+
+    from lamina.backends import tvm as tvm_backend
+
+    try:
+        model = tvm_backend.load(artifact, threads=threads)
+        result = search(model, cfg, progress=progress)
+        configs = apply(artifact, result, cfg.max_configs)
+    except BaseException:
+        if remove_on_error:
+            shutil.rmtree(artifact, ignore_errors=True)
+        raise
+    if cfg.report:
+        write_report(result, cfg.report)
+    if cfg.plot:
+        write_plot(result, cfg.plot)
+    return result, configs
+
+
+def describe_configs(artifact: str | Path, configs: dict[str, Any]) -> str:
+    names = ", ".join(f"{c['name']} (keep {':'.join(f'{r:g}' for r in c['keep'])}, agreement "
+                      f"{c['agreement']:.3f}, {c['ms_per_batch']:.1f} ms/batch)"
+                      for c in configs["configs"])
+    return f"{artifact}: length configurations {names}; default {configs['default']}"
 
 
 def summary(result: SearchResult) -> str:

@@ -16,7 +16,6 @@ from lamina.backends.tvm.pruned_runtime import (
     choose_config,
     keep_counts,
     select_rows,
-    token_importance,
 )
 
 
@@ -74,26 +73,34 @@ def test_select_rows_always_keeps_first_and_last() -> None:
     assert got.tolist() == [[True, False, False, False, True]]
 
 
-def test_token_importance_matches_per_sequence_softmax() -> None:
-    rng = np.random.default_rng(0)
-    heads, d = 2, 4
-    seg = np.array([3, 5, 1])
-    q = rng.standard_normal((9, heads * d)).astype(np.float32)
-    k = rng.standard_normal((9, heads * d)).astype(np.float32)
-    imp, valid = token_importance(q, k, seg, heads, 0.5)
-    start = 0
-    for b, n in enumerate(seg):
-        want = np.zeros(n)
-        for h in range(heads):
-            qs = q[start:start + n, h * d:(h + 1) * d].astype(np.float64)
-            ks = k[start:start + n, h * d:(h + 1) * d].astype(np.float64)
-            s = 0.5 * qs @ ks.T
-            p = np.exp(s - s.max(1, keepdims=True))
-            p /= p.sum(1, keepdims=True)
-            want += p.sum(0) / n / heads
-        np.testing.assert_allclose(imp[b, :n], want, rtol=1e-5)
-        assert valid[b].sum() == n
-        start += n
+@pytest.mark.parametrize("lens", [[5, 1, 17, 40], [64], [3, 3, 3, 3, 3, 3], [2]])
+def test_received_attention_kernel_matches_reference(lens: list[int]) -> None:
+    import tvm
+
+    from lamina.backends.tvm.kernels.common import standalone_module
+    from lamina.backends.tvm.kernels.isa import host_target
+    from lamina.backends.tvm.kernels.varlen_attention import (
+        varlen_received_attention_kernel,
+        varlen_received_attention_reference,
+    )
+
+    tokens, seqs, heads, d = 80, 8, 4, 16
+    tgt = host_target()
+    lib = tvm.compile(standalone_module(varlen_received_attention_kernel(
+        tokens, seqs, heads, d, 64, scale=d ** -0.5, target=tgt)), tgt)
+    cu = np.zeros(seqs + 1, np.int32)
+    cu[1:len(lens) + 1] = np.cumsum(lens)
+    cu[len(lens) + 1:] = cu[len(lens)]
+    x = np.random.default_rng(0).standard_normal((tokens, 3 * heads * d)).astype(np.float32)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((heads, tokens), np.float32), dev)
+    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(cu, dev), out)
+    n = int(cu[-1])
+    want = varlen_received_attention_reference(x, cu, heads, d ** -0.5)
+    np.testing.assert_allclose(out.numpy()[:, :n], want[:, :n], rtol=1e-5, atol=1e-6)
+    # each sequence's queries hand out one unit of attention each, per head
+    for b, length in enumerate(lens):
+        np.testing.assert_allclose(want[:, cu[b]:cu[b + 1]].sum(1), length, rtol=1e-5)
 
 
 def _cfgs() -> list[LengthConfig]:
@@ -285,3 +292,26 @@ def test_tune_length_cli_writes_plot_report_and_bad_input_is_one_line(
     _one_clear_line(lamina("compile", str(tiny_bert), "-o", str(tmp_path / "x.lamina"),
                            "--prune-tokens", "--max-loss", "0"), "--max-loss")
     assert not (tmp_path / "x.lamina").exists()
+
+
+@pytest.mark.slow
+def test_compile_prune_tokens_then_run_with_a_budget(minilm_ts17: Path, tmp_path: Path) -> None:
+    import json
+
+    from lamina.compiler.driver.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    src = Path(__file__).resolve().parents[3] / "data" / "corpus" / "calibration.txt"
+    corpus.write_text("\n".join(src.read_text().splitlines()[:90]) + "\n")
+    art = tmp_path / "p.lamina"
+    assert main(["compile", str(minilm_ts17), "-o", str(art), "--buckets", "1x32", "--packed",
+                 "64,128,256", "--threads", "2", "--prune-tokens", "--max-loss", "0.5",
+                 "--calibration", str(corpus), "--tokenizer", _tokenizer()]) == 0
+    manifest = json.loads((art / "manifest.json").read_text())
+    lc = manifest["length_configs"]
+    assert lc["max_loss"] == 0.5 and lc["default"] in [c["name"] for c in lc["configs"]]
+    assert manifest["packed"] and manifest["staged"]["layers"] == 6
+    proc = lamina("run", str(art), "--text", "Budgets pick a length configuration.",
+                  "--tokenizer", _tokenizer(), "--budget-ms", "0.001")
+    assert proc.returncode == 0, proc.stderr
+    assert "ran as: pruned" in proc.stdout and "below every configuration" in proc.stdout

@@ -182,3 +182,127 @@ def emit_varlen_attention(bb: relax.BlockBuilder, qkv: relax.Expr, cu: relax.Exp
     x2 = bb.emit(relax.op.reshape(qkv, (tokens, 3 * heads * d)))
     o = bb.emit(relax.call_tir(gv, [x2, cu], relax.TensorType((tokens, heads * d), "float32")))
     return bb.emit(relax.op.reshape(o, (1, tokens, heads * d)))
+
+
+def varlen_received_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
+                                     scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
+    """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, R[h, tokens])``: the attention each token
+    receives from its sequence's queries, per head (token pruning's importance)::
+
+        R[h, cu[b] + j] = sum_i softmax(scale * Q[i, h, :] . K[:, h, :])[j]     over sequence b
+
+    The score and softmax loops are those of :func:`varlen_attention_kernel`; instead of ``P @ V``
+    each task adds its rows of ``P`` (normalised) into a column accumulator. Tasks own disjoint
+    ``(head, sequence)`` slices of ``R``; columns outside every sequence are left unwritten."""
+    isa = isa_of(target)
+    kc = lanes(isa)
+    mr = 8 if isa == "avx512" else 4
+    hid = heads * d
+    smax = -(-max_len // kc) * kc
+    sc = float(scale)
+    fill = MASK_FILL
+
+    @T.prim_func(private=True)
+    def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
+             out: T.Buffer((heads, tokens), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for task in T.parallel(seqs * heads):
+            kt = T.decl_buffer((d, smax), "float32")
+            s = T.decl_buffer((mr, smax), "float32")
+            col = T.decl_buffer((smax,), "float32")
+            acc = T.decl_buffer((mr, kc), "float32", scope="local")
+            lane = T.decl_buffer((kc,), "float32", scope="local")
+            rmax = T.decl_buffer((mr,), "float32", scope="local")
+            rinv = T.decl_buffer((mr,), "float32", scope="local")
+            b = task // heads
+            h = task % heads
+            start = cu[b]
+            length = cu[b + 1] - start
+            chunks = (length + kc - 1) // kc
+            for j in range(length):
+                for e in range(d):
+                    kt[e, j] = x[start + j, hid + h * d + e]
+            for j in range(length, chunks * kc):
+                for e in range(d):
+                    kt[e, j] = T.float32(0)
+            for c in range(chunks):
+                for w in T.vectorized(kc):
+                    col[c * kc + w] = T.float32(0)
+            for qt in range((length + mr - 1) // mr):
+                for c in range(chunks):
+                    for r in T.unroll(mr):
+                        for w in T.vectorized(kc):
+                            acc[r, w] = T.float32(0)
+                    for e in range(d):
+                        for r in T.unroll(mr):
+                            for w in T.vectorized(kc):
+                                acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
+                                                          h * d + e] * kt[e, c * kc + w]
+                    for r in T.unroll(mr):
+                        for w in T.vectorized(kc):
+                            s[r, c * kc + w] = T.if_then_else(c * kc + w < length,
+                                                              acc[r, w] * T.float32(sc),
+                                                              T.float32(fill))
+                for r in range(mr):
+                    for w in T.vectorized(kc):
+                        lane[w] = s[r, w]
+                    for c in range(1, chunks):
+                        for w in T.vectorized(kc):
+                            lane[w] = T.max(lane[w], s[r, c * kc + w])
+                    rmax[r] = lane[0]
+                    for w in range(1, kc):
+                        rmax[r] = T.max(rmax[r], lane[w])
+                    for w in T.vectorized(kc):
+                        lane[w] = T.float32(0)
+                    for c in range(chunks):
+                        for w in T.vectorized(kc):
+                            s[r, c * kc + w] = T.if_then_else(
+                                c * kc + w < length, fast_exp(s[r, c * kc + w] - rmax[r]),
+                                T.float32(0))
+                            lane[w] = lane[w] + s[r, c * kc + w]
+                    rinv[r] = lane[0]
+                    for w in range(1, kc):
+                        rinv[r] = rinv[r] + lane[w]
+                    # rows past the sequence's end (the last tile's tail) add nothing
+                    rinv[r] = T.if_then_else(qt * mr + r < length, T.float32(1) / rinv[r],
+                                             T.float32(0))
+                for r in range(mr):
+                    for c in range(chunks):
+                        for w in T.vectorized(kc):
+                            col[c * kc + w] = col[c * kc + w] + s[r, c * kc + w] * rinv[r]
+            for j in range(length):
+                out[h, start + j] = col[j]
+
+    return finish_kernel(func)
+
+
+def varlen_received_attention_reference(x: np.ndarray, cu: np.ndarray, heads: int, scale: float
+                                        ) -> np.ndarray:
+    """NumPy reference of :func:`varlen_received_attention_kernel` (zero outside sequences)."""
+    tokens, three_hid = x.shape
+    hid = three_hid // 3
+    d = hid // heads
+    out = np.zeros((heads, tokens), np.float32)
+    for b in range(len(cu) - 1):
+        lo, hi = int(cu[b]), int(cu[b + 1])
+        if hi <= lo:
+            continue
+        q = x[lo:hi, :hid].reshape(hi - lo, heads, d).transpose(1, 0, 2)
+        k = x[lo:hi, hid:2 * hid].reshape(hi - lo, heads, d).transpose(1, 2, 0)
+        s = (q @ k) * scale
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out[:, lo:hi] = p.sum(1)
+    return out
+
+
+def emit_varlen_received_attention(bb: relax.BlockBuilder, qkv: relax.Expr, cu: relax.Expr, *,
+                                   tokens: int, seqs: int, heads: int, d: int, max_len: int,
+                                   scale: float, target: tvm.target.Target) -> relax.Expr:
+    """``[heads, tokens]`` attention received per head (see the kernel) of the packed merged
+    projection ``qkv`` (``[1, tokens, 3 * h * d]``)."""
+    func = varlen_received_attention_kernel(tokens, seqs, heads, d, max_len, scale=scale,
+                                            target=target)
+    gv = bb.add_func(func, f"lamina_varlen_received_{tokens}x{seqs}x{heads}x{d}x{max_len}")
+    x2 = bb.emit(relax.op.reshape(qkv, (tokens, 3 * heads * d)))
+    return bb.emit(relax.call_tir(gv, [x2, cu], relax.TensorType((heads, tokens), "float32")))

@@ -35,3 +35,25 @@ def packed_attention(ctx: LowerContext, node: ir.Node, inputs):
     return emit_varlen_attention(ctx.bb, qkv, ctx.expr(inputs[3]), tokens=tokens, seqs=seqs,
                                  heads=heads, d=hidden // heads, max_len=min(max_len, tokens),
                                  scale=scale, target=ctx.target)
+
+
+@converter("PackedTokenImportance", domain="lamina")
+def packed_token_importance(ctx: LowerContext, node: ir.Node, inputs):
+    """``[heads, T]``: the attention each token receives per head (token pruning, ``staged.py``);
+    inputs and attributes as ``PackedAttention``."""
+    from ...kernels.varlen_attention import emit_varlen_received_attention
+
+    if ctx.target is None or ctx.dtype(inputs[0]) != "float32":
+        raise ctx.error("packed token importance needs the kernels (a target) and float32")
+    heads = int(ctx.attr(node, "num_heads"))
+    scale = float(ctx.attr(node, "scale", 1.0))
+    one, tokens, hidden = ctx.shape(inputs[0])
+    seqs = ctx.shape(inputs[3])[0] - 1
+    max_len = int(ctx.attr(node, "max_len", tokens))
+    qkv = _merged_qkv(ctx, node, hidden)
+    if qkv is None:
+        qkv = ctx.emit(relax.op.concat([ctx.expr(v) for v in inputs[:3]], axis=-1))
+    return emit_varlen_received_attention(ctx.bb, qkv, ctx.expr(inputs[3]), tokens=tokens,
+                                          seqs=seqs, heads=heads, d=hidden // heads,
+                                          max_len=min(max_len, tokens), scale=scale,
+                                          target=ctx.target)
