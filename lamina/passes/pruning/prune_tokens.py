@@ -88,7 +88,7 @@ class PruneTokensPass(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         rw = Rewriter(model, ctx, self.name)
         g = model.graph
-        stats = {"layers_pruned": 0, "pruning_points": 0, "reason": ""}
+        stats: dict = {"layers_pruned": 0, "pruning_points": 0, "mean_keep": 1.0, "reason": ""}
 
         def skip(reason: str) -> PassResult:
             stats["reason"] = reason
@@ -158,5 +158,6 @@ class PruneTokensPass(Pass):
             where.replace_input_with(1, out)
             cur_in = where.outputs[0]
             stats["layers_pruned"] += 1
+        stats["mean_keep"] = round(float(np.mean(keep)), 4)  # mean ratio over all layers
         g.sort()
         return PassResult(model, changed=True, stats=stats)
