@@ -211,7 +211,8 @@ def _length_config(args: argparse.Namespace):
     return LengthSearchConfig(calibration=args.calibration, tokenizer=args.tokenizer,
                               max_loss=args.max_loss, batch=getattr(args, "search_batch", 8),
                               plot=args.plot, report=args.report,
-                              max_configs=getattr(args, "max_configs", 4))
+                              max_configs=getattr(args, "max_configs", 4),
+                              explore_loss=0.6 if (args.plot or args.report) else 0.0)
 
 
 def _tune_length(artifact: str | Path, cfg, threads: int | None = None) -> None:

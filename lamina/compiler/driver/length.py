@@ -14,6 +14,8 @@ again (another ``--max-loss``, another corpus) and rewrites the artifact's confi
   keeping every token; each step lowers one layer's keep ratio (and the later layers' to at most
   it) by one grid step, trying every layer, and takes the step that saves the most computed
   token-layers per unit of loss, while the search loss stays within ``--max-loss``.
+- With a plot or report, the path continues past ``--max-loss`` (to a loss of 0.6) to show the
+  curve beyond the chosen point; those points are never chosen nor stored.
 - Every configuration on that path is timed on the held-out batches (batches of ``batch`` in
   corpus order), giving the latency-vs-agreement curve; the Pareto points that meet
   ``--max-loss`` go into the artifact's manifest (``length_configs``) with a latency model per
@@ -55,6 +57,9 @@ class LengthSearchConfig:
     report: str | None = None
     grid: Sequence[float] = GRID
     max_configs: int = 4              # length configurations kept in the artifact (0: all)
+    # With a plot or report the path goes on past max_loss up to this loss, to draw the curve
+    # beyond the chosen point (those points are never chosen nor stored).
+    explore_loss: float = 0.0
 
 
 @dataclass
@@ -186,6 +191,33 @@ def _time(model: Any, batches: list[dict[str, np.ndarray]], keep: Sequence[float
     return tokens, ms
 
 
+def _time_interleaved(model: Any, batches: list[dict[str, np.ndarray]],
+                      keeps: list[Sequence[float]], repeats: int = 3
+                      ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Like :func:`_time` for several configurations at once, interleaved: each batch runs under
+    every configuration back to back (order rotating), so a shared machine's slow phases hit all
+    configurations alike and their latencies compare."""
+    from tqdm import tqdm
+
+    tokens = np.array([int(_mask(b).sum()) for b in batches])
+    ms = [np.zeros((repeats, len(batches))) for _ in keeps]
+    for keep in keeps:
+        for feeds in batches[:2]:
+            model.run(feeds, length_config=keep)   # warm-up
+    order = list(range(len(keeps)))
+    with tqdm(total=repeats * len(batches), desc="timing", unit="batch", leave=False,
+              disable=None) as bar:
+        for r in range(repeats):
+            for i, feeds in enumerate(batches):
+                order = order[1:] + order[:1]
+                for c in order:
+                    t = time.perf_counter()
+                    model.run(feeds, length_config=keeps[c])
+                    ms[c][r, i] = (time.perf_counter() - t) * 1e3
+                bar.update(1)
+    return tokens, ms
+
+
 def _latency_model(tokens: np.ndarray, ms: np.ndarray) -> tuple[float, float, float]:
     """``(ms_fixed, ms_per_token, slack)``: least squares on each batch's median time, and the
     p90 of every measured time over its prediction (so a budget is met in about 9 calls of 10)."""
@@ -254,7 +286,7 @@ def search(model: Any, cfg: LengthSearchConfig,
                 cost = token_cost(cand, lengths)
                 bar.set_postfix_str(f"{':'.join(f'{r:g}' for r in cand)} loss {loss:.3f} "
                                     f"cost {cost:.2f}")
-                if loss > cfg.max_loss:
+                if loss > max(cfg.max_loss, cfg.explore_loss):
                     continue
                 gain = (path[-1].cost - cost) / max(loss - path[-1].search_loss, 1e-3)
                 if best is None or gain > best[0]:
@@ -270,10 +302,10 @@ def search(model: Any, cfg: LengthSearchConfig,
         bar.close()
     # Held-out agreement and latency of every point on the path.
     ref_held = embed(model, held_eval, unpruned)
-    for p in tqdm(path, desc="held-out check and timing", unit="config", leave=False,
-                  disable=None):
+    for p in tqdm(path, desc="held-out check", unit="config", leave=False, disable=None):
         p.heldout_agreement = agreement(ref_held, embed(model, held_eval, p.keep))
-        tokens, ms = _time(model, held_b, p.keep)
+    tokens, times = _time_interleaved(model, held_b, [p.keep for p in path])
+    for p, ms in zip(path, times, strict=True):
         p.ms_per_batch = float(np.median(ms, axis=0).mean())
         p.ms_fixed, p.ms_per_token, p.slack = _latency_model(tokens, ms)
     _pareto(path)
