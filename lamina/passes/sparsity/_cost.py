@@ -2,7 +2,7 @@
 
 A calibration table (JSON, measured once per target by
 ``lamina.backends.tvm.kernels.sparse_calibrate`` and cached beside the tuning records as
-``<db>/<target key>/sparse_costs.json``) holds::
+``<db>/<target key>/sparse_costs_v2.json``) holds::
 
     {"target": "...", "tokens": 128,
      "dense":  {"ns_per_mac": c},                    # dense kernel, cold weights: t = c * K * N
@@ -27,7 +27,9 @@ import numpy as np
 
 from lamina.passes.sparsity._analysis import block_mask
 
-COSTS_FILE = "sparse_costs.json"
+# Versioned with the sparse kernels: a table measured on older kernels is measured again (v2: the
+# unstructured R = 1 kernel stages its output columns; it was 3-4x slower before).
+COSTS_FILE = "sparse_costs_v2.json"
 
 
 @dataclass(frozen=True)

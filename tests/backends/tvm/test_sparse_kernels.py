@@ -83,3 +83,11 @@ def test_odd_token_counts(M: int) -> None:
 def test_encode_rejects_bad_width() -> None:
     with pytest.raises(ValueError):
         encode_blocks(np.ones((4, 6), np.float32), 4)
+
+
+@pytest.mark.parametrize("epilogue,residual", [("gelu_erf", False), (None, True)])
+def test_unstructured_staged_store(epilogue, residual) -> None:
+    """R = 1 with whole stages of output groups (written SG contiguous floats per token)."""
+    target = host_target(2)
+    _check(128, _weight("unstructured", 96, 384, 1), 1, target, epilogue=epilogue,
+           residual=residual)

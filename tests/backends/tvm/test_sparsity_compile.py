@@ -29,7 +29,9 @@ def test_pruned_tiny_bert_compiles_sparse(tiny_bert: Path, tmp_path: Path):
     pruned = api.save(model, tmp_path / "pruned.onnx")
     db = tmp_path / "db"
     # A cost table in place of the measurement (which takes a minute): sparse pays at 90%.
-    table = database_dir(db, resolve_target("auto", 1).tvm_target) / "sparse_costs.json"
+    from lamina.passes.sparsity._cost import COSTS_FILE
+
+    table = database_dir(db, resolve_target("auto", 1).tvm_target) / COSTS_FILE
     table.parent.mkdir(parents=True)
     table.write_text(json.dumps({"target": "test", "dense": {"ns_per_mac": 0.03},
                                  "sparse": {"4": {"ns_per_block": 0.2, "ns_per_dim": 0.1}}}))
