@@ -42,7 +42,8 @@ def test_compile_quantize_int8(tiny_bert: Path, tmp_path: Path, capsys) -> None:
     )
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "lamina: INT8 (quantize-int8{mode=static" in err and "ops quantized, mean cosine" in err
+    assert "lamina: INT8 (smooth-quant{alpha=0.8},quantize-int8{mode=static" in err
+    assert "ops quantized, mean cosine" in err
     manifest = json.loads((out / "manifest.json").read_text())
     info = manifest["extra"]["quantization"]
     assert info["target_met"] and info["quantized_ops"] > 0 and info["cosine"] >= 0.99

@@ -286,7 +286,8 @@ def _add_quantize_args(p: argparse.ArgumentParser, *, in_compile: bool) -> None:
         type=float,
         default=None,
         metavar="ALPHA",
-        help="SmoothQuant migration with this alpha before quantizing (exact in fp32)",
+        help="SmoothQuant migration with this alpha before quantizing (exact in fp32; default "
+        "0.8 when --calibration is given, 0 turns it off)",
     )
     g.add_argument(
         "--report", metavar="FILE.json", help="write the per-layer sensitivity table and result"
@@ -311,7 +312,7 @@ def _quantize_config(args: argparse.Namespace):
         activation=args.activation,
         calibration_size=args.calibration_size,
         target_cos=args.target_cos or None,
-        smooth_alpha=args.smooth_quant,
+        smooth_alpha="auto" if args.smooth_quant is None else (args.smooth_quant or None),
         always_sensitivity=bool(args.plot or args.report),
         report=args.report,
         plot=args.plot,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,18 @@ class QuantizeConfig:
     calibration_size: int = 300
     holdout_size: int = 200
     target_cos: float | None = 0.995
-    smooth_alpha: float | None = None
+    # SmoothQuant migration strength; "auto": 0.8 whenever calibration data is given (on the real
+    # MiniLM it lets every layer quantize: mean cosine 0.9979 and neighbour agreement 0.934 on
+    # 1,000 held-out sentences, against 0.9955 / 0.887 with 3 layers kept in fp32 without it);
+    # None: off.
+    smooth_alpha: float | str | None = "auto"
     percentile: float = 99.999
     always_sensitivity: bool = False
     report: str | None = None
     plot: str | None = None
+
+
+DEFAULT_SMOOTH_ALPHA = 0.8
 
 
 @dataclass
@@ -179,6 +186,8 @@ def _quantize_model(
             "float32 weight"
         )
     positions = max_positions(model)
+    if cfg.smooth_alpha == "auto":
+        cfg = replace(cfg, smooth_alpha=DEFAULT_SMOOTH_ALPHA if cfg.calibration else None)
     if cfg.smooth_alpha is not None:
         from lamina.passes.quant.smooth_quant import smooth
 
