@@ -315,3 +315,16 @@ def test_compile_prune_tokens_then_run_with_a_budget(minilm_ts17: Path, tmp_path
                   "--tokenizer", _tokenizer(), "--budget-ms", "0.001")
     assert proc.returncode == 0, proc.stderr
     assert "ran as: pruned" in proc.stdout and "below every configuration" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tune_length_on_an_artifact_without_staged_functions_is_one_line(
+        tiny_bert: Path, tmp_path: Path) -> None:
+    from lamina.compiler.driver import api
+
+    art = api.compile(tiny_bert, tmp_path / "plain.lamina", buckets=[(1, 16)], threads=1)
+    corpus = tmp_path / "c.txt"
+    src = Path(__file__).resolve().parents[3] / "data" / "corpus" / "calibration.txt"
+    corpus.write_text("\n".join(src.read_text().splitlines()[:90]) + "\n")
+    _one_clear_line(lamina("tune-length", str(art), "--calibration", str(corpus), "--tokenizer",
+                           _tokenizer()), "--prune-tokens")
