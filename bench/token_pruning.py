@@ -30,6 +30,7 @@ def main() -> int:
     import lamina
     from lamina.compiler.driver import length
     from lamina.compiler.driver.bench_text import make_batches, read_sentences
+    from lamina.compiler.driver.quantize import nn_agreement
     from lamina.zoo import minilm_tokenizer_dir
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,8 +53,8 @@ def main() -> int:
     for cfg in [None, *configs]:
         name = "unpruned" if cfg is None else cfg.name
         emb = length.embed(model, batches, name)
-        tokens, ms = length._time(model, batches, name, repeats=1)
-        agree = length.agreement(ref, emb)
+        _, (ms,) = length._time_interleaved(model, batches, [name], repeats=1)
+        agree = nn_agreement(ref, emb)
         cos = float((ref * emb).sum(1).mean())
         keep = "all" if cfg is None else ":".join(f"{r:g}" for r in cfg.keep)
         print(f"{name:<9} keep {keep:<24} agreement {agree:.3f}  mean cosine {cos:.4f}  "

@@ -33,6 +33,63 @@ CU_SEQLENS = "lamina_cu_seqlens"
 FIRST_TOKEN = "lamina_first_token"
 
 
+def right_padded_lengths(mask: np.ndarray | None) -> np.ndarray | None:
+    """Each row's real length when ``mask`` ([batch, seq]) is right-padded with no empty row;
+    else None."""
+    if mask is None or mask.ndim != 2:
+        return None
+    lens = (mask != 0).sum(axis=1)
+    if lens.min() < 1:
+        return None
+    if not np.array_equal(mask != 0, np.arange(mask.shape[1])[None, :] < lens[:, None]):
+        return None
+    return lens
+
+
+def chunk_rows(lens: np.ndarray, max_tokens: int, max_seqs: int) -> list[tuple[int, int]] | None:
+    """Consecutive row chunks ``(lo, hi)`` of at most ``max_tokens`` tokens and ``max_seqs`` rows;
+    None when a row alone is longer than ``max_tokens``."""
+    out, lo, n = [], 0, len(lens)
+    while lo < n:
+        hi, total = lo, 0
+        while hi < n and total + int(lens[hi]) <= max_tokens and hi - lo < max_seqs:
+            total += int(lens[hi])
+            hi += 1
+        if hi == lo:
+            return None
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def cu_seqlens(rows: np.ndarray, seqs: int) -> np.ndarray:
+    """int32 ``[seqs + 1]`` offsets of sequences of lengths ``rows`` (unused slots repeat the
+    end)."""
+    cu = np.zeros(seqs + 1, np.int32)
+    cu[1: len(rows) + 1] = np.cumsum(rows)
+    cu[len(rows) + 1:] = cu[len(rows)]
+    return cu
+
+
+def pack_stream(arrays: Mapping[str, np.ndarray], names: tuple[str, ...], sel: np.ndarray,
+                lo: int, hi: int, tokens: int) -> dict[str, np.ndarray]:
+    """The ``[1, tokens]`` streams of rows ``lo:hi`` of the token inputs ``names`` (their real
+    positions ``sel``), and their position ids; other names are left to the caller."""
+    total = int(sel.sum())
+    feeds: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == POSITION_IDS:
+            pos = np.zeros((1, tokens), np.int64)
+            pos[0, :total] = np.nonzero(sel)[1]
+            feeds[name] = pos
+        elif name in arrays:
+            a = arrays[name][lo:hi, : sel.shape[1]]
+            stream = np.zeros((1, tokens), a.dtype)
+            stream[0, :total] = a[sel]
+            feeds[name] = stream
+    return feeds
+
+
 @dataclass(frozen=True)
 class PackedFunction:
     tokens: int
@@ -83,17 +140,7 @@ class PackedRunner:
     # -- planning ---------------------------------------------------------------------------
     def lengths(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """Each row's real length, or None when the mask is not right-padded (or absent)."""
-        if self._mask is None:
-            return None
-        mask = arrays[self._mask]
-        if mask.ndim != 2:
-            return None
-        lens = (mask != 0).sum(axis=1)
-        if lens.min() < 1:
-            return None
-        if not np.array_equal(mask != 0, np.arange(mask.shape[1])[None, :] < lens[:, None]):
-            return None
-        return lens
+        return right_padded_lengths(arrays[self._mask]) if self._mask is not None else None
 
     def _fit(self, total: int, rows: int, longest: int) -> PackedFunction | None:
         for f in self.functions:
@@ -103,21 +150,15 @@ class PackedRunner:
 
     def plan(self, lens: np.ndarray) -> list[tuple[int, int, PackedFunction]] | None:
         """``[(lo, hi, function)]``: consecutive row chunks and the packed function of each."""
+        chunks = chunk_rows(lens, self.max_tokens, self.max_seqs)
+        if chunks is None:
+            return None  # a row longer than every packed function
         out = []
-        lo = 0
-        n = len(lens)
-        while lo < n:
-            hi, total = lo, 0
-            while hi < n and total + int(lens[hi]) <= self.max_tokens and hi - lo < self.max_seqs:
-                total += int(lens[hi])
-                hi += 1
-            if hi == lo:
-                return None  # a row longer than every packed function
-            f = self._fit(total, hi - lo, int(lens[lo:hi].max()))
+        for lo, hi in chunks:
+            f = self._fit(int(lens[lo:hi].sum()), hi - lo, int(lens[lo:hi].max()))
             if f is None:
                 return None
             out.append((lo, hi, f))
-            lo = hi
         return out
 
     def choose(
@@ -175,28 +216,17 @@ class PackedRunner:
 
         m = self._model
         rows = lens[lo:hi]
-        cu = np.zeros(f.seqs + 1, np.int32)
-        cu[1 : len(rows) + 1] = np.cumsum(rows)
-        cu[len(rows) + 1 :] = cu[len(rows)]
+        cu = cu_seqlens(rows, f.seqs)
         total = int(cu[len(rows)])
         sel = np.arange(lens[lo:hi].max())[None, :] < rows[:, None]  # real positions
-        feeds: dict[str, np.ndarray] = {}
+        feeds = pack_stream(arrays, f.inputs, sel, lo, hi, f.tokens)
         for name in f.inputs:
-            if name == POSITION_IDS:
-                pos = np.zeros((1, f.tokens), np.int64)
-                pos[0, :total] = np.nonzero(sel)[1]
-                feeds[name] = pos
-            elif name == CU_SEQLENS:
+            if name == CU_SEQLENS:
                 feeds[name] = cu
             elif name == FIRST_TOKEN:
                 first = np.zeros(f.seqs, np.int64)
                 first[: len(rows)] = cu[: len(rows)]
                 feeds[name] = first
-            else:
-                a = arrays[name][lo:hi, : sel.shape[1]]
-                stream = np.zeros((1, f.tokens), a.dtype)
-                stream[0, :total] = a[sel]
-                feeds[name] = stream
         args = [tvm.runtime.tensor(feeds[n], m._dev) for n in f.inputs]
         args.extend(self._params[p] for p in f.params)
         try:

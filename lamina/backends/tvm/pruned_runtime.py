@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from lamina.compiler.ir.ops.token_pruning import select_rows
+
 from ._errors import BackendError, UsageError
-from .packed_runtime import POSITION_IDS
+from .packed_runtime import chunk_rows, cu_seqlens, pack_stream
 
 log = logging.getLogger(__name__)
 
-BIG = np.float32(3e38)
 _DEPTH = "\0depth"
 
 
@@ -73,27 +74,6 @@ class LengthConfig:
 
     def describe(self) -> str:
         return f"{self.name} (keep {':'.join(f'{r:g}' for r in self.keep)})"
-
-
-def keep_counts(alive: np.ndarray, lengths: np.ndarray, keep_ratio: float) -> np.ndarray:
-    """Tokens each row keeps: ``min(alive, max(2, ceil(r * length - 0.001)))`` in float32."""
-    want = np.ceil(np.float32(keep_ratio) * lengths.astype(np.float32) - np.float32(0.001))
-    return np.minimum(alive, np.maximum(2, want.astype(np.int64)))
-
-
-def select_rows(imp: np.ndarray, valid: np.ndarray, lengths: np.ndarray,
-                keep_ratio: float) -> np.ndarray:
-    """Which tokens stay (``[nseq, longest]`` bool): the first and the last valid token of each row,
-    then the most important (ties: the earlier token) up to :func:`keep_counts`."""
-    n = valid.sum(axis=1)
-    k = keep_counts(n, lengths, keep_ratio)
-    col = np.arange(valid.shape[1])
-    forced = (col[None, :] == 0) | (col[None, :] == (n - 1)[:, None])
-    score = np.where(forced, BIG, np.where(valid, imp, -BIG)).astype(np.float32)
-    order = np.argsort(-score, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(valid.shape[1])[None, :].repeat(len(n), 0), axis=1)
-    return (rank < k[:, None]) & valid
 
 
 def choose_config(configs: Sequence[LengthConfig], default: LengthConfig,
@@ -141,9 +121,6 @@ class StagedRunner:
         self.configs = [LengthConfig.from_manifest(c) for c in configs]
         self.default = next((c for c in self.configs if c.name == default), None)
         self.unpruned = LengthConfig("unpruned", (1.0,) * self.layers, 1.0, 0.0, 0.0)
-        names = [s.name for s in model.inputs]
-        masks = [n for n in names if "mask" in n.lower()]
-        self._mask = masks[0] if len(masks) == 1 else None
         # [batch, seq]: how many layers ran each token in the last request (0 at padding).
         self.last_depth: np.ndarray | None = None
 
@@ -178,22 +155,12 @@ class StagedRunner:
     def plan(self, lens: np.ndarray) -> list[tuple[int, int]] | None:
         """Consecutive row chunks ``(lo, hi)`` that each fit one bucket; None if a row is too
         long."""
-        out, lo, n = [], 0, len(lens)
-        while lo < n:
-            hi, total = lo, 0
-            while hi < n and total + int(lens[hi]) <= self.max_tokens and hi - lo < self.max_seqs:
-                total += int(lens[hi])
-                hi += 1
-            if hi == lo:
-                return None
-            out.append((lo, hi))
-            lo = hi
-        return out
+        return chunk_rows(lens, self.max_tokens, self.max_seqs)
 
     # -- running -------------------------------------------------------------------------------
     def run(self, arrays: Mapping[str, np.ndarray], lens: np.ndarray,
             chunks: list[tuple[int, int]], cfg: LengthConfig) -> dict[str, np.ndarray]:
-        batch, seq = arrays[self._mask].shape if self._mask else next(iter(arrays.values())).shape
+        batch, seq = next(iter(arrays.values())).shape[:2]
         outs: dict[str, np.ndarray] = {}
         depth = np.zeros((batch, seq), np.int32)
         for lo, hi in chunks:
@@ -221,12 +188,6 @@ class StagedRunner:
             return [result]
         return [result[i] for i in range(len(f.outputs))]
 
-    def _cu(self, seg: np.ndarray, seqs: int) -> np.ndarray:
-        cu = np.zeros(seqs + 1, np.int32)
-        cu[1: len(seg) + 1] = np.cumsum(seg)
-        cu[len(seg) + 1:] = cu[len(seg)]
-        return cu
-
     def _run_chunk(self, arrays: Mapping[str, np.ndarray], rows: np.ndarray, lo: int, hi: int,
                    keep: tuple[float, ...]) -> dict[str, np.ndarray]:
         import tvm
@@ -237,18 +198,8 @@ class StagedRunner:
         if bucket is None:
             raise BackendError(f"{self._model.path}: no staged bucket holds {total} tokens")
         sel = np.arange(longest)[None, :] < rows[:, None]   # real positions of the chunk
-        feeds: dict[str, np.ndarray] = {}
         embed = bucket.stages["embed"]
-        for name in embed.inputs:
-            if name == POSITION_IDS:
-                pos = np.zeros((1, bucket.tokens), np.int64)
-                pos[0, :total] = np.nonzero(sel)[1]
-                feeds[name] = pos
-            else:
-                a = arrays[name][lo:hi, :longest]
-                stream = np.zeros((1, bucket.tokens), a.dtype)
-                stream[0, :total] = a[sel]
-                feeds[name] = stream
+        feeds = pack_stream(arrays, embed.inputs, sel, lo, hi, bucket.tokens)
         args = [tvm.runtime.tensor(feeds[n], dev) for n in embed.inputs]
         h = self._call(bucket, "embed", args)[0]
         where = np.flatnonzero(sel.reshape(-1))   # each stream token's place in [nseq * longest]
@@ -280,7 +231,7 @@ class StagedRunner:
                 stream = np.zeros((1, bucket.tokens, hid.shape[1]), np.float32)
                 stream[0, :n] = hid[kept]
                 h = tvm.runtime.tensor(stream, dev)
-            cu = tvm.runtime.tensor(self._cu(seg, bucket.seqs), dev)
+            cu = tvm.runtime.tensor(cu_seqlens(seg, bucket.seqs), dev)
             got = self._call(bucket, f"l{layer}", [h, cu])
             h, received_t = got[0], (got[1] if len(got) > 1 else None)
         depth[where] = self.layers
@@ -301,17 +252,4 @@ class StagedRunner:
         return out
 
 
-def lengths(mask: np.ndarray | None) -> np.ndarray | None:
-    """Each row's real length when ``mask`` is right-padded with no empty row; else None."""
-    if mask is None or mask.ndim != 2:
-        return None
-    lens = (mask != 0).sum(axis=1)
-    if lens.min() < 1:
-        return None
-    if not np.array_equal(mask != 0, np.arange(mask.shape[1])[None, :] < lens[:, None]):
-        return None
-    return lens
-
-
-__all__ = ["LengthConfig", "StagedRunner", "choose_config", "keep_counts", "lengths",
-           "select_rows"]
+__all__ = ["LengthConfig", "StagedRunner", "choose_config"]

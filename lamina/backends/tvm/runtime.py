@@ -156,7 +156,6 @@ class CompiledModel:
                               for c in manifest.get("index_checks", [])]
         self._mask_input = next((s.name for s in self.inputs
                                  if "mask" in s.name.lower() and SEQ in s.dims), None)
-        self._staged_mask = self._mask_input
 
     @property
     def buckets(self) -> list[Bucket]:
@@ -328,9 +327,9 @@ class CompiledModel:
         self._check_indices(arrays)
         self.last_config = None
         if self._staged is not None:
-            from .pruned_runtime import lengths
+            from .packed_runtime import right_padded_lengths
 
-            lens = lengths(arrays.get(self._staged_mask)) if self._staged_mask else None
+            lens = right_padded_lengths(arrays.get(self._mask_input)) if self._mask_input else None
             chunks = self._staged.plan(lens) if lens is not None else None
             if chunks is not None:
                 if length_config is not None:
@@ -347,7 +346,7 @@ class CompiledModel:
                 with self._slot():
                     if packed is not None:
                         self._staged.last_depth = np.where(
-                            arrays[self._staged_mask] != 0, self._staged.layers, 0)
+                            arrays[self._mask_input] != 0, self._staged.layers, 0)
                         return self._packed.run(arrays, *packed)
                     return self._staged.run(arrays, lens, chunks, cfg)
             log.info("%s: the request is not right-padded (or too long for the staged "

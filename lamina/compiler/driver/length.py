@@ -136,12 +136,6 @@ def split_sentences(path: str, holdout: float, limit: int | None = None
     return lines[: len(lines) - held], lines[len(lines) - held:]
 
 
-def _pooled(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask.astype(np.float64)[..., None]
-    e = (out.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
 def _mask(feeds: dict[str, np.ndarray]) -> np.ndarray:
     return next(v for k, v in feeds.items() if "mask" in k.lower())
 
@@ -149,23 +143,16 @@ def _mask(feeds: dict[str, np.ndarray]) -> np.ndarray:
 def embed(model: Any, batches: list[dict[str, np.ndarray]], keep: Sequence[float] | str
           ) -> np.ndarray:
     """Mean-pooled ``last_hidden_state`` rows of ``model`` run with the keep ratios ``keep``."""
+    from lamina.compiler.driver.quantize import pooled
+
     out_name = model._staged.token_output
-    rows = []
-    for feeds in batches:
-        got = model.run(feeds, length_config=keep)
-        rows.append(_pooled(got[out_name], _mask(feeds)))
-    return np.concatenate(rows)
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    from lamina.compiler.driver.quantize import nn_agreement
-
-    return nn_agreement(a, b)
+    return np.concatenate([pooled(model.run(feeds, length_config=keep)[out_name], feeds)
+                           for feeds in batches])
 
 
 def token_cost(keep: Sequence[float], lengths: np.ndarray) -> float:
     """Token-layers computed with ``keep``, relative to every token in every layer."""
-    from lamina.backends.tvm.pruned_runtime import keep_counts
+    from lamina.compiler.ir.ops.token_pruning import keep_counts
 
     alive = lengths.astype(np.int64)
     total = 0
@@ -176,27 +163,12 @@ def token_cost(keep: Sequence[float], lengths: np.ndarray) -> float:
     return total / (len(keep) * int(lengths.sum()))
 
 
-def _time(model: Any, batches: list[dict[str, np.ndarray]], keep: Sequence[float] | str,
-          repeats: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """``(real tokens per batch, ms [repeats, batches])``: every call timed, after a warm-up."""
-    tokens = np.array([int(_mask(b).sum()) for b in batches])
-    ms = np.zeros((repeats, len(batches)))
-    for feeds in batches[:4]:
-        model.run(feeds, length_config=keep)   # warm-up
-    for r in range(repeats):
-        for i, feeds in enumerate(batches):
-            t = time.perf_counter()
-            model.run(feeds, length_config=keep)
-            ms[r, i] = (time.perf_counter() - t) * 1e3
-    return tokens, ms
-
-
 def _time_interleaved(model: Any, batches: list[dict[str, np.ndarray]],
                       keeps: list[Sequence[float]], repeats: int = 3
                       ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Like :func:`_time` for several configurations at once, interleaved: each batch runs under
-    every configuration back to back (order rotating), so a shared machine's slow phases hit all
-    configurations alike and their latencies compare."""
+    """``(real tokens per batch, [ms [repeats, batches]] per configuration)``, every call timed
+    after a warm-up, configurations interleaved: each batch runs under every configuration back to
+    back (order rotating), so a shared machine's slow phases hit all of them alike."""
     from tqdm import tqdm
 
     tokens = np.array([int(_mask(b).sum()) for b in batches])
@@ -244,6 +216,7 @@ def search(model: Any, cfg: LengthSearchConfig,
     from tqdm import tqdm
 
     from lamina.compiler.driver.bench_text import make_batches
+    from lamina.compiler.driver.quantize import nn_agreement
 
     staged = model._staged
     if staged is None:
@@ -280,7 +253,7 @@ def search(model: Any, cfg: LengthSearchConfig,
                     cands.append(cand)
             best = None
             for cand in cands:
-                loss = 1 - agreement(ref_search, embed(model, search_b, cand))
+                loss = 1 - nn_agreement(ref_search, embed(model, search_b, cand))
                 evals += 1
                 bar.update(1)
                 cost = token_cost(cand, lengths)
@@ -303,7 +276,7 @@ def search(model: Any, cfg: LengthSearchConfig,
     # Held-out agreement and latency of every point on the path.
     ref_held = embed(model, held_eval, unpruned)
     for p in tqdm(path, desc="held-out check", unit="config", leave=False, disable=None):
-        p.heldout_agreement = agreement(ref_held, embed(model, held_eval, p.keep))
+        p.heldout_agreement = nn_agreement(ref_held, embed(model, held_eval, p.keep))
     tokens, times = _time_interleaved(model, held_b, [p.keep for p in path])
     for p, ms in zip(path, times, strict=True):
         p.ms_per_batch = float(np.median(ms, axis=0).mean())

@@ -4,33 +4,14 @@ unpruned run and ONNX Runtime on the ``prune-tokens`` graph, the length search a
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lamina.backends.tvm.pruned_runtime import (
-    LengthConfig,
-    choose_config,
-    keep_counts,
-    select_rows,
-)
-
-
-def lamina(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lamina.compiler.driver.cli", *args],
-                          capture_output=True, text=True)
-
-
-def _one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from lamina.backends.tvm.pruned_runtime import LengthConfig, choose_config
+from lamina.compiler.ir.ops.token_pruning import keep_counts, select_rows
+from tests.compiler.test_cli import _one_clear_line, lamina
 
 
 def _brute_select(imp: np.ndarray, n: int, length: int, r: float) -> set[int]:

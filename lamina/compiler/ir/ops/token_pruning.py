@@ -41,9 +41,9 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from lamina.compiler.ir.domain import FunctionBody, reference_op
+from lamina.compiler.ir.ops.attention import MASK_FILL, _float, _ints
 
 BIG = 3e38
-MASK_FILL = float(np.finfo(np.float32).min)
 
 
 def token_importance(q: np.ndarray, k: np.ndarray, alive: np.ndarray, num_heads: int,
@@ -63,15 +63,19 @@ def token_importance(q: np.ndarray, k: np.ndarray, alive: np.ndarray, num_heads:
     return (received / (num_heads * n)).astype(np.float32)
 
 
-def select_tokens(imp: np.ndarray, alive: np.ndarray, mask: np.ndarray,
-                  keep_ratio: float) -> np.ndarray:
-    """NumPy definition of ``lamina::SelectTokens`` (int64 ``[batch, seq]``)."""
-    live = alive != 0
+def keep_counts(alive: np.ndarray, lengths: np.ndarray, keep_ratio: float) -> np.ndarray:
+    """Tokens each row keeps: ``min(alive, max(2, ceil(r * length - 0.001)))`` in float32."""
+    want = np.ceil(np.float32(keep_ratio) * lengths.astype(np.float32) - np.float32(0.001))
+    return np.minimum(alive, np.maximum(2, want.astype(np.int64)))
+
+
+def select_rows(imp: np.ndarray, live: np.ndarray, lengths: np.ndarray,
+                keep_ratio: float) -> np.ndarray:
+    """Which tokens stay (bool ``[batch, seq]``) given each row's real length: the first and the
+    last live token, then the most important (ties: the earlier token) up to :func:`keep_counts`."""
+    live = live != 0
     b, s = live.shape
-    n = live.sum(1)
-    length = (mask != 0).sum(1).astype(np.float32)
-    want = np.ceil(np.float32(keep_ratio) * length - np.float32(0.001))
-    k = np.minimum(n, np.maximum(2, want)).astype(np.int64)
+    k = keep_counts(live.sum(1), lengths, keep_ratio)
     t = np.arange(s)
     last = np.where(live, t[None, :], -1).max(1)
     forced = (t[None, :] == 0) | (t[None, :] == last[:, None])
@@ -79,15 +83,13 @@ def select_tokens(imp: np.ndarray, alive: np.ndarray, mask: np.ndarray,
     order = np.argsort(-score.astype(np.float32), axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.broadcast_to(t, (b, s)).copy(), axis=1)
-    return ((rank < k[:, None]) & live).astype(np.int64)
+    return (rank < k[:, None]) & live
 
 
-def _ints(name: str, values: list[int]) -> Any:
-    return helper.make_node("Constant", [], [name], value_ints=values)
-
-
-def _float(name: str, value: float) -> Any:
-    return helper.make_node("Constant", [], [name], value_float=value)
+def select_tokens(imp: np.ndarray, alive: np.ndarray, mask: np.ndarray,
+                  keep_ratio: float) -> np.ndarray:
+    """NumPy definition of ``lamina::SelectTokens`` (int64 ``[batch, seq]``)."""
+    return select_rows(imp, alive, (mask != 0).sum(1), keep_ratio).astype(np.int64)
 
 
 @reference_op("TokenImportance", doc="attention each token receives, mean over heads and queries")
