@@ -301,6 +301,34 @@ def test_layer_norm_kernel(rows, n):
     np.testing.assert_allclose(out.numpy(), ref, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("rows, n", [(3, 20), (128, 384)])
+def test_layer_norm_kernel_quantizes_for_the_next_int8_kernel(rows, n, signed):
+    """The fused ``Yq`` is exactly the u8 the INT8 kernels read for ``saturate(round(Y * S) +
+    zp)`` of the kernel's own ``Y`` (int8 shifted by +128), vectorized on the host's width."""
+    import tvm
+
+    from lamina.backends.tvm.kernels.isa import host_target
+    from lamina.backends.tvm.kernels.layernorm import layer_norm_kernel
+
+    target = host_target(2)
+    func = layer_norm_kernel(rows, n, 1e-12, target, quant_out=True, out_signed=signed)
+    lib = tvm.compile(standalone_module(func), target=target)
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((rows, n)) * 3 + 5).astype("float32")
+    g, b = rng.standard_normal((2, n)).astype("float32")
+    s = (rng.random(n) * 40 + 10).astype("float32")
+    zp = -3.0 if signed else 120.0
+    qo = np.array([0.02, zp], "float32")
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros_like(x), dev)
+    yq = tvm.runtime.tensor(np.zeros((rows, n), "uint8"), dev)
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in (x, g, b, s, qo)), y, yq)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    ref = np.clip(np.rint(y.numpy() * s) + zp, lo, hi) + (128 if signed else 0)
+    np.testing.assert_array_equal(yq.numpy(), ref.astype(np.uint8))
+
+
 def test_row_kernels_use_the_target_vector_width():
     from lamina.backends.tvm.kernels._rows import lanes_for
 

@@ -123,6 +123,34 @@ def test_int8_dequantizing_epilogue(epilogue, bias, residual):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fam", ["vnni", "avx2"])
+@pytest.mark.parametrize("smooth, signed", [(True, False), (False, True)])
+def test_int8_epilogue_quantizes_for_the_next_kernel(fam, smooth, signed):
+    """``quant_out``: the consumer's QuantizeLinear (after smooth-quant's Mul) in the epilogue."""
+    target = _target(fam)
+    M, K, N = 32, 64, 64
+    xq, wq = _operands(M, K, N, seed=3, avx2=fam == "avx2")
+    rng = np.random.default_rng(6)
+    ws = rng.uniform(0.001, 0.01, N).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    s = rng.uniform(0.5, 2.0, N).astype(np.float32)
+    xs, zp, out_scale, out_zp = 0.02, 131, 0.03, (0 if signed else 40)
+    cfg = resolve_int8_config(M, K, N, target)
+    func = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True, epilogue="gelu_erf",
+                             quant_out=True, out_signed=signed)
+    if not smooth:
+        s[:] = 1
+    args = [xq, pack_weight_int8(wq, cfg.nv * lanes32(fam)), column_sums(wq), ws,
+            np.array([xs, zp], np.float32), b, (s / np.float32(out_scale)).astype(np.float32),
+            np.array([out_scale, out_zp], np.float32)]
+    got = _run(func, args, (M, N), np.uint8, target)
+    y = dense_int8_float_reference(xq, wq, zp, xs, ws, b, "gelu_erf")
+    want = quantize_reference(y * s, out_scale, out_zp, signed)
+    # Float rounding of the epilogue may move a value across a rounding boundary: one step.
+    diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
+    assert diff.max() <= 1 and np.mean(diff == 0) > 0.99
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_quantize_kernel_matches_onnx_rounding(signed):
     target = _target("avx2")

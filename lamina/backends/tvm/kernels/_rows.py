@@ -18,16 +18,23 @@ def lanes_for(n: int, target: tvm.target.Target | None) -> int:
 
 
 def schedule_rows(sch: tvm.s_tir.Schedule, output: str, inner: list[str], row_loops: list[str],
-                  lane_reductions: list[str], lanes: int) -> tvm.tirx.PrimFunc:
-    """Parallelize ``output`` over rows, compute the ``inner`` blocks at its row loop, vectorize the
-    row loops of ``output`` and ``row_loops`` and the lane reductions; returns the scheduled,
+                  lane_reductions: list[str], lanes: int,
+                  after: tuple[str, ...] = ()) -> tvm.tirx.PrimFunc:
+    """Parallelize ``output`` over rows, compute the ``inner`` blocks at its row loop (and the
+    ``after`` blocks, which read ``output``, after it), vectorize the row loops of ``output``
+    and ``row_loops`` and the lane reductions, and each ``after`` row loop whole (split into
+    lanes, TVM left it scalar and LLVM turned it into gathers); returns the scheduled,
     symbol-less PrimFunc."""
     r, j = sch.get_loops(sch.get_sblock(output))
     sch.parallel(r)
     for name in inner:
         sch.compute_at(sch.get_sblock(name), r)
+    for name in after:
+        sch.reverse_compute_at(sch.get_sblock(name), r)
     if lanes > 1:
         sch.vectorize(sch.split(j, [None, lanes])[1])
+        for name in after:
+            sch.vectorize(sch.get_loops(sch.get_sblock(name))[-1])
         for name in row_loops:
             loop = sch.get_loops(sch.get_sblock(name))[-1]
             sch.vectorize(sch.split(loop, [None, lanes])[1])

@@ -237,7 +237,8 @@ def packing(M: int, K: int, N: int, target: tvm.target.Target,
 def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                       config: Int8Config | None = None, bias: bool = False,
                       epilogue: Epilogue = None, residual: bool = False,
-                      raw: bool = False) -> tirx.PrimFunc:
+                      raw: bool = False, quant_out: bool = False,
+                      out_signed: bool = False) -> tirx.PrimFunc:
     """The scheduled INT8 dense kernel.
 
     Arguments, in order: ``Xq[M, Kp]`` uint8 (Kp = K rounded up to 4), ``Wp`` int8
@@ -245,11 +246,19 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     ``w_scale[N]`` float32, ``qp[2]`` float32 (activation scale, u8 zero point), ``bias[N]`` if
     ``bias``, ``R[M, N]`` if ``residual``, output ``Y[M, N]`` float32. With ``raw`` the output is
     the int32 accumulator ``Xq @ Wq`` itself and only ``Xq, Wp, Y`` are arguments (tests).
-    On an AMX target, shapes in whole 32 x 32 tiles get :func:`amx_dense_int8_kernel` (K padded
-    to 64, 16-column panels: see :func:`packing`).
+
+    With ``quant_out`` the kernel also quantizes its result for the next INT8 kernel (the
+    consumer's QuantizeLinear, and smooth-quant's per-channel ``Mul`` before it, fused into this
+    producer's epilogue): after ``R`` come ``S[N]``, the multiplier ``smooth[j] / scale`` of the
+    consumer's quantization, and ``qo[2]`` (``qo[1]`` its zero point), and ``Y`` is the consumer's
+    u8 ``Xq[M, N] = saturate(round_half_even(y * S) + zp)`` (int8 shifted by +128 when
+    ``out_signed``). A multiply, not ONNX's division: the float result ``y`` already differs from
+    ONNX Runtime's by rounding, and a division per element cost more than the whole quantize kernel.
     """
     check_epilogue(epilogue)
     if kernel_family(M, N, target) == "amx":
+        if quant_out:
+            raise ValueError("the AMX INT8 kernel has no quantized output")
         return amx_dense_int8_kernel(M, K, N, bias=bias, epilogue=epilogue, residual=residual,
                                      raw=raw)
     fam = family(target)
@@ -263,7 +272,9 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     MT = M // mr
     VB = 4 * L  # weight bytes per vector
     vnni = fam in ("vnni", "amx")
-    out_dtype = "int32" if raw else "float32"
+    out_dtype = "int32" if raw else ("uint8" if quant_out else "float32")
+    q_lo, q_hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
+    q_shift = 128.0 if out_signed else 0.0
     i32v = f"int32x{L}"
     u8v = f"uint8x{VB}"
     i16v = f"int16x{2 * L}"
@@ -274,7 +285,8 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),
              CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
              QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
-             R: T.Buffer((M, N), "float32"), Y: T.Buffer((M, N), out_dtype)):
+             R: T.Buffer((M, N), "float32"), S: T.Buffer((N,), "float32"),
+             QO: T.Buffer((2,), "float32"), Y: T.Buffer((M, N), out_dtype)):
         T.func_attr({"tirx.noalias": True})
         for task in T.parallel(P * MT):
             acc = T.alloc_buffer((mr, nb), "int32", scope="local")
@@ -303,13 +315,20 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                                         W[p, k4, T.ramp(v * VB, 1, VB)]),
                                     T.broadcast(T.int16(1), 2 * L)))
             for i in T.unroll(mr):
-                for c in T.vectorized(nb):
-                    if raw:
-                        Y[row + i, p * nb + c] = acc[i, c]
-                    else:
-                        Y[row + i, p * nb + c] = epi(row + i, p * nb + c, acc[i, c], CS, WS, QP,
-                                                     B, R)
+                for v in T.unroll(nv):  # one register of columns at a time (no spills)
+                    for c in T.vectorized(L):
+                        if raw:
+                            Y[row + i, p * nb + v * L + c] = acc[i, v * L + c]
+                        elif quant_out:
+                            Y[row + i, p * nb + v * L + c] = T.Cast("uint8", T.max(T.min(
+                                T.nearbyint(epi(row + i, p * nb + v * L + c, acc[i, v * L + c],
+                                                CS, WS, QP, B, R) * S[p * nb + v * L + c])
+                                + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
+                        else:
+                            Y[row + i, p * nb + v * L + c] = epi(
+                                row + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R)
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
-                                        + (["R"] if residual else []) + ["Y"])
+                                        + (["R"] if residual else [])
+                                        + (["S", "QO"] if quant_out else []) + ["Y"])
     return finish_kernel(root_block(keep_params(func, keep)))

@@ -9,7 +9,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import finish_kernel, root_block
+from .common import finish_kernel, keep_params, root_block
 
 
 def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = False) -> np.ndarray:
@@ -20,28 +20,38 @@ def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = Fals
 
 
 def quantize_kernel(M: int, K: int, *, signed: bool = False, target: tvm.target.Target,
-                    k_step: int = 4) -> tirx.PrimFunc:
+                    k_step: int = 4, smooth: bool = False) -> tirx.PrimFunc:
     """``Xq[M, Kp] = saturate(round_half_even(X / qp[0]) + qp[1])`` as the kernel's u8 (int8
     activations shifted by +128), zero-padded columns up to Kp; arguments ``X[M, K]``, ``qp[2]``
-    (the ONNX scale and zero point), output ``Xq``. Parallel over rows, vectorized along them."""
+    (the ONNX scale and zero point), output ``Xq``. Parallel over rows, vectorized along them.
+
+    With ``smooth`` a per-channel multiplier ``S[K]`` comes after ``X`` and the kernel quantizes
+    ``X * S`` (the ``Mul`` that ``smooth-quant`` puts before the QuantizeLinear, fused: the same
+    float operations in the same order, so the same integers)."""
     del target  # one form for every ISA: LLVM vectorizes the row loop to the target's width
     Kp = -(-K // k_step) * k_step
     lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
     shift = 128.0 if signed else 0.0
 
     @T.prim_func(private=True)
-    def func(X: T.Buffer((M, K), "float32"), QP: T.Buffer((2,), "float32"),
-             Y: T.Buffer((M, Kp), "uint8")):
+    def func(X: T.Buffer((M, K), "float32"), S: T.Buffer((K,), "float32"),
+             QP: T.Buffer((2,), "float32"), Y: T.Buffer((M, Kp), "uint8")):
         T.func_attr({"tirx.noalias": True})
         for r in T.parallel(M):
             for c in T.vectorized(K):
-                Y[r, c] = T.Cast("uint8", T.max(T.min(T.nearbyint(X[r, c] / QP[0]) + QP[1],
-                                                      T.float32(hi)), T.float32(lo))
-                                 + T.float32(shift))
+                if smooth:
+                    Y[r, c] = T.Cast("uint8", T.max(T.min(
+                        T.nearbyint(X[r, c] * S[c] / QP[0]) + QP[1], T.float32(hi)),
+                        T.float32(lo)) + T.float32(shift))
+                else:
+                    Y[r, c] = T.Cast("uint8", T.max(T.min(
+                        T.nearbyint(X[r, c] / QP[0]) + QP[1], T.float32(hi)),
+                        T.float32(lo)) + T.float32(shift))
             for c in range(Kp - K):
                 Y[r, K + c] = T.uint8(0)
 
-    return finish_kernel(root_block(func))
+    keep = ["X", "S", "QP", "Y"] if smooth else ["X", "QP", "Y"]
+    return finish_kernel(root_block(keep_params(func, keep)))
 
 
 def dynamic_qparams_kernel(M: int, K: int) -> tirx.PrimFunc:
