@@ -39,15 +39,16 @@ def _qdq_act(x: str, scale: float, zp: int, signed: bool):
 
 
 def qdq_model(seq: int = S) -> ir.Model:
-    """LayerNorm -> Linear(gelu) -> Linear(+residual) with u8 activations; a Gemm (transB) on s8
-    activations; a MatMul on dynamically quantized activations. Three outputs."""
+    """LayerNorm -> Linear(gelu) -> Mul (smooth-quant) -> Linear(+residual) with u8 activations;
+    a Gemm (transB) on s8 activations; a MatMul on dynamically quantized activations. Three
+    outputs."""
     rng = np.random.default_rng(0)
     nodes, inits = [], []
     inits += [("ln_g", np.ones(H, np.float32)), ("ln_b", np.zeros(H, np.float32))]
     nodes.append(helper.make_node("LayerNormalization", ["x", "ln_g", "ln_b"], ["h"], axis=-1))
     for part in (_qdq_act("h", 8.0 / 255, 128, False),
                  _qdq_weight("w1", rng.standard_normal((H, FF)).astype(np.float32) * 0.1, 1),
-                 _qdq_act("g", 2.5 / 255, 20, False),
+                 _qdq_act("gs", 2.5 / 255, 20, False),
                  _qdq_weight("w2", rng.standard_normal((FF, H)).astype(np.float32) * 0.1, 1),
                  _qdq_act("y2d", 6.0 / 127, 0, True),
                  _qdq_weight("w3", rng.standard_normal((32, H)).astype(np.float32) * 0.1, 0),
@@ -56,10 +57,13 @@ def qdq_model(seq: int = S) -> ir.Model:
         inits += part[1]
     inits += [("b1", rng.standard_normal(FF).astype(np.float32) * 0.1),
               ("b2", rng.standard_normal(H).astype(np.float32) * 0.1),
-              ("b3", rng.standard_normal(32).astype(np.float32) * 0.1)]
+              ("b3", rng.standard_normal(32).astype(np.float32) * 0.1),
+              ("g_smooth", rng.uniform(0.5, 2.0, FF).astype(np.float32))]
     nodes += [
         helper.make_node("Linear", ["h_dq", "w1", "b1"], ["g"], domain="lamina", activation="gelu"),
-        helper.make_node("Linear", ["g_dq", "w2", "b2", "h"], ["y"], domain="lamina",
+        # smooth-quant's per-channel Mul before the quantizer (fused into the producer's kernel)
+        helper.make_node("Mul", ["g", "g_smooth"], ["gs"]),
+        helper.make_node("Linear", ["gs_dq", "w2", "b2", "h"], ["y"], domain="lamina",
                          has_residual=1),
         helper.make_node("Reshape", ["y", "shape2d"], ["y2d"]),
         helper.make_node("Gemm", ["y2d_dq", "w3", "b3"], ["out_gemm"], transB=1),
@@ -80,7 +84,7 @@ def qdq_model(seq: int = S) -> ir.Model:
 
 def test_plan_absorbs_the_qdq_nodes():
     from lamina.backends.tvm.kernels import host_supports, target_for
-    from lamina.backends.tvm.lower.ops.quant_dense import plan_int8
+    from lamina.backends.tvm.lower.ops.quant_dense import plan_int8, quantized_values
 
     if not host_supports("avx2"):
         pytest.skip("host CPU runs no INT8 kernel family")
@@ -88,7 +92,16 @@ def test_plan_absorbs_the_qdq_nodes():
     matches, skip = plan_int8(m.graph, target_for("avx2", 2))
     assert sorted(n.op_type for n in matches) == ["Gemm", "Linear", "Linear", "MatMul"]
     kinds = sorted(n.op_type for n in skip)
-    assert kinds == ["DequantizeLinear"] * 8 + ["DynamicQuantizeLinear"] + ["QuantizeLinear"] * 3
+    assert kinds == (["DequantizeLinear"] * 8 + ["DynamicQuantizeLinear"] + ["Mul"]
+                     + ["QuantizeLinear"] * 3)
+    # The smooth Mul goes into the quantization of the GELU output, and that into the first
+    # Linear's epilogue (nothing else reads its float output).
+    first, second = (n for n in matches if n.op_type == "Linear")
+    assert matches[second].smooth is not None and matches[second].x.name == "g"
+    assert matches[first].quant_out is matches[second]
+    assert all(matches[n].quant_out is None for n in matches if n is not first)
+    # The LayerNorm quantizes its own output for the first Linear; dynamic inputs stay apart.
+    assert {v.name for v in quantized_values(matches, skip)} == {"h", "g", "y2d"}
     assert plan_int8(m.graph, target_for("generic", 2)) == ({}, set())
     assert plan_int8(m.graph, None) == ({}, set())
 

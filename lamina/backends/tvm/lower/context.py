@@ -39,6 +39,8 @@ class LowerContext:
         # quantized activations they share ((value, mode...) -> (Xq, qparams)).
         self.int8: dict = {}
         self.int8_inputs: dict = {}
+        # float activations an INT8 consumer quantizes statically (quant_dense.quantized_values)
+        self.int8_out: dict = {}
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}
         self.param_values: dict[str, np.ndarray] = {}

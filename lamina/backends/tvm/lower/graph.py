@@ -18,7 +18,7 @@ from tvm import relax
 
 from .._errors import BackendError
 from .context import LowerContext, _dtype_str, unsupported_dtype
-from .ops.quant_dense import plan_int8
+from .ops.quant_dense import plan_int8, quantized_values
 from .registry import Const, Value, lookup, supported_ops
 from .versions import unsupported_version
 
@@ -87,6 +87,7 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
     ctx.env = env  # converters may look at the values behind their inputs (fused head split)
     # Quantized dense layers in QDQ form lower to INT8 kernels; their Q / DQ nodes are not lowered.
     ctx.int8, absorbed = plan_int8(graph, target)
+    ctx.int8_out = quantized_values(ctx.int8, absorbed)
     for name, v in graph.initializers.items():
         if v.const_value is None:
             raise BackendError(f"initializer {name!r} has no value (external data not loaded?)")

@@ -9,7 +9,7 @@ from tvm import relax
 from ..context import LowerContext, normalize_axis
 from ..registry import converter
 from ._dense import emit_kernel_dense, kernel_weight
-from .quant_dense import emit_int8_dense
+from .quant_dense import claim_quantization, emit_int8_dense, store_quantized
 
 
 @converter("MatMul")
@@ -129,8 +129,18 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
     if ctx.target is not None and dtype == "float32" and axis == rank - 1:
         from ...kernels.layernorm import emit_layer_norm
 
-        return [emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps,
-                                ctx.target), None, None]
+        # An INT8 consumer's quantization of the output, fused into the LayerNorm kernel.
+        q = ctx.int8_out.get(node.outputs[0])
+        rows = int(np.prod(shape[:-1]))
+        claim = claim_quantization(ctx, q, rows, shape[-1]) if q is not None else None
+        if claim is None:
+            return [emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps,
+                                    ctx.target), None, None]
+        key, s, qo = claim
+        y, yq = emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps, ctx.target,
+                                quant=(s, qo, q.signed))
+        store_quantized(ctx, q, key, yq)
+        return [y, None, None]
     y = ctx.emit(relax.op.nn.layer_norm(ctx.expr(x), gamma, beta,
                                         axes=list(range(axis, rank)), epsilon=eps))
     return [y, None, None]

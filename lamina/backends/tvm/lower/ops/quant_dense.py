@@ -48,6 +48,13 @@ class Int8Dense:
     w_scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [N]
     w_name: str = "weight"
     via: tuple[ir.Node, ...] = ()  # the Q / DQ nodes this consumer reads through
+    # ``x`` is multiplied by this per-channel vector before quantization (the ``Mul`` of
+    # ``smooth-quant``, fused into the quantize kernel); ``smooth_name`` names it.
+    smooth: np.ndarray | None = None
+    smooth_name: str = ""
+    # The consumer whose (static) quantization of this dense's output this kernel does in its
+    # epilogue, when nothing else reads the float output.
+    quant_out: Int8Dense | None = None
 
 
 def _producer(v: ir.Value | None, op: str) -> ir.Node | None:
@@ -193,7 +200,45 @@ def plan_int8(graph: ir.Graph, target: object) -> tuple[dict[ir.Node, Int8Dense]
     for n in candidates:
         if n.op_type != "DequantizeLinear" and only_used_by(n, lambda u: u in skip):
             skip.add(n)
+    # smooth-quant's per-channel Mul before a static QuantizeLinear that is itself absorbed: the
+    # quantize kernel does the multiply (``x * s`` then the division, as ONNX Runtime does).
+    for m in matches.values():
+        if m.dynamic or m.via[1] not in skip:
+            continue
+        mul = _producer(m.x, "Mul")
+        smooth = _smooth_vector(mul, m.wq.shape[0])
+        if smooth is None or not only_used_by(mul, lambda u: u in skip):
+            continue
+        vec, x = smooth
+        m.x, m.smooth, m.smooth_name = x, vec, mul.inputs[1].name or mul.name or "smooth"
+        skip.add(mul)
+    # A static quantization of an INT8 dense's output that nothing else reads (the FFN's GELU
+    # output before the down projection): the producer's epilogue writes the u8 directly.
+    for m in matches.values():
+        if m.dynamic or m.via[1] not in skip or m.x in outputs:
+            continue
+        prod = m.x.producer()
+        if prod in matches and all(user in skip for user, _ in m.x.uses()):
+            matches[prod].quant_out = m
     return matches, skip
+
+
+def _smooth_vector(mul: ir.Node | None, k: int) -> tuple[np.ndarray, ir.Value] | None:
+    """``(s[K] float32, x)`` for ``Mul(x, s)`` with a constant per-last-axis ``s`` (either
+    order)."""
+    if mul is None or len(mul.inputs) != 2 or None in mul.inputs:
+        return None
+    for ci, xi in ((1, 0), (0, 1)):
+        c = _const(mul.inputs[ci])
+        x = mul.inputs[xi]
+        if c is None or _const(x) is not None or c.dtype != np.float32:
+            continue
+        if c.size != k or c.shape[-1:] != (k,):
+            continue
+        if x.shape is not None and (len(x.shape) < c.ndim or x.shape[-1] != k):
+            continue  # x broadcast by the Mul (unknown shapes are checked when lowering)
+        return np.ascontiguousarray(c.reshape(k)), x
+    return None
 
 
 def emit_int8_dense(
@@ -236,7 +281,7 @@ def emit_int8_dense(
 
     # One quantized copy of x for all its consumers (of the same K padding).
     cache = ctx.int8_inputs
-    key = (m.x, m.dynamic, m.x_scale, m.x_zp, m.signed, kp)
+    key = _quant_key(m, kp)
     if key not in cache:
         x2 = bb.emit(relax.op.reshape(ctx.expr(x), (rows, k)))
         if m.dynamic:
@@ -246,14 +291,15 @@ def emit_int8_dense(
             qp_dense = qp
         else:
             qp = relax.const(np.array([m.x_scale, m.x_zp], np.float32), "float32")
-            qp_dense = relax.const(
-                np.array([m.x_scale, m.x_zp + (128 if m.signed else 0)], np.float32), "float32"
-            )
+            qp_dense = _kernel_qparams(m)
+        smooth = m.smooth is not None
         gv = bb.add_func(
-            quantize_kernel(rows, k, signed=m.signed, target=target, k_step=k_step),
-            f"lamina_quantize_{rows}x{k}{'_s8' if m.signed else ''}",
+            quantize_kernel(rows, k, signed=m.signed, target=target, k_step=k_step,
+                            smooth=smooth),
+            f"lamina_quantize_{rows}x{k}{'_s8' if m.signed else ''}{'_smooth' if smooth else ''}",
         )
-        xq = bb.emit(relax.call_tir(gv, [x2, qp], relax.TensorType((rows, kp), "uint8")))
+        qargs = [x2, _param(ctx, f"{m.smooth_name}@smooth", m.smooth), qp] if smooth else [x2, qp]
+        xq = bb.emit(relax.call_tir(gv, qargs, relax.TensorType((rows, kp), "uint8")))
         cache[key] = (xq, qp_dense)
     xq, qp_dense = cache[key]
 
@@ -263,6 +309,11 @@ def emit_int8_dense(
     cs_var = _param(ctx, f"{m.w_name}{tag}:colsum", column_sums(wq))
     ws_var = _param(ctx, f"{m.w_name}{tag}:scale", w_scale)
     epilogue = EPILOGUES[activation]
+    # The consumer's quantization in this kernel's epilogue, when the consumer reads exactly n
+    # columns (no K padding) and this kernel is not the AMX one (which has no such epilogue).
+    out = m.quant_out
+    claim = claim_quantization(ctx, out, rows, n) if out is not None and fam != "amx" else None
+    out_key = claim[0] if claim is not None else None
     func = dense_int8_kernel(
         rows,
         k,
@@ -272,10 +323,12 @@ def emit_int8_dense(
         bias=bias is not None,
         epilogue=epilogue,
         residual=residual is not None,
+        quant_out=out_key is not None,
+        out_signed=out_key is not None and out.signed,
     )
     name = (
         f"lamina_dense_int8_{rows}x{k}x{n}{'_' + epilogue if epilogue else ''}"
-        f"{'_res' if residual is not None else ''}"
+        f"{'_res' if residual is not None else ''}{'_q' if out_key is not None else ''}"
     )
     gv = bb.add_func(func, name)
     args = [xq, wp_var, cs_var, ws_var, qp_dense]
@@ -283,9 +336,65 @@ def emit_int8_dense(
         args.append(ctx.expr(ctx.cast(bias, "float32")))
     if residual is not None:
         args.append(bb.emit(relax.op.reshape(ctx.expr(residual), (rows, n))))
+    if out_key is not None:
+        args += claim[1:]
+        yq = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "uint8")))
+        cache[out_key] = (yq, _kernel_qparams(out))
+        ctx.features.update(INT8_FEATURES[fam])
+        return bb.emit(relax.op.reshape(yq, (*shape[:-1], n)))
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
     ctx.features.update(INT8_FEATURES[fam])
     return bb.emit(relax.op.reshape(y, (*shape[:-1], n)))
+
+
+def quantized_values(matches: dict[ir.Node, Int8Dense],
+                     skip: set[ir.Node]) -> dict[ir.Value, Int8Dense]:
+    """The float activations whose static quantization (an absorbed QuantizeLinear) the kernel
+    that produces them may do, e.g. a LayerNorm's output: value -> a consumer that reads it."""
+    out: dict[ir.Value, Int8Dense] = {}
+    for m in matches.values():
+        if not m.dynamic and m.via[1] in skip:
+            out.setdefault(m.x, m)
+    return out
+
+
+def claim_quantization(ctx: LowerContext, m: Int8Dense, rows: int,
+                       n: int) -> tuple[tuple, relax.Expr, relax.Expr] | None:
+    """For a producer of ``m.x`` (``rows x n``) that quantizes it itself: ``(cache key,
+    multiplier S[n], qo)`` (the arguments of the kernels' ``quant_out``), or None when the
+    consumer pads K (AMX) or the copy already exists. The producer stores its u8 output under the
+    key in ``ctx.int8_inputs``, where the consumer's :func:`emit_int8_dense` finds it."""
+    from ...kernels.dense_int8 import packing, resolve_int8_config
+
+    target = ctx.target
+    if target is None or m.dynamic:
+        return None
+    n_out = m.wq.shape[1]
+    cfg = ctx.tiles.int8(rows, n, n_out, target) if ctx.tiles is not None else None
+    _, k_step = packing(rows, n, n_out, target, resolve_int8_config(rows, n, n_out, target, cfg))
+    key = _quant_key(m, n)
+    if n % k_step or key in ctx.int8_inputs:
+        return None
+    smooth = m.smooth if m.smooth is not None else np.ones(n, np.float32)
+    mult = (smooth / np.float32(m.x_scale)).astype(np.float32)
+    s = _param(ctx, f"{m.smooth_name or m.x.name}@quant{m.x_scale!r}", mult)
+    return key, s, relax.const(np.array([m.x_scale, m.x_zp], np.float32), "float32")
+
+
+def store_quantized(ctx: LowerContext, m: Int8Dense, key: tuple, xq: relax.Expr) -> None:
+    """Record a producer's fused quantization of ``m.x`` for its consumers."""
+    ctx.int8_inputs[key] = (xq, _kernel_qparams(m))
+
+
+def _quant_key(m: Int8Dense, kp: int) -> tuple:
+    """What makes two quantized copies of an activation the same."""
+    return (m.x, m.dynamic, m.x_scale, m.x_zp, m.signed, kp, m.smooth_name)
+
+
+def _kernel_qparams(m: Int8Dense) -> relax.Expr:
+    """``[scale, zero point]`` of a static activation as the kernel's u8 sees it."""
+    zp = m.x_zp + (128 if m.signed else 0)
+    return relax.const(np.array([m.x_scale, zp], np.float32), "float32")
 
 
 def _param(ctx: LowerContext, name: str, value: np.ndarray) -> relax.Var:
