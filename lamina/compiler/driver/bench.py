@@ -217,8 +217,12 @@ def main(args: argparse.Namespace) -> int:
         if torch_src == "none":
             engines = [e for e in engines if e != "pytorch"]
         if args.baseline:
+            from lamina.backends.tvm.artifact import read_manifest
+            from lamina.compiler.driver.bench_peers import artifact_precision
+
             paths["baseline"] = args.baseline
             engines.append("baseline")
+            precision["baseline"] = artifact_precision(read_manifest(args.baseline)[1])
         samples: dict[str, list[float]] = {e: [] for e in engines}
         round_p50: dict[str, list[float]] = {e: [] for e in engines}
         for r in range(args.rounds):
