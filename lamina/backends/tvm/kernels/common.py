@@ -23,6 +23,14 @@ def f32(v: float) -> tirx.PrimExpr:
     return tirx.const(v, "float32")
 
 
+def round_half_even(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """ONNX QuantizeLinear's rounding, as LLVM's ``nearbyint`` (the default rounding mode). TVM's
+    own ``nearbyint`` does not vectorize: a ``T.vectorized`` loop using it stays scalar, and LLVM
+    re-vectorizes it at its preferred width (8 lanes) or with gathers; the LLVM intrinsic
+    vectorizes to the loop's lanes."""
+    return tirx.call_llvm_pure_intrin("float32", "llvm.nearbyint", x)
+
+
 def _poly(x2: tirx.PrimExpr, coeffs: list[float]) -> tirx.PrimExpr:
     p = f32(coeffs[0])
     for c in coeffs[1:]:

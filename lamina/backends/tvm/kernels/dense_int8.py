@@ -54,6 +54,7 @@ from .common import (
     finish_kernel,
     keep_params,
     root_block,
+    round_half_even,
 )
 from .dense_amx import amx_dense_int8_kernel, amx_fits
 from .isa import int8_isa
@@ -321,7 +322,7 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                             Y[row + i, p * nb + v * L + c] = acc[i, v * L + c]
                         elif quant_out:
                             Y[row + i, p * nb + v * L + c] = T.Cast("uint8", T.max(T.min(
-                                T.nearbyint(epi(row + i, p * nb + v * L + c, acc[i, v * L + c],
+                                round_half_even(epi(row + i, p * nb + v * L + c, acc[i, v * L + c],
                                                 CS, WS, QP, B, R) * S[p * nb + v * L + c])
                                 + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
                         else:

@@ -12,6 +12,7 @@ import tvm
 from tvm import relax, te
 
 from ._rows import lanes_for, schedule_rows
+from .common import round_half_even
 
 
 def layer_norm_kernel(rows: int, n: int, eps: float,
@@ -55,7 +56,7 @@ def layer_norm_kernel(rows: int, n: int, eps: float,
     shift = 128.0 if out_signed else 0.0
     yq = te.compute(
         (rows, n),
-        lambda r, j: (tvm.tirx.max(tvm.tirx.min(tvm.tirx.nearbyint(y[r, j] * s[j]) + qo[1], hi),
+        lambda r, j: (tvm.tirx.max(tvm.tirx.min(round_half_even(y[r, j] * s[j]) + qo[1], hi),
                                    lo) + shift).astype("uint8"),
         name="Yq",
     )

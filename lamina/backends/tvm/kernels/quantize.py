@@ -9,7 +9,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import finish_kernel, keep_params, root_block
+from .common import finish_kernel, keep_params, root_block, round_half_even
 
 
 def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = False) -> np.ndarray:
@@ -41,11 +41,11 @@ def quantize_kernel(M: int, K: int, *, signed: bool = False, target: tvm.target.
             for c in T.vectorized(K):
                 if smooth:
                     Y[r, c] = T.Cast("uint8", T.max(T.min(
-                        T.nearbyint(X[r, c] * S[c] / QP[0]) + QP[1], T.float32(hi)),
+                        round_half_even(X[r, c] * S[c] / QP[0]) + QP[1], T.float32(hi)),
                         T.float32(lo)) + T.float32(shift))
                 else:
                     Y[r, c] = T.Cast("uint8", T.max(T.min(
-                        T.nearbyint(X[r, c] / QP[0]) + QP[1], T.float32(hi)),
+                        round_half_even(X[r, c] / QP[0]) + QP[1], T.float32(hi)),
                         T.float32(lo)) + T.float32(shift))
             for c in range(Kp - K):
                 Y[r, K + c] = T.uint8(0)
