@@ -20,6 +20,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     from lamina.compiler.driver import api
     from lamina.compiler.driver.quantize import (
         QuantizeConfig,
-        _quantize,
         cosine,
         embeddings,
         nn_agreement,
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             total = len(res.fp32) + len(res.quantized)
             label = f"lamina {mode} {args.method if mode == 'static' else 'u8'}"
-            every = _quantize(base, set(res.fp32) | set(res.quantized), cfg, res.ranges)
+            # Every op in INT8: the same pipeline (SmoothQuant included) without the fallback.
+            every, _ = quantize_model(base.clone(), replace(cfg, target_cos=None))
             add(label, embeddings(every, held, mode), f"0/{total}")
             add(
                 f"{label} + fallback (target {args.target_cos})",
