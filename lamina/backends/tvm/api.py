@@ -184,7 +184,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    tune_trials: int = 0,
                    tuning_db: str | os.PathLike[str] | None = None,
                    packed: Sequence[Any] | None = None,
-                   staged: Sequence[Any] | None = None) -> Path:
+                   staged: Sequence[Any] | None = None,
+                   int8_sparse: bool = True) -> Path:
     """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
 
     - ``models``: ``{(batch, seq): model}``, each the canonical graph specialized to its bucket
@@ -208,6 +209,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
       ``packed``; the runtime runs uneven batches through them, see ``packed_runtime.py``).
     - ``staged``: ``staged.StagedGraph`` s, the packed functions cut layer by layer (manifest
       ``staged``; the runtime prunes tokens between layers, see ``pruned_runtime.py``).
+    - ``int8_sparse``: INT8 layers whose int8 weights are mostly zero 4x1 blocks run the
+      block-sparse INT8 kernel (``lower/ops/quant_dense.sparse_choice``).
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
@@ -237,7 +240,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
             extra_models[f"staged_t{sg.tokens}_n{sg.seqs}_{st.name}"] = st.model
     lowered = lower_buckets({k: models[k] for k in buckets},
                             target=spec.tvm_target if kernels else None, tiles=tiles,
-                            extra=extra_models)
+                            extra=extra_models, int8_sparse=int8_sparse)
     t_lower = time.perf_counter() - t0
     # Build and require only the extra features the kernels use (VNNI only for INT8 kernels...).
     spec = spec.narrowed(lowered.features)

@@ -214,8 +214,13 @@ def compile(  # noqa: A001 - the verb users expect
             # The cost table is measured (once per target) only for models with pruned weights.
             from lamina.backends.tvm.kernels.sparse_calibrate import cost_table_for
 
-            costs = cost_table_for(target, threads, tuning_db)
-            pipeline += "," + SPARSITY_PASSES.format(costs=costs)
+            if quantize is None:
+                costs = cost_table_for(target, threads, tuning_db)
+                pipeline += "," + SPARSITY_PASSES.format(costs=costs)
+            else:
+                # INT8: pruned matmuls stay dense Linear ops for quantize-int8; the lowering runs
+                # the block-sparse INT8 kernel on the pruned int8 weights.
+                pipeline += ",shrink-structured"
     model, report = optimize(model, pipeline, debug)
     if any(n.op_type == "SelectTokens" and n.domain == "lamina" for n in model.graph):
         raise UsageError("the pipeline prunes tokens (prune-tokens), which fixed-shape functions "
@@ -265,6 +270,7 @@ def compile(  # noqa: A001 - the verb users expect
         tuning_db=tuning_db,
         packed=packed_graphs,
         staged=staged_graphs,
+        int8_sparse=sparsity,
     )
     if prune_tokens is not None:
         from lamina.compiler.driver import length

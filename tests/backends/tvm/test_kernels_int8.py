@@ -166,6 +166,27 @@ def test_quantize_kernel_matches_onnx_rounding(signed):
     assert (got[:, K:] == 0).all()
 
 
+@pytest.mark.parametrize("signed, smooth", [(False, False), (True, False), (False, True)])
+def test_transposed_quantize_kernel_is_the_quantize_kernel_transposed(signed, smooth):
+    """The block-sparse INT8 kernel's input: ``XT[K, M]``, byte for byte the transpose of the
+    row-major quantization (ONNX rounding; smooth-quant's multiply first)."""
+    from lamina.backends.tvm.kernels.quantize import quantize_transposed_kernel
+
+    target = _target("avx2")
+    M, K = 48, 32
+    rng = np.random.default_rng(6)
+    scale = np.float32(0.05)
+    x = (rng.standard_normal((M, K)) * 4).astype(np.float32)
+    x[0, :6] = np.array([0.025, 0.075, -0.025, 100.0, -100.0, 0.125], np.float32)
+    s = rng.uniform(0.5, 2.0, K).astype(np.float32)
+    zp = 0 if signed else 128
+    qp = np.array([scale, zp], np.float32)
+    func = quantize_transposed_kernel(M, K, signed=signed, smooth=smooth)
+    got = _run(func, [x, s, qp] if smooth else [x, qp], (K, M), np.uint8, target)
+    np.testing.assert_array_equal(got, quantize_reference(x * s if smooth else x, scale, zp,
+                                                          signed).T)
+
+
 def test_dynamic_qparams_kernel():
     target = _target("avx2")
     rng = np.random.default_rng(5)

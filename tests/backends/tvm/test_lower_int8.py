@@ -38,18 +38,29 @@ def _qdq_act(x: str, scale: float, zp: int, signed: bool):
     return nodes, inits
 
 
-def qdq_model(seq: int = S) -> ir.Model:
+def _pruned(w: np.ndarray, density: float | None, seed: int) -> np.ndarray:
+    """``w [K, N]`` with all but ``density`` of its 4x1 blocks (4 outputs of one input) zeroed."""
+    if density is None:
+        return w
+    k, n = w.shape
+    keep = np.random.default_rng(seed).random((k, n // 4)) < density
+    return (w.reshape(k, n // 4, 4) * keep[:, :, None]).reshape(k, n)
+
+
+def qdq_model(seq: int = S, density: float | None = None) -> ir.Model:
     """LayerNorm -> Linear(gelu) -> Mul (smooth-quant) -> Linear(+residual) with u8 activations;
     a Gemm (transB) on s8 activations; a MatMul on dynamically quantized activations. Three
-    outputs."""
+    outputs. ``density``: the two Linears' weights pruned to that fraction of 4x1 blocks."""
     rng = np.random.default_rng(0)
     nodes, inits = [], []
     inits += [("ln_g", np.ones(H, np.float32)), ("ln_b", np.zeros(H, np.float32))]
     nodes.append(helper.make_node("LayerNormalization", ["x", "ln_g", "ln_b"], ["h"], axis=-1))
     for part in (_qdq_act("h", 8.0 / 255, 128, False),
-                 _qdq_weight("w1", rng.standard_normal((H, FF)).astype(np.float32) * 0.1, 1),
+                 _qdq_weight("w1", _pruned(rng.standard_normal((H, FF)).astype(np.float32) * 0.1,
+                                           density, 1), 1),
                  _qdq_act("gs", 2.5 / 255, 20, False),
-                 _qdq_weight("w2", rng.standard_normal((FF, H)).astype(np.float32) * 0.1, 1),
+                 _qdq_weight("w2", _pruned(rng.standard_normal((FF, H)).astype(np.float32) * 0.1,
+                                           density, 2), 1),
                  _qdq_act("y2d", 6.0 / 127, 0, True),
                  _qdq_weight("w3", rng.standard_normal((32, H)).astype(np.float32) * 0.1, 0),
                  _qdq_weight("w4", rng.standard_normal((H, 16)).astype(np.float32) * 0.1, 1)):
@@ -106,11 +117,12 @@ def test_plan_absorbs_the_qdq_nodes():
     assert plan_int8(m.graph, None) == ({}, set())
 
 
-def _build(tmp: Path, target: str, seq: int = S) -> Path:
+def _build(tmp: Path, target: str, seq: int = S, density: float | None = None,
+           int8_sparse: bool = True) -> Path:
     from lamina.backends.tvm import build_artifact
 
-    return build_artifact({(B, seq): qdq_model(seq)}, tmp / f"{target}.lamina", target=target,
-                          threads=2, schedule="none")
+    return build_artifact({(B, seq): qdq_model(seq, density)}, tmp / f"{target}.lamina",
+                          target=target, threads=2, schedule="none", int8_sparse=int8_sparse)
 
 
 def _feeds(seq: int = S) -> dict[str, np.ndarray]:
@@ -142,6 +154,32 @@ def test_int8_artifact_matches_onnxruntime_on_the_qdq_graph(fam, tmp_path):
             cos = float(np.dot(g.ravel(), w.ravel())
                         / (np.linalg.norm(g) * np.linalg.norm(w)))
             assert cos > 0.999, (name, cos)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_pruned_int8_layers_run_block_sparse_and_match_onnxruntime(sparse, tmp_path, caplog):
+    """Linears on 4x1-pruned int8 weights run the block-sparse INT8 kernel (their activations
+    quantized transposed, not by their producers), unless turned off; the same integers as ONNX
+    Runtime either way."""
+    import logging
+
+    from lamina.backends.reference import run
+    from lamina.backends.tvm import load
+    from lamina.backends.tvm.kernels import host_supports
+
+    if not host_supports("vnni"):
+        pytest.skip("host CPU cannot run AVX-512 VNNI code")
+    seq = 64  # whole 64-token tiles
+    with caplog.at_level(logging.INFO, logger="lamina.backends.tvm.lower.ops.quant_dense"):
+        art = _build(tmp_path, "x86-avx512-vnni", seq, density=0.15, int8_sparse=sparse)
+    chosen = [r.getMessage() for r in caplog.records if "block-sparse" in r.getMessage()]
+    assert len(chosen) == (2 if sparse else 0), chosen  # w1 and w2 (w3, w4: N not 64-wide)
+    got = load(art).run(_feeds(seq))
+    want = run(qdq_model(seq, 0.15), _feeds(seq))
+    for name, w in want.items():
+        err = np.abs(got[name] - w)
+        assert np.mean(err < 1e-4) > 0.97, (name, err.max())
+        assert err.max() < 0.1, name
 
 
 def test_manifest_requires_vnni_only_for_int8_vnni_code(tmp_path, monkeypatch):

@@ -77,12 +77,15 @@ def _input_spec(v: ir.Value) -> TensorSpec:
 
 
 def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
-                   target: object = None, tiles: object = None) -> FunctionInfo:
-    """Add ``func_name`` (inputs..., weights...) -> tuple(outputs) to ``bb``'s module."""
+                   target: object = None, tiles: object = None,
+                   int8_sparse: bool = True) -> FunctionInfo:
+    """Add ``func_name`` (inputs..., weights...) -> tuple(outputs) to ``bb``'s module.
+    ``int8_sparse``: INT8 layers on pruned weights may run the block-sparse INT8 kernel."""
     graph = model.graph
     opsets = dict(graph.opset_imports or model.opset_imports)
     ctx = LowerContext(bb, opsets, target=target)
     ctx.tiles = tiles
+    ctx.int8_sparse = int8_sparse
     env: dict[ir.Value, Value] = {}
     ctx.env = env  # converters may look at the values behind their inputs (fused head split)
     # Quantized dense layers in QDQ form lower to INT8 kernels; their Q / DQ nodes are not lowered.

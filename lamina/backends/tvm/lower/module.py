@@ -38,7 +38,8 @@ class LoweredModule:
 
 
 def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None,
-                  tiles: object = None, extra: dict[str, ir.Model] | None = None) -> LoweredModule:
+                  tiles: object = None, extra: dict[str, ir.Model] | None = None,
+                  int8_sparse: bool = True) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
     Buckets are specializations of one model, so weights with the same name normally have the
@@ -59,7 +60,8 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
     extras: dict[str, FunctionInfo] = {}
     for key, fname, model in jobs:
         batch, seq = key if key is not None else (0, 0)
-        info = lower_function(bb, model, fname, target=target, tiles=tiles)
+        info = lower_function(bb, model, fname, target=target, tiles=tiles,
+                              int8_sparse=int8_sparse)
         keys = []
         for name in info.params:
             value = info.param_values[name]
