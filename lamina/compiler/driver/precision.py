@@ -44,9 +44,10 @@ def _vocab_size(tokenizer: Path) -> int | None:
 
 
 def _table_rows(manifest: dict[str, Any]) -> int | None:
-    """Rows of the smallest embedding table an input indexes (``index_checks``)."""
+    """Rows of the largest table an input indexes (``index_checks``): the token embeddings, whose
+    rows a tokenizer's vocabulary must match."""
     sizes = [int(c["size"]) for c in manifest.get("index_checks") or []]
-    return min(sizes) if sizes else None
+    return max(sizes) if sizes else None
 
 
 def find_inputs(model_path: Path, manifest: dict[str, Any], texts: str | None,
