@@ -123,6 +123,7 @@ CASES = [
     (24, 64, 96, False, "relu", False, Bf16Config(6, 4)),
     (7, 10, 32, False, "gelu_tanh", False, None),   # M prime: mr = 7
     (1, 64, 48, True, None, True, None),            # one row
+    (32, 256, 96, True, None, True, Bf16Config(8, 3, -1)),  # K in 4 chunks with prefetch
 ]
 
 
@@ -166,7 +167,9 @@ def test_generated_inner_loop_keeps_the_tile_in_registers():
     from lamina.backends.tvm.kernels.dense_bf16 import dense_bf16_kernel
 
     t = _target()
-    asm = _asm(dense_bf16_kernel(128, 384, 1536, target=t, bias=True, epilogue="gelu_erf"), t)
+    asm = _asm(dense_bf16_kernel(128, 384, 1536, target=t, bias=True, epilogue="gelu_erf",
+                                 config=Bf16Config(8, 3, -1)), t)
+    assert "prefetcht0" in asm
     lines = asm.splitlines()
     hits = [i for i, line in enumerate(lines) if "vdpbf16ps" in line]
     assert len(hits) >= 24
