@@ -107,9 +107,8 @@ def bench_shape(M: int, K: int, N: int, args: argparse.Namespace, tgt32: tvm.tar
         f16 = ex.mod["main"]
         w16 = _copies(pack_weight_bf16(w, c16.nv * 16), args.cold, dev)
         fns[f"bf16 {c16.key()}"] = lambda i, f=f16, ws=w16: f(xb, ws[i % len(ws)], bt, y)
-        if i == 0:
-            fns[f"bf16+cvt {c16.key()}"] = (
-                lambda i, f=f16, ws=w16: (cvt(xt, xb), f(xb, ws[i % len(ws)], bt, y)))
+        fns[f"bf16+cvt {c16.key()}"] = (
+            lambda i, f=f16, ws=w16: (cvt(xt, xb), f(xb, ws[i % len(ws)], bt, y)))
     fns["cvt only"] = lambda i: cvt(xt, xb)
     for fn in fns.values():
         _block(fn, 5)
@@ -121,11 +120,11 @@ def bench_shape(M: int, K: int, N: int, args: argparse.Namespace, tgt32: tvm.tar
     ref = next(iter(fns))
     print(f"\n{M}x{K}x{N}, {args.threads} threads, {'cold' if args.cold else 'warm'} weights, "
           f"{args.rounds} rounds x {args.calls} calls")
-    print(f"{'kernel':24s} {'us':>8s} {'GFLOP/s':>8s} {'vs fp32 (by round)':>20s}")
+    print(f"{'kernel':34s} {'us':>8s} {'GFLOP/s':>8s} {'vs fp32 (by round)':>20s}")
     for k, ts in samples.items():
         med = float(np.median(ts))
         ratios = [r / t for r, t in zip(samples[ref], ts, strict=True)]
-        print(f"{k:24s} {med * 1e6:8.1f} {flops / med / 1e9:8.1f} "
+        print(f"{k:34s} {med * 1e6:8.1f} {flops / med / 1e9:8.1f} "
               f"{float(np.median(ratios)):7.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
 
 

@@ -84,10 +84,12 @@ def test_pack_weight_bf16_layout_and_roundtrip(K, N, nb):
 
 def test_tiles_fit_the_shape_and_the_register_budget():
     t = _target()
-    assert resolve_bf16_config(128, 384, 1536, t) == Bf16Config(8, 3)
+    cfg = resolve_bf16_config(128, 384, 1536, t)
+    assert (cfg.mr, cfg.nv) == (8, 3) and 128 % cfg.mc == 0 and cfg.mc % 8 == 0
     for M, N in [(1, 48), (7, 32), (16, 80), (100, 400), (128, 384)]:
         for cfg in candidate_bf16_configs(M, 64, N, t):
             assert M % cfg.mr == 0 and (N // 16) % cfg.nv == 0 and cfg.mr * cfg.nv <= 24
+            assert M % cfg.mc == 0 and cfg.mc % cfg.mr == 0
     assert packing(128, 384, 1536, t) == (48, 2)
     assert packing(128, 384, 1536, _target("x86-avx512-amx")) == (16, 32)
     assert packing(8, 384, 1536, _target("x86-avx512-amx"))[1] == 2  # not whole AMX tiles
@@ -124,6 +126,7 @@ CASES = [
     (7, 10, 32, False, "gelu_tanh", False, None),   # M prime: mr = 7
     (1, 64, 48, True, None, True, None),            # one row
     (32, 256, 96, True, None, True, Bf16Config(8, 3, -1)),  # K in 4 chunks with prefetch
+    (64, 96, 96, True, "gelu_erf", True, Bf16Config(8, 3, -1, 16)),  # 4 row blocks
 ]
 
 

@@ -101,12 +101,13 @@ class Bf16Config:
     mr: int = _DEFAULT[0]
     nv: int = _DEFAULT[1]
     prefetch_kc: int = 0
+    mc: int = 0
 
     def key(self) -> str:
-        return f"mr{self.mr}_nv{self.nv}_pf{self.prefetch_kc}"
+        return f"mr{self.mr}_nv{self.nv}_pf{self.prefetch_kc}_mc{self.mc}"
 
     def to_dict(self) -> dict[str, int]:
-        return {"mr": self.mr, "nv": self.nv, "prefetch_kc": self.prefetch_kc}
+        return {"mr": self.mr, "nv": self.nv, "prefetch_kc": self.prefetch_kc, "mc": self.mc}
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> Bf16Config:
@@ -174,7 +175,9 @@ def resolve_bf16_config(M: int, K: int, N: int, target: tvm.target.Target | None
     cfg = config or _default_tile(M, N // LANES)
     nv = _divisor_at_most(N // LANES, max(1, cfg.nv))
     mr = _divisor_at_most(M, max(1, min(cfg.mr, _ACC_BUDGET // nv)))
-    return Bf16Config(mr=mr, nv=nv, prefetch_kc=_fit_prefetch(padded_k(K) // 2, cfg.prefetch_kc))
+    mc = cfg.mc if 0 < cfg.mc < M and cfg.mc % mr == 0 and M % cfg.mc == 0 else M
+    return Bf16Config(mr=mr, nv=nv, prefetch_kc=_fit_prefetch(padded_k(K) // 2, cfg.prefetch_kc),
+                      mc=mc)
 
 
 def candidate_bf16_configs(M: int, K: int, N: int,
@@ -357,7 +360,8 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     Kp = padded_k(K)
     K2 = Kp // 2
     P = N // nb
-    MT = M // mr
+    MB = cfg.mc // mr  # row tiles per row block
+    MO = M // cfg.mc  # row blocks
     epi = bf16_epilogue(bias, epilogue, residual)
     # Software prefetch: K runs in CH chunks of KC steps; each (row tile, chunk) fetches PF of the
     # next panel's LINES cache lines (nv lines per k2 step), so the whole panel is requested while
@@ -365,14 +369,14 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     KC = cfg.prefetch_kc or K2
     CH = K2 // KC
     LINES = K2 * nv
-    PF = -(-LINES // (MT * CH)) if cfg.prefetch_kc else 0
+    PF = -(-LINES // (MB * CH)) if cfg.prefetch_kc else 0
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint16"), W: T.Buffer((P, K2, 2 * nb), "uint16"),
              B: T.Buffer((N,), "float32"), R: T.Buffer((M, N), "float32"),
              Y: T.Buffer((M, N), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for task in T.parallel(P * MT):
+        for task in T.parallel(MO * P * MB):
             with T.attr(0, "pragma_import_llvm", DPBF16PS_IR):
                 acc = T.alloc_buffer((mr, nb), "float32", scope="local")
                 for i in T.unroll(mr):
@@ -382,9 +386,9 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                     for f in T.unroll(PF):
                         T.evaluate(T.call_llvm_intrin(
                             "void", _PREFETCH, T.address_of(W[
-                                (task // MT + 1) % P,
-                                ((task % MT * CH + kc) * PF + f) % LINES // nv,
-                                ((task % MT * CH + kc) * PF + f) % LINES % nv * 2 * L]),
+                                (task // MB + 1) % P,
+                                ((task % MB * CH + kc) * PF + f) % LINES // nv,
+                                ((task % MB * CH + kc) * PF + f) % LINES % nv * 2 * L]),
                             T.int32(0), T.int32(3), T.int32(1)))
                     for k2 in range(KC):
                         for i in T.unroll(mr):
@@ -392,13 +396,15 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                                 acc[i, T.ramp(v * L, 1, L)] = T.call_extern(
                                     f"float32x{L}", DPBF16PS, acc[i, T.ramp(v * L, 1, L)],
                                     T.broadcast(T.reinterpret("int32", X[
-                                        task % MT * mr + i, T.ramp((kc * KC + k2) * 2, 1, 2)]),
-                                        L),
-                                    W[task // MT, kc * KC + k2, T.ramp(v * 2 * L, 1, 2 * L)])
+                                        task // (P * MB) * MB * mr + task % MB * mr + i,
+                                        T.ramp((kc * KC + k2) * 2, 1, 2)]), L),
+                                    W[task // MB % P, kc * KC + k2, T.ramp(v * 2 * L, 1, 2 * L)])
                 for i in T.unroll(mr):
                     for c in T.vectorized(nb):
-                        Y[task % MT * mr + i, task // MT * nb + c] = epi(
-                            task % MT * mr + i, task // MT * nb + c, acc[i, c], B, R)
+                        Y[task // (P * MB) * MB * mr + task % MB * mr + i,
+                          task // MB % P * nb + c] = epi(
+                            task // (P * MB) * MB * mr + task % MB * mr + i,
+                            task // MB % P * nb + c, acc[i, c], B, R)
 
     keep = ["X", "W"] + (["B"] if bias else []) + (["R"] if residual else []) + ["Y"]
     return finish_kernel(root_block(keep_params(func, keep)))
