@@ -221,3 +221,26 @@ def _host_features() -> frozenset[str]:
     from lamina.backends.tvm.target import host_features
 
     return host_features()
+
+
+def test_bf16_tiles_are_searched_once_and_cached_per_family(tmp_path):
+    import json
+
+    from lamina.backends.tvm.tuning.kernel_search import KernelTiles, best_bf16_config, tiles_file
+
+    t = _target()
+    default = resolve_bf16_config(16, 64, 96, t)
+    assert best_bf16_config(16, 64, 96, t, cache=tmp_path, measure=False) == default
+    path = tiles_file(tmp_path, t, "bf16")
+    assert not path.exists() and path.name == "bf16_tiles.json"
+    path.parent.mkdir(parents=True)
+    rec = {"config": {"mr": 4, "nv": 2, "prefetch_kc": 0, "mc": 8}, "us": 1.0, "candidates": 2}
+    path.write_text(json.dumps({"16x64x96_avx512bf16": rec}))
+    assert KernelTiles(tmp_path).bf16(16, 64, 96, t) == Bf16Config(4, 2, 0, 8)
+    assert tiles_file(tmp_path, t, "dense") != path  # one file per kernel family
+    _need_bf16_host()
+    seen = []
+    cfg = best_bf16_config(32, 64, 96, t, cache=tmp_path,
+                           on_search=lambda what, best, *_: seen.append((what, best)))
+    assert seen and seen[0][0] == "bf16 dense 32x64x96_avx512bf16" and seen[0][1] == cfg.key()
+    assert "32x64x96_avx512bf16" in json.loads(path.read_text())
