@@ -34,18 +34,22 @@ def _need_bf16_host() -> None:
 
 def _mlp(seq: int = 8) -> ir.Model:
     """x[1, seq, 33] -> MatMul(33 x 48) + bias -> Relu -> MatMul(48 x 2): K odd, and a 2-wide
-    head that the BF16 kernels do not take (it stays fp32)."""
+    head that the BF16 kernels do not take (it stays fp32); and a Gemm (transB, bias) on h."""
     rng = np.random.default_rng(0)
     inits = [("w1", (rng.standard_normal((33, 48)) * 0.3).astype(np.float32)),
              ("b1", rng.standard_normal(48).astype(np.float32)),
-             ("w2", (rng.standard_normal((48, 2)) * 0.3).astype(np.float32))]
+             ("w2", (rng.standard_normal((48, 2)) * 0.3).astype(np.float32)),
+             ("w3", (rng.standard_normal((32, 48)) * 0.3).astype(np.float32)),
+             ("b3", rng.standard_normal(32).astype(np.float32)),
+             ("shape2d", np.array([seq, 48], np.int64))]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]),
              helper.make_node("Add", ["h0", "b1"], ["h1"]),
              helper.make_node("Relu", ["h1"], ["h"]),
-             helper.make_node("MatMul", ["h", "w2"], ["y"])]
+             helper.make_node("MatMul", ["h", "w2"], ["y"]),
+             helper.make_node("Reshape", ["h", "shape2d"], ["h2d"]),
+             helper.make_node("Gemm", ["h2d", "w3", "b3"], ["g"], transB=1)]
     g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", F, [1, seq, 33])],
-                          [helper.make_tensor_value_info("h", F, None),
-                           helper.make_tensor_value_info("y", F, None)],
+                          [helper.make_tensor_value_info(n, F, None) for n in ("h", "y", "g")],
                           [numpy_helper.from_array(v, n) for n, v in inits])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
     m.ir_version = 9
@@ -68,7 +72,7 @@ def test_bf16_lowering_keeps_narrow_heads_fp32_and_records_it(tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["precision"] == "bf16"
     assert manifest["extra"]["bf16"] == {
-        "dense_layers": 1, "fp32_dense_layers": ["w2 (N=2 is not a multiple of 16)"]}
+        "dense_layers": 2, "fp32_dense_layers": ["w2 (N=2 is not a multiple of 16)"]}
     tgt = manifest["target"]
     assert "avx512bf16" in tgt["required_features"] and "avx512vnni" not in tgt["required_features"]
     _need_bf16_host()
@@ -82,6 +86,9 @@ def test_bf16_lowering_keeps_narrow_heads_fp32_and_records_it(tmp_path):
     assert np.abs(got["h"] - want["h"]).max() > 1e-5  # bf16 rounding shows against fp32
     np.testing.assert_allclose(got["h"], want["h"], atol=0.05, rtol=0)
     np.testing.assert_allclose(got["y"], want["y"], atol=0.05, rtol=0)
+    w3, b3 = (m.graph.initializers[n].const_value.numpy() for n in ("w3", "b3"))
+    ref_g = dense_bf16_reference(got["h"].reshape(8, 48), w3.T, b3)
+    np.testing.assert_allclose(got["g"], ref_g, atol=1e-5, rtol=0)
 
 
 def test_bf16_artifact_is_refused_on_a_host_without_bf16(tmp_path, monkeypatch):
