@@ -26,16 +26,17 @@ Instruction families (``isa.bf16_isa``):
 
 Schedule of the ``avx512bf16`` kernel (TIR written directly; the register tile is explicit)::
 
-    parallel for (p, mt) in (N / nb) x (M / mr):       # one weight panel x one row tile
+    parallel for (mo, p, mt) in (M / mc) x (N / nb) x (mc / mr):  # row block, panel, row tile
       acc[mr, nb] = 0                                  # mr * nv zmm accumulators (8 x 3 = 24)
-      for k2 in Kp / 2:
+      for k2 in Kp / 2:                                # (in chunks with prefetch_kc)
         for i in unroll(mr): for v in unroll(nv):      # nv = nb / 16
           acc[i, v] = vdpbf16ps(acc[i, v], bcast32(Xb[row i, 2 k2 : 2 k2 + 2]), Wp[p, k2, v])
       Y[tile] = epilogue(acc + bias) + R               # the fp32 kernel's epilogues
 
 With ``mr = 8, nv = 3`` the inner loop is 3 weight loads, 8 broadcasts and 24 ``vdpbf16ps`` with
-every accumulator in a register (checked in the generated assembly, no spills). Measured numbers
-are in the README (BF16).
+every accumulator in a register (checked in the generated assembly, no spills). The default row
+block ``mc`` is M split among the threads when each gets at least 128 rows (:func:`_row_block`),
+else M. Measured numbers are in the README (BF16).
 """
 
 from __future__ import annotations
