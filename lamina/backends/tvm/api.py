@@ -185,6 +185,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    tuning_db: str | os.PathLike[str] | None = None,
                    packed: Sequence[Any] | None = None,
                    staged: Sequence[Any] | None = None,
+                   precision: str = "fp32",
                    int8_sparse: bool = True) -> Path:
     """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
 
@@ -209,12 +210,18 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
       ``packed``; the runtime runs uneven batches through them, see ``packed_runtime.py``).
     - ``staged``: ``staged.StagedGraph`` s, the packed functions cut layer by layer (manifest
       ``staged``; the runtime prunes tokens between layers, see ``pruned_runtime.py``).
+    - ``precision``: ``fp32``, or ``bf16`` (dense layers on constant weights take bf16-rounded
+      activations and weights with fp32 accumulation, ``lower/ops/bf16_dense.py``; the target must
+      have AVX512-BF16 or AMX-BF16, and ``auto`` then picks ``x86-avx512-bf16``). Manifest
+      ``precision``.
     - ``int8_sparse``: INT8 layers whose int8 weights are mostly zero 4x1 blocks run the
       block-sparse INT8 kernel (``lower/ops/quant_dense.sparse_choice``).
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
-    spec = resolve_target(target, threads)
+    spec = check_precision_target(precision, target, threads)
+    if precision == "bf16" and not kernels:
+        raise BackendError("precision bf16 needs the hand-written kernels (kernels=True)")
     extra = dict(manifest_extra or {})
     clash = sorted(set(extra) & _RESERVED)
     if clash:
@@ -240,7 +247,13 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
             extra_models[f"staged_t{sg.tokens}_n{sg.seqs}_{st.name}"] = st.model
     lowered = lower_buckets({k: models[k] for k in buckets},
                             target=spec.tvm_target if kernels else None, tiles=tiles,
-                            extra=extra_models, int8_sparse=int8_sparse)
+                            extra=extra_models, precision=precision,
+                            int8_sparse=int8_sparse)
+    if lowered.bf16 is not None:
+        extra["bf16"] = {"dense_layers": lowered.bf16.layers,
+                         "fp32_dense_layers": sorted(set(lowered.bf16.fp32_layers))}
+        log.info("bf16: %d dense layers in BF16 kernels, %d kept in fp32", lowered.bf16.layers,
+                 len(set(lowered.bf16.fp32_layers)))
     t_lower = time.perf_counter() - t0
     # Build and require only the extra features the kernels use (VNNI only for INT8 kernels...).
     spec = spec.narrowed(lowered.features)
@@ -255,8 +268,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         **versions(),
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "target": spec.to_manifest(),
-        # int8 when any dense layer runs as an INT8 kernel (the artifact is lossy vs fp32).
-        "precision": "int8" if any(f.int8_layers for f in lowered.functions.values()) else "fp32",
+        # int8 / bf16 when any dense layer runs as an INT8 / BF16 kernel (lossy vs fp32).
+        "precision": _precision(lowered),
         "threads": threads,
         "buckets": [{"batch": b, "seq": s, "function": lowered.functions[(b, s)].name,
                      "params": lowered.functions[(b, s)].params} for b, s in buckets],
@@ -301,6 +314,34 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
         time.perf_counter() - t0,
     )
     return out
+
+
+def _precision(lowered: Any) -> str:
+    if any(f.int8_layers for f in lowered.functions.values()):
+        return "int8"
+    if lowered.bf16 is not None and lowered.bf16.layers:
+        return "bf16"
+    return "fp32"
+
+
+def check_precision_target(precision: str, target: str | dict[str, Any] | TargetSpec = "auto",
+                           threads: int | None = None) -> TargetSpec:
+    """The resolved target for ``precision``; a one-line error when it cannot run BF16 kernels."""
+    from .kernels.isa import bf16_isa
+    from .target import host_cpu, host_features
+
+    spec = resolve_target(target, threads, precision)
+    if precision == "bf16" and bf16_isa(spec.tvm_target) is None:
+        if spec.requested == "auto":
+            have = ", ".join(f for f in sorted(host_features()) if f.startswith(("avx512", "amx")))
+            raise BackendError(
+                "--precision bf16 needs a CPU with AVX512-BF16 or AMX-BF16; this host "
+                f"({host_cpu()}) has {have or 'no AVX-512'}")
+        raise BackendError(
+            f"--precision bf16 needs a target with AVX512-BF16 or AMX-BF16; target "
+            f"{spec.requested} ({spec.isa_level}) has neither: use --target auto or "
+            "x86-avx512-bf16")
+    return spec
 
 
 def _staged_manifest(staged: Sequence[Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ level                LLVM mcpu (+mattr)         required features
 ``x86-avx2``         ``x86-64-v3``              avx2, fma
 ``x86-avx512``       ``x86-64-v4``              avx2, fma, avx512f, avx512bw, avx512vl, avx512dq
 ``x86-avx512-vnni``  ``x86-64-v4`` +avx512vnni  the above + avx512vnni
-``x86-avx512-amx``   ``x86-64-v4`` +amx-...     the above + amx-tile, amx-int8, amx-bf16, avx512bf16
+``x86-avx512-bf16``  ``x86-64-v4`` +avx512vnni  the above + avx512bf16
+                     +avx512bf16
+``x86-avx512-amx``   ``x86-64-v4`` +amx-...     the above + amx-tile, amx-int8, amx-bf16
 ===================  =========================  =================================================
 
 This module is the one model of CPU features; the kernels see it through ``kernels/isa.py``.
@@ -19,9 +21,11 @@ host uses no VNNI instruction and loads on any AVX-512 host, an INT8-VNNI one re
 VNNI.
 
 ``auto`` picks the highest level the host supports (features from ``/proc/cpuinfo``, which
-agree with LLVM's). It uses the portable ``x86-64-vN`` CPU names, never the host's own CPU
-model, so an artifact built on a Zen4 runs on any AVX-512 VNNI machine; ``host`` uses LLVM's name
-for this CPU (``znver4``...) when the last few percent matter more than portability. Never
+agree with LLVM's), except that ``x86-avx512-bf16`` is picked only for ``--precision bf16``
+(:func:`resolve_target`'s ``precision``): nothing else uses its instructions, and an fp32 build
+keeps the level it always had. It uses the portable ``x86-64-vN`` CPU names, never the host's own
+CPU model, so an artifact built on a Zen4 runs on any AVX-512 VNNI machine; ``host`` uses LLVM's
+name for this CPU (``znver4``...) when the last few percent matter more than portability. Never
 ``mcpu=native``: LLVM 22 rejects it with this wheel's triple and silently emits generic code.
 """
 
@@ -73,12 +77,17 @@ ISA_LEVELS: dict[str, IsaLevel] = {
         IsaLevel("x86-avx2", "x86-64-v3", (), _AVX2),
         IsaLevel("x86-avx512", "x86-64-v4", (), _AVX512),
         IsaLevel("x86-avx512-vnni", "x86-64-v4", ("+avx512vnni",), (*_AVX512, "avx512vnni")),
+        IsaLevel("x86-avx512-bf16", "x86-64-v4", ("+avx512vnni", "+avx512bf16"),
+                 (*_AVX512, "avx512vnni", "avx512bf16")),
         IsaLevel("x86-avx512-amx", "x86-64-v4",
                  ("+avx512vnni", "+avx512bf16", "+amx-tile", "+amx-int8", "+amx-bf16"),
                  (*_AVX512, "avx512vnni", "avx512bf16", "amx-tile", "amx-int8", "amx-bf16")),
     )
 }
 PRESETS: tuple[str, ...] = ("auto", "host", *ISA_LEVELS)
+# Levels ``auto`` picks only for the precision that uses them.
+_AUTO_ONLY_FOR: dict[str, str] = {"x86-avx512-bf16": "bf16"}
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,8 @@ class TargetSpec:
         extra = {a.lstrip("+") for a in self.mattr if a.startswith("+")}
         mattr = tuple(a for a in self.mattr if a.lstrip("+-") not in extra or a.lstrip("+") in used)
         required = tuple(f for f in self.required_features if f not in extra or f in used)
-        level = "x86-64"
-        for lvl in ISA_LEVELS.values():
-            if set(lvl.features) <= set(required):
-                level = lvl.name
-        return replace(self, mattr=mattr, required_features=required, isa_level=level)
+        return replace(self, mattr=mattr, required_features=required,
+                       isa_level=level_name(required))
 
     def to_manifest(self) -> dict[str, Any]:
         return {
@@ -163,13 +169,29 @@ def host_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def host_isa_level() -> str:
+def host_isa_level(precision: str = "fp32") -> str:
+    """The highest level this host supports (of those ``auto`` picks for ``precision``)."""
     feats = host_features()
     best = "x86-64"
     for lvl in ISA_LEVELS.values():
+        if _AUTO_ONLY_FOR.get(lvl.name, precision) != precision:
+            continue
         if set(lvl.features) <= feats:
             best = lvl.name
     return best
+
+
+def level_name(features: tuple[str, ...] | list[str] | set[str] | frozenset[str]) -> str:
+    """The name of the highest level whose features are all in ``features``, followed by
+    ``+feature`` for each required feature beyond it (``x86-avx512+avx512bf16``: AVX-512 code
+    that also uses ``vdpbf16ps`` but no VNNI)."""
+    have = set(features)
+    best = ISA_LEVELS["x86-64"]
+    for lvl in ISA_LEVELS.values():
+        if set(lvl.features) <= have:
+            best = lvl
+    more = [f for f in FEATURES if f in have and f not in best.features]
+    return best.name + "".join(f"+{f}" for f in more)
 
 
 def missing_features(required: list[str] | tuple[str, ...]) -> list[str]:
@@ -225,9 +247,18 @@ def _from_tvm_target(tgt: tvm.target.Target, requested: str, threads: int | None
     return TargetSpec(mcpu, mattr, cores, level, feats, requested)
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+
+
 def resolve_target(target: str | dict[str, Any] | TargetSpec = "auto",
-                   threads: int | None = None) -> TargetSpec:
-    """Resolve a preset name, ``auto``, ``host``, a TVM target dict or its JSON text."""
+                   threads: int | None = None, precision: str = "fp32") -> TargetSpec:
+    """Resolve a preset name, ``auto``, ``host``, a TVM target dict or its JSON text.
+
+    ``precision``: what the dense layers compute in; ``auto`` picks ``x86-avx512-bf16`` only for
+    ``bf16`` (on an AMX host ``x86-avx512-amx`` either way)."""
+    check_precision(precision)
     if isinstance(target, TargetSpec):
         return target
     if threads is not None and threads < 1:
@@ -241,7 +272,7 @@ def resolve_target(target: str | dict[str, Any] | TargetSpec = "auto",
         return _from_tvm_target(tgt, json.dumps(cfg, sort_keys=True), threads)
     cores = threads or host_cores()
     if target == "auto":
-        lvl = ISA_LEVELS[host_isa_level()]
+        lvl = ISA_LEVELS[host_isa_level(precision)]
         return TargetSpec(lvl.mcpu, lvl.mattr, cores, lvl.name, lvl.features, "auto")
     if target == "host":
         spec = _from_tvm_target(tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()}),

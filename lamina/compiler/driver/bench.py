@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cosine-floor",
         type=float,
         default=0.99,
-        help="lossy (INT8) Lamina artifacts must reach this mean row cosine vs ORT fp32",
+        help="lossy (INT8, BF16) Lamina artifacts must reach this mean row cosine vs ORT fp32",
     )
     p.add_argument(
         "--calibration-sets",

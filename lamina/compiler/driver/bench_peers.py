@@ -130,7 +130,7 @@ def make_call(engine: str, path: str, feeds: dict[str, np.ndarray], threads: int
 
 
 def artifact_precision(manifest: dict[str, Any]) -> str:
-    """``int8`` when the artifact has INT8 kernels, else ``fp32``."""
+    """``int8`` / ``bf16`` when the artifact has INT8 / BF16 kernels, else ``fp32``."""
     return str(manifest.get("precision") or "fp32")
 
 

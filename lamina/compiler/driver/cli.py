@@ -162,9 +162,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         prune = _length_config(args)
     elif args.quantize == "int8":
         quantize = _quantize_config(args)
-    elif args.calibration or args.report or args.plot:
+    elif args.report or args.plot or (args.calibration and args.precision == "fp32"):
         raise UsageError("--calibration, --report and --plot belong to --quantize int8 or "
-                         "--prune-tokens")
+                         "--prune-tokens (--calibration also to --precision bf16)")
     start = time.perf_counter()
     out = api.compile(
         args.model,
@@ -182,6 +182,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         packed_seqs=getattr(args, "packed_seqs", 32),
         prune_tokens=prune,
         progress=lambda m: print(f"lamina: {m}", file=sys.stderr),
+        precision=args.precision,
+        precision_texts=args.calibration,
+        tokenizer=args.tokenizer,
     )
     if quantize is not None:
         import json as _json
@@ -501,10 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         default=os.environ.get("LAMINA_TARGET", "auto"),
-        help="auto (detect the host), a preset (x86-avx2, x86-avx512, x86-avx512-vnni), or TVM "
-        "target JSON",
+        help="auto (detect the host), a preset (x86-avx2, x86-avx512, x86-avx512-vnni, "
+        "x86-avx512-bf16, x86-avx512-amx), or TVM target JSON",
     )
     p.add_argument("--threads", type=int, default=None, help="threads the artifact runs with")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="what dense layers compute in: fp32 (default) or bf16 (bf16 inputs, fp32 "
+        "accumulation; needs AVX512-BF16 or AMX-BF16; the accuracy cost is measured on "
+        "--calibration texts, default data/corpus/calibration.txt, with --tokenizer)",
+    )
     p.add_argument(
         "--tune-trials",
         type=int,

@@ -41,10 +41,19 @@ def test_target_presets_and_auto():
     auto = resolve_target("auto", threads=3)
     assert auto.num_cores == 3
     assert set(auto.required_features) <= host_features()
-    # auto picks the highest level the host supports
+    # auto picks the highest level the host supports, x86-avx512-bf16 only for bf16
     for lvl in ISA_LEVELS.values():
-        if set(lvl.features) <= host_features():
+        if set(lvl.features) <= host_features() and lvl.name != "x86-avx512-bf16":
             assert len(auto.required_features) >= len(lvl.features)
+    assert auto.isa_level != "x86-avx512-bf16"
+    bf16 = resolve_target("auto", threads=3, precision="bf16")
+    if {"avx512bf16", "avx512vnni"} <= host_features():
+        assert "avx512bf16" in bf16.required_features and "+avx512bf16" in bf16.mattr
+        assert bf16.isa_level in ("x86-avx512-bf16", "x86-avx512-amx")
+    else:
+        assert bf16 == auto
+    preset = resolve_target("x86-avx512-bf16")
+    assert preset.mcpu == "x86-64-v4" and preset.mattr == ("+avx512vnni", "+avx512bf16")
     avx2 = resolve_target("x86-avx2")
     assert avx2.mcpu == "x86-64-v3" and avx2.isa_level == "x86-avx2"
     vnni = resolve_target("x86-avx512-vnni")
@@ -52,6 +61,14 @@ def test_target_presets_and_auto():
     raw = resolve_target('{"kind": "llvm", "mcpu": "znver3"}')
     assert raw.isa_level == "x86-avx2" and raw.mcpu == "znver3"
     assert "mcpu" in raw.to_manifest() and raw.to_manifest()["isa_level"] == "x86-avx2"
+
+
+def test_unknown_precision_is_refused():
+    from lamina.backends.tvm.target import resolve_target
+    from lamina.compiler.errors import BackendError
+
+    with pytest.raises(BackendError, match="unknown precision 'fp16'"):
+        resolve_target("auto", precision="fp16")
 
 
 @pytest.mark.parametrize("bad,match", [("x86-avx51", "did you mean x86-avx512"),
@@ -78,3 +95,7 @@ def test_narrowed_requires_only_the_features_the_code_uses():
     assert int8.mattr == ("+avx512vnni",) and int8.isa_level == "x86-avx512-vnni"
     amx = resolve_target("x86-avx512-amx", threads=2).narrowed({"avx512vnni"})
     assert amx.isa_level == "x86-avx512-vnni" and "amx-int8" not in amx.required_features
+    # BF16 code without VNNI: the AVX-512 level plus the one feature it uses.
+    bf16 = resolve_target("x86-avx512-bf16", threads=2).narrowed({"avx512bf16"})
+    assert bf16.mattr == ("+avx512bf16",) and bf16.isa_level == "x86-avx512+avx512bf16"
+    assert "avx512bf16" in bf16.required_features and "avx512vnni" not in bf16.required_features

@@ -1,10 +1,11 @@
-"""AMX-INT8 dense kernel: ``tdpbusd`` on tiles, the AMX family of ``dense_int8`` (same arguments and
-epilogue, weights in the VNNI layout with 16-column panels, K padded to 64).
+"""AMX dense kernels: ``tdpbusd`` on tiles, the AMX family of ``dense_int8`` (same arguments and
+epilogue, weights in the VNNI layout with 16-column panels, K padded to 64), and ``tdpbf16ps``, the
+AMX family of ``dense_bf16`` (bf16 pairs, ``[N / 16, K / 2, 32]``, K padded to 32).
 
 TVM 0.27 has no AMX intrinsic; LLVM 22's (``ldtilecfg``, ``tileloadd64``, ``tdpbusd``,
-``tilestored64``, ``tilerelease``) are called from TIR with ``call_llvm_intrin`` (TVM_NOTES.md).
-Builds on any host, runs only on CPUs with AMX-INT8, after the process got the tile state from Linux
-(``backends/tvm/amx.py``).
+``tdpbf16ps``, ``tilestored64``, ``tilerelease``) are called from TIR with ``call_llvm_intrin``
+(TVM_NOTES.md). Builds on any host, runs only on CPUs with AMX-INT8 / AMX-BF16, after the process
+got the tile state from Linux (``backends/tvm/amx.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _LDTILECFG = "llvm.x86.ldtilecfg"
 _TILEZERO = "llvm.x86.tilezero"
 _TILELOAD = "llvm.x86.tileloadd64"
 _TDPBUSD = "llvm.x86.tdpbusd"
+_TDPBF16PS = "llvm.x86.tdpbf16ps"
 _TILESTORE = "llvm.x86.tilestored64"
 _TILERELEASE = "llvm.x86.tilerelease"
 
@@ -117,4 +119,92 @@ def amx_dense_int8_kernel(M: int, K: int, N: int, *, bias: bool = False,
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
                                         + (["R"] if residual else []) + ["Y"])
+    return finish_kernel(root_block(keep_params(func, keep)))
+
+
+def amx_bf16_fits(M: int, N: int) -> bool:
+    """The AMX-BF16 kernel's 32 x 32 task tile needs M and N in multiples of 32."""
+    return amx_fits(M, N)
+
+
+def amx_dense_bf16_kernel(M: int, K: int, N: int, *, bias: bool = False,
+                          epilogue: Epilogue = None, residual: bool = False) -> tirx.PrimFunc:
+    """AMX-BF16 form of ``dense_bf16.dense_bf16_kernel`` (same arguments; ``Xb`` padded to K in
+    multiples of 32, ``Wp = pack_weight_bf16(w, 16, step=32)``, bf16 pairs ``[N / 16, K / 2, 32]``).
+
+    One task per 32 x 32 output tile, as the INT8 kernel above::
+
+        ldtilecfg(cfg)                 # tmm0-3: C 16 x 16 fp32; tmm4-5: A 16 x 32 bf16;
+        tilezero(tmm0..3)              # tmm6-7: B 16 x (16 x 2) bf16
+        for kb in Kp / 32:
+          tileloadd64(tmm4 / tmm5, &Xb[rows 0-15 / 16-31, 32 kb], 2 Kp)
+          tileloadd64(tmm6 / tmm7, &Wp[panel 0 / 1, 16 kb, 0], 64)
+          tdpbf16ps(tmm0, tmm4, tmm6)  tdpbf16ps(tmm1, tmm4, tmm7)
+          tdpbf16ps(tmm2, tmm5, tmm6)  tdpbf16ps(tmm3, tmm5, tmm7)
+        tilestored64(tmm0..3 -> acc[32, 32]); tilerelease()
+        Y[tile] = epilogue(acc + bias) + R
+
+    Runs only on CPUs with AMX-BF16, in a process that asked Linux for the tile state.
+    """
+    from .dense_bf16 import bf16_epilogue
+
+    check_epilogue(epilogue)
+    if not amx_bf16_fits(M, N):
+        raise ValueError(f"the AMX kernel needs M and N in multiples of 32, got {M} x {N}")
+    Kp = -(-K // 32) * 32
+    K2 = Kp // 2
+    KB = Kp // 32
+    P = N // 16
+    MT, NT = M // 32, N // 32
+    epi = bf16_epilogue(bias, epilogue, residual)
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, Kp), "uint16"), W: T.Buffer((P, K2, 32), "uint16"),
+             B: T.Buffer((N,), "float32"), R: T.Buffer((M, N), "float32"),
+             Y: T.Buffer((M, N), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for task in T.parallel(MT * NT):
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            acc = T.alloc_buffer((32, 32), "float32", scope="local")
+            row = task // NT * 32
+            col = task % NT * 32
+            for b in range(64):
+                cfg[b] = T.uint8(0)
+            cfg[0] = T.uint8(1)
+            for t in T.unroll(8):
+                cfg[16 + 2 * t] = T.uint8(64)
+                cfg[48 + t] = T.uint8(16)
+            T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
+            for t in T.unroll(4):
+                T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
+            for kb in range(KB):
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
+                                              T.address_of(X[row, kb * 32]), T.int64(2 * Kp)))
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
+                                              T.address_of(X[row + 16, kb * 32]),
+                                              T.int64(2 * Kp)))
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
+                                              T.address_of(W[col // 16, kb * 16, 0]),
+                                              T.int64(64)))
+                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
+                                              T.address_of(W[col // 16 + 1, kb * 16, 0]),
+                                              T.int64(64)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(0), T.int8(4),
+                                              T.int8(6)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(1), T.int8(4),
+                                              T.int8(7)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(2), T.int8(5),
+                                              T.int8(6)))
+                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(3), T.int8(5),
+                                              T.int8(7)))
+            for t in T.unroll(4):
+                T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
+                                              T.address_of(acc[t // 2 * 16, t % 2 * 16]),
+                                              T.int64(128)))
+            T.evaluate(T.call_llvm_intrin("void", _TILERELEASE))
+            for i in range(32):
+                for c in T.vectorized(32):
+                    Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], B, R)
+
+    keep = ["X", "W"] + (["B"] if bias else []) + (["R"] if residual else []) + ["Y"]
     return finish_kernel(root_block(keep_params(func, keep)))

@@ -6,7 +6,9 @@ the host, so a cross-compile for an AVX2 machine on an AVX-512 host gets AVX2 ti
 
 - the vector ISA of the fp32 kernels (:func:`isa_of`): ``avx512``, ``avx2`` (with FMA), ``generic``;
 - the INT8 dot-product family (:func:`int8_isa`): ``amx`` (``tdpbusd`` on tiles), ``vnni``
-  (AVX-512 ``vpdpbusd``), ``avx2`` (``vpmaddubsw`` + ``vpmaddwd``).
+  (AVX-512 ``vpdpbusd``), ``avx2`` (``vpmaddubsw`` + ``vpmaddwd``);
+- the BF16 dot-product family (:func:`bf16_isa`): ``amx`` (``tdpbf16ps`` on tiles), ``avx512bf16``
+  (``vdpbf16ps``), or none (``--precision bf16`` is refused).
 
 A kernel that uses an instruction beyond its target's base vector ISA reports the LLVM features it
 needs (:data:`INT8_FEATURES`) to the lowering, and only those end up in the artifact's
@@ -25,13 +27,18 @@ from ..target import ISA_LEVELS, host_features
 
 Isa = Literal["avx512", "avx2", "generic"]
 Int8Isa = Literal["amx", "vnni", "avx2"]
+Bf16Isa = Literal["amx", "avx512bf16"]
 
 # The ISA level each kernel family needs at least (see target.ISA_LEVELS).
 _LEVEL_OF: dict[str, str] = {"avx512": "x86-avx512", "avx2": "x86-avx2", "generic": "x86-64",
-                             "vnni": "x86-avx512-vnni", "amx": "x86-avx512-amx"}
+                             "vnni": "x86-avx512-vnni", "avx512bf16": "x86-avx512-bf16",
+                             "amx": "x86-avx512-amx"}
 # Extra LLVM features (beyond the base vector ISA) each INT8 family's code uses.
 INT8_FEATURES: dict[str, tuple[str, ...]] = {"amx": ("amx-tile", "amx-int8"),
                                              "vnni": ("avx512vnni",), "avx2": ()}
+# Extra LLVM features each BF16 family's code uses.
+BF16_FEATURES: dict[str, tuple[str, ...]] = {"amx": ("amx-tile", "amx-bf16"),
+                                             "avx512bf16": ("avx512bf16",)}
 _LANES: dict[str, int] = {"avx512": 16, "avx2": 8, "generic": 4}
 
 
@@ -67,6 +74,17 @@ def int8_isa(target: tvm.target.Target) -> Int8Isa | None:
     return None
 
 
+def bf16_isa(target: tvm.target.Target) -> Bf16Isa | None:
+    """The BF16 dot-product family for ``target`` (None: the target has no BF16 instruction)."""
+    if isa_of(target) != "avx512":
+        return None
+    if all(target_has(f, target) for f in BF16_FEATURES["amx"]):
+        return "amx"
+    if target_has("avx512bf16", target):
+        return "avx512bf16"
+    return None
+
+
 def lanes(isa: Isa) -> int:
     """fp32 lanes of one vector register."""
     return _LANES[isa]
@@ -87,7 +105,8 @@ def num_threads(target: tvm.target.Target) -> int:
 
 def target_for(isa: str, num_cores: int | None = None) -> tvm.target.Target:
     """The portable target of a kernel family (``avx512``, ``avx2``, ``generic``, ``vnni``,
-    ``amx``): the ``x86-64-vN`` CPU of its ISA level plus the level's extra features."""
+    ``avx512bf16``, ``amx``): the ``x86-64-vN`` CPU of its ISA level plus the level's extra
+    features."""
     lvl = ISA_LEVELS[_LEVEL_OF[isa]]
     cfg: dict[str, object] = {
         "kind": "llvm",

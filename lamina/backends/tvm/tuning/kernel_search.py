@@ -12,6 +12,12 @@ INT8 dense (``Int8Config``): the register tile of ``kernels/dense_int8.py`` (its
 fixes the packed layout), about 10 candidates per shape, ``int8_tiles.json`` keyed like the dense
 records plus the instruction family (``best_int8_config``).
 
+BF16 dense (``Bf16Config``): the register tile of ``kernels/dense_bf16.py`` (``mr`` rows x ``nv``
+zmm; ``16 nv`` is the panel width of the packed bf16 weight), about 8 candidates per shape,
+``bf16_tiles.json`` keyed ``MxKxN_<family>`` (``best_bf16_config``; AMX has one fixed tile).
+Each kernel family has its own file and key, so a tile searched for one never serves another
+(:func:`tiles_file`).
+
 Attention (``AttentionConfig``): query tile and register tiles of the fused kernel, about 10
 candidates per shape (``best_attention_config``).
 
@@ -50,6 +56,13 @@ from ..kernels.dense import (
     pack_weight,
     resolve_config,
 )
+from ..kernels.dense_bf16 import (
+    Bf16Config,
+    candidate_bf16_configs,
+    dense_bf16_kernel,
+    pack_weight_bf16,
+    resolve_bf16_config,
+)
 from ..kernels.dense_int8 import (
     Int8Config,
     candidate_int8_configs,
@@ -59,7 +72,7 @@ from ..kernels.dense_int8 import (
     padded_k,
     resolve_int8_config,
 )
-from ..kernels.isa import host_supports, int8_isa, isa_of, num_threads
+from ..kernels.isa import bf16_isa, host_supports, int8_isa, isa_of, num_threads
 from .meta import database_dir
 
 log = logging.getLogger(__name__)
@@ -67,6 +80,16 @@ log = logging.getLogger(__name__)
 TILES_FILE = "dense_tiles.json"
 ATTENTION_FILE = "attention_tiles.json"
 INT8_FILE = "int8_tiles.json"
+BF16_FILE = "bf16_tiles.json"
+# Kernel family -> the file of its searched tiles (one namespace per family and target key).
+TILE_FILES: dict[str, str] = {"dense": TILES_FILE, "int8": INT8_FILE, "bf16": BF16_FILE,
+                              "attention": ATTENTION_FILE}
+
+
+def tiles_file(cache: str | os.PathLike[str], target: tvm.target.Target, kind: str) -> Path:
+    """Where the searched tiles of kernel family ``kind`` (``dense``, ``int8``, ``bf16``,
+    ``attention``) for ``target`` are cached."""
+    return _cache_file(cache, target, TILE_FILES[kind])
 
 
 def _cache_file(cache: str | os.PathLike[str], target: tvm.target.Target,
@@ -313,6 +336,75 @@ def best_int8_config(M: int, K: int, N: int, target: tvm.target.Target, *,
     return _keep_best("int8 dense", key, results, t0, path, on_search, ("gops", 2.0 * M * K * N))
 
 
+def _prepare_bf16(M: int, K: int, N: int, cfg: Bf16Config, target: tvm.target.Target,
+                  min_repeat_ms: int, repeat: int) -> Callable[[], float]:
+    """Timer of a BF16 layer the way a model runs it: the activation's conversion
+    (``to_bf16_kernel``) then the dense kernel (bias epilogue), cold weights, as :func:`_prepare`.
+    The conversion is part of each call because the tile's row blocks decide whether a core reads
+    the bf16 rows it converted itself or another core's (``dense_bf16._row_block``)."""
+    from ..kernels.dense_bf16 import padded_k, to_bf16_kernel
+    from ..runtime import use_threads
+
+    func = dense_bf16_kernel(M, K, N, target=target, config=cfg, bias=True)
+    ex = tvm.compile(standalone_module(func), target)
+    cvt = tvm.compile(standalone_module(to_bf16_kernel(M, K, padded_k(K))), target).mod["main"]
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    w = pack_weight_bf16(rng.standard_normal((K, N), dtype=np.float32), cfg.nv * 16)
+    copies = int(min(64, max(2, -(-COLD_BYTES // w.nbytes))))
+    weights = [tvm.runtime.tensor(w, dev) for _ in range(copies)]
+    x = tvm.runtime.tensor(rng.standard_normal((M, K), dtype=np.float32), dev)
+    xb = tvm.runtime.tensor(np.zeros((M, padded_k(K)), np.uint16), dev)
+    rest = [tvm.runtime.tensor(a, dev) for a in (np.zeros(N, np.float32),
+                                                 np.zeros((M, N), np.float32))]
+    fn = ex.mod["main"]
+    threads = num_threads(target)
+
+    def block() -> float:
+        t0 = time.perf_counter()
+        for i in range(copies):
+            cvt(x, xb)
+            fn(xb, weights[i], *rest)
+        return (time.perf_counter() - t0) / copies
+
+    def run() -> float:
+        use_threads(threads)
+        block()
+        samples: list[float] = []
+        t0 = time.perf_counter()
+        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
+            samples.append(block())
+        return float(np.median(samples))
+
+    return run
+
+
+def best_bf16_config(M: int, K: int, N: int, target: tvm.target.Target, *,
+                     cache: str | os.PathLike[str] | None = None, measure: bool = True,
+                     budget_s: float | None = None,
+                     on_search: SearchReport | None = None) -> Bf16Config:
+    """The fastest known BF16 dense tile for this shape and target (measured once, then cached
+    in ``bf16_tiles.json``)."""
+    fam = bf16_isa(target)
+    key = f"{M}x{K}x{N}_{fam}"
+    path = tiles_file(cache, target, "bf16") if cache is not None else None
+    if path is not None:
+        rec = _load(path).get(key)
+        if rec is not None:
+            return resolve_bf16_config(M, K, N, target, Bf16Config.from_dict(rec["config"]))
+    if not measure or fam != "avx512bf16" or not host_supports(fam):
+        # AMX: one fixed 32 x 32 tile per task (kernels/dense_amx.py), nothing to search.
+        return resolve_bf16_config(M, K, N, target)
+    t0 = time.monotonic()
+    results = _search(f"bf16 dense {key}", candidate_bf16_configs(M, K, N, target),
+                      lambda cfg, ms, rep: _prepare_bf16(M, K, N, cfg, target, ms, rep),  # type: ignore[arg-type]
+                      budget_s, 4, 3, 0.03)
+    if not results:
+        return resolve_bf16_config(M, K, N, target)
+    return _keep_best("bf16 dense", key, results, t0, path, on_search,
+                      ("gflops", 2.0 * M * K * N))
+
+
 def _prepare_attention(shape: tuple[int, int, int, int, int], merged: bool, mask: bool,
                        cfg: AttentionConfig, target: tvm.target.Target, min_repeat_ms: int,
                        repeat: int) -> Callable[[], float]:
@@ -370,7 +462,7 @@ class KernelTiles:
         self.on_search = on_search
         # Every layer of every bucket asks again for the same few shapes: answer from memory
         # instead of re-reading the JSON file each time.
-        self._known: dict[tuple, DenseConfig | AttentionConfig | Int8Config] = {}
+        self._known: dict[tuple, DenseConfig | AttentionConfig | Int8Config | Bf16Config] = {}
 
     def dense(self, M: int, K: int, N: int, target: tvm.target.Target) -> DenseConfig:
         key = ("dense", M, K, N, str(target))
@@ -383,6 +475,13 @@ class KernelTiles:
         key = ("int8", M, K, N, str(target))
         if key not in self._known:
             self._known[key] = best_int8_config(M, K, N, target, cache=self.cache,
+                                                measure=self.measure, on_search=self.on_search)
+        return self._known[key]  # type: ignore[return-value]
+
+    def bf16(self, M: int, K: int, N: int, target: tvm.target.Target) -> Bf16Config:
+        key = ("bf16", M, K, N, str(target))
+        if key not in self._known:
+            self._known[key] = best_bf16_config(M, K, N, target, cache=self.cache,
                                                 measure=self.measure, on_search=self.on_search)
         return self._known[key]  # type: ignore[return-value]
 

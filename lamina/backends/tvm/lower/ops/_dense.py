@@ -3,6 +3,8 @@
 The weight is packed at compile time into the kernel's panel layout and stored in the params file
 under ``<weight>@packed<nb>``; buckets share it when their tiles agree. Without a target in the
 context (or for non-float32 or non-2-D weights) the callers fall back to plain Relax matmuls.
+Under ``--precision bf16`` (``bf16_dense.precision_scope``) the layer goes to the BF16 kernels
+instead (``bf16_dense.emit_bf16_dense``), unless its shape keeps it in fp32.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ def emit_kernel_dense(ctx: LowerContext, x: Value, w: Const, weight: np.ndarray,
     """``act(x @ W + bias) + residual`` with a packed weight, as one ``call_tir``."""
     from ...kernels import resolve_config
     from ...kernels.relax_emit import emit_dense
+    from .bf16_dense import active, emit_bf16_dense
+
+    if active() is not None:
+        y16 = emit_bf16_dense(ctx, x, w, weight, bias=bias, activation=activation,
+                              residual=residual, layout=layout)
+        if y16 is not None:
+            return y16
 
     shape = ctx.shape(x)
     k = shape[-1]
