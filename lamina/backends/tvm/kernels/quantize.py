@@ -85,10 +85,10 @@ def quantize_transposed_kernel(M: int, K: int, *, signed: bool = False,
     def func(X: T.Buffer((M, K), "float32"), S: T.Buffer((K,), "float32"),
              QP: T.Buffer((2,), "float32"), Y: T.Buffer((K, M), "uint8")):
         T.func_attr({"tirx.noalias": True})
-        for kb in T.parallel(K // 16):
+        for mb in T.parallel(M // 16):
             ta = T.alloc_buffer((16, 16), "uint8", scope="local")
             tb = T.alloc_buffer((16, 16), "uint8", scope="local")
-            for mb in range(M // 16):
+            for kb in range(K // 16):
                 for r in T.unroll(16):
                     for c in T.vectorized(16):
                         if smooth:
