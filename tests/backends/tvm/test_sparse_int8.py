@@ -62,6 +62,39 @@ def test_sparse_int8_kernel_matches_numpy(M, K, N, density, epilogue, residual):
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_sparse_int8_kernel_quantizes_transposed_for_the_next_sparse_layer(signed):
+    """``quant_out``: the u8 the next block-sparse layer reads, ``YT[N, M]``, exactly the
+    quantization of the kernel's own float result, in token order."""
+    if not host_supports("vnni"):
+        pytest.skip("host CPU cannot run AVX-512 VNNI code")
+    target = target_for("vnni", 2)
+    M, K, N = 128, 48, 64
+    rng = np.random.default_rng(4)
+    sw = encode_int8_blocks(_pruned(K, N, 0.2, 5))
+    x = rng.integers(0, 256, (M, K)).astype(np.uint8)
+    ws = (rng.random(N) * 0.01 + 0.001).astype(np.float32)
+    qp = np.array([0.02, 9], np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    s = (rng.random(N) * 20 + 5).astype(np.float32)
+    zp = -3.0 if signed else 100.0
+    qo = np.array([0.05, zp], np.float32)
+    dev = tvm.cpu()
+    common = [np.ascontiguousarray(x.T), sw.qptr, sw.qk, sw.qw, sw.colsum, ws, qp, b]
+    fy = tvm.compile(standalone_module(sparse_int8_kernel(M, sw, target=target,
+                                                          epilogue="gelu_erf")), target=target)
+    y = tvm.runtime.tensor(np.zeros((M, N), np.float32), dev)
+    fy["main"](*(tvm.runtime.tensor(a, dev) for a in common), y)
+    fq = tvm.compile(standalone_module(sparse_int8_kernel(
+        M, sw, target=target, epilogue="gelu_erf", quant_out=True, out_signed=signed)),
+        target=target)
+    yt = tvm.runtime.tensor(np.zeros((N, M), np.uint8), dev)
+    fq["main"](*(tvm.runtime.tensor(a, dev) for a in [*common, s, qo]), yt)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    want = np.clip(np.rint(y.numpy() * s) + zp, lo, hi) + (128 if signed else 0)
+    np.testing.assert_array_equal(yt.numpy(), want.astype(np.uint8).T)
+
+
 def test_sparse_int8_kernel_refuses_untiled_shapes():
     sw = encode_int8_blocks(_pruned(16, 64, 0.5, 0))
     with pytest.raises(ValueError, match="64-token tile"):

@@ -37,7 +37,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import check_epilogue, dequant_epilogue, finish_kernel
+from .common import check_epilogue, dequant_epilogue, finish_kernel, round_half_even
 from .isa import num_threads
 
 R = 4  # outputs per block
@@ -148,14 +148,22 @@ _LO_WD, _HI_WD = _unpack_lo_hi(2, True), _unpack_lo_hi(2, False)
 
 
 def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Target,
-                       bias: bool = False, epilogue=None, residual: bool = False
-                       ) -> tirx.PrimFunc:
+                       bias: bool = False, epilogue=None, residual: bool = False,
+                       quant_out: bool = False, out_signed: bool = False) -> tirx.PrimFunc:
     """The kernel for ``XT[K, M]`` (M a multiple of 64) and the constant pattern of ``sw``.
 
     Arguments: ``XT[K, M]`` u8, ``qptr``, ``qk``, ``qw`` (``sw``'s arrays), ``colsum[N]`` int32,
     ``w_scale[N]``, ``qp[2]`` (activation scale, zero point), ``bias[N]`` (zeros without one),
-    ``R[M, N]`` if ``residual``, output ``Y[M, N]`` float32."""
+    ``R[M, N]`` if ``residual``, output ``Y[M, N]`` float32.
+
+    ``quant_out`` (no residual): the output is the next block-sparse INT8 layer's input instead,
+    ``YT[N, M]`` u8 = ``saturate(round_half_even(y * S[n]) + qo[1])`` transposed (int8 shifted by
+    +128 when ``out_signed``), with ``S[N]`` and ``qo[2]`` after the bias, as
+    ``dense_int8_kernel``'s ``quant_out``. A column's 64 tokens are one 64-byte store, after a
+    dword permutation from the accumulators' token order."""
     check_epilogue(epilogue)
+    if quant_out and residual:
+        raise ValueError("quant_out has no residual form")
     if M % TILE:
         raise ValueError(f"M={M} is not a multiple of the {TILE}-token tile")
     K, N, nq = sw.K, sw.N, sw.quads
@@ -180,8 +188,14 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
     lo_ps, hi_ps = _unpack32(1, True), _unpack32(1, False)
     lo_pd, hi_pd = _unpack32(2, True), _unpack32(2, False)
 
+    # The accumulators' byte order of a column (c = 16 i + 4 L + w for token 16 L + 4 i + w) to
+    # token order: whole dwords move (a vpermd).
+    to_tokens = [16 * ((t // 4) % 4) + 4 * (t // 16) + t % 4 for t in range(TILE)]
+    q_lo, q_hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
+    q_shift = 128.0 if out_signed else 0.0
+
     @T.macro
-    def body(XT, QPTR, QK, QW, CS, WS, QP, B, Y, res_add):
+    def body(XT, QPTR, QK, QW, CS, WS, QP, B, Y, res_add, S, QO):
         for task in T.parallel(n_mo * chunks):
             # Allocated once a task: below a group, each would be a heap workspace allocated and
             # freed per group (1,000 cycles each time, more than a sparse group's work).
@@ -192,6 +206,7 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
             e = T.alloc_buffer((R, 16), "float32", scope="local")
             pq = T.alloc_buffer((4, 16), "float32", scope="local")
             stage = T.alloc_buffer((TILE, SG * R), "float32")
+            qb = T.alloc_buffer((R, TILE), "uint8", scope="local")
             for gi in range(per_chunk):
                 for a in T.unroll(R * 4):
                     acc[a, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
@@ -220,34 +235,51 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
                                 "int32x16", _VPDPBUSD, acc[j * 4 + i, T.ramp(0, 1, 16)],
                                 v[i, T.ramp(0, 1, 64)],
                                 T.reinterpret("int8x64", T.broadcast(QW[q, j], 16)))
-                for i in T.unroll(4):
+                if quant_out:
+                    for i in T.unroll(4):
+                        for j in T.unroll(R):
+                            for c in T.vectorized(16):
+                                qb[j, i * 16 + c] = T.Cast("uint8", T.max(T.min(
+                                    round_half_even(
+                                        epi(0, (task % chunks * per_chunk + gi) * R + j,
+                                            acc[j * 4 + i, c], CS, WS, QP, B, None)
+                                        * S[(task % chunks * per_chunk + gi) * R + j])
+                                    + QO[1], T.float32(q_hi)), T.float32(q_lo))
+                                    + T.float32(q_shift))
                     for j in T.unroll(R):
-                        for c in T.vectorized(16):
-                            e[j, c] = epi(0, (task % chunks * per_chunk + gi) * R + j,
-                                          acc[j * 4 + i, c], CS, WS, QP, B, None)
-                    pq[0, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [e[0, T.ramp(0, 1, 16)], e[1, T.ramp(0, 1, 16)]], lo_ps)
-                    pq[1, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [e[0, T.ramp(0, 1, 16)], e[1, T.ramp(0, 1, 16)]], hi_ps)
-                    pq[2, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [e[2, T.ramp(0, 1, 16)], e[3, T.ramp(0, 1, 16)]], lo_ps)
-                    pq[3, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [e[2, T.ramp(0, 1, 16)], e[3, T.ramp(0, 1, 16)]], hi_ps)
-                    for h in T.unroll(2):  # w = 2 h (lo) and 2 h + 1 (hi)
-                        e[2 * h, T.ramp(0, 1, 16)] = T.Shuffle(
-                            [pq[h, T.ramp(0, 1, 16)], pq[2 + h, T.ramp(0, 1, 16)]], lo_pd)
-                        e[2 * h + 1, T.ramp(0, 1, 16)] = T.Shuffle(
-                            [pq[h, T.ramp(0, 1, 16)], pq[2 + h, T.ramp(0, 1, 16)]], hi_pd)
-                    for w in T.unroll(4):
-                        for lane in T.unroll(4):
-                            stage[lane * 16 + i * 4 + w, T.ramp(gi % SG * R, 1, R)] = e[
-                                w, T.ramp(lane * 4, 1, 4)]
-                if gi % SG == SG - 1:
-                    for m in range(TILE):
-                        Y[task // chunks * TILE + m,
-                          T.ramp((task % chunks * per_chunk + gi - (SG - 1)) * R, 1, SG * R)] = (
-                            res_add(stage[m, T.ramp(0, 1, SG * R)], task // chunks * TILE + m,
-                                    (task % chunks * per_chunk + gi - (SG - 1)) * R))
+                        Y[(task % chunks * per_chunk + gi) * R + j,
+                          T.ramp(task // chunks * TILE, 1, TILE)] = T.Shuffle(
+                            [qb[j, T.ramp(0, 1, TILE)]], to_tokens)
+                else:
+                    for i in T.unroll(4):
+                        for j in T.unroll(R):
+                            for c in T.vectorized(16):
+                                e[j, c] = epi(0, (task % chunks * per_chunk + gi) * R + j,
+                                              acc[j * 4 + i, c], CS, WS, QP, B, None)
+                        pq[0, T.ramp(0, 1, 16)] = T.Shuffle(
+                            [e[0, T.ramp(0, 1, 16)], e[1, T.ramp(0, 1, 16)]], lo_ps)
+                        pq[1, T.ramp(0, 1, 16)] = T.Shuffle(
+                            [e[0, T.ramp(0, 1, 16)], e[1, T.ramp(0, 1, 16)]], hi_ps)
+                        pq[2, T.ramp(0, 1, 16)] = T.Shuffle(
+                            [e[2, T.ramp(0, 1, 16)], e[3, T.ramp(0, 1, 16)]], lo_ps)
+                        pq[3, T.ramp(0, 1, 16)] = T.Shuffle(
+                            [e[2, T.ramp(0, 1, 16)], e[3, T.ramp(0, 1, 16)]], hi_ps)
+                        for h in T.unroll(2):  # w = 2 h (lo) and 2 h + 1 (hi)
+                            e[2 * h, T.ramp(0, 1, 16)] = T.Shuffle(
+                                [pq[h, T.ramp(0, 1, 16)], pq[2 + h, T.ramp(0, 1, 16)]], lo_pd)
+                            e[2 * h + 1, T.ramp(0, 1, 16)] = T.Shuffle(
+                                [pq[h, T.ramp(0, 1, 16)], pq[2 + h, T.ramp(0, 1, 16)]], hi_pd)
+                        for w in T.unroll(4):
+                            for lane in T.unroll(4):
+                                stage[lane * 16 + i * 4 + w, T.ramp(gi % SG * R, 1, R)] = e[
+                                    w, T.ramp(lane * 4, 1, 4)]
+                    if gi % SG == SG - 1:
+                        for m in range(TILE):
+                            Y[task // chunks * TILE + m,
+                              T.ramp((task % chunks * per_chunk + gi - (SG - 1)) * R, 1,
+                                     SG * R)] = res_add(
+                                stage[m, T.ramp(0, 1, SG * R)], task // chunks * TILE + m,
+                                (task % chunks * per_chunk + gi - (SG - 1)) * R)
 
     if residual:
 
@@ -258,7 +290,17 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
                    QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
                    Res: T.Buffer((M, N), "float32"), Y: T.Buffer((M, N), "float32")):
             body(XT, QPTR, QK, QW, CS, WS, QP, B, Y,
-                 lambda val, m, n: val + Res[m, T.ramp(n, 1, SG * R)])
+                 lambda val, m, n: val + Res[m, T.ramp(n, 1, SG * R)], None, None)
+    elif quant_out:
+
+        @T.prim_func(private=True)
+        def kernel(XT: T.Buffer((K, M), "uint8"), QPTR: T.Buffer((G + 1,), "int32"),
+                   QK: T.Buffer((nq, 4), "int32"), QW: T.Buffer((nq, R), "int32"),
+                   CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
+                   QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
+                   S: T.Buffer((N,), "float32"), QO: T.Buffer((2,), "float32"),
+                   Y: T.Buffer((N, M), "uint8")):
+            body(XT, QPTR, QK, QW, CS, WS, QP, B, Y, lambda val, m, n: val, S, QO)
     else:
 
         @T.prim_func(private=True)
@@ -267,7 +309,7 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
                    CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
                    QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
                    Y: T.Buffer((M, N), "float32")):
-            body(XT, QPTR, QK, QW, CS, WS, QP, B, Y, lambda val, m, n: val)
+            body(XT, QPTR, QK, QW, CS, WS, QP, B, Y, lambda val, m, n: val, None, None)
 
     del bias  # the bias is always an argument (zeros for a layer without one)
     return finish_kernel(kernel.with_attr("tirx.noalias", True))

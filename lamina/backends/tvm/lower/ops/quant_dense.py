@@ -422,8 +422,18 @@ def _emit_sparse_int8(ctx: LowerContext, m: Int8Dense, sw, x, shape, *, bias, ac
         ctx.int8_inputs[key] = (xt, qp_kernel)
     xt, qp_kernel = ctx.int8_inputs[key]
     epilogue = EPILOGUES[activation]
+    # A block-sparse consumer's transposed quantization in this kernel's epilogue (nothing else
+    # reads this layer's float output: plan_int8's quant_out).
+    out = m.quant_out
+    out_key = None
+    if out is not None and residual is None and not out.dynamic \
+            and sparse_choice(ctx, out, rows) is not None:
+        out_key = ("T", *_quant_key(out, n))
+        if out_key in ctx.int8_inputs:
+            out_key = None
     func = sparse_int8_kernel(rows, sw, target=ctx.target, epilogue=epilogue,
-                              residual=residual is not None)
+                              residual=residual is not None, quant_out=out_key is not None,
+                              out_signed=out_key is not None and out.signed)
     tag = "@int8sparse"
     args = [xt]
     for suffix, arr in (("qptr", sw.qptr), ("qk", sw.qk), ("qw", sw.qw), ("colsum", sw.colsum)):
@@ -434,10 +444,19 @@ def _emit_sparse_int8(ctx: LowerContext, m: Int8Dense, sw, x, shape, *, bias, ac
     if residual is not None:
         args.append(bb.emit(relax.op.reshape(ctx.expr(residual), (rows, n))))
     name = (f"lamina_sparse_int8_{rows}x{k}x{n}{'_' + epilogue if epilogue else ''}"
-            f"{'_res' if residual is not None else ''}")
+            f"{'_res' if residual is not None else ''}{'_qt' if out_key is not None else ''}")
     gv = bb.add_func(func, name)
-    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
     ctx.features.update(INT8_FEATURES["vnni"])
+    if out_key is not None:
+        smooth = out.smooth if out.smooth is not None else np.ones(n, np.float32)
+        mult = (smooth / np.float32(out.x_scale)).astype(np.float32)
+        args += [_param(ctx, f"{out.smooth_name or out.x.name}@quant{out.x_scale!r}", mult),
+                 relax.const(np.array([out.x_scale, out.x_zp], np.float32), "float32")]
+        yt = bb.emit(relax.call_tir(gv, args, relax.TensorType((n, rows), "uint8")))
+        ctx.int8_inputs[out_key] = (yt, _kernel_qparams(out))
+        # The consumer reads yt through ctx.int8_inputs; the value only lends it the shape.
+        return bb.emit(relax.op.reshape(yt, (*shape[:-1], n)))
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
     return bb.emit(relax.op.reshape(y, (*shape[:-1], n)))
 
 
