@@ -530,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-sparsity",
         action="store_true",
-        help="leave pruned weights dense (no shrink-structured / encode-sparsity)",
+        help="leave pruned weights dense (no shrink-structured / encode-sparsity; with --quantize "
+        "int8, no block-sparse INT8 kernels)",
     )
     p.add_argument(
         "--packed",
