@@ -53,3 +53,29 @@ def test_compile_quantize_int8(tiny_bert: Path, tmp_path: Path, capsys) -> None:
     got = art.run(feeds)[art.outputs[0].name]
     want = run(tiny_bert, feeds)[art.outputs[0].name]
     assert cosine(pooled(want, feeds), pooled(got, feeds)).min() >= 0.98
+
+
+@pytest.mark.slow
+def test_compile_quantize_pruned_model_logs_sparse_int8_decisions(tiny_bert: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    """A 4x1-pruned model compiled to INT8: the lowering's cost model (measured on this target)
+    decides per pruned matmul, and the compile log and the manifest list every decision."""
+    from lamina.backends.tvm.kernels import host_supports
+    from lamina.zoo import make_inputs
+
+    if not host_supports("vnni"):
+        pytest.skip("host CPU cannot run AVX-512 VNNI code")
+    pruned = tmp_path / "p90.onnx"
+    assert main(["prune", str(tiny_bert), "-o", str(pruned), "--sparsity", "0.9",
+                 "--pattern", "4x1"]) == 0
+    np.savez(tmp_path / "calib.npz", **make_inputs(tiny_bert, 16, 16))
+    out = tmp_path / "int8.lamina"
+    rc = main(["compile", str(pruned), "-o", str(out), "--buckets", "1x64", "--target",
+               "x86-avx512-vnni", "--quantize", "int8", "--calibration",
+               str(tmp_path / "calib.npz"), "--calibration-size", "16", "--target-cos", "0.9"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    info = json.loads((out / "manifest.json").read_text())["extra"]["int8_sparse"]
+    assert info["pruned"] > 0 and len(info["decisions"]) == info["pruned"]
+    assert f"lamina: sparse INT8: {info['sparse']} of {info['pruned']} pruned INT8 matmuls" in err
+    assert all("predicted gain" in d and d in err for d in info["decisions"])

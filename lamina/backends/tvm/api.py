@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -22,8 +22,12 @@ from .artifact import FORMAT, FORMAT_VERSION, LIBRARY, PARAMS, versions, write_a
 from .buckets import Bucket, parse_buckets
 from .build import ScheduleFn, build_module, default_tuning_db, tuning_schedule
 from .lower import FunctionInfo, TensorSpec, lower_buckets
+from .lower.ops.quant_dense import SparseInt8Policy
 from .runtime import BATCH, SEQ
 from .target import TargetSpec, resolve_target
+
+if TYPE_CHECKING:
+    from lamina.passes.sparsity._cost import Int8CostTable
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +177,34 @@ def _report_tile_search(what: str, best: str, seconds: float, candidates: int,
     sys.stderr.flush()
 
 
+def _int8_sparse_policy(int8_sparse: bool | SparseInt8Policy, spec: TargetSpec,
+                        db: Path) -> SparseInt8Policy | None:
+    """The block-sparse INT8 policy of a build: the target's cost table from the tuning database,
+    measured there on first use; a host that cannot run the target's VNNI code (a cross-compile)
+    uses the table shipped with Lamina instead, and says so."""
+    if isinstance(int8_sparse, SparseInt8Policy):
+        return int8_sparse
+    if not int8_sparse:
+        return None
+
+    def table() -> Int8CostTable:
+        from lamina.passes.sparsity._cost import SHIPPED_INT8_COSTS, Int8CostTable
+
+        from .kernels.isa import INT8_FEATURES
+        from .kernels.sparse_calibrate import int8_cost_table
+        from .target import missing_features
+
+        lacks = missing_features(("avx512f", "avx512bw", *INT8_FEATURES["vnni"]))
+        if lacks:
+            log.warning("sparse INT8: this host lacks %s and cannot measure the target's kernels;"
+                        " deciding from the table shipped with Lamina (%s)", ", ".join(lacks),
+                        SHIPPED_INT8_COSTS.name)
+            return Int8CostTable.load(SHIPPED_INT8_COSTS)
+        return Int8CostTable.load(int8_cost_table(spec.tvm_target, db))
+
+    return SparseInt8Policy(table)
+
+
 def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLike[str], *,
                    target: str | dict[str, Any] | TargetSpec = "auto",
                    threads: int | None = None,
@@ -186,7 +218,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                    packed: Sequence[Any] | None = None,
                    staged: Sequence[Any] | None = None,
                    precision: str = "fp32",
-                   int8_sparse: bool = True) -> Path:
+                   int8_sparse: bool | SparseInt8Policy = True) -> Path:
     """Compile one static canonical graph per (batch, seq) bucket into the artifact ``out_path``.
 
     - ``models``: ``{(batch, seq): model}``, each the canonical graph specialized to its bucket
@@ -214,8 +246,11 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
       activations and weights with fp32 accumulation, ``lower/ops/bf16_dense.py``; the target must
       have AVX512-BF16 or AMX-BF16, and ``auto`` then picks ``x86-avx512-bf16``). Manifest
       ``precision``.
-    - ``int8_sparse``: INT8 layers whose int8 weights are mostly zero 4x1 blocks run the
-      block-sparse INT8 kernel (``lower/ops/quant_dense.sparse_choice``).
+    - ``int8_sparse``: INT8 layers on pruned weights (4x1 blocks of zeros) run the block-sparse
+      INT8 kernel where the target's cost table (measured once per tuning database, the first
+      time a pruned INT8 layer is lowered) predicts it faster: ``lower/ops/quant_dense``'s
+      ``sparse_choice``. False: never; a ``SparseInt8Policy``: its table. The decisions go to the
+      log and the manifest (``extra.int8_sparse``).
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
@@ -245,10 +280,16 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
     for sg in staged or ():
         for st in sg.stages:
             extra_models[f"staged_t{sg.tokens}_n{sg.seqs}_{st.name}"] = st.model
+    policy = _int8_sparse_policy(int8_sparse, spec, db) if kernels else None
     lowered = lower_buckets({k: models[k] for k in buckets},
                             target=spec.tvm_target if kernels else None, tiles=tiles,
                             extra=extra_models, precision=precision,
-                            int8_sparse=int8_sparse)
+                            int8_sparse=policy)
+    if policy is not None and policy.decisions:
+        extra["int8_sparse"] = {"sparse": policy.sparse, "pruned": len(policy.decisions),
+                                "decisions": list(policy.decisions.values())}
+        log.info("sparse INT8: %d of %d pruned INT8 matmuls run block-sparse", policy.sparse,
+                 len(policy.decisions))
     if lowered.bf16 is not None:
         extra["bf16"] = {"dense_layers": lowered.bf16.layers,
                          "fp32_dense_layers": sorted(set(lowered.bf16.fp32_layers))}

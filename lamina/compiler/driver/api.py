@@ -292,6 +292,8 @@ def compile(  # noqa: A001 - the verb users expect
         precision=precision,
         int8_sparse=sparsity,
     )
+    if quantize is not None:
+        _report_int8_sparsity(out, (debug or Debug()).report_stream)
     if precision != "fp32":
         from lamina.compiler.driver.precision import report_precision_cost
 
@@ -363,6 +365,19 @@ def _report_sparsity(report: OptimizeReport, stream: TextIO) -> None:
                 f"lamina: encode-sparsity: all {len(decisions)} matmuls with zeros stay dense "
                 f"(predicted gains {min(_gains(decisions)):.2f}-{max(_gains(decisions)):.2f}x)\n"
             )
+
+
+def _report_int8_sparsity(artifact: Path, stream: TextIO) -> None:
+    """The compile log of the block-sparse INT8 decisions (the lowering's cost model, recorded in
+    the manifest): one line per pruned INT8 matmul."""
+    from lamina.backends.tvm.artifact import read_manifest
+
+    info = read_manifest(artifact)[1].get("extra", {}).get("int8_sparse")
+    if not info:
+        return
+    stream.write(f"lamina: sparse INT8: {info['sparse']} of {info['pruned']} pruned INT8 matmuls "
+                 "run block-sparse\n")
+    stream.writelines(f"  {line}\n" for line in info["decisions"])
 
 
 def _gains(lines: list[str]) -> list[float]:

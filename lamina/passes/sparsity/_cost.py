@@ -109,3 +109,62 @@ def fit(
             "ns_per_dim": max(float(per_dim), 0.0),
         }
     return {"target": target, "tokens": tokens, "dense": {"ns_per_mac": c}, "sparse": sparse}
+
+
+# The block-sparse INT8 kernel's table (``<db>/<target key>/sparse_int8_costs_v1.json``, measured by
+# ``sparse_calibrate.calibrate_int8`` on VNNI targets the first time a pruned INT8 layer is
+# lowered)::
+#
+#     {"target": "...", "tokens": 128,
+#      "dense":  {"ns_per_mac": c},                   # dense INT8 kernel: t = c * K * N
+#      "sparse": {"ns_per_block": a, "ns_per_col": o}} # block-sparse: t = a * blocks + o * N
+#
+# per token; ``blocks`` counts the 4x1 blocks the kernel multiplies (quad padding included), ``N``
+# the outputs, whose dequantization, epilogue and transposed store the sparse kernel pays whatever
+# the density.
+INT8_COSTS_FILE = "sparse_int8_costs_v1.json"
+# The table used where the host cannot run the target's kernels (a cross-compile): measured on AMD
+# Zen5 (AVX-512 VNNI, 2 threads) by ``calibrate_int8``.
+SHIPPED_INT8_COSTS = Path(__file__).with_name("default_int8_costs.json")
+
+
+@dataclass(frozen=True)
+class Int8CostTable:
+    target: str
+    dense_ns_per_mac: float
+    ns_per_block: float
+    ns_per_col: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Int8CostTable:
+        return cls(str(d.get("target", "")), float(d["dense"]["ns_per_mac"]),
+                   float(d["sparse"]["ns_per_block"]), float(d["sparse"]["ns_per_col"]))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Int8CostTable:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"sparse INT8 cost table {path}: unreadable ({exc})") from None
+
+    def predict(self, k: int, n: int, blocks: int) -> Prediction:
+        """Dense and block-sparse per-token time of an INT8 ``[K, N]`` layer whose sparse encoding
+        multiplies ``blocks`` 4x1 blocks."""
+        dense = self.dense_ns_per_mac * k * n
+        sparse = self.ns_per_block * blocks + self.ns_per_col * n
+        return Prediction(dense, sparse, 4, blocks, blocks / max(1, k * (n // 4)))
+
+
+def fit_int8(dense_samples: list[tuple[int, int, float]],
+             sparse_samples: list[tuple[int, int, int, float]], target: str,
+             tokens: int) -> dict[str, Any]:
+    """:class:`Int8CostTable` from measurements: dense ``(K, N, ns per token)``, sparse
+    ``(K, N, blocks, ns per token)`` (least squares of ``a * blocks + o * N`` in relative error:
+    the decision is a ratio, and the small layers' times matter as much as the large ones')."""
+    c = float(np.mean([t / (k * n) for k, n, t in dense_samples]))
+    a = np.array([[b, n] for _, n, b, _ in sparse_samples], np.float64)
+    y = np.array([t for *_, t in sparse_samples], np.float64)
+    (per_block, per_col), *_ = np.linalg.lstsq(a / y[:, None], np.ones_like(y), rcond=None)
+    return {"target": target, "tokens": tokens, "dense": {"ns_per_mac": c},
+            "sparse": {"ns_per_block": max(float(per_block), 1e-6),
+                       "ns_per_col": max(float(per_col), 0.0)}}

@@ -3,6 +3,9 @@ empty groups, a fully dense weight; the quad encoding round-trips."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
@@ -102,3 +105,61 @@ def test_sparse_int8_kernel_refuses_untiled_shapes():
     with pytest.raises(ValueError, match="multiple of 64"):
         sparse_int8_kernel(64, encode_int8_blocks(_pruned(16, 32, 0.5, 0)),
                            target=target_for("vnni", 2))
+
+
+def test_int8_cost_model_fits_and_predicts():
+    from lamina.passes.sparsity._cost import Int8CostTable, fit_int8
+
+    # Times made by a known model: the fit recovers it, and the prediction follows the blocks.
+    a, o, c = 0.006, 0.15, 0.0013
+    sparse = [(k, n, b, a * b + o * n) for k, n in ((384, 1536), (1536, 384))
+              for b in (5000, 20000, 60000)]
+    dense = [(k, n, c * k * n) for k, n in ((384, 1536), (1536, 384))]
+    table = Int8CostTable.from_dict(fit_int8(dense, sparse, "t", 128))
+    assert table.ns_per_block == pytest.approx(a) and table.ns_per_col == pytest.approx(o)
+    few, many = table.predict(384, 1536, 8000), table.predict(384, 1536, 140000)
+    assert few.gain > 1.5 > 1 > many.gain
+    assert few.dense_ns == pytest.approx(c * 384 * 1536)
+
+
+def test_int8_cost_table_is_measured_once_per_database(tmp_path, monkeypatch):
+    import lamina.backends.tvm.kernels.sparse_calibrate as cal
+    from lamina.passes.sparsity._cost import SHIPPED_INT8_COSTS, Int8CostTable
+
+    calls = []
+    shipped = json.loads(SHIPPED_INT8_COSTS.read_text())
+    monkeypatch.setattr(cal, "calibrate_int8", lambda t: calls.append(t) or shipped)
+    target = target_for("vnni", 2)
+    first = cal.int8_cost_table(target, tmp_path)
+    second = cal.int8_cost_table(target, tmp_path)
+    assert first == second and first.is_file() and len(calls) == 1
+    assert Int8CostTable.load(first) == Int8CostTable.from_dict(shipped)
+
+
+def test_int8_calibration_measures_both_kernels():
+    if not host_supports("vnni"):
+        pytest.skip("host CPU cannot run AVX-512 VNNI code")
+    from lamina.backends.tvm.kernels.sparse_calibrate import INT8_DENSITIES, calibrate_int8
+    from lamina.passes.sparsity._cost import Int8CostTable
+
+    table = calibrate_int8(target_for("vnni", 2), rounds=1, shapes=((128, 256), (256, 128)))
+    assert len(table["measured"]["dense"]) == 2
+    assert len(table["measured"]["sparse"]) == 2 * len(INT8_DENSITIES)
+    assert all(t > 0 for *_, t in table["measured"]["sparse"])
+    Int8CostTable.from_dict(table)  # a loadable table
+
+
+def test_cross_compile_decides_from_the_shipped_table(monkeypatch, caplog):
+    import logging
+
+    import lamina.backends.tvm.target as tgt
+    from lamina.backends.tvm.api import _int8_sparse_policy
+    from lamina.backends.tvm.target import resolve_target
+    from lamina.passes.sparsity._cost import SHIPPED_INT8_COSTS, Int8CostTable
+
+    monkeypatch.setattr(tgt, "host_features", lambda: frozenset({"avx2", "fma"}))
+    policy = _int8_sparse_policy(True, resolve_target("x86-avx512-vnni", 2), Path("/nonexistent"))
+    with caplog.at_level(logging.WARNING):
+        assert policy.costs() == Int8CostTable.load(SHIPPED_INT8_COSTS)
+    assert "cannot measure" in caplog.text
+    assert _int8_sparse_policy(False, resolve_target("x86-avx512-vnni", 2), Path(".")) is None

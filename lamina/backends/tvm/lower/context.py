@@ -41,9 +41,10 @@ class LowerContext:
         self.int8_inputs: dict = {}
         # float activations an INT8 consumer quantizes statically (quant_dense.quantized_values)
         self.int8_out: dict = {}
-        # INT8 layers on pruned weights may run the block-sparse kernel (off: --no-sparsity);
-        # the decision per (weight, rows) (quant_dense.sparse_choice)
-        self.int8_sparse = True
+        # INT8 layers on pruned weights may run the block-sparse kernel where the target's cost
+        # model predicts a gain (quant_dense.SparseInt8Policy; None: off, --no-sparsity); the
+        # decision per (weight, rows) (quant_dense.sparse_choice)
+        self.int8_sparse = None
         self.int8_sparse_choice: dict = {}
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}

@@ -18,7 +18,7 @@ from tvm import relax
 
 from .._errors import BackendError
 from .context import LowerContext, _dtype_str, unsupported_dtype
-from .ops.quant_dense import plan_int8, quantized_values
+from .ops.quant_dense import SparseInt8Policy, plan_int8, quantized_values
 from .registry import Const, Value, lookup, supported_ops
 from .versions import unsupported_version
 
@@ -78,9 +78,10 @@ def _input_spec(v: ir.Value) -> TensorSpec:
 
 def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
                    target: object = None, tiles: object = None,
-                   int8_sparse: bool = True) -> FunctionInfo:
+                   int8_sparse: SparseInt8Policy | None = None) -> FunctionInfo:
     """Add ``func_name`` (inputs..., weights...) -> tuple(outputs) to ``bb``'s module.
-    ``int8_sparse``: INT8 layers on pruned weights may run the block-sparse INT8 kernel."""
+    ``int8_sparse``: INT8 layers on pruned weights run the block-sparse INT8 kernel where this
+    policy's cost model predicts a gain (None: never)."""
     graph = model.graph
     opsets = dict(graph.opset_imports or model.opset_imports)
     ctx = LowerContext(bb, opsets, target=target)

@@ -13,6 +13,7 @@ from tvm import relax
 from .._errors import BackendError
 from .graph import FunctionInfo, lower_function
 from .ops.bf16_dense import Bf16Lowering, precision_scope
+from .ops.quant_dense import SparseInt8Policy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class LoweredModule:
 
 def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None,
                   tiles: object = None, extra: dict[str, ir.Model] | None = None,
-                  precision: str = "fp32", int8_sparse: bool = True) -> LoweredModule:
+                  precision: str = "fp32",
+                  int8_sparse: SparseInt8Policy | None = None) -> LoweredModule:
     """One Relax function ``main_b{batch}_s{seq}`` per bucket; weights pooled by name.
 
     Buckets are specializations of one model, so weights with the same name normally have the
@@ -52,6 +54,8 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
     more functions by name (e.g. the packed, padding-free ones of ``varlen.py``), lowered after the
     buckets with the same weight pooling. ``precision="bf16"``: dense layers on constant weights use
     the BF16 kernels (``ops/bf16_dense.py``; needs a target with AVX512-BF16 or AMX-BF16).
+    ``int8_sparse``: INT8 layers on pruned weights run the block-sparse INT8 kernel where this
+    policy's measured cost model predicts a gain (``ops/quant_dense.sparse_choice``; None: never).
     """
     if not models:
         raise BackendError("no buckets to compile")
@@ -71,7 +75,8 @@ def lower_buckets(models: dict[tuple[int, int], ir.Model], target: object = None
 def _lower_one(bb: relax.BlockBuilder, key: tuple[int, int] | None, fname: str, model: ir.Model,
                target: object, tiles: object, params: dict[str, np.ndarray],
                functions: dict[tuple[int, int], FunctionInfo],
-               extras: dict[str, FunctionInfo], int8_sparse: bool = True) -> None:
+               extras: dict[str, FunctionInfo],
+               int8_sparse: SparseInt8Policy | None = None) -> None:
     """Lower one function into ``bb`` and pool its weights into ``params`` (see above)."""
     batch, seq = key if key is not None else (0, 0)
     info = lower_function(bb, model, fname, target=target, tiles=tiles, int8_sparse=int8_sparse)

@@ -24,7 +24,9 @@ AVX2 family the 7-bit weights of its saturation remedy (``dense_int8.reduce_rang
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -32,6 +34,9 @@ from tvm import relax
 
 from ..context import LowerContext
 from ..registry import Value
+
+if TYPE_CHECKING:
+    from lamina.passes.sparsity._cost import Int8CostTable
 
 log = logging.getLogger(__name__)
 
@@ -355,17 +360,37 @@ def emit_int8_dense(
     return bb.emit(relax.op.reshape(y, (*shape[:-1], n)))
 
 
-# Block density (stored 4x1 blocks, quad padding included) up to which an INT8 layer runs the
-# block-sparse kernel: measured on Zen5 (128 x 384 x 1536, 1 thread) it was 3.3x the dense kernel
-# at 10% and 5x at 1%; its per-output work (dequantization, transposes, staging) stays whatever the
-# density, so it loses its lead somewhere past a third of the blocks.
-SPARSE_INT8_MAX_DENSITY = 0.3
+@dataclass
+class SparseInt8Policy:
+    """When INT8 layers on pruned weights run the block-sparse kernel: a cost model measured on the
+    target (``_cost.Int8CostTable``; ``table`` loads it on the first pruned layer, measuring it then
+    once per tuning database) predicts the dense and the sparse kernel's time per layer, and the
+    sparse one runs when it is predicted ``min_gain`` times faster. ``decisions``: one line per
+    pruned layer and token count, for the compile log and the manifest."""
+
+    table: Callable[[], Int8CostTable]
+    min_gain: float = 1.15
+    decisions: dict[tuple[str, int], str] = field(default_factory=dict)
+    sparse: int = 0
+
+    _loaded: Int8CostTable | None = field(default=None, repr=False)
+
+    def costs(self) -> Int8CostTable:
+        if self._loaded is None:
+            self._loaded = self.table()
+        return self._loaded
+
+
+# A weight is a candidate when at least this fraction of its 4x1 blocks is all zero (a dense
+# weight quantizes a few blocks to zero by chance; those never pay, and measuring the cost table
+# for them would only slow the compile).
+SPARSE_INT8_MIN_EMPTY = 0.1
 
 
 def sparse_choice(ctx: LowerContext, m: Int8Dense, rows: int):
     """The block-sparse encoding of ``m``'s weight when its layer runs the sparse INT8 kernel
-    (AVX-512 VNNI targets, ``ctx.int8_sparse``, whole 64-token tiles and 64-column stores, block
-    density at most :data:`SPARSE_INT8_MAX_DENSITY`), else None. Decided once per layer."""
+    (AVX-512 VNNI targets, ``ctx.int8_sparse`` set, whole 64-token tiles and 64-column stores, and
+    predicted faster by the policy's measured cost model), else None. Decided once per layer."""
     from ...kernels.isa import int8_isa
     from ...kernels.sparse_int8 import SG, TILE, R, encode_int8_blocks
 
@@ -375,15 +400,24 @@ def sparse_choice(ctx: LowerContext, m: Int8Dense, rows: int):
         return ctx.int8_sparse_choice[key]
     sw = None
     k, n = m.wq.shape
-    if (ctx.int8_sparse and target is not None and int8_isa(target) in ("vnni", "amx")
+    policy = ctx.int8_sparse
+    if (policy is not None and target is not None and int8_isa(target) in ("vnni", "amx")
             and rows % TILE == 0 and n % (SG * R) == 0):
         blocks = (m.wq.reshape(k, n // R, R) != 0).any(axis=2)
-        if blocks.mean() <= SPARSE_INT8_MAX_DENSITY:
+        if blocks.mean() <= 1 - SPARSE_INT8_MIN_EMPTY:
             cand = encode_int8_blocks(m.wq)
-            if cand.density <= SPARSE_INT8_MAX_DENSITY:
+            pred = policy.costs().predict(k, n, 4 * cand.quads)
+            use = pred.gain >= policy.min_gain
+            line = (f"{m.w_name}: W {k}x{n}, {rows} tokens, {100 * cand.density:.1f}% of 4x1 "
+                    f"blocks stored; dense {pred.dense_ns:.0f} ns/token, sparse "
+                    f"{pred.sparse_ns:.0f} ns/token: {'SPARSE' if use else 'dense'}, predicted "
+                    f"gain {pred.gain:.2f}x")
+            log.info("INT8 %s", line)
+            if key not in policy.decisions:
+                policy.decisions[key] = line
+                policy.sparse += use
+            if use:
                 sw = cand
-                log.info("INT8 %s (%dx%dx%d): block-sparse, %.1f%% of 4x1 blocks stored",
-                         m.w_name, rows, k, n, 100 * cand.density)
     ctx.int8_sparse_choice[key] = sw
     return sw
 
