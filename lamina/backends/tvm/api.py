@@ -254,7 +254,8 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
     """
     t0 = time.perf_counter()
     buckets = parse_buckets(list(models))
-    spec = check_precision_target(precision, target, threads)
+    int8 = any(n.op_type == "DequantizeLinear" for m in models.values() for n in m.graph)
+    spec = check_precision_target(precision, target, threads, int8)
     if precision == "bf16" and not kernels:
         raise BackendError("precision bf16 needs the hand-written kernels (kernels=True)")
     extra = dict(manifest_extra or {})
@@ -366,12 +367,13 @@ def _precision(lowered: Any) -> str:
 
 
 def check_precision_target(precision: str, target: str | dict[str, Any] | TargetSpec = "auto",
-                           threads: int | None = None) -> TargetSpec:
-    """The resolved target for ``precision``; a one-line error when it cannot run BF16 kernels."""
+                           threads: int | None = None, int8: bool = False) -> TargetSpec:
+    """The resolved target for ``precision`` (``int8``: the model has INT8 layers); a one-line
+    error when it cannot run BF16 kernels."""
     from .kernels.isa import bf16_isa
     from .target import host_cpu, host_features
 
-    spec = resolve_target(target, threads, precision)
+    spec = resolve_target(target, threads, precision, int8)
     if precision == "bf16" and bf16_isa(spec.tvm_target) is None:
         if spec.requested == "auto":
             have = ", ".join(f for f in sorted(host_features()) if f.startswith(("avx512", "amx")))

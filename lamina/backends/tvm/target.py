@@ -85,8 +85,10 @@ ISA_LEVELS: dict[str, IsaLevel] = {
     )
 }
 PRESETS: tuple[str, ...] = ("auto", "host", *ISA_LEVELS)
-# Levels ``auto`` picks only for the precision that uses them.
-_AUTO_ONLY_FOR: dict[str, str] = {"x86-avx512-bf16": "bf16"}
+# Levels ``auto`` picks only for the precisions that use them: the BF16 level for bf16 artifacts
+# and for INT8 ones (their attention runs the BF16 kernel, ``kernels/attention_bf16.py``); an exact
+# fp32 artifact keeps the VNNI level and the tuning records shipped for it.
+_AUTO_ONLY_FOR: dict[str, tuple[str, ...]] = {"x86-avx512-bf16": ("bf16", "int8")}
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
@@ -170,11 +172,12 @@ def host_cores() -> int:
 
 
 def host_isa_level(precision: str = "fp32") -> str:
-    """The highest level this host supports (of those ``auto`` picks for ``precision``)."""
+    """The highest level this host supports (of those ``auto`` picks for ``precision``: ``fp32``,
+    ``bf16`` or ``int8``)."""
     feats = host_features()
     best = "x86-64"
     for lvl in ISA_LEVELS.values():
-        if _AUTO_ONLY_FOR.get(lvl.name, precision) != precision:
+        if precision not in _AUTO_ONLY_FOR.get(lvl.name, (precision,)):
             continue
         if set(lvl.features) <= feats:
             best = lvl.name
@@ -253,11 +256,13 @@ def check_precision(precision: str) -> None:
 
 
 def resolve_target(target: str | dict[str, Any] | TargetSpec = "auto",
-                   threads: int | None = None, precision: str = "fp32") -> TargetSpec:
+                   threads: int | None = None, precision: str = "fp32",
+                   int8: bool = False) -> TargetSpec:
     """Resolve a preset name, ``auto``, ``host``, a TVM target dict or its JSON text.
 
-    ``precision``: what the dense layers compute in; ``auto`` picks ``x86-avx512-bf16`` only for
-    ``bf16`` (on an AMX host ``x86-avx512-amx`` either way)."""
+    ``precision``: what the dense layers compute in; ``int8``: the model has INT8 layers. ``auto``
+    picks ``x86-avx512-bf16`` only for ``bf16`` or INT8 (on an AMX host ``x86-avx512-amx`` either
+    way)."""
     check_precision(precision)
     if isinstance(target, TargetSpec):
         return target
@@ -272,7 +277,7 @@ def resolve_target(target: str | dict[str, Any] | TargetSpec = "auto",
         return _from_tvm_target(tgt, json.dumps(cfg, sort_keys=True), threads)
     cores = threads or host_cores()
     if target == "auto":
-        lvl = ISA_LEVELS[host_isa_level(precision)]
+        lvl = ISA_LEVELS[host_isa_level("int8" if int8 and precision == "fp32" else precision)]
         return TargetSpec(lvl.mcpu, lvl.mattr, cores, lvl.name, lvl.features, "auto")
     if target == "host":
         spec = _from_tvm_target(tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()}),

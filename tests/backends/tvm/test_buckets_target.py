@@ -41,7 +41,7 @@ def test_target_presets_and_auto():
     auto = resolve_target("auto", threads=3)
     assert auto.num_cores == 3
     assert set(auto.required_features) <= host_features()
-    # auto picks the highest level the host supports, x86-avx512-bf16 only for bf16
+    # auto picks the highest level the host supports, x86-avx512-bf16 only for bf16 and INT8
     for lvl in ISA_LEVELS.values():
         if set(lvl.features) <= host_features() and lvl.name != "x86-avx512-bf16":
             assert len(auto.required_features) >= len(lvl.features)
@@ -52,6 +52,8 @@ def test_target_presets_and_auto():
         assert bf16.isa_level in ("x86-avx512-bf16", "x86-avx512-amx")
     else:
         assert bf16 == auto
+    # An INT8 model's attention runs the BF16 kernel where the host has it.
+    assert resolve_target("auto", threads=3, int8=True) == bf16
     preset = resolve_target("x86-avx512-bf16")
     assert preset.mcpu == "x86-64-v4" and preset.mattr == ("+avx512vnni", "+avx512bf16")
     avx2 = resolve_target("x86-avx2")

@@ -244,3 +244,65 @@ def test_bf16_tiles_are_searched_once_and_cached_per_family(tmp_path):
                            on_search=lambda what, best, *_: seen.append((what, best)))
     assert seen and seen[0][0] == "bf16 dense 32x64x96_avx512bf16" and seen[0][1] == cfg.key()
     assert "32x64x96_avx512bf16" in json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("batch, sq, skv, heads, d, merged, mask", [
+    (1, 128, 128, 12, 32, True, True),
+    (2, 32, 64, 2, 64, False, True),
+    (2, 24, 32, 3, 32, False, False),
+    (1, 64, 64, 4, 32, True, False),
+])
+def test_bf16_attention_matches_the_bf16_reference(batch, sq, skv, heads, d, merged, mask):
+    """The BF16 attention kernel against numpy on the same bf16-rounded Q, K, P and V (fp32
+    sums), and within bf16's error of the exact fp32 attention; padded keys get no weight."""
+    import tvm
+
+    from lamina.backends.tvm.kernels.attention_bf16 import (
+        attention_bf16_kernel,
+        attention_bf16_reference,
+    )
+    from lamina.backends.tvm.kernels.common import standalone_module
+
+    _need_bf16_host()
+    target = _target()
+    rng = np.random.default_rng(4)
+    hid = heads * d
+    q = rng.standard_normal((batch, sq, heads, d)).astype(np.float32)
+    k = rng.standard_normal((batch, skv, heads, d)).astype(np.float32)
+    v = rng.standard_normal((batch, skv, heads, d)).astype(np.float32)
+    bias = np.zeros((batch, skv), np.float32)
+    bias[0, skv - 5:] = -10000.0  # padding
+    if merged:
+        srcs = [np.concatenate([q.reshape(batch * sq, hid), k.reshape(batch * skv, hid),
+                                v.reshape(batch * skv, hid)], axis=1)]
+    else:
+        srcs = [a.reshape(-1, hid) for a in (q, k, v)]
+    if mask:
+        srcs.append(bias)
+    func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=0.2, merged=merged, mask=mask)
+    lib = tvm.compile(standalone_module(func), target=target)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((batch, sq, heads, d), np.float32), dev)
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in srcs), out)
+    got = out.numpy()
+    want = attention_bf16_reference(q, k, v, 0.2, bias if mask else None)
+    # The kernel's fast exp and numpy's differ by ~1e-7, which can move a probability across a
+    # bf16 rounding boundary (one step: 2^-8 of it): a few outputs then differ by ~1e-4.
+    err = np.abs(got - want)
+    assert np.mean(err < 1e-4) > 0.99 and err.max() < 2e-3, err.max()
+    # exact attention (float64): bf16 operands move the output by ~1e-2 at most
+    s = np.einsum("bihe,bjhe->bhij", q.astype(np.float64), k.astype(np.float64)) * 0.2
+    if mask:
+        s = s + bias[:, None, None, :]
+    p = np.exp(s - s.max(-1, keepdims=True))
+    exact = np.einsum("bhij,bjhe->bihe", p / p.sum(-1, keepdims=True), v.astype(np.float64))
+    assert np.abs(got - exact).max() < 3e-2
+
+
+def test_bf16_attention_refuses_shapes_it_does_not_tile():
+    from lamina.backends.tvm.kernels.attention_bf16 import attention_bf16_kernel, fits
+
+    assert fits(128, 128, 32) and fits(7, 64, 64)
+    assert not fits(16, 16, 32) and not fits(32, 32, 48)
+    with pytest.raises(ValueError, match="skv % 32"):
+        attention_bf16_kernel(1, 16, 16, 2, 32, scale=1.0, merged=True, mask=False)

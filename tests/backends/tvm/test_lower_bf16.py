@@ -175,3 +175,56 @@ def test_precision_cost_is_skipped_in_one_line_without_a_tokenizer(tmp_path: Pat
     assert find_inputs(tmp_path / "model.onnx", manifest, str(texts), "tok")[1] == Path("tok")
     (tmp_path / "tokenizer.json").write_text("{}")
     assert find_inputs(tmp_path / "model.onnx", manifest, str(texts), None)[1] == tmp_path
+
+
+def _attention_model(seq: int = 32) -> ir.Model:
+    """lamina::Attention over q, k, v ``[1, seq, 64]`` (2 heads of 32) with a key-padding mask."""
+    names = ["q", "k", "v", "m"]
+    g = helper.make_graph(
+        [helper.make_node("Attention", names, ["y"], domain="lamina", num_heads=2, scale=0.3,
+                          mask_kind="key_padding")], "att",
+        [helper.make_tensor_value_info(n, F, [1, seq, 64]) for n in names[:3]]
+        + [helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info("y", F, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18),
+                                            helper.make_opsetid("lamina", 1)])
+    m.ir_version = 9
+    return ir.from_proto(m)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_attention_runs_in_bf16_only_in_lossy_artifacts(precision, tmp_path):
+    """A bf16 (or INT8) artifact's attention runs the BF16 kernel on a target with AVX512-BF16,
+    which its manifest then requires; an fp32 artifact keeps the exact fp32 kernel."""
+    from lamina.backends.reference import run
+    from lamina.backends.tvm import build_artifact, load
+
+    model = _attention_model()
+    art = build_artifact({(1, 32): model}, tmp_path / "att.lamina", target="x86-avx512-bf16",
+                         threads=2, schedule="none", precision=precision)
+    required = json.loads((art / "manifest.json").read_text())["target"]["required_features"]
+    assert ("avx512bf16" in required) == (precision == "bf16")
+    _need_bf16_host()
+    rng = np.random.default_rng(2)
+    feeds = {n: rng.standard_normal((1, 32, 64)).astype(np.float32) for n in "qkv"}
+    feeds["m"] = (np.arange(32) < 27).astype(np.int64)[None]
+    got, want = load(art).run(feeds)["y"], run(model, feeds)["y"]
+    err = np.abs(got - want).max()
+    assert (err < 1e-5) if precision == "fp32" else (1e-5 < err < 3e-2), err
+
+
+def test_bf16_attention_is_chosen_for_lossy_artifacts_on_bf16_targets():
+    from types import SimpleNamespace
+
+    from lamina.backends.tvm.kernels import target_for
+    from lamina.backends.tvm.lower.ops.bf16_dense import precision_scope
+    from lamina.backends.tvm.lower.ops.lamina import _bf16_attention
+
+    bf16, vnni = target_for("avx512bf16", 2), target_for("vnni", 2)
+    int8 = SimpleNamespace(int8={"layer": object()}, target=bf16)
+    assert _bf16_attention(int8, 128, 128, 32)
+    assert not _bf16_attention(int8, 16, 16, 32)       # keys not in whole 32-key pairs of vectors
+    assert not _bf16_attention(SimpleNamespace(int8={"layer": object()}, target=vnni), 128, 128, 32)
+    assert not _bf16_attention(SimpleNamespace(int8={}, target=bf16), 128, 128, 32)  # exact fp32
+    with precision_scope("bf16"):
+        assert _bf16_attention(SimpleNamespace(int8={}, target=bf16), 128, 128, 32)

@@ -86,6 +86,18 @@ def _merged_qkv(ctx: LowerContext, node: ir.Node, hidden: int) -> relax.Expr | N
     return ctx.env[src]
 
 
+def _bf16_attention(ctx: LowerContext, sq: int, skv: int, d: int) -> bool:
+    """Whether this attention runs the BF16 kernel (``kernels/attention_bf16.py``): in a lossy
+    artifact only (INT8 layers, or ``precision="bf16"``), on a target with AVX512-BF16 (AMX-BF16
+    CPUs have it too), for shapes the kernel takes. An exact fp32 artifact keeps fp32 attention."""
+    from ...kernels.attention_bf16 import fits
+    from ...kernels.isa import bf16_isa
+    from .bf16_dense import active
+
+    lossy = bool(ctx.int8) or active() is not None
+    return lossy and bf16_isa(ctx.target) is not None and fits(sq, skv, d)
+
+
 @converter("Attention", domain="lamina")
 def attention(ctx: LowerContext, node: ir.Node, inputs):
     """``softmax(scale * Qh Kh^T + bias) Vh`` per head, heads split from / merged into the last
@@ -118,6 +130,14 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
         merged = _merged_qkv(ctx, node, hidden) if q_seq == kv_seq else None
         sources = [merged] if merged is not None else [ctx.expr(v) for v in inputs[:3]]
         masked = kind == "key_padding"
+        if _bf16_attention(ctx, q_seq, kv_seq, d):
+            from ...kernels.attention_bf16 import emit_attention_bf16
+            from ...kernels.isa import BF16_FEATURES
+
+            ctx.features.update(BF16_FEATURES["avx512bf16"])
+            return emit_attention_bf16(ctx.bb, sources, key_bias() if masked else None,
+                                       batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d,
+                                       scale=scale)
         config = (ctx.tiles.attention(batch, q_seq, kv_seq, heads, d, merged=merged is not None,
                                       mask=masked, target=ctx.target)
                   if ctx.tiles is not None else None)

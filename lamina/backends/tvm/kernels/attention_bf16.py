@@ -1,0 +1,317 @@
+"""Fused multi-head attention with BF16 matmuls (AVX512-BF16 ``vdpbf16ps``), fp32 softmax.
+
+The computation of :mod:`.attention` (same arguments, same output), with Q, K, P and V rounded to
+bf16 for the two matmuls and every sum in fp32::
+
+    S = scale * bf16(Q) . bf16(K)^T + bias          # fp32 accumulation
+    P = exp(S - rowmax)                              # fp32
+    O = (bf16(P) @ bf16(V)) / rowsum(P)              # fp32 accumulation
+
+``vdpbf16ps`` adds the products of a *pair* of bf16 values per fp32 lane (``acc[l] += a[2l] b[2l] +
+a[2l + 1] b[2l + 1]``), twice the multiplies of an fp32 FMA. Each matmul takes its pairs along its
+reduction: QK^T pairs of head dimensions, PV pairs of keys. A pair is one int32 word, and a row of
+bf16 values read as int32 words *is* its pairs, so Q and P are only rounded (their pairs are
+broadcast) and V rows are interleaved two by two. Schedule::
+
+    parallel for (b, h):                                # one task per head
+      Kp[e2, j] = bf16(K[j, :]) as words, transposed   # 16 x 16 word blocks, 4 rounds of unpacks
+      Vp[j2, e] = pair(V[2 j2, e], V[2 j2 + 1, e])     # output dims contiguous
+      for each tile of mr = 8 queries:
+        Qb[r, :] = bf16(Q[i, :])
+        S[mr, skv] = vdpbf16ps(bcast(Qb[r, 2 e2 : 2 e2 + 2]), Kp[e2, 16 keys])  # 4 x 4 vectors
+        m = rowmax(scale * S + bias)                    # vector lanes, then a butterfly
+        P = exp(scale * S + bias - m); Pb = bf16(P); rowsum(P)    # the 8 rows interleaved
+        acc[mr, d] = vdpbf16ps(bcast(Pb[r, 2 j2 : 2 j2 + 2]), Vp[j2, 16 dims])  # 8 x d / 16
+        O[b, tile, h, :] = acc / rowsum
+
+Lossy (bf16 operands): used where the artifact is already lossy and the target has AVX512-BF16
+(INT8 and ``--precision bf16`` artifacts; ``lower/ops/lamina._bf16_attention``); the fp32 kernel
+stays the exact default. The intrinsic is called through a small LLVM IR helper, as in
+:mod:`.dense_bf16`. MiniLM's 1 x 128 x 128 x 12 x 32 attention on Zen5, 2 threads, standalone:
+57-58 us against the fp32 kernel's 80; in the model, where the fp32 kernel's time grows to
+100-110 us a layer, a 90%-pruned MiniLM INT8 artifact ran 1.20x faster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, tirx
+from tvm.script import tirx as T
+
+from .common import finish_kernel, keep_params, root_block
+from .quantize import _unpack16
+from .varlen_attention import fast_exp
+
+L = 16  # fp32 lanes of a zmm
+DPBF16PS_II = "lamina_dpbf16ps_ii"
+# vdpbf16ps on two <16 x i32> operands (each i32 a pair of bf16; element 2l in the low half).
+DPBF16PS_II_IR = r"""
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+
+define linkonce_odr <16 x float> @lamina_dpbf16ps_ii(<16 x float> %acc, <16 x i32> %a,
+                                                     <16 x i32> %b) #0 {
+  %ab = bitcast <16 x i32> %a to <32 x bfloat>
+  %bb = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %ab,
+                                                            <32 x bfloat> %bb)
+  ret <16 x float> %r
+}
+
+attributes #0 = { alwaysinline nounwind }
+"""
+
+
+def fits(sq: int, skv: int, d: int) -> bool:
+    """Shapes the kernel takes: whole 16-key vectors, head dims in whole vectors and pairs."""
+    return skv % (2 * L) == 0 and d % (2 * L) == 0 and sq >= 1
+
+
+def _rne(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The bf16 bits of float32 ``x`` (round to nearest even) in the low 16 bits of a uint32."""
+    u = T.reinterpret("uint32", x)
+    return (u + (((u >> T.uint32(16)) & T.uint32(1)) + T.uint32(0x7FFF))) >> T.uint32(16)
+
+
+def _pair(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
+    """int32 word of two bf16 values: ``lo`` in the low half (the element a ``vdpbf16ps`` lane
+    takes first), ``hi`` in the high half."""
+    return T.reinterpret("int32", (_rne(hi) << T.uint32(16)) | _rne(lo))
+
+
+def _bf16(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """float32 ``x`` as bf16 bits (uint16), round to nearest even."""
+    return T.Cast("uint16", _rne(x))
+
+
+# Interleaves of two 16-word vectors in runs of 1, 2, 4 and 8 words (x86's unpacks at full width):
+# four rounds over rows fed in bit-reversed order transpose a 16 x 16 block of words (the byte
+# transpose of ``quantize.quantize_transposed_kernel``, one level of granularity per round).
+# Lane permutations of a butterfly reduction: lane i with lane i ^ 8, ^ 4, ^ 2, ^ 1.
+_XOR = [[i ^ x for i in range(L)] for x in (8, 4, 2, 1)]
+_L1, _L2, _L4, _L8 = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    for v in range(max(1, min(cap, n)), 0, -1):
+        if n % v == 0:
+            return v
+    return 1
+
+
+def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
+                          merged: bool, mask: bool) -> tirx.PrimFunc:
+    """PrimFunc with the arguments of :func:`.attention.attention_kernel`: ``X[b*s, 3*h*d]`` if
+    ``merged`` else ``Q[b*sq, h*d], K[b*skv, h*d], V[b*skv, h*d]``; ``bias[b, skv]`` if
+    ``mask``; output ``O[b, sq, h, d]``."""
+    if not fits(sq, skv, d):
+        raise ValueError(f"attention_bf16 needs skv % 32 == 0 and d % 32 == 0 "
+                         f"(got skv={skv}, d={d})")
+    if merged and sq != skv:
+        raise ValueError("a merged QKV projection needs equal query and key lengths")
+    hid = heads * d
+    mr = _divisor_at_most(sq, 8)            # queries per tile
+    rs = _divisor_at_most(mr, 4)            # score register tile: rs queries x cs key vectors
+    cs = _divisor_at_most(skv // L, 4)
+    dv = d // L                             # PV accumulators per query
+    d2, s2 = d // 2, skv // 2
+    sc = float(scale)
+    qw = 3 * hid if merged else hid         # row widths of the sources
+    kw = 3 * hid if merged else hid
+    k_off = hid if merged else 0
+    v_off = 2 * hid if merged else 0
+
+    @T.macro
+    def body(X, Kb, Vb, bias, Y):
+        for task in T.parallel(batch * heads):
+            with T.attr(0, "pragma_import_llvm", DPBF16PS_II_IR):
+                kr = T.decl_buffer((skv, d), "uint16")
+                kp = T.decl_buffer((d2, skv), "int32")
+                vp = T.decl_buffer((s2, d), "int32")
+                s = T.decl_buffer((mr, skv), "float32")
+                pb = T.decl_buffer((mr, skv), "uint16")
+                qb = T.decl_buffer((mr, d), "uint16", scope="local")
+                ta = T.decl_buffer((16, L), "int32", scope="local")
+                tb = T.decl_buffer((16, L), "int32", scope="local")
+                acc = T.decl_buffer((mr, d), "float32", scope="local")
+                sacc = T.decl_buffer((rs, cs * L), "float32", scope="local")
+                red = T.decl_buffer((mr, L), "float32", scope="local")
+                inv = T.decl_buffer((mr, L), "float32", scope="local")
+                b = task // heads
+                h = task % heads
+                # K in bf16 rows (pairs of head dims are its int32 words), then those words
+                # transposed 16 x 16 at a time: Kp[e2, keys contiguous].
+                for j in range(skv):
+                    for e in T.vectorized(d):
+                        kr[j, e] = _bf16(Kb[b * skv + j, k_off + h * d + e])
+                for jb in range(skv // 16):
+                    for eb in range(d2 // 16):
+                        for r in T.unroll(16):
+                            ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
+                               T.ramp(0, 1, L)] = T.reinterpret(
+                                "int32x16", kr[jb * 16 + r, T.ramp(eb * 32, 1, 32)])
+                        for i in T.unroll(8):
+                            tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
+                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[0])
+                            tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
+                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[1])
+                        for i in T.unroll(8):
+                            ta[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
+                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[0])
+                            ta[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
+                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[1])
+                        for i in T.unroll(8):
+                            tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
+                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[0])
+                            tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
+                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[1])
+                        for i in T.unroll(8):
+                            kp[eb * 16 + 2 * i, T.ramp(jb * 16, 1, L)] = T.Shuffle(
+                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[0])
+                            kp[eb * 16 + 2 * i + 1, T.ramp(jb * 16, 1, L)] = T.Shuffle(
+                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[1])
+                for j2 in range(s2):
+                    for e in T.vectorized(d):
+                        vp[j2, e] = _pair(Vb[b * skv + 2 * j2, v_off + h * d + e],
+                                          Vb[b * skv + 2 * j2 + 1, v_off + h * d + e])
+                for qt in range(sq // mr):
+                    for r in T.unroll(mr):
+                        for e in T.vectorized(d):
+                            qb[r, e] = _bf16(X[b * sq + qt * mr + r, h * d + e])
+                    # Scores: register tiles of rs queries x cs vectors of 16 keys.
+                    for rg in range(mr // rs):
+                        for cg in range(skv // (L * cs)):
+                            for r in T.unroll(rs):
+                                for c in T.unroll(cs):
+                                    sacc[r, T.ramp(c * L, 1, L)] = T.broadcast(T.float32(0), L)
+                            for e2 in range(d2):
+                                for r in T.unroll(rs):
+                                    for c in T.unroll(cs):
+                                        sacc[r, T.ramp(c * L, 1, L)] = T.call_extern(
+                                            f"float32x{L}", DPBF16PS_II,
+                                            sacc[r, T.ramp(c * L, 1, L)],
+                                            T.broadcast(T.reinterpret("int32", qb[
+                                                rg * rs + r, T.ramp(2 * e2, 1, 2)]), L),
+                                            kp[e2, T.ramp((cg * cs + c) * L, 1, L)])
+                            for r in T.unroll(rs):
+                                for c in T.unroll(cs):
+                                    for w in T.vectorized(L):
+                                        if mask:
+                                            s[rg * rs + r, (cg * cs + c) * L + w] = (
+                                                sacc[r, c * L + w] * T.float32(sc)
+                                                + bias[b, (cg * cs + c) * L + w])
+                                        else:
+                                            s[rg * rs + r, (cg * cs + c) * L + w] = (
+                                                sacc[r, c * L + w] * T.float32(sc))
+
+                    # Softmax along each row (fp32), the mr rows interleaved (independent chains):
+                    # the row maximum across the lanes by a butterfly that leaves it in every lane;
+                    # exp, its bf16 copy for P @ V and the row sum (on lanes, then a butterfly).
+                    for r in T.unroll(mr):
+                        red[r, T.ramp(0, 1, L)] = s[r, T.ramp(0, 1, L)]
+                    for c in range(1, skv // L):
+                        for r in T.unroll(mr):
+                            red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)],
+                                                            s[r, T.ramp(c * L, 1, L)])
+                    for r in T.unroll(mr):
+                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
+                            [red[r, T.ramp(0, 1, L)]], _XOR[0]))
+                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
+                            [red[r, T.ramp(0, 1, L)]], _XOR[1]))
+                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
+                            [red[r, T.ramp(0, 1, L)]], _XOR[2]))
+                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
+                            [red[r, T.ramp(0, 1, L)]], _XOR[3]))
+                    for r in T.unroll(mr):
+                        inv[r, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
+                    for c in range(skv // L):
+                        for r in T.unroll(mr):
+                            for w in T.vectorized(L):
+                                s[r, c * L + w] = fast_exp(s[r, c * L + w] - red[r, w])
+                            for w in T.vectorized(L):
+                                pb[r, c * L + w] = _bf16(s[r, c * L + w])
+                                inv[r, w] = inv[r, w] + s[r, c * L + w]
+                    for r in T.unroll(mr):
+                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
+                            [inv[r, T.ramp(0, 1, L)]], _XOR[0])
+                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
+                            [inv[r, T.ramp(0, 1, L)]], _XOR[1])
+                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
+                            [inv[r, T.ramp(0, 1, L)]], _XOR[2])
+                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
+                            [inv[r, T.ramp(0, 1, L)]], _XOR[3])
+                        inv[r, T.ramp(0, 1, L)] = (T.broadcast(T.float32(1), L)
+                                                   / inv[r, T.ramp(0, 1, L)])
+                    # P @ V: mr queries x d dims in registers, pairs of keys per step.
+                    for r in T.unroll(mr):
+                        for v in T.unroll(dv):
+                            acc[r, T.ramp(v * L, 1, L)] = T.broadcast(T.float32(0), L)
+                    for j2 in range(s2):
+                        for r in T.unroll(mr):
+                            for v in T.unroll(dv):
+                                acc[r, T.ramp(v * L, 1, L)] = T.call_extern(
+                                    f"float32x{L}", DPBF16PS_II, acc[r, T.ramp(v * L, 1, L)],
+                                    T.broadcast(T.reinterpret("int32", pb[r, T.ramp(2 * j2, 1, 2)]),
+                                                L),
+                                    vp[j2, T.ramp(v * L, 1, L)])
+                    for r in T.unroll(mr):
+                        for e in T.vectorized(d):
+                            Y[b, qt * mr + r, h, e] = acc[r, e] * inv[r, e % L]
+
+    if merged:
+
+        @T.prim_func(private=True)
+        def func(X: T.Buffer((batch * sq, qw), "float32"), bias: T.Buffer((batch, skv), "float32"),
+                 Y: T.Buffer((batch, sq, heads, d), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            body(X, X, X, bias, Y)  # K and V are columns of X
+    else:
+
+        @T.prim_func(private=True)
+        def func(X: T.Buffer((batch * sq, qw), "float32"),
+                 Kb: T.Buffer((batch * skv, kw), "float32"),
+                 Vb: T.Buffer((batch * skv, kw), "float32"),
+                 bias: T.Buffer((batch, skv), "float32"),
+                 Y: T.Buffer((batch, sq, heads, d), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            body(X, Kb, Vb, bias, Y)
+
+    keep = (["X"] if merged else ["X", "Kb", "Vb"]) + (["bias"] if mask else []) + ["Y"]
+    return finish_kernel(root_block(keep_params(func, keep)))
+
+
+def attention_bf16_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
+                             bias: np.ndarray | None = None) -> np.ndarray:
+    """float64 reference of the kernel for ``q[b, sq, h, d], k, v[b, skv, h, d]``: Q, K, P and V
+    rounded to bf16, sums exact; ``[b, sq, h, d]``."""
+    from .dense_bf16 import round_bf16
+
+    qh = round_bf16(q).astype(np.float64).transpose(0, 2, 1, 3)
+    kh = round_bf16(k).astype(np.float64).transpose(0, 2, 3, 1)
+    vh = round_bf16(v).astype(np.float64).transpose(0, 2, 1, 3)
+    s = (qh @ kh).astype(np.float32) * np.float32(scale)
+    if bias is not None:
+        s = s + bias[:, None, None, :]
+    p = np.exp(s - s.max(-1, keepdims=True))
+    o = (round_bf16(p.astype(np.float32)).astype(np.float64) @ vh) / p.sum(-1, keepdims=True)
+    return o.transpose(0, 2, 1, 3).astype(np.float32)
+
+
+def emit_attention_bf16(bb: relax.BlockBuilder, sources: list[relax.Expr],
+                        bias: relax.Expr | None, *, batch: int, sq: int, skv: int, heads: int,
+                        d: int, scale: float) -> relax.Expr:
+    """:func:`.attention.emit_attention` with the BF16 kernel."""
+    merged = len(sources) == 1
+    func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
+                                 mask=bias is not None)
+    tag = "qkv" if merged else "q_k_v"
+    gv = bb.add_func(func, f"lamina_attention_bf16_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
+                     f"{'_masked' if bias is not None else ''}")
+    rows = (
+        [(sq, 3 * heads * d)] if merged else [(sq, heads * d), (skv, heads * d), (skv, heads * d)]
+    )
+    args = [bb.emit(relax.op.reshape(src, (batch * n, w)))
+            for src, (n, w) in zip(sources, rows, strict=True)]
+    if bias is not None:
+        args.append(bias)
+    o = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, sq, heads, d), "float32")))
+    return bb.emit(relax.op.reshape(o, (batch, sq, heads * d)))
