@@ -306,3 +306,31 @@ def test_bf16_attention_refuses_shapes_it_does_not_tile():
     assert not fits(16, 16, 32) and not fits(32, 32, 48)
     with pytest.raises(ValueError, match="skv % 32"):
         attention_bf16_kernel(1, 16, 16, 2, 32, scale=1.0, merged=True, mask=False)
+
+
+def test_every_bf16_attention_tile_matches_the_reference():
+    import tvm
+
+    from lamina.backends.tvm.kernels.attention_bf16 import (
+        attention_bf16_kernel,
+        attention_bf16_reference,
+        candidate_attention_bf16_configs,
+    )
+    from lamina.backends.tvm.kernels.common import standalone_module
+
+    _need_bf16_host()
+    target = _target()
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 64, 2, 64)).astype(np.float32) for _ in range(3))
+    x = np.concatenate([a.reshape(64, 128) for a in (q, k, v)], axis=1)
+    want = attention_bf16_reference(q, k, v, 0.125)
+    configs = candidate_attention_bf16_configs(64, 64, 64)
+    assert len(configs) > 2 and all(c.mr * 4 <= 24 for c in configs)  # PV tile in registers
+    dev = tvm.cpu()
+    for cfg in configs:
+        lib = tvm.compile(standalone_module(attention_bf16_kernel(
+            1, 64, 64, 2, 64, scale=0.125, merged=True, mask=False, config=cfg)), target=target)
+        out = tvm.runtime.tensor(np.zeros((1, 64, 2, 64), np.float32), dev)
+        lib["main"](tvm.runtime.tensor(x, dev), out)
+        err = np.abs(out.numpy() - want)
+        assert np.mean(err < 1e-4) > 0.99 and err.max() < 2e-3, (cfg, err.max())

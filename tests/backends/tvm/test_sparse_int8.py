@@ -163,3 +163,32 @@ def test_cross_compile_decides_from_the_shipped_table(monkeypatch, caplog):
         assert policy.costs() == Int8CostTable.load(SHIPPED_INT8_COSTS)
     assert "cannot measure" in caplog.text
     assert _int8_sparse_policy(False, resolve_target("x86-avx512-vnni", 2), Path(".")) is None
+
+
+def test_every_task_split_matches_numpy():
+    """Each task split the tile search may pick gives the same integers; others are refused."""
+    from lamina.backends.tvm.kernels.sparse_int8 import candidate_chunks, default_chunks
+
+    if not host_supports("vnni"):
+        pytest.skip("host CPU cannot run AVX-512 VNNI code")
+    target = target_for("vnni", 2)
+    M, K, N = 128, 40, 256
+    w = _pruned(K, N, 0.2, 5)
+    sw = encode_int8_blocks(w)
+    splits = candidate_chunks(M, N, target)
+    assert splits[0] == default_chunks(M, N, target) and len(splits) > 1
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (M, K)).astype(np.uint8)
+    args = [np.ascontiguousarray(x.T), sw.qptr, sw.qk, sw.qw, sw.colsum,
+            np.full(N, 0.01, np.float32), np.array([0.02, 3], np.float32), np.zeros(N, np.float32)]
+    want = ((x.astype(np.int64) @ w.astype(np.int64) - 3 * sw.colsum.astype(np.int64))
+            .astype(np.float32) * np.float32(0.02 * 0.01))
+    dev = tvm.cpu()
+    for chunks in splits:
+        lib = tvm.compile(standalone_module(sparse_int8_kernel(M, sw, target=target,
+                                                               chunks=chunks)), target=target)
+        y = tvm.runtime.tensor(np.zeros((M, N), np.float32), dev)
+        lib["main"](*(tvm.runtime.tensor(a, dev) for a in args), y)
+        np.testing.assert_allclose(y.numpy(), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="chunks=3"):
+        sparse_int8_kernel(M, sw, target=target, chunks=3)

@@ -39,14 +39,16 @@ def _weight(kind: str, K: int, N: int, R: int) -> np.ndarray:
     return w
 
 
-def _check(M: int, w: np.ndarray, R: int, target, *, epilogue=None, residual=False) -> None:
+def _check(M: int, w: np.ndarray, R: int, target, *, epilogue=None, residual=False,
+           config=None) -> None:
     sw = encode_blocks(w, R)
     np.testing.assert_array_equal(sw.to_dense(), w)
     K, N = w.shape
     x = RNG.normal(size=(M, K)).astype(np.float32)
     b = RNG.normal(size=N).astype(np.float32)
     r = RNG.normal(size=(M, N)).astype(np.float32) if residual else None
-    func = sparse_dense_kernel(M, sw, epilogue=epilogue, residual=residual, target=target)
+    func = sparse_dense_kernel(M, sw, epilogue=epilogue, residual=residual, target=target,
+                               config=config)
     ex = tvm.compile(standalone_module(func), target)
     args = (
         [x, sw.indptr, sw.kidx, sw.data, b]
@@ -91,3 +93,16 @@ def test_unstructured_staged_store(epilogue, residual) -> None:
     target = host_target(2)
     _check(128, _weight("unstructured", 96, 384, 1), 1, target, epilogue=epilogue,
            residual=residual)
+
+
+def test_every_candidate_tile_matches_numpy() -> None:
+    """The tiles the search may pick (token tiles, task splits) all compute the same result."""
+    from lamina.backends.tvm.kernels.sparse_dense import candidate_sparse_configs
+
+    target = _target("avx512") if host_supports("avx512") else _target("avx2")
+    for R, kind in ((4, "blocks"), (1, "unstructured")):
+        w = _weight(kind, 48, 128, R)
+        configs = candidate_sparse_configs(64, 128 // R, R, target)
+        assert len(configs) > 2 and len(set(configs)) == len(configs)
+        for cfg in configs:
+            _check(64, w, R, target, epilogue="gelu_erf", residual=True, config=cfg)

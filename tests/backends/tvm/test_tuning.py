@@ -151,6 +151,52 @@ def test_int8_tile_search_caches_and_reports(tmp_path) -> None:
     assert KernelTiles(tmp_path).int8(16, 32, 64, target) == cfg and len(seen) == 1
 
 
+def test_bf16_attention_tile_search_caches_and_reports(tmp_path) -> None:
+    from lamina.backends.tvm.kernels import host_supports, target_for
+
+    if not host_supports("avx512bf16"):
+        pytest.skip("host CPU has no AVX512-BF16")
+    target = target_for("avx512bf16", 2)
+    seen = []
+    tiles = KernelTiles(tmp_path, measure=True, on_search=lambda *a: seen.append(a))
+    cfg = tiles.attention_bf16(1, 32, 32, 2, 32, merged=True, mask=True, target=target)
+    assert [s[0] for s in seen] == ["bf16 attention 1x32x32x2x32_qkv_masked"] and seen[0][3] > 1
+    path = database_dir(tmp_path, target) / "attention_bf16_tiles.json"
+    assert "1x32x32x2x32_qkv_masked" in json.loads(path.read_text())
+    again = KernelTiles(tmp_path).attention_bf16(1, 32, 32, 2, 32, merged=True, mask=True,
+                                                 target=target)
+    assert again == cfg and len(seen) == 1
+
+
+def test_sparse_tile_searches_cache_per_shape_and_density(tmp_path) -> None:
+    """Both block-sparse kernels' tiles are searched on the layer's weight once, cached under
+    shape and density, and reused without measuring."""
+    from lamina.backends.tvm.kernels import host_supports, target_for
+    from lamina.backends.tvm.kernels.sparse_dense import encode_blocks
+    from lamina.backends.tvm.kernels.sparse_int8 import candidate_chunks, encode_int8_blocks
+
+    rng = np.random.default_rng(0)
+    keep = np.repeat(rng.random((64, 32)) < 0.1, 4, axis=1)
+    w = (rng.standard_normal((64, 128)) * keep).astype(np.float32)
+    target = host_target(2)
+    seen = []
+    tiles = KernelTiles(tmp_path, measure=True, on_search=lambda *a: seen.append(a))
+    sw = encode_blocks(w, 4)
+    cfg = tiles.sparse(64, sw, target)
+    key = f"64x64x128_r4_d{int(round(100 * sw.density / 5)) * 5}"
+    assert [s[0] for s in seen] == [f"sparse {key}"] and seen[0][3] > 1
+    path = database_dir(tmp_path, target) / "sparse_tiles.json"
+    assert key in json.loads(path.read_text())
+    assert KernelTiles(tmp_path).sparse(64, sw, target) == cfg and len(seen) == 1
+    if not host_supports("vnni"):
+        return
+    vnni = target_for("vnni", 2)
+    sw8 = encode_int8_blocks(np.clip(np.rint(w * 40), -127, 127).astype(np.int8))
+    chunks = tiles.sparse_int8(128, sw8, vnni)
+    assert chunks in candidate_chunks(128, 128, vnni) and seen[-1][0].startswith("sparse int8 ")
+    assert KernelTiles(tmp_path).sparse_int8(128, sw8, vnni) == chunks and len(seen) == 2
+
+
 @pytest.mark.slow
 def test_interrupt_keeps_records_and_resumes(tmp_path) -> None:
     target = host_target(2)

@@ -16,7 +16,7 @@ broadcast) and V rows are interleaved two by two. Schedule::
     parallel for (b, h):                                # one task per head
       Kp[e2, j] = bf16(K[j, :]) as words, transposed   # 16 x 16 word blocks, 4 rounds of unpacks
       Vp[j2, e] = pair(V[2 j2, e], V[2 j2 + 1, e])     # output dims contiguous
-      for each tile of mr = 8 queries:
+      for each tile of mr queries (8 at d = 32):
         Qb[r, :] = bf16(Q[i, :])
         S[mr, skv] = vdpbf16ps(bcast(Qb[r, 2 e2 : 2 e2 + 2]), Kp[e2, 16 keys])  # 4 x 4 vectors
         m = rowmax(scale * S + bias)                    # vector lanes, then a butterfly
@@ -33,6 +33,8 @@ stays the exact default. The intrinsic is called through a small LLVM IR helper,
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import relax, tirx
@@ -98,8 +100,59 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return 1
 
 
+# zmm accumulators a register tile may use (of 32), leaving room for its operands.
+_ACC_BUDGET = 24
+
+
+@dataclass(frozen=True)
+class AttentionBf16Config:
+    """Tiles of the BF16 attention kernel (0 = the default): ``mr`` queries per tile (their
+    ``mr x d / 16`` P @ V accumulators stay in registers), a score register tile of ``rs`` queries
+    x ``cs`` vectors of 16 keys. Searched per shape when tuning
+    (``tuning.kernel_search.best_attention_bf16_config``)."""
+
+    mr: int = 0
+    rs: int = 0
+    cs: int = 0
+
+    def key(self) -> str:
+        return f"q{self.mr}_s{self.rs}x{self.cs}"
+
+    def to_dict(self) -> dict[str, int]:
+        return {"mr": self.mr, "rs": self.rs, "cs": self.cs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> AttentionBf16Config:
+        return cls(**{k: int(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def resolve_attention_bf16_config(sq: int, skv: int, d: int,
+                                  config: AttentionBf16Config | None = None
+                                  ) -> AttentionBf16Config:
+    """The tiles the kernel really uses: each a divisor of what it tiles, both register tiles
+    within the accumulator budget (defaults: the most queries up to 8, a 4 x 4 score tile)."""
+    c = config or AttentionBf16Config()
+    dv = d // L
+    mr = _divisor_at_most(sq, min(c.mr or 8, max(1, _ACC_BUDGET // dv)))
+    rs = _divisor_at_most(mr, c.rs or 4)
+    cs = _divisor_at_most(skv // L, min(c.cs or 4, max(1, _ACC_BUDGET // rs)))
+    return AttentionBf16Config(mr, rs, cs)
+
+
+def candidate_attention_bf16_configs(sq: int, skv: int, d: int) -> list[AttentionBf16Config]:
+    """The default first, then query tiles of 4, 8 and 12 with score tiles of 2-8 x 2-8 vectors."""
+    out = [resolve_attention_bf16_config(sq, skv, d)]
+    for mr in (8, 4, 12):
+        for rs, cs in ((4, 4), (2, 8), (4, 2), (8, 2), (2, 4)):
+            cfg = resolve_attention_bf16_config(sq, skv, d, AttentionBf16Config(mr, rs, cs))
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
 def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
-                          merged: bool, mask: bool) -> tirx.PrimFunc:
+                          merged: bool, mask: bool,
+                          config: AttentionBf16Config | None = None) -> tirx.PrimFunc:
     """PrimFunc with the arguments of :func:`.attention.attention_kernel`: ``X[b*s, 3*h*d]`` if
     ``merged`` else ``Q[b*sq, h*d], K[b*skv, h*d], V[b*skv, h*d]``; ``bias[b, skv]`` if
     ``mask``; output ``O[b, sq, h, d]``."""
@@ -109,9 +162,9 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     if merged and sq != skv:
         raise ValueError("a merged QKV projection needs equal query and key lengths")
     hid = heads * d
-    mr = _divisor_at_most(sq, 8)            # queries per tile
-    rs = _divisor_at_most(mr, 4)            # score register tile: rs queries x cs key vectors
-    cs = _divisor_at_most(skv // L, 4)
+    cfg = resolve_attention_bf16_config(sq, skv, d, config)
+    mr = cfg.mr                             # queries per tile
+    rs, cs = cfg.rs, cfg.cs                 # score register tile: rs queries x cs key vectors
     dv = d // L                             # PV accumulators per query
     d2, s2 = d // 2, skv // 2
     sc = float(scale)
@@ -298,11 +351,12 @@ def attention_bf16_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale:
 
 def emit_attention_bf16(bb: relax.BlockBuilder, sources: list[relax.Expr],
                         bias: relax.Expr | None, *, batch: int, sq: int, skv: int, heads: int,
-                        d: int, scale: float) -> relax.Expr:
+                        d: int, scale: float,
+                        config: AttentionBf16Config | None = None) -> relax.Expr:
     """:func:`.attention.emit_attention` with the BF16 kernel."""
     merged = len(sources) == 1
     func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
-                                 mask=bias is not None)
+                                 mask=bias is not None, config=config)
     tag = "qkv" if merged else "q_k_v"
     gv = bb.add_func(func, f"lamina_attention_bf16_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
                      f"{'_masked' if bias is not None else ''}")

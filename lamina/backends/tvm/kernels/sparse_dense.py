@@ -118,6 +118,65 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return 1
 
 
+@dataclass(frozen=True)
+class SparseConfig:
+    """Tiles of the block-sparse kernel (0 = the default): ``mc`` tokens per task (whole vectors,
+    at most the register budget), ``chunks`` chunks of output groups per token tile (the tasks are
+    token tiles x chunks). Searched per shape and density when tuning
+    (``tuning.kernel_search.best_sparse_config``)."""
+
+    mc: int = 0
+    chunks: int = 0
+
+    def key(self) -> str:
+        return f"mc{self.mc}_c{self.chunks}"
+
+    def to_dict(self) -> dict[str, int]:
+        return {"mc": self.mc, "chunks": self.chunks}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> SparseConfig:
+        return cls(**{k: int(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def resolve_sparse_config(M: int, G: int, R: int, target: tvm.target.Target,
+                          config: SparseConfig | None = None) -> SparseConfig:
+    """The tiles the kernel really uses for ``M`` tokens and ``G`` output groups of ``R``: a token
+    tile that divides M in whole vectors within the register budget (else the default), chunks
+    dividing G (default: at least 2 tasks a thread)."""
+    default_mc = token_tile(M, R, target)
+    mc = default_mc
+    if config is not None and config.mc:
+        nl = lanes(isa_of(target))
+        if (config.mc <= default_mc and M % config.mc == 0
+                and (config.mc % nl == 0 or config.mc == M)):
+            mc = config.mc
+    n_mo = M // mc
+    if config is not None and config.chunks:
+        chunks = _divisor_at_most(G, config.chunks)
+    else:
+        chunks = _divisor_at_most(G, max(1, -(-2 * num_threads(target) // n_mo)))
+    return SparseConfig(mc, chunks)
+
+
+def candidate_sparse_configs(M: int, G: int, R: int,
+                             target: tvm.target.Target) -> list[SparseConfig]:
+    """The default first, then half token tiles and 1-8 tasks a thread."""
+    default = resolve_sparse_config(M, G, R, target)
+    threads = num_threads(target)
+    out = [default]
+    for mc in (default.mc, default.mc // 2):
+        if mc < 1:
+            continue
+        n_mo = M // mc if M % mc == 0 else 1
+        for per_thread in (1, 2, 4, 8):
+            cfg = resolve_sparse_config(M, G, R, target, SparseConfig(
+                mc, max(1, -(-per_thread * threads // n_mo))))
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
 def token_tile(M: int, R: int, target: tvm.target.Target) -> int:
     """Tokens per register tile: the most whole vectors within the ISA's accumulator budget that
     divide M (else M itself when it is small)."""
@@ -137,8 +196,10 @@ def sparse_dense_kernel(
     epilogue: Epilogue = None,
     residual: bool = False,
     target: tvm.target.Target,
+    config: SparseConfig | None = None,
 ) -> tirx.PrimFunc:
-    """The kernel for ``X[M, K]`` and the constant pattern of ``sw``.
+    """The kernel for ``X[M, K]`` and the constant pattern of ``sw`` (tiles: ``config``, see
+    :func:`resolve_sparse_config`).
 
     Arguments, in order: ``X[M, K]``, ``indptr``, ``kidx``, ``data`` (``sw``'s arrays), ``bias[N]``
     (zeros for a layer without one), ``R[M, N]`` if ``residual``, and the output ``Y[M, N]``
@@ -148,13 +209,13 @@ def sparse_dense_kernel(
         raise ValueError(f"unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
     K, N, Rb, nnzb = sw.K, sw.N, sw.R, sw.nnzb
     G = N // Rb
-    mc = token_tile(M, Rb, target)
+    # Tasks: token tiles x chunks of output groups, by default at least 2 per thread (the
+    # transposes a token tile repeats per chunk are K * mc copies, small next to a chunk's FMAs).
+    cfg = resolve_sparse_config(M, G, Rb, target, config)
+    mc, chunks = cfg.mc, cfg.chunks
     n_mo = M // mc
     kc = 16 if K % 16 == 0 else 1
     halves = 2 if mc % 2 == 0 and Rb * mc * 4 >= 1024 else 1
-    # Tasks: token tiles x chunks of output groups, at least 2 per thread (the transposes a token
-    # tile repeats per chunk are K * mc copies, small next to a chunk's FMAs).
-    chunks = _divisor_at_most(G, max(1, -(-2 * num_threads(target) // n_mo)))
     mh = mc // halves
 
     def epi(v: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -328,6 +389,7 @@ def emit_sparse_dense(
     residual: relax.Expr | None = None,
     target: tvm.target.Target,
     param_name: str,
+    config: SparseConfig | None = None,
 ) -> tuple[relax.Expr, list[tuple[str, relax.Var, np.ndarray]]]:
     """``epilogue(x @ W + bias) + residual`` for ``x[..., K]`` and the sparse weight ``sw``, as one
     ``call_tir``; returns ``y`` and the new parameters ``(name, var, array)`` (indptr, kidx, data)
@@ -338,7 +400,7 @@ def emit_sparse_dense(
     K, N = sw.K, sw.N
     M = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     func = sparse_dense_kernel(
-        M, sw, epilogue=epilogue, residual=residual is not None, target=target
+        M, sw, epilogue=epilogue, residual=residual is not None, target=target, config=config
     )
     tag = f"_{epilogue}" if epilogue else ""
     gv = bb.add_func(

@@ -147,9 +147,34 @@ _LO_BW, _HI_BW = _unpack_lo_hi(1, True), _unpack_lo_hi(1, False)
 _LO_WD, _HI_WD = _unpack_lo_hi(2, True), _unpack_lo_hi(2, False)
 
 
+def default_chunks(M: int, N: int, target: tvm.target.Target) -> int:
+    """Chunks of output groups per 64-token tile: the fewest (whole groups of ``SG``) that give
+    every thread at least 4 tasks."""
+    n_mo, gs = M // TILE, N // R // SG
+    chunks = 1
+    for c in range(1, gs + 1):
+        if gs % c == 0:
+            chunks = c
+            if n_mo * c >= 4 * num_threads(target):
+                break
+    return chunks
+
+
+def candidate_chunks(M: int, N: int, target: tvm.target.Target) -> list[int]:
+    """Task splits worth timing (``tuning.kernel_search.best_sparse_int8_chunks``): the default
+    first, then every split giving each thread 1 to 16 tasks."""
+    n_mo, gs = M // TILE, N // R // SG
+    threads = num_threads(target)
+    out = [default_chunks(M, N, target)]
+    out += [c for c in range(1, gs + 1)
+            if gs % c == 0 and threads <= n_mo * c <= 16 * threads and c not in out]
+    return out
+
+
 def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Target,
                        bias: bool = False, epilogue=None, residual: bool = False,
-                       quant_out: bool = False, out_signed: bool = False) -> tirx.PrimFunc:
+                       quant_out: bool = False, out_signed: bool = False,
+                       chunks: int | None = None) -> tirx.PrimFunc:
     """The kernel for ``XT[K, M]`` (M a multiple of 64) and the constant pattern of ``sw``.
 
     Arguments: ``XT[K, M]`` u8, ``qptr``, ``qk``, ``qw`` (``sw``'s arrays), ``colsum[N]`` int32,
@@ -160,7 +185,10 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
     ``YT[N, M]`` u8 = ``saturate(round_half_even(y * S[n]) + qo[1])`` transposed (int8 shifted by
     +128 when ``out_signed``), with ``S[N]`` and ``qo[2]`` after the bias, as
     ``dense_int8_kernel``'s ``quant_out``. A column's 64 tokens are one 64-byte store, after a
-    dword permutation from the accumulators' token order."""
+    dword permutation from the accumulators' token order.
+
+    ``chunks``: chunks of output groups per token tile (the tasks are tiles x chunks; it must
+    divide ``N / 64``); default :func:`default_chunks`, searched when tuning."""
     check_epilogue(epilogue)
     if quant_out and residual:
         raise ValueError("quant_out has no residual form")
@@ -172,12 +200,11 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
     if G % SG:
         raise ValueError(f"N={N} is not a multiple of {SG * R} (the kernel stores {SG} groups "
                          "at once)")
-    chunks = 1
-    for c in range(1, G // SG + 1):  # at least 4 tasks a thread, chunks of whole SG groups
-        if G // SG % c == 0:
-            chunks = c
-            if n_mo * c >= 4 * num_threads(target):
-                break
+    if chunks is None:
+        chunks = default_chunks(M, N, target)
+    if chunks < 1 or G // SG % chunks:
+        raise ValueError(f"chunks={chunks} does not divide the {G // SG} groups of {SG * R} "
+                         "outputs")
     per_chunk = G // chunks
     epi = dequant_epilogue(True, epilogue, False)
     lo_bw, hi_bw, lo_wd, hi_wd = _LO_BW, _HI_BW, _LO_WD, _HI_WD

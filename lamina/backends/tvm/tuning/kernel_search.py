@@ -19,7 +19,15 @@ Each kernel family has its own file and key, so a tile searched for one never se
 (:func:`tiles_file`).
 
 Attention (``AttentionConfig``): query tile and register tiles of the fused kernel, about 10
-candidates per shape (``best_attention_config``).
+candidates per shape (``best_attention_config``); the BF16 attention kernel's
+(``AttentionBf16Config``) likewise, in ``attention_bf16_tiles.json``
+(``best_attention_bf16_config``).
+
+Block-sparse (``SparseConfig`` of ``kernels/sparse_dense.py``: token tile and task split) and
+block-sparse INT8 (the task split of ``kernels/sparse_int8.py``): timed on the layer's own weight
+(its pattern decides the work of each task), keyed by shape, block width and block density in 5%
+steps (``sparse_tiles.json``, ``sparse_int8_tiles.json``; ``best_sparse_config``,
+``best_sparse_int8_chunks``), so a model pruned evenly searches once per layer shape.
 
 Records live in ``<cache>/<target key>/dense_tiles.json`` keyed by ``MxKxN`` (the epilogue does not
 change the best tile: it runs once per output element) and ``attention_tiles.json`` keyed by
@@ -81,9 +89,14 @@ TILES_FILE = "dense_tiles.json"
 ATTENTION_FILE = "attention_tiles.json"
 INT8_FILE = "int8_tiles.json"
 BF16_FILE = "bf16_tiles.json"
+SPARSE_FILE = "sparse_tiles.json"
+SPARSE_INT8_FILE = "sparse_int8_tiles.json"
+ATTENTION_BF16_FILE = "attention_bf16_tiles.json"
 # Kernel family -> the file of its searched tiles (one namespace per family and target key).
 TILE_FILES: dict[str, str] = {"dense": TILES_FILE, "int8": INT8_FILE, "bf16": BF16_FILE,
-                              "attention": ATTENTION_FILE}
+                              "attention": ATTENTION_FILE, "sparse": SPARSE_FILE,
+                              "sparse_int8": SPARSE_INT8_FILE,
+                              "attention_bf16": ATTENTION_BF16_FILE}
 
 
 def tiles_file(cache: str | os.PathLike[str], target: tvm.target.Target, kind: str) -> Path:
@@ -451,6 +464,189 @@ def best_attention_config(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     return _keep_best("attention", key, results, t0, path, on_search)
 
 
+def best_attention_bf16_config(batch: int, sq: int, skv: int, heads: int, d: int, *,
+                               merged: bool, mask: bool, target: tvm.target.Target,
+                               cache: str | os.PathLike[str] | None = None,
+                               measure: bool = True, budget_s: float | None = None,
+                               on_search: SearchReport | None = None) -> Any:
+    """The fastest known tiles of the BF16 attention kernel for this shape (measured once, then
+    cached in ``attention_bf16_tiles.json``)."""
+    from ..kernels.attention_bf16 import (
+        AttentionBf16Config,
+        attention_bf16_kernel,
+        candidate_attention_bf16_configs,
+        resolve_attention_bf16_config,
+    )
+
+    key = f"{batch}x{sq}x{skv}x{heads}x{d}{'_qkv' if merged else ''}{'_masked' if mask else ''}"
+    path = tiles_file(cache, target, "attention_bf16") if cache is not None else None
+    if path is not None:
+        rec = _load(path).get(key)
+        if rec is not None:
+            return resolve_attention_bf16_config(sq, skv, d,
+                                                 AttentionBf16Config.from_dict(rec["config"]))
+    if not measure or not host_supports("avx512bf16"):
+        return resolve_attention_bf16_config(sq, skv, d)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    hid = heads * d
+    srcs = ([(batch * sq, 3 * hid)] if merged else
+            [(batch * sq, hid), (batch * skv, hid), (batch * skv, hid)])
+    arrays = [rng.standard_normal(s, dtype=np.float32) for s in srcs]
+    if mask:
+        arrays.append(np.zeros((batch, skv), np.float32))
+    arrays.append(np.zeros((batch, sq, heads, d), np.float32))
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+
+    def prepare(cfg: Any, ms: int, rep: int) -> Callable[[], float]:
+        func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=d ** -0.5, merged=merged,
+                                     mask=mask, config=cfg)
+        return _timer(tvm.compile(standalone_module(func), target), args, target, ms, rep)
+
+    t0 = time.monotonic()
+    results = _search(f"bf16 attention {key}", candidate_attention_bf16_configs(sq, skv, d),
+                      prepare, budget_s, 4, 3, 0.03)
+    if not results:
+        return resolve_attention_bf16_config(sq, skv, d)
+    return _keep_best("bf16 attention", key, results, t0, path, on_search)
+
+
+def _density_key(density: float) -> str:
+    return f"d{int(round(100 * density / 5)) * 5}"
+
+
+def _index_copies(arrays: list[np.ndarray]) -> list[list[tvm.runtime.Tensor]]:
+    """Copies of a sparse weight's arrays, together larger than the last-level cache (each call
+    reads another copy, as a model reads each layer's weight cold)."""
+    nbytes = sum(a.nbytes for a in arrays)
+    copies = int(min(32, max(2, -(-COLD_BYTES // max(1, nbytes)))))
+    dev = tvm.cpu()
+    return [[tvm.runtime.tensor(a.copy(), dev) for a in arrays] for _ in range(copies)]
+
+
+def _block_timer(fn, sets: list[list], fixed_front: list, fixed_back: list, target,
+                 min_repeat_ms: int, repeat: int) -> Callable[[], float]:
+    from ..runtime import use_threads
+
+    threads = num_threads(target)
+
+    def block() -> float:
+        t0 = time.perf_counter()
+        for arrs in sets:
+            fn(*fixed_front, *arrs, *fixed_back)
+        return (time.perf_counter() - t0) / len(sets)
+
+    def run() -> float:
+        use_threads(threads)
+        block()
+        samples: list[float] = []
+        t0 = time.perf_counter()
+        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
+            samples.append(block())
+        return float(np.median(samples))
+
+    return run
+
+
+def best_sparse_config(M: int, sw: Any, target: tvm.target.Target, *,
+                       cache: str | os.PathLike[str] | None = None, measure: bool = True,
+                       budget_s: float | None = None,
+                       on_search: SearchReport | None = None) -> Any:
+    """The fastest known tiles of the block-sparse kernel for ``M`` tokens and a weight like
+    ``sw`` (``SparseWeight``: same shape, block width and density), timed on ``sw`` itself."""
+    from ..kernels.sparse_dense import (
+        SparseConfig,
+        candidate_sparse_configs,
+        resolve_sparse_config,
+        sparse_dense_kernel,
+    )
+
+    G = sw.N // sw.R
+    key = f"{M}x{sw.K}x{sw.N}_r{sw.R}_{_density_key(sw.density)}"
+    path = tiles_file(cache, target, "sparse") if cache is not None else None
+    if path is not None:
+        rec = _load(path).get(key)
+        if rec is not None:
+            return resolve_sparse_config(M, G, sw.R, target, SparseConfig.from_dict(rec["config"]))
+    if not measure or not host_supports(isa_of(target)):
+        return resolve_sparse_config(M, G, sw.R, target)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(1)
+    x = tvm.runtime.tensor(rng.standard_normal((M, sw.K), dtype=np.float32), dev)
+    tail = [tvm.runtime.tensor(np.zeros(sw.N, np.float32), dev),
+            tvm.runtime.tensor(np.zeros((M, sw.N), np.float32), dev)]
+    sets = _index_copies([sw.indptr, sw.kidx, sw.data])
+
+    def prepare(cfg: SparseConfig, ms: int, rep: int) -> Callable[[], float]:
+        ex = tvm.compile(standalone_module(sparse_dense_kernel(M, sw, target=target,
+                                                               config=cfg)), target)
+        return _block_timer(ex.mod["main"], sets, [x], tail, target, ms, rep)
+
+    t0 = time.monotonic()
+    results = _search(f"sparse {key}", candidate_sparse_configs(M, G, sw.R, target), prepare,
+                      budget_s, 3, 3, 0.03)
+    if not results:
+        return resolve_sparse_config(M, G, sw.R, target)
+    return _keep_best("sparse", key, results, t0, path, on_search)
+
+
+class _Chunks:
+    """A task split as a searchable tile (``key`` / ``to_dict`` for the records)."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+
+    def key(self) -> str:
+        return f"c{self.chunks}"
+
+    def to_dict(self) -> dict[str, int]:
+        return {"chunks": self.chunks}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Chunks) and other.chunks == self.chunks
+
+    def __hash__(self) -> int:
+        return hash(self.chunks)
+
+
+def best_sparse_int8_chunks(M: int, sw: Any, target: tvm.target.Target, *,
+                            cache: str | os.PathLike[str] | None = None, measure: bool = True,
+                            budget_s: float | None = None,
+                            on_search: SearchReport | None = None) -> int:
+    """The fastest known task split of the block-sparse INT8 kernel for ``M`` tokens and a weight
+    like ``sw`` (``SparseInt8Weight``), timed on ``sw`` itself."""
+    from ..kernels.sparse_int8 import candidate_chunks, default_chunks, sparse_int8_kernel
+
+    key = f"{M}x{sw.K}x{sw.N}_{_density_key(sw.density)}"
+    path = tiles_file(cache, target, "sparse_int8") if cache is not None else None
+    valid = candidate_chunks(M, sw.N, target)
+    if path is not None:
+        rec = _load(path).get(key)
+        if rec is not None and int(rec["config"]["chunks"]) in valid:
+            return int(rec["config"]["chunks"])
+    if not measure or not host_supports("vnni"):
+        return default_chunks(M, sw.N, target)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(1)
+    xt = tvm.runtime.tensor(rng.integers(0, 256, (sw.K, M), dtype=np.uint8), dev)
+    tail = [tvm.runtime.tensor(a, dev) for a in (
+        sw.colsum, np.full(sw.N, 0.01, np.float32), np.array([0.02, 7], np.float32),
+        np.zeros(sw.N, np.float32), np.zeros((M, sw.N), np.float32))]
+    sets = _index_copies([sw.qptr, sw.qk, sw.qw])
+
+    def prepare(cfg: _Chunks, ms: int, rep: int) -> Callable[[], float]:
+        ex = tvm.compile(standalone_module(sparse_int8_kernel(M, sw, target=target,
+                                                              chunks=cfg.chunks)), target)
+        return _block_timer(ex.mod["main"], sets, [xt], tail, target, ms, rep)
+
+    t0 = time.monotonic()
+    results = _search(f"sparse int8 {key}", [_Chunks(c) for c in valid], prepare, budget_s, 3,
+                      3, 0.03)
+    if not results:
+        return default_chunks(M, sw.N, target)
+    return _keep_best("sparse int8", key, results, t0, path, on_search).chunks
+
+
 class KernelTiles:
     """The tiles the lowering asks for: from the database at ``cache``, searched (and stored)
     first when ``measure``; the per-ISA defaults when neither has one."""
@@ -462,7 +658,7 @@ class KernelTiles:
         self.on_search = on_search
         # Every layer of every bucket asks again for the same few shapes: answer from memory
         # instead of re-reading the JSON file each time.
-        self._known: dict[tuple, DenseConfig | AttentionConfig | Int8Config | Bf16Config] = {}
+        self._known: dict[tuple, Any] = {}
 
     def dense(self, M: int, K: int, N: int, target: tvm.target.Target) -> DenseConfig:
         key = ("dense", M, K, N, str(target))
@@ -483,6 +679,29 @@ class KernelTiles:
         if key not in self._known:
             self._known[key] = best_bf16_config(M, K, N, target, cache=self.cache,
                                                 measure=self.measure, on_search=self.on_search)
+        return self._known[key]  # type: ignore[return-value]
+
+    def attention_bf16(self, batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
+                       mask: bool, target: tvm.target.Target) -> Any:
+        key = ("attention_bf16", batch, sq, skv, heads, d, merged, mask, str(target))
+        if key not in self._known:
+            self._known[key] = best_attention_bf16_config(
+                batch, sq, skv, heads, d, merged=merged, mask=mask, target=target,
+                cache=self.cache, measure=self.measure, on_search=self.on_search)
+        return self._known[key]
+
+    def sparse(self, M: int, sw: Any, target: tvm.target.Target) -> Any:
+        key = ("sparse", M, sw.K, sw.N, sw.R, _density_key(sw.density), str(target))
+        if key not in self._known:
+            self._known[key] = best_sparse_config(M, sw, target, cache=self.cache,
+                                                  measure=self.measure, on_search=self.on_search)
+        return self._known[key]
+
+    def sparse_int8(self, M: int, sw: Any, target: tvm.target.Target) -> int:
+        key = ("sparse_int8", M, sw.K, sw.N, _density_key(sw.density), str(target))
+        if key not in self._known:
+            self._known[key] = best_sparse_int8_chunks(
+                M, sw, target, cache=self.cache, measure=self.measure, on_search=self.on_search)
         return self._known[key]  # type: ignore[return-value]
 
     def attention(self, batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,

@@ -135,9 +135,13 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
             from ...kernels.isa import BF16_FEATURES
 
             ctx.features.update(BF16_FEATURES["avx512bf16"])
+            tiles = (ctx.tiles.attention_bf16(batch, q_seq, kv_seq, heads, d,
+                                              merged=merged is not None, mask=masked,
+                                              target=ctx.target)
+                     if ctx.tiles is not None else None)
             return emit_attention_bf16(ctx.bb, sources, key_bias() if masked else None,
                                        batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d,
-                                       scale=scale)
+                                       scale=scale, config=tiles)
         config = (ctx.tiles.attention(batch, q_seq, kv_seq, heads, d, merged=merged is not None,
                                       mask=masked, target=ctx.target)
                   if ctx.tiles is not None else None)

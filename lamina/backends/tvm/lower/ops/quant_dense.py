@@ -465,9 +465,10 @@ def _emit_sparse_int8(ctx: LowerContext, m: Int8Dense, sw, x, shape, *, bias, ac
         out_key = ("T", *_quant_key(out, n))
         if out_key in ctx.int8_inputs:
             out_key = None
+    chunks = ctx.tiles.sparse_int8(rows, sw, ctx.target) if ctx.tiles is not None else None
     func = sparse_int8_kernel(rows, sw, target=ctx.target, epilogue=epilogue,
                               residual=residual is not None, quant_out=out_key is not None,
-                              out_signed=out_key is not None and out.signed)
+                              out_signed=out_key is not None and out.signed, chunks=chunks)
     tag = "@int8sparse"
     args = [xt]
     for suffix, arr in (("qptr", sw.qptr), ("qk", sw.qk), ("qw", sw.qw), ("colsum", sw.colsum)):

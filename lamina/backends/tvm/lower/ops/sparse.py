@@ -11,6 +11,10 @@ from ..registry import Const, converter
 from ._dense import EPILOGUES
 
 
+def _rows(ctx: LowerContext, x) -> int:
+    return int(np.prod(ctx.shape(x)[:-1]))
+
+
 @converter("SparseLinear", domain="lamina")
 def sparse_linear(ctx: LowerContext, node: ir.Node, inputs):
     """``y = act(X @ W + B) (+ R)`` with ``W`` given as blocks (``data``, ``index``)."""
@@ -44,6 +48,8 @@ def sparse_linear(ctx: LowerContext, node: ir.Node, inputs):
         residual=residual,
         target=ctx.target,
         param_name=data.name or node.name or "sparse",
+        config=ctx.tiles.sparse(_rows(ctx, inputs[0]), sw, ctx.target)
+        if ctx.tiles is not None else None,
     )
     for name, var, arr in params:
         ctx.add_param(name, var, arr)
