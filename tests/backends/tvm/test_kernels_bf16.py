@@ -325,7 +325,7 @@ def test_every_bf16_attention_tile_matches_the_reference():
     x = np.concatenate([a.reshape(64, 128) for a in (q, k, v)], axis=1)
     want = attention_bf16_reference(q, k, v, 0.125)
     configs = candidate_attention_bf16_configs(64, 64, 64)
-    assert len(configs) > 2 and all(c.mr * 4 <= 24 for c in configs)  # PV tile in registers
+    assert len(configs) > 2 and all(c.mr * 4 <= 32 for c in configs)  # PV tile in registers
     dev = tvm.cpu()
     for cfg in configs:
         lib = tvm.compile(standalone_module(attention_bf16_kernel(
