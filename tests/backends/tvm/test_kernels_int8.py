@@ -65,7 +65,8 @@ def _pad(xq: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("fam", ["vnni", "avx2"])
 @pytest.mark.parametrize("M, K, N, tile", [(16, 64, 64, None), (24, 30, 48, (4, 2)),
-                                           (7, 128, 32, (8, 1)), (128, 384, 96, (6, 3))])
+                                           (7, 128, 32, (8, 1)), (128, 384, 96, (6, 3)),
+                                           (256, 64, 96, None), (256, 32, 64, (4, 2, 64))])
 def test_int8_accumulators_bit_exact(fam, M, K, N, tile):
     target = _target(fam)
     cfg = resolve_int8_config(M, K, N, target, Int8Config(*tile) if tile else None)
