@@ -334,3 +334,24 @@ def test_every_bf16_attention_tile_matches_the_reference():
         lib["main"](tvm.runtime.tensor(x, dev), out)
         err = np.abs(out.numpy() - want)
         assert np.mean(err < 1e-4) > 0.99 and err.max() < 2e-3, (cfg, err.max())
+
+
+def test_bf16_attention_on_bf16_sources_equals_rounding_float_ones():
+    import tvm
+
+    from lamina.backends.tvm.kernels.attention_bf16 import attention_bf16_kernel
+    from lamina.backends.tvm.kernels.common import standalone_module
+
+    _need_bf16_host()
+    target = _target()
+    x = np.random.default_rng(9).standard_normal((64, 3 * 64)).astype(np.float32)
+    dev = tvm.cpu()
+    outs = []
+    for bf16_in, src in ((False, x), (True, to_bf16(x))):
+        lib = tvm.compile(standalone_module(attention_bf16_kernel(
+            1, 64, 64, 2, 32, scale=0.2, merged=True, mask=False, bf16_in=bf16_in)),
+            target=target)
+        out = tvm.runtime.tensor(np.zeros((1, 64, 2, 32), np.float32), dev)
+        lib["main"](tvm.runtime.tensor(src, dev), out)
+        outs.append(out.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])

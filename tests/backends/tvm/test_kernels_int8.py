@@ -233,3 +233,22 @@ def test_amx_permission_request():
     ok = FakeLibc(0)
     assert amx.request_amx(ok) and ok.calls == [(158, 0x1023, 18)]
     assert not amx.request_amx(FakeLibc(-1))
+
+
+def test_bf16_output_is_the_rounded_float_output():
+    """``bf16_out``: the uint16 bf16 bits of exactly the float result (round to nearest even)."""
+    from lamina.backends.tvm.kernels.dense_bf16 import to_bf16
+
+    target = _target("vnni")
+    M, K, N = 32, 64, 96
+    xq, wq = _operands(M, K, N, seed=7)
+    cfg = resolve_int8_config(M, K, N, target)
+    rng = np.random.default_rng(8)
+    arrays = [_pad(xq), pack_weight_int8(wq, cfg.nv * 16), column_sums(wq),
+              (rng.random(N) * 0.01).astype(np.float32), np.array([0.05, 3], np.float32),
+              rng.standard_normal(N).astype(np.float32)]
+    y = _run(dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True, epilogue="gelu_erf"),
+             arrays, (M, N), np.float32, target)
+    yb = _run(dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True, epilogue="gelu_erf",
+                                bf16_out=True), arrays, (M, N), np.uint16, target)
+    np.testing.assert_array_equal(yb, to_bf16(y))

@@ -252,3 +252,62 @@ def test_amx_artifact_requires_amx_and_is_refused_without_it(tmp_path):
     with pytest.raises(ArtifactError, match=r"lacks .*amx-int8") as err:
         load(art)
     assert "\n" not in str(err.value)
+
+
+def _qkv_attention_model(seq: int = 32) -> ir.Model:
+    """An INT8 merged QKV projection (lamina Linear, u8 activations) split into Q, K, V for a
+    2-head attention of head size 32 (the BF16 attention's shapes)."""
+    rng = np.random.default_rng(3)
+    hid = 64
+    nodes, inits = [], []
+    for part in (_qdq_act("x", 8.0 / 255, 128, False),
+                 _qdq_weight("wqkv", rng.standard_normal((hid, 3 * hid)).astype(np.float32) * 0.2,
+                             1)):
+        nodes += part[0]
+        inits += part[1]
+    inits += [("bqkv", rng.standard_normal(3 * hid).astype(np.float32) * 0.1),
+              ("split", np.array([hid] * 3, np.int64))]
+    nodes += [
+        helper.make_node("Linear", ["x_dq", "wqkv", "bqkv"], ["qkv"], domain="lamina"),
+        helper.make_node("Split", ["qkv", "split"], ["q", "k", "v"], axis=-1),
+        helper.make_node("Attention", ["q", "k", "v", "m"], ["y"], domain="lamina", num_heads=2,
+                         scale=0.25, mask_kind="key_padding"),
+    ]
+    g = helper.make_graph(
+        nodes, "qkv",
+        [helper.make_tensor_value_info("x", F, [1, seq, hid]),
+         helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info("y", F, None)],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19),
+                                            helper.make_opsetid("lamina", 1)])
+    m.ir_version = 9
+    return ir.from_proto(m)
+
+
+def test_int8_qkv_projection_writes_bf16_for_the_bf16_attention(tmp_path):
+    """On a BF16 target the INT8 QKV projection writes bf16 straight for the BF16 attention (its
+    float form is dead code): the same result as rounding its float output, within bf16's error
+    of ONNX Runtime on the QDQ graph."""
+    from lamina.backends.reference import run
+    from lamina.backends.tvm import build_artifact, load
+    from lamina.backends.tvm.kernels import host_supports
+
+    model = _qkv_attention_model()
+    dump = tmp_path / "dump"
+    art = build_artifact({(1, 32): model}, tmp_path / "qkv.lamina", target="x86-avx512-bf16",
+                         threads=2, schedule="none", dump_dir=dump)
+    import re
+
+    final = sorted((dump / "tvm").glob("*"))[-1].read_text()
+    assert "_bf16in" in final
+    # the float projection was removed
+    assert set(re.findall(r"lamina_dense_int8_\w+", final)) == {"lamina_dense_int8_32x64x192_bf16"}
+    if not host_supports("avx512bf16"):
+        return
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.standard_normal((1, 32, 64)).astype(np.float32),
+             "m": (np.arange(32) < 29).astype(np.int64)[None]}
+    got, want = load(art).run(feeds)["y"], run(model, feeds)["y"]
+    assert np.abs(got - want).max() < 5e-2
+    assert float(np.corrcoef(got.ravel(), want.ravel())[0, 1]) > 0.999

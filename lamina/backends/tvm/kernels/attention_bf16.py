@@ -80,6 +80,11 @@ def _pair(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
     return T.reinterpret("int32", (_rne(hi) << T.uint32(16)) | _rne(lo))
 
 
+def _pair_bits(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
+    """:func:`_pair` of two values already in bf16 (uint16 bits)."""
+    return T.reinterpret("int32", (T.Cast("uint32", hi) << T.uint32(16)) | T.Cast("uint32", lo))
+
+
 def _bf16(x: tirx.PrimExpr) -> tirx.PrimExpr:
     """float32 ``x`` as bf16 bits (uint16), round to nearest even."""
     return T.Cast("uint16", _rne(x))
@@ -155,10 +160,12 @@ def candidate_attention_bf16_configs(sq: int, skv: int, d: int) -> list[Attentio
 
 def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
                           merged: bool, mask: bool,
-                          config: AttentionBf16Config | None = None) -> tirx.PrimFunc:
+                          config: AttentionBf16Config | None = None,
+                          bf16_in: bool = False) -> tirx.PrimFunc:
     """PrimFunc with the arguments of :func:`.attention.attention_kernel`: ``X[b*s, 3*h*d]`` if
     ``merged`` else ``Q[b*sq, h*d], K[b*skv, h*d], V[b*skv, h*d]``; ``bias[b, skv]`` if
-    ``mask``; output ``O[b, sq, h, d]``."""
+    ``mask``; output ``O[b, sq, h, d]``. With ``bf16_in`` the sources are uint16 bf16 bits (the
+    same result as rounding float sources: the kernel rounds them first)."""
     if not fits(sq, skv, d):
         raise ValueError(f"attention_bf16 needs skv % 32 == 0 and d % 32 == 0 "
                          f"(got skv={skv}, d={d})")
@@ -166,6 +173,11 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
         raise ValueError("a merged QKV projection needs equal query and key lengths")
     hid = heads * d
     cfg = resolve_attention_bf16_config(sq, skv, d, config)
+    # Sources in bf16 already (``bf16_in``: uint16 bits, e.g. an INT8 projection's bf16 output):
+    # copied, and paired by bit operations, instead of rounded.
+    src_dtype = "uint16" if bf16_in else "float32"
+    cvt = (lambda v: v) if bf16_in else _bf16
+    pair = _pair_bits if bf16_in else _pair
     mr = cfg.mr                             # queries per tile
     rs, cs = cfg.rs, cfg.cs                 # score register tile: rs queries x cs key vectors
     dv = d // L                             # PV accumulators per query
@@ -198,7 +210,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                 # transposed 16 x 16 at a time: Kp[e2, keys contiguous].
                 for j in range(skv):
                     for e in T.vectorized(d):
-                        kr[j, e] = _bf16(Kb[b * skv + j, k_off + h * d + e])
+                        kr[j, e] = cvt(Kb[b * skv + j, k_off + h * d + e])
                 for jb in range(skv // 16):
                     for eb in range(d2 // 16):
                         for r in T.unroll(16):
@@ -227,12 +239,12 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                 [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[1])
                 for j2 in range(s2):
                     for e in T.vectorized(d):
-                        vp[j2, e] = _pair(Vb[b * skv + 2 * j2, v_off + h * d + e],
+                        vp[j2, e] = pair(Vb[b * skv + 2 * j2, v_off + h * d + e],
                                           Vb[b * skv + 2 * j2 + 1, v_off + h * d + e])
                 for qt in range(sq // mr):
                     for r in T.unroll(mr):
                         for e in T.vectorized(d):
-                            qb[r, e] = _bf16(X[b * sq + qt * mr + r, h * d + e])
+                            qb[r, e] = cvt(X[b * sq + qt * mr + r, h * d + e])
                     # Scores: register tiles of rs queries x cs vectors of 16 keys.
                     for rg in range(mr // rs):
                         for cg in range(skv // (L * cs)):
@@ -316,16 +328,16 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     if merged:
 
         @T.prim_func(private=True)
-        def func(X: T.Buffer((batch * sq, qw), "float32"), bias: T.Buffer((batch, skv), "float32"),
+        def func(X: T.Buffer((batch * sq, qw), src_dtype), bias: T.Buffer((batch, skv), "float32"),
                  Y: T.Buffer((batch, sq, heads, d), "float32")):
             T.func_attr({"tirx.noalias": True})
             body(X, X, X, bias, Y)  # K and V are columns of X
     else:
 
         @T.prim_func(private=True)
-        def func(X: T.Buffer((batch * sq, qw), "float32"),
-                 Kb: T.Buffer((batch * skv, kw), "float32"),
-                 Vb: T.Buffer((batch * skv, kw), "float32"),
+        def func(X: T.Buffer((batch * sq, qw), src_dtype),
+                 Kb: T.Buffer((batch * skv, kw), src_dtype),
+                 Vb: T.Buffer((batch * skv, kw), src_dtype),
                  bias: T.Buffer((batch, skv), "float32"),
                  Y: T.Buffer((batch, sq, heads, d), "float32")):
             T.func_attr({"tirx.noalias": True})
@@ -355,14 +367,15 @@ def attention_bf16_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale:
 def emit_attention_bf16(bb: relax.BlockBuilder, sources: list[relax.Expr],
                         bias: relax.Expr | None, *, batch: int, sq: int, skv: int, heads: int,
                         d: int, scale: float,
-                        config: AttentionBf16Config | None = None) -> relax.Expr:
-    """:func:`.attention.emit_attention` with the BF16 kernel."""
+                        config: AttentionBf16Config | None = None,
+                        bf16_in: bool = False) -> relax.Expr:
+    """:func:`.attention.emit_attention` with the BF16 kernel (``bf16_in``: uint16 sources)."""
     merged = len(sources) == 1
     func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
-                                 mask=bias is not None, config=config)
+                                 mask=bias is not None, config=config, bf16_in=bf16_in)
     tag = "qkv" if merged else "q_k_v"
     gv = bb.add_func(func, f"lamina_attention_bf16_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
-                     f"{'_masked' if bias is not None else ''}")
+                     f"{'_masked' if bias is not None else ''}{'_bf16in' if bf16_in else ''}")
     rows = (
         [(sq, 3 * heads * d)] if merged else [(sq, heads * d), (skv, heads * d), (skv, heads * d)]
     )

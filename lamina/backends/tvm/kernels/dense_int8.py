@@ -265,7 +265,7 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                       config: Int8Config | None = None, bias: bool = False,
                       epilogue: Epilogue = None, residual: bool = False,
                       raw: bool = False, quant_out: bool = False,
-                      out_signed: bool = False) -> tirx.PrimFunc:
+                      out_signed: bool = False, bf16_out: bool = False) -> tirx.PrimFunc:
     """The scheduled INT8 dense kernel.
 
     Arguments, in order: ``Xq[M, Kp]`` uint8 (Kp = K rounded up to 4), ``Wp`` int8
@@ -281,11 +281,14 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     u8 ``Xq[M, N] = saturate(round_half_even(y * S) + zp)`` (int8 shifted by +128 when
     ``out_signed``). A multiply, not ONNX's division: the float result ``y`` already differs from
     ONNX Runtime's by rounding, and a division per element cost more than the whole quantize kernel.
+
+    With ``bf16_out`` ``Y`` is uint16: the bf16 bits of the float result (round to nearest even),
+    for a consumer that rounds its input to bf16 anyway (the BF16 attention on a QKV projection).
     """
     check_epilogue(epilogue)
     if kernel_family(M, N, target) == "amx":
-        if quant_out:
-            raise ValueError("the AMX INT8 kernel has no quantized output")
+        if quant_out or bf16_out:
+            raise ValueError("the AMX INT8 kernel has no quantized or bf16 output")
         return amx_dense_int8_kernel(M, K, N, bias=bias, epilogue=epilogue, residual=residual,
                                      raw=raw)
     fam = family(target)
@@ -300,7 +303,12 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     MO = M // cfg.mc  # row blocks (one per thread at large M): outermost, then panels
     VB = 4 * L  # weight bytes per vector
     vnni = fam in ("vnni", "amx")
-    out_dtype = "int32" if raw else ("uint8" if quant_out else "float32")
+    from .dense_bf16 import _bf16_bits
+
+    if quant_out and bf16_out:
+        raise ValueError("quant_out and bf16_out are exclusive")
+    out_dtype = ("int32" if raw else "uint8" if quant_out else "uint16" if bf16_out
+                 else "float32")
     q_lo, q_hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
     q_shift = 128.0 if out_signed else 0.0
     i32v = f"int32x{L}"
@@ -352,6 +360,10 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                                 round_half_even(epi(row + i, p * nb + v * L + c, acc[i, v * L + c],
                                                 CS, WS, QP, B, R) * S[p * nb + v * L + c])
                                 + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
+                        elif bf16_out:
+                            Y[row + i, p * nb + v * L + c] = _bf16_bits(T.reinterpret(
+                                "uint32", epi(row + i, p * nb + v * L + c, acc[i, v * L + c],
+                                              CS, WS, QP, B, R)))
                         else:
                             Y[row + i, p * nb + v * L + c] = epi(
                                 row + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R)

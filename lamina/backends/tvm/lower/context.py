@@ -45,6 +45,9 @@ class LowerContext:
         # model predicts a gain (quant_dense.SparseInt8Policy; None: off, --no-sparsity); the
         # decision per (weight, rows) (quant_dense.sparse_choice)
         self.int8_sparse = None
+        # INT8 dense outputs whose bf16 form a consumer may emit instead (expr -> factory;
+        # quant_dense.emit_int8_dense, read by the BF16 attention)
+        self.int8_bf16_forms: dict = {}
         self.int8_sparse_choice: dict = {}
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}

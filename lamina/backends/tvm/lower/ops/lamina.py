@@ -139,9 +139,14 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
                                               merged=merged is not None, mask=masked,
                                               target=ctx.target)
                      if ctx.tiles is not None else None)
+            # A merged QKV projection in INT8 writes bf16 for it directly (the kernel rounds its
+            # sources to bf16 first: the same result).
+            form = ctx.int8_bf16_forms.get(merged) if merged is not None else None
+            if form is not None:
+                sources = [form()]
             return emit_attention_bf16(ctx.bb, sources, key_bias() if masked else None,
                                        batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d,
-                                       scale=scale, config=tiles)
+                                       scale=scale, config=tiles, bf16_in=form is not None)
         config = (ctx.tiles.attention(batch, q_seq, kv_seq, heads, d, merged=merged is not None,
                                       mask=masked, target=ctx.target)
                   if ctx.tiles is not None else None)

@@ -357,7 +357,21 @@ def emit_int8_dense(
         return bb.emit(relax.op.reshape(yq, (*shape[:-1], n)))
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
     ctx.features.update(INT8_FEATURES[fam])
-    return bb.emit(relax.op.reshape(y, (*shape[:-1], n)))
+    out = bb.emit(relax.op.reshape(y, (*shape[:-1], n)))
+    if fam != "amx":
+        # A consumer that rounds this output to bf16 anyway (the BF16 attention) may ask for the
+        # kernel's bf16 form instead: half the bytes, and no rounding on its side. The float call
+        # is then dead and removed.
+        def bf16_form() -> relax.Expr:
+            fb = dense_int8_kernel(rows, k, n, target=target, config=cfg, bias=bias is not None,
+                                   epilogue=epilogue, residual=residual is not None,
+                                   bf16_out=True)
+            gb = bb.add_func(fb, f"{name}_bf16")
+            yb = bb.emit(relax.call_tir(gb, args, relax.TensorType((rows, n), "uint16")))
+            return bb.emit(relax.op.reshape(yb, (*shape[:-1], n)))
+
+        ctx.int8_bf16_forms[out] = bf16_form
+    return out
 
 
 @dataclass
