@@ -288,7 +288,7 @@ def build_artifact(models: Mapping[Bucket, ir.Model], out_path: str | os.PathLik
                             int8_sparse=policy)
     if policy is not None and policy.decisions:
         extra["int8_sparse"] = {"sparse": policy.sparse, "pruned": len(policy.decisions),
-                                "decisions": list(policy.decisions.values())}
+                                "decisions": policy.lines}
         log.info("sparse INT8: %d of %d pruned INT8 matmuls run block-sparse", policy.sparse,
                  len(policy.decisions))
     if lowered.bf16 is not None:

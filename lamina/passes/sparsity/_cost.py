@@ -61,10 +61,7 @@ class CostTable:
 
     @classmethod
     def load(cls, path: str | Path) -> CostTable:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"sparsity cost table {path}: unreadable ({exc})") from None
+        return _load(cls, path, "sparsity cost table")
 
     def predict(self, w_kn: np.ndarray) -> Prediction:
         """Dense and best block-sparse per-token time for ``W[K, N]``."""
@@ -88,6 +85,14 @@ class CostTable:
         if best is None:
             return Prediction(dense, float("inf"), 0, 0, 1.0)
         return best
+
+
+def _load(cls: Any, path: str | Path, what: str) -> Any:
+    """``cls.from_dict`` of the JSON at ``path``; one ``ValueError`` line when it is unreadable."""
+    try:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{what} {path}: unreadable ({exc})") from None
 
 
 def fit(
@@ -142,10 +147,7 @@ class Int8CostTable:
 
     @classmethod
     def load(cls, path: str | Path) -> Int8CostTable:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"sparse INT8 cost table {path}: unreadable ({exc})") from None
+        return _load(cls, path, "sparse INT8 cost table")
 
     def predict(self, k: int, n: int, blocks: int) -> Prediction:
         """Dense and block-sparse per-token time of an INT8 ``[K, N]`` layer whose sparse encoding

@@ -281,12 +281,21 @@ def emit_attention(bb: relax.BlockBuilder, sources: list[relax.Expr], bias: rela
     """``[b, sq, h * d]`` attention output. ``sources``: ``[X]`` (merged ``[b, s, 3 * h * d]``) or
     ``[Q, K, V]`` (``[b, s, h * d]`` each); ``bias``: the ``[b, skv]`` additive key bias, or
     None."""
-    merged = len(sources) == 1
-    func = attention_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
+    func = attention_kernel(batch, sq, skv, heads, d, scale=scale, merged=len(sources) == 1,
                             mask=bias is not None, target=target, config=config)
+    return emit_attention_call(bb, func, "lamina_attention", sources, bias, batch=batch, sq=sq,
+                               skv=skv, heads=heads, d=d)
+
+
+def emit_attention_call(bb: relax.BlockBuilder, func: tirx.PrimFunc, prefix: str,
+                        sources: list[relax.Expr], bias: relax.Expr | None, *, batch: int,
+                        sq: int, skv: int, heads: int, d: int, suffix: str = "") -> relax.Expr:
+    """The ``call_tir`` of an attention kernel ``func`` taking :func:`attention_kernel`'s
+    arguments (``sources`` reshaped to rows, then ``bias``), reshaped to ``[b, sq, h * d]``."""
+    merged = len(sources) == 1
     tag = "qkv" if merged else "q_k_v"
-    gv = bb.add_func(func, f"lamina_attention_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
-                     f"{'_masked' if bias is not None else ''}")
+    gv = bb.add_func(func, f"{prefix}_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
+                     f"{'_masked' if bias is not None else ''}{suffix}")
     rows = (
         [(sq, 3 * heads * d)] if merged else [(sq, heads * d), (skv, heads * d), (skv, heads * d)]
     )

@@ -26,9 +26,9 @@ broadcast) and V rows are interleaved two by two. Schedule::
 
 Lossy (bf16 operands): used where the artifact is already lossy and the target has AVX512-BF16
 (INT8 and ``--precision bf16`` artifacts; ``lower/ops/lamina._bf16_attention``); the fp32 kernel
-stays the exact default. The intrinsic is called through a small LLVM IR helper, as in
-:mod:`.dense_bf16`. MiniLM's 1 x 128 x 128 x 12 x 32 attention on Zen5, 2 threads, standalone:
-57-58 us against the fp32 kernel's 80; in the model, where the fp32 kernel's time grows to
+stays the exact default. The intrinsic is called through :mod:`.dense_bf16`'s LLVM IR helper.
+MiniLM's 1 x 128 x 128 x 12 x 32 attention on Zen5, 2 threads, standalone: 57-58 us against the
+fp32 kernel's 80; in the model, where the fp32 kernel's time grows to
 100-110 us a layer, a 90%-pruned MiniLM INT8 artifact ran 1.20x faster.
 """
 
@@ -40,44 +40,22 @@ import numpy as np
 from tvm import relax, tirx
 from tvm.script import tirx as T
 
+from .attention import emit_attention_call
 from .common import finish_kernel, keep_params, root_block
+from .dense_bf16 import DPBF16PS, DPBF16PS_IR, _bf16_bits
 from .quantize import _unpack16
 from .varlen_attention import fast_exp
 
 L = 16  # fp32 lanes of a zmm
-DPBF16PS_II = "lamina_dpbf16ps_ii"
-# vdpbf16ps on two <16 x i32> operands (each i32 a pair of bf16; element 2l in the low half).
-DPBF16PS_II_IR = r"""
-declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
-
-define linkonce_odr <16 x float> @lamina_dpbf16ps_ii(<16 x float> %acc, <16 x i32> %a,
-                                                     <16 x i32> %b) #0 {
-  %ab = bitcast <16 x i32> %a to <32 x bfloat>
-  %bb = bitcast <16 x i32> %b to <32 x bfloat>
-  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %ab,
-                                                            <32 x bfloat> %bb)
-  ret <16 x float> %r
-}
-
-attributes #0 = { alwaysinline nounwind }
-"""
-
-
 def fits(sq: int, skv: int, d: int) -> bool:
     """Shapes the kernel takes: whole 16-key vectors, head dims in whole vectors and pairs."""
     return skv % (2 * L) == 0 and d % (2 * L) == 0 and sq >= 1
 
 
-def _rne(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """The bf16 bits of float32 ``x`` (round to nearest even) in the low 16 bits of a uint32."""
-    u = T.reinterpret("uint32", x)
-    return (u + (((u >> T.uint32(16)) & T.uint32(1)) + T.uint32(0x7FFF))) >> T.uint32(16)
-
-
 def _pair(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
     """int32 word of two bf16 values: ``lo`` in the low half (the element a ``vdpbf16ps`` lane
     takes first), ``hi`` in the high half."""
-    return T.reinterpret("int32", (_rne(hi) << T.uint32(16)) | _rne(lo))
+    return _pair_bits(_bf16(lo), _bf16(hi))
 
 
 def _pair_bits(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -86,16 +64,21 @@ def _pair_bits(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def _bf16(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """float32 ``x`` as bf16 bits (uint16), round to nearest even."""
-    return T.Cast("uint16", _rne(x))
+    """float32 ``x`` as bf16 bits (uint16), round to nearest even (``dense_bf16``'s rounding
+    without its NaN case, which cost 8% of the kernel in the exp pass's P rounding)."""
+    return _bf16_bits(T.reinterpret("uint32", x), keep_nan=False)
 
 
+# Lane permutations of a butterfly reduction: lane i with lane i ^ 8, ^ 4, ^ 2, ^ 1.
+_XOR = [[i ^ x for i in range(L)] for x in (8, 4, 2, 1)]
 # Interleaves of two 16-word vectors in runs of 1, 2, 4 and 8 words (x86's unpacks at full width):
 # four rounds over rows fed in bit-reversed order transpose a 16 x 16 block of words (the byte
 # transpose of ``quantize.quantize_transposed_kernel``, one level of granularity per round).
-# Lane permutations of a butterfly reduction: lane i with lane i ^ 8, ^ 4, ^ 2, ^ 1.
-_XOR = [[i ^ x for i in range(L)] for x in (8, 4, 2, 1)]
 _L1, _L2, _L4, _L8 = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
+
+
+def _add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    return a + b
 
 
 def _divisor_at_most(n: int, cap: int) -> int:
@@ -189,9 +172,22 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     v_off = 2 * hid if merged else 0
 
     @T.macro
+    def butterfly(buf, r, combine):
+        """Lane w of row r combined with lanes w ^ 8, ^ 4, ^ 2, ^ 1: every lane holds the row's
+        total."""
+        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
+                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[0]))
+        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
+                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[1]))
+        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
+                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[2]))
+        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
+                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[3]))
+
+    @T.macro
     def body(X, Kb, Vb, bias, Y):
         for task in T.parallel(batch * heads):
-            with T.attr(0, "pragma_import_llvm", DPBF16PS_II_IR):
+            with T.attr(0, "pragma_import_llvm", DPBF16PS_IR):
                 kr = T.decl_buffer((skv, d), "uint16")
                 kp = T.decl_buffer((d2, skv), "int32")
                 vp = T.decl_buffer((s2, d), "int32")
@@ -255,11 +251,12 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                 for r in T.unroll(rs):
                                     for c in T.unroll(cs):
                                         sacc[r, T.ramp(c * L, 1, L)] = T.call_extern(
-                                            f"float32x{L}", DPBF16PS_II,
+                                            f"float32x{L}", DPBF16PS,
                                             sacc[r, T.ramp(c * L, 1, L)],
                                             T.broadcast(T.reinterpret("int32", qb[
                                                 rg * rs + r, T.ramp(2 * e2, 1, 2)]), L),
-                                            kp[e2, T.ramp((cg * cs + c) * L, 1, L)])
+                                            T.reinterpret("int16x32", kp[
+                                                e2, T.ramp((cg * cs + c) * L, 1, L)]))
                             for r in T.unroll(rs):
                                 for c in T.unroll(cs):
                                     for w in T.vectorized(L):
@@ -281,14 +278,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                             red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)],
                                                             s[r, T.ramp(c * L, 1, L)])
                     for r in T.unroll(mr):
-                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
-                            [red[r, T.ramp(0, 1, L)]], _XOR[0]))
-                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
-                            [red[r, T.ramp(0, 1, L)]], _XOR[1]))
-                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
-                            [red[r, T.ramp(0, 1, L)]], _XOR[2]))
-                        red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)], T.Shuffle(
-                            [red[r, T.ramp(0, 1, L)]], _XOR[3]))
+                        butterfly(red, r, T.max)
                     for r in T.unroll(mr):
                         inv[r, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
                     for c in range(skv // L):
@@ -299,14 +289,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                 pb[r, c * L + w] = _bf16(s[r, c * L + w])
                                 inv[r, w] = inv[r, w] + s[r, c * L + w]
                     for r in T.unroll(mr):
-                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
-                            [inv[r, T.ramp(0, 1, L)]], _XOR[0])
-                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
-                            [inv[r, T.ramp(0, 1, L)]], _XOR[1])
-                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
-                            [inv[r, T.ramp(0, 1, L)]], _XOR[2])
-                        inv[r, T.ramp(0, 1, L)] = inv[r, T.ramp(0, 1, L)] + T.Shuffle(
-                            [inv[r, T.ramp(0, 1, L)]], _XOR[3])
+                        butterfly(inv, r, _add)
                         inv[r, T.ramp(0, 1, L)] = (T.broadcast(T.float32(1), L)
                                                    / inv[r, T.ramp(0, 1, L)])
                     # P @ V: mr queries x d dims in registers, pairs of keys per step.
@@ -317,10 +300,10 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                         for r in T.unroll(mr):
                             for v in T.unroll(dv):
                                 acc[r, T.ramp(v * L, 1, L)] = T.call_extern(
-                                    f"float32x{L}", DPBF16PS_II, acc[r, T.ramp(v * L, 1, L)],
+                                    f"float32x{L}", DPBF16PS, acc[r, T.ramp(v * L, 1, L)],
                                     T.broadcast(T.reinterpret("int32", pb[r, T.ramp(2 * j2, 1, 2)]),
                                                 L),
-                                    vp[j2, T.ramp(v * L, 1, L)])
+                                    T.reinterpret("int16x32", vp[j2, T.ramp(v * L, 1, L)]))
                     for r in T.unroll(mr):
                         for e in T.vectorized(d):
                             Y[b, qt * mr + r, h, e] = acc[r, e] * inv[r, e % L]
@@ -370,18 +353,8 @@ def emit_attention_bf16(bb: relax.BlockBuilder, sources: list[relax.Expr],
                         config: AttentionBf16Config | None = None,
                         bf16_in: bool = False) -> relax.Expr:
     """:func:`.attention.emit_attention` with the BF16 kernel (``bf16_in``: uint16 sources)."""
-    merged = len(sources) == 1
-    func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=scale, merged=merged,
+    func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=scale, merged=len(sources) == 1,
                                  mask=bias is not None, config=config, bf16_in=bf16_in)
-    tag = "qkv" if merged else "q_k_v"
-    gv = bb.add_func(func, f"lamina_attention_bf16_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
-                     f"{'_masked' if bias is not None else ''}{'_bf16in' if bf16_in else ''}")
-    rows = (
-        [(sq, 3 * heads * d)] if merged else [(sq, heads * d), (skv, heads * d), (skv, heads * d)]
-    )
-    args = [bb.emit(relax.op.reshape(src, (batch * n, w)))
-            for src, (n, w) in zip(sources, rows, strict=True)]
-    if bias is not None:
-        args.append(bias)
-    o = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, sq, heads, d), "float32")))
-    return bb.emit(relax.op.reshape(o, (batch, sq, heads * d)))
+    return emit_attention_call(bb, func, "lamina_attention_bf16", sources, bias, batch=batch,
+                               sq=sq, skv=skv, heads=heads, d=d,
+                               suffix="_bf16in" if bf16_in else "")

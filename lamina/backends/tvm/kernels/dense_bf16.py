@@ -302,10 +302,13 @@ def dense_bf16_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None =
 # ---------------------------------------------------------------------------------------------
 
 
-def _bf16_bits(u: tirx.PrimExpr) -> tirx.PrimExpr:
+def _bf16_bits(u: tirx.PrimExpr, keep_nan: bool = True) -> tirx.PrimExpr:
     """The bf16 bits of the fp32 bits ``u`` (uint32, scalar or vector), round to nearest even;
-    NaN -> quiet NaN. Written as one expression (no lets: see ``to_bf16_kernel``)."""
+    NaN -> quiet NaN (``keep_nan=False``: values known finite, one compare and select fewer).
+    Written as one expression (no lets: see ``to_bf16_kernel``)."""
     rne = (u + (((u >> T.uint32(16)) & T.uint32(1)) + T.uint32(0x7FFF))) >> T.uint32(16)
+    if not keep_nan:
+        return T.Cast("uint16", rne)
     nan = (u >> T.uint32(16)) | T.uint32(0x40)
     is_nan = (u & T.uint32(0x7FFFFFFF)) > T.uint32(0x7F800000)
     return T.Cast("uint16", T.Select(is_nan, nan, rne))

@@ -57,6 +57,7 @@ from .common import (
     round_half_even,
 )
 from .dense_amx import amx_dense_int8_kernel, amx_fits
+from .dense_bf16 import _bf16_bits
 from .isa import int8_isa, num_threads
 
 _INT32_LANES = {"vnni": 16, "amx": 16, "avx2": 8}
@@ -159,10 +160,13 @@ def resolve_int8_config(M: int, K: int, N: int, target: tvm.target.Target,
     cfg = config or _default_tile(M, N // L, fam)
     nv = _divisor_at_most(N // L, max(1, cfg.nv))
     mr = _divisor_at_most(M, max(1, min(cfg.mr, _ACC_BUDGET[fam] // nv)))
-    mc = cfg.mc if 0 < cfg.mc < M and cfg.mc % mr == 0 and M % cfg.mc == 0 else 0
     if not cfg.mc:
         mc = _row_block(M, mr, num_threads(target))
-    return Int8Config(mr=mr, nv=nv, mc=mc or M)
+    elif 0 < cfg.mc < M and cfg.mc % mr == 0 and M % cfg.mc == 0:
+        mc = cfg.mc
+    else:
+        mc = M
+    return Int8Config(mr=mr, nv=nv, mc=mc)
 
 
 def candidate_int8_configs(M: int, K: int, N: int, target: tvm.target.Target) -> list[Int8Config]:
@@ -303,8 +307,6 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     MO = M // cfg.mc  # row blocks (one per thread at large M): outermost, then panels
     VB = 4 * L  # weight bytes per vector
     vnni = fam in ("vnni", "amx")
-    from .dense_bf16 import _bf16_bits
-
     if quant_out and bf16_out:
         raise ValueError("quant_out and bf16_out are exclusive")
     out_dtype = ("int32" if raw else "uint8" if quant_out else "uint16" if bf16_out

@@ -44,6 +44,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,29 @@ def _timer(ex: tvm.runtime.Module, args: list, target: tvm.target.Target, min_re
     return run
 
 
+def _median_timer(block: Callable[[], float], target: tvm.target.Target, min_repeat_ms: int,
+                  repeat: int) -> Callable[[], float]:
+    """Median of ``block()`` (seconds a call over a block of calls, e.g. each on another cold
+    weight copy) over at least ``repeat`` blocks and ``min_repeat_ms``, after one warm-up block,
+    on the target's thread count."""
+    from ..runtime import use_threads
+
+    threads = num_threads(target)
+
+    def run() -> float:
+        got = use_threads(threads)
+        if got != threads:
+            log.warning("kernel timing runs %d threads, not the target's %d", got, threads)
+        block()  # warm the code and the activations
+        samples: list[float] = []
+        t0 = time.perf_counter()
+        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
+            samples.append(block())
+        return float(np.median(samples))
+
+    return run
+
+
 COLD_BYTES = 96 << 20  # weight copies cycled through per timing: more than any L3 we target
 
 
@@ -151,7 +175,6 @@ def _prepare(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target
              min_repeat_ms: int, repeat: int):
     """Timer of the dense kernel the way a model runs it: activations in cache, the weight cold
     (each call reads another copy), on the target's thread count."""
-    from ..runtime import use_threads
 
     func = dense_kernel(M, K, N, target=target, config=cfg)
     ex = tvm.compile(standalone_module(func), target)
@@ -160,7 +183,6 @@ def _prepare(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target
     y = tvm.runtime.tensor(np.zeros((M, N), np.float32), dev)
     weights = _cold_weights(K, N, cfg.nb)
     fn = ex.mod["main"]
-    threads = num_threads(target)
     calls = max(len(weights), 8)
 
     def block() -> float:
@@ -170,18 +192,7 @@ def _prepare(M: int, K: int, N: int, cfg: DenseConfig, target: tvm.target.Target
             fn(x, weights[i % len(weights)], y)
         return (time.perf_counter() - t0) / calls
 
-    def run() -> float:
-        got = use_threads(threads)
-        if got != threads:
-            log.warning("kernel timing runs %d threads, not the target's %d", got, threads)
-        block()  # warm the code and the activations
-        samples: list[float] = []
-        t0 = time.perf_counter()
-        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
-            samples.append(block())
-        return float(np.median(samples))
-
-    return run
+    return _median_timer(block, target, min_repeat_ms, repeat)
 
 
 def _search(
@@ -290,7 +301,6 @@ def best_dense_config(M: int, K: int, N: int, target: tvm.target.Target, *,
 def _prepare_int8(M: int, K: int, N: int, cfg: Int8Config, target: tvm.target.Target,
                   min_repeat_ms: int, repeat: int) -> Callable[[], float]:
     """Timer of the INT8 dense kernel (bias epilogue) with cold weights, as :func:`_prepare`."""
-    from ..runtime import use_threads
 
     fam = int8_isa(target)
     func = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True)
@@ -305,7 +315,6 @@ def _prepare_int8(M: int, K: int, N: int, cfg: Int8Config, target: tvm.target.Ta
         np.zeros(N, np.float32), np.zeros((M, N), np.float32))]
     x = tvm.runtime.tensor(rng.integers(0, 256, (M, padded_k(K)), dtype=np.uint8), dev)
     fn = ex.mod["main"]
-    threads = num_threads(target)
 
     def block() -> float:
         t0 = time.perf_counter()
@@ -313,16 +322,7 @@ def _prepare_int8(M: int, K: int, N: int, cfg: Int8Config, target: tvm.target.Ta
             fn(x, weights[i], *rest)
         return (time.perf_counter() - t0) / copies
 
-    def run() -> float:
-        use_threads(threads)
-        block()
-        samples: list[float] = []
-        t0 = time.perf_counter()
-        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
-            samples.append(block())
-        return float(np.median(samples))
-
-    return run
+    return _median_timer(block, target, min_repeat_ms, repeat)
 
 
 def best_int8_config(M: int, K: int, N: int, target: tvm.target.Target, *,
@@ -356,7 +356,6 @@ def _prepare_bf16(M: int, K: int, N: int, cfg: Bf16Config, target: tvm.target.Ta
     The conversion is part of each call because the tile's row blocks decide whether a core reads
     the bf16 rows it converted itself or another core's (``dense_bf16._row_block``)."""
     from ..kernels.dense_bf16 import padded_k, to_bf16_kernel
-    from ..runtime import use_threads
 
     func = dense_bf16_kernel(M, K, N, target=target, config=cfg, bias=True)
     ex = tvm.compile(standalone_module(func), target)
@@ -371,7 +370,6 @@ def _prepare_bf16(M: int, K: int, N: int, cfg: Bf16Config, target: tvm.target.Ta
     rest = [tvm.runtime.tensor(a, dev) for a in (np.zeros(N, np.float32),
                                                  np.zeros((M, N), np.float32))]
     fn = ex.mod["main"]
-    threads = num_threads(target)
 
     def block() -> float:
         t0 = time.perf_counter()
@@ -380,16 +378,7 @@ def _prepare_bf16(M: int, K: int, N: int, cfg: Bf16Config, target: tvm.target.Ta
             fn(xb, weights[i], *rest)
         return (time.perf_counter() - t0) / copies
 
-    def run() -> float:
-        use_threads(threads)
-        block()
-        samples: list[float] = []
-        t0 = time.perf_counter()
-        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
-            samples.append(block())
-        return float(np.median(samples))
-
-    return run
+    return _median_timer(block, target, min_repeat_ms, repeat)
 
 
 def best_bf16_config(M: int, K: int, N: int, target: tvm.target.Target, *,
@@ -425,7 +414,13 @@ def _prepare_attention(shape: tuple[int, int, int, int, int], merged: bool, mask
     func = attention_kernel(batch, sq, skv, heads, d, scale=d ** -0.5, merged=merged, mask=mask,
                             target=target, config=cfg)
     ex = tvm.compile(standalone_module(func), target)
-    dev = tvm.cpu()
+    return _timer(ex, _attention_args(shape, merged, mask), target, min_repeat_ms, repeat)
+
+
+def _attention_args(shape: tuple[int, int, int, int, int], merged: bool,
+                    mask: bool) -> list[tvm.runtime.Tensor]:
+    """Random sources, a zero key bias and the output of an attention kernel's call."""
+    batch, sq, skv, heads, d = shape
     rng = np.random.default_rng(0)
     hid = heads * d
     srcs = ([(batch * sq, 3 * hid)] if merged else
@@ -434,8 +429,7 @@ def _prepare_attention(shape: tuple[int, int, int, int, int], merged: bool, mask
     if mask:
         arrays.append(np.zeros((batch, skv), np.float32))
     arrays.append(np.zeros((batch, sq, heads, d), np.float32))
-    args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    return _timer(ex, args, target, min_repeat_ms, repeat)
+    return [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
 
 
 def best_attention_config(batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
@@ -487,16 +481,7 @@ def best_attention_bf16_config(batch: int, sq: int, skv: int, heads: int, d: int
                                                  AttentionBf16Config.from_dict(rec["config"]))
     if not measure or not host_supports("avx512bf16"):
         return resolve_attention_bf16_config(sq, skv, d)
-    dev = tvm.cpu()
-    rng = np.random.default_rng(0)
-    hid = heads * d
-    srcs = ([(batch * sq, 3 * hid)] if merged else
-            [(batch * sq, hid), (batch * skv, hid), (batch * skv, hid)])
-    arrays = [rng.standard_normal(s, dtype=np.float32) for s in srcs]
-    if mask:
-        arrays.append(np.zeros((batch, skv), np.float32))
-    arrays.append(np.zeros((batch, sq, heads, d), np.float32))
-    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    args = _attention_args((batch, sq, skv, heads, d), merged, mask)
 
     def prepare(cfg: Any, ms: int, rep: int) -> Callable[[], float]:
         func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=d ** -0.5, merged=merged,
@@ -524,28 +509,17 @@ def _index_copies(arrays: list[np.ndarray]) -> list[list[tvm.runtime.Tensor]]:
     return [[tvm.runtime.tensor(a.copy(), dev) for a in arrays] for _ in range(copies)]
 
 
-def _block_timer(fn, sets: list[list], fixed_front: list, fixed_back: list, target,
-                 min_repeat_ms: int, repeat: int) -> Callable[[], float]:
-    from ..runtime import use_threads
-
-    threads = num_threads(target)
+def _cycling_timer(fn, sets: list[list], front: list, back: list, target: tvm.target.Target,
+                   min_repeat_ms: int, repeat: int) -> Callable[[], float]:
+    """:func:`_median_timer` of ``fn(*front, *set, *back)`` cycling through ``sets``."""
 
     def block() -> float:
         t0 = time.perf_counter()
         for arrs in sets:
-            fn(*fixed_front, *arrs, *fixed_back)
+            fn(*front, *arrs, *back)
         return (time.perf_counter() - t0) / len(sets)
 
-    def run() -> float:
-        use_threads(threads)
-        block()
-        samples: list[float] = []
-        t0 = time.perf_counter()
-        while len(samples) < repeat or (time.perf_counter() - t0) * 1e3 < min_repeat_ms:
-            samples.append(block())
-        return float(np.median(samples))
-
-    return run
+    return _median_timer(block, target, min_repeat_ms, repeat)
 
 
 def best_sparse_config(M: int, sw: Any, target: tvm.target.Target, *,
@@ -580,7 +554,7 @@ def best_sparse_config(M: int, sw: Any, target: tvm.target.Target, *,
     def prepare(cfg: SparseConfig, ms: int, rep: int) -> Callable[[], float]:
         ex = tvm.compile(standalone_module(sparse_dense_kernel(M, sw, target=target,
                                                                config=cfg)), target)
-        return _block_timer(ex.mod["main"], sets, [x], tail, target, ms, rep)
+        return _cycling_timer(ex.mod["main"], sets, [x], tail, target, ms, rep)
 
     t0 = time.monotonic()
     results = _search(f"sparse {key}", candidate_sparse_configs(M, G, sw.R, target), prepare,
@@ -590,23 +564,17 @@ def best_sparse_config(M: int, sw: Any, target: tvm.target.Target, *,
     return _keep_best("sparse", key, results, t0, path, on_search)
 
 
+@dataclass(frozen=True)
 class _Chunks:
     """A task split as a searchable tile (``key`` / ``to_dict`` for the records)."""
 
-    def __init__(self, chunks: int) -> None:
-        self.chunks = chunks
+    chunks: int
 
     def key(self) -> str:
         return f"c{self.chunks}"
 
     def to_dict(self) -> dict[str, int]:
         return {"chunks": self.chunks}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Chunks) and other.chunks == self.chunks
-
-    def __hash__(self) -> int:
-        return hash(self.chunks)
 
 
 def best_sparse_int8_chunks(M: int, sw: Any, target: tvm.target.Target, *,
@@ -637,7 +605,7 @@ def best_sparse_int8_chunks(M: int, sw: Any, target: tvm.target.Target, *,
     def prepare(cfg: _Chunks, ms: int, rep: int) -> Callable[[], float]:
         ex = tvm.compile(standalone_module(sparse_int8_kernel(M, sw, target=target,
                                                               chunks=cfg.chunks)), target)
-        return _block_timer(ex.mod["main"], sets, [xt], tail, target, ms, rep)
+        return _cycling_timer(ex.mod["main"], sets, [xt], tail, target, ms, rep)
 
     t0 = time.monotonic()
     results = _search(f"sparse int8 {key}", [_Chunks(c) for c in valid], prepare, budget_s, 3,

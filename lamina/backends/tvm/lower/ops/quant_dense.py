@@ -379,15 +379,23 @@ class SparseInt8Policy:
     """When INT8 layers on pruned weights run the block-sparse kernel: a cost model measured on the
     target (``_cost.Int8CostTable``; ``table`` loads it on the first pruned layer, measuring it then
     once per tuning database) predicts the dense and the sparse kernel's time per layer, and the
-    sparse one runs when it is predicted ``min_gain`` times faster. ``decisions``: one line per
-    pruned layer and token count, for the compile log and the manifest."""
+    sparse one runs when it is predicted ``min_gain`` times faster. ``decisions``: per pruned
+    layer and token count, its line for the compile log and the manifest, and whether it runs
+    sparse."""
 
     table: Callable[[], Int8CostTable]
     min_gain: float = 1.15
-    decisions: dict[tuple[str, int], str] = field(default_factory=dict)
-    sparse: int = 0
+    decisions: dict[tuple[str, int], tuple[str, bool]] = field(default_factory=dict)
 
     _loaded: Int8CostTable | None = field(default=None, repr=False)
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line, _ in self.decisions.values()]
+
+    @property
+    def sparse(self) -> int:
+        return sum(use for _, use in self.decisions.values())
 
     def costs(self) -> Int8CostTable:
         if self._loaded is None:
@@ -427,9 +435,7 @@ def sparse_choice(ctx: LowerContext, m: Int8Dense, rows: int):
                     f"{pred.sparse_ns:.0f} ns/token: {'SPARSE' if use else 'dense'}, predicted "
                     f"gain {pred.gain:.2f}x")
             log.info("INT8 %s", line)
-            if key not in policy.decisions:
-                policy.decisions[key] = line
-                policy.sparse += use
+            policy.decisions.setdefault(key, (line, use))
             if use:
                 sw = cand
     ctx.int8_sparse_choice[key] = sw
