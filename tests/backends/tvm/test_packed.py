@@ -17,19 +17,23 @@ def _cu(lens: list[int], seqs: int) -> np.ndarray:
     return cu
 
 
-@pytest.mark.parametrize("lens", [[5, 1, 17, 40], [64], [3, 3, 3, 3, 3, 3]])
-def test_varlen_attention_kernel_matches_reference(lens: list[int]) -> None:
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("lens", [[5, 1, 17, 40], [64], [3, 3, 3, 3, 3, 3], [16, 33, 8]])
+def test_varlen_attention_kernel_matches_reference(lens: list[int], isa: str) -> None:
     import tvm
 
     from lamina.backends.tvm.kernels.common import standalone_module
-    from lamina.backends.tvm.kernels.isa import host_target
+    from lamina.backends.tvm.kernels.isa import host_supports, isa_of, target_for
     from lamina.backends.tvm.kernels.varlen_attention import (
         varlen_attention_kernel,
         varlen_attention_reference,
     )
 
+    if not host_supports(isa):
+        pytest.skip(f"host CPU cannot run {isa} code")
     tokens, seqs, heads, d = 80, 8, 4, 16
-    tgt = host_target()
+    tgt = target_for(isa, 2)
+    assert isa_of(tgt) == isa
     lib = tvm.compile(standalone_module(varlen_attention_kernel(
         tokens, seqs, heads, d, 64, scale=d ** -0.5, target=tgt)), tgt)
     rng = np.random.default_rng(0)

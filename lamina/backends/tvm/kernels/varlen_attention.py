@@ -62,6 +62,20 @@ def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.max(ef * y, x)
 
 
+def _butterfly(v: tirx.PrimExpr, lanes_: int, combine) -> tirx.PrimExpr:
+    """``v`` combined across its lanes by a butterfly (lane i with i ^ lanes/2, ..., i ^ 1): every
+    lane holds the total, with no scalar extraction."""
+    step = lanes_ // 2
+    while step:
+        v = combine(v, tirx.Shuffle([v], [i ^ step for i in range(lanes_)]))
+        step //= 2
+    return v
+
+
+def _add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    return a + b
+
+
 def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
                             scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
     """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, O[tokens, h*d])``; every sequence must be
@@ -73,80 +87,82 @@ def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len:
     smax = -(-max_len // kc) * kc
     sc = float(scale)
     fill = MASK_FILL
+    vec = T.ramp(0, 1, kc)
 
     @T.prim_func(private=True)
     def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
              o: T.Buffer((tokens, hid), "float32")):
         T.func_attr({"tirx.noalias": True})
         for task in T.parallel(seqs * heads):
-            kt = T.decl_buffer((d, smax), "float32")
-            s = T.decl_buffer((mr, smax), "float32")
-            acc = T.decl_buffer((mr, kc), "float32", scope="local")
-            oacc = T.decl_buffer((mr, d), "float32", scope="local")
-            lane = T.decl_buffer((kc,), "float32", scope="local")
-            rmax = T.decl_buffer((mr,), "float32", scope="local")
-            rinv = T.decl_buffer((mr,), "float32", scope="local")
             b = task // heads
             h = task % heads
             start = cu[b]
             length = cu[b + 1] - start
-            chunks = (length + kc - 1) // kc
-            for j in range(length):
-                for e in range(d):
-                    kt[e, j] = x[start + j, hid + h * d + e]
-            for j in range(length, chunks * kc):
-                for e in range(d):
-                    kt[e, j] = T.float32(0)
-            for qt in range((length + mr - 1) // mr):
-                # Scores of the tile's queries, one key chunk at a time.
+            if length > 0:  # unused sequence slots cost no scratch
+                kt = T.decl_buffer((d, smax), "float32")
+                bias = T.decl_buffer((smax,), "float32")
+                s = T.decl_buffer((mr, smax), "float32")
+                acc = T.decl_buffer((mr, kc), "float32", scope="local")
+                oacc = T.decl_buffer((mr, d), "float32", scope="local")
+                red = T.decl_buffer((mr, kc), "float32", scope="local")
+                inv = T.decl_buffer((mr, kc), "float32", scope="local")
+                chunks = (length + kc - 1) // kc
+                # K^T in whole chunks (keys past the end read a neighbour's finite rows, which the
+                # bias masks) and the key bias: 0 on the sequence, fill past it.
+                for j in range(chunks * kc):
+                    for e in range(d):
+                        kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
                 for c in range(chunks):
+                    for w in T.vectorized(kc):
+                        bias[c * kc + w] = T.Select(c * kc + w < length, T.float32(0),
+                                                    T.float32(fill))
+                for qt in range((length + mr - 1) // mr):
+                    # Scores of the tile's queries, one key chunk at a time, and their running
+                    # maxima on the lanes.
                     for r in T.unroll(mr):
                         for w in T.vectorized(kc):
-                            acc[r, w] = T.float32(0)
-                    for e in range(d):
+                            red[r, w] = T.float32(fill)
+                    for c in range(chunks):
                         for r in T.unroll(mr):
                             for w in T.vectorized(kc):
-                                acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
-                                                          h * d + e] * kt[e, c * kc + w]
+                                acc[r, w] = T.float32(0)
+                        for e in range(d):
+                            for r in T.unroll(mr):
+                                for w in T.vectorized(kc):
+                                    acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r,
+                                                                    tokens - 1),
+                                                              h * d + e] * kt[e, c * kc + w]
+                        for r in T.unroll(mr):
+                            for w in T.vectorized(kc):
+                                s[r, c * kc + w] = acc[r, w] * T.float32(sc) + bias[c * kc + w]
+                                red[r, w] = T.max(red[r, w], s[r, c * kc + w])
+                    # Softmax: row maxima across the lanes (butterflies), exp (masked keys give
+                    # exactly 0), row sums on the lanes, then across them.
+                    for r in T.unroll(mr):
+                        red[r, vec] = _butterfly(red[r, vec], kc, T.max)
                     for r in T.unroll(mr):
                         for w in T.vectorized(kc):
-                            s[r, c * kc + w] = T.if_then_else(c * kc + w < length,
-                                                              acc[r, w] * T.float32(sc),
-                                                              T.float32(fill))
-                # Softmax along each row: vector max and sum over the chunks, then across lanes.
-                for r in range(mr):
-                    for w in T.vectorized(kc):
-                        lane[w] = s[r, w]
-                    for c in range(1, chunks):
-                        for w in T.vectorized(kc):
-                            lane[w] = T.max(lane[w], s[r, c * kc + w])
-                    rmax[r] = lane[0]
-                    for w in range(1, kc):
-                        rmax[r] = T.max(rmax[r], lane[w])
-                    for w in T.vectorized(kc):
-                        lane[w] = T.float32(0)
+                            inv[r, w] = T.float32(0)
                     for c in range(chunks):
-                        for w in T.vectorized(kc):
-                            s[r, c * kc + w] = T.if_then_else(
-                                c * kc + w < length, fast_exp(s[r, c * kc + w] - rmax[r]),
-                                T.float32(0))
-                            lane[w] = lane[w] + s[r, c * kc + w]
-                    rinv[r] = lane[0]
-                    for w in range(1, kc):
-                        rinv[r] = rinv[r] + lane[w]
-                    rinv[r] = T.float32(1) / rinv[r]
-                # P @ V over the sequence's keys.
-                for r in T.unroll(mr):
-                    for e in T.vectorized(d):
-                        oacc[r, e] = T.float32(0)
-                for j in range(length):
+                        for r in T.unroll(mr):
+                            for w in T.vectorized(kc):
+                                s[r, c * kc + w] = fast_exp(s[r, c * kc + w] - red[r, w])
+                                inv[r, w] = inv[r, w] + s[r, c * kc + w]
+                    for r in T.unroll(mr):
+                        inv[r, vec] = _butterfly(inv[r, vec], kc, _add)
+                    # P @ V over the sequence's keys.
                     for r in T.unroll(mr):
                         for e in T.vectorized(d):
-                            oacc[r, e] = oacc[r, e] + s[r, j] * x[start + j, 2 * hid + h * d + e]
-                for r in range(mr):
-                    if qt * mr + r < length:
-                        for e in T.vectorized(d):
-                            o[start + qt * mr + r, h * d + e] = oacc[r, e] * rinv[r]
+                            oacc[r, e] = T.float32(0)
+                    for j in range(length):
+                        for r in T.unroll(mr):
+                            for e in T.vectorized(d):
+                                oacc[r, e] = oacc[r, e] + s[r, j] * x[start + j,
+                                                                      2 * hid + h * d + e]
+                    for r in T.unroll(mr):
+                        if qt * mr + r < length:
+                            for e in T.vectorized(d):
+                                o[start + qt * mr + r, h * d + e] = oacc[r, e] / inv[r, 0]
 
     return finish_kernel(func)
 
