@@ -13,13 +13,19 @@ equal, for every real token, to running that kernel on the batch padded to its l
 ``X`` outside every sequence (a token bucket's tail) are left unwritten in ``O``. Schedule::
 
     parallel for (b, h):                               # one task per sequence and head
-      L = cu[b + 1] - cu[b]; keys in chunks of one vector (kc = 16 on AVX-512), ceil(L / kc) chunks
-      Kt[d, L] = K[b, :, h, :]^T                      # once per task, zero-filled to whole chunks
+      L = cu[b + 1] - cu[b]; skip if 0                # unused sequence slots allocate nothing
+      keys in chunks of one vector (kc = 16 on AVX-512), ceil(L / kc) chunks
+      Kt[d, chunks * kc] = K[b, :, h, :]^T            # once per task
+      bias[j] = 0 for j < L, fill beyond              # masks the chunks' tail keys
       for each tile of mr queries (8 on AVX-512, 4 elsewhere):
-        S[mr, chunk] = Q[tile] @ Kt[:, chunk]         # mr x kc accumulators in registers
-        P = exp(S - rowmax) on keys < L, 0 beyond     # vector max / sum over lanes, fast exp
+        S[mr, chunk] = Q[tile] @ Kt[:, chunk] * scale + bias   # mr x kc accumulators in registers
+        P = exp(S - rowmax)                           # max and sum on lanes, then butterflies
         acc[mr, d] = P @ V[b, :L, h, :]               # mr x d accumulators in registers
         O[tile rows < L, h, :] = acc / rowsum
+
+The bias, the lane butterflies and skipping unused slots made the kernel 1.8x faster than per-lane
+masks, zero-filled keys and scalar lane reductions (MiniLM, 8 real sentences in a 320-token
+stream: 479 -> 263 us a layer, Zen5, 2 threads).
 
 Loop bounds come from ``cu`` at run time, so one compiled function serves every mix of lengths that
 fits its token count; only the token count ``T``, the sequence capacity and the longest sequence
@@ -76,18 +82,80 @@ def _add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
     return a + b
 
 
+class _Tiles:
+    """What both kernels share: the task's scratch, its K^T and key bias, and a query tile's
+    scores and softmax (TVMScript macros over the shapes of one kernel)."""
+
+    def __init__(self, tokens: int, heads: int, d: int, max_len: int, scale: float,
+                 target: tvm.target.Target) -> None:
+        isa = isa_of(target)
+        kc = lanes(isa)                   # keys per chunk: one vector
+        mr = 8 if isa == "avx512" else 4  # queries per tile: mr x d PV accumulators in registers
+        self.kc, self.mr = kc, mr
+        self.smax = -(-max_len // kc) * kc
+        hid = heads * d
+        sc = float(scale)
+        fill = MASK_FILL
+        vec = T.ramp(0, 1, kc)
+
+        @T.macro
+        def keys(x, kt, bias, start, length, chunks, h):
+            # K^T in whole chunks (keys past the end read a neighbour's finite rows, which the
+            # bias masks) and the key bias: 0 on the sequence, fill past it.
+            for j in range(chunks * kc):
+                for e in range(d):
+                    kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
+            for c in range(chunks):
+                for w in T.vectorized(kc):
+                    bias[c * kc + w] = T.Select(c * kc + w < length, T.float32(0),
+                                                T.float32(fill))
+
+        @T.macro
+        def softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h):
+            # Scores of the tile's queries, one key chunk at a time, and their running maxima on
+            # the lanes.
+            for r in T.unroll(mr):
+                for w in T.vectorized(kc):
+                    red[r, w] = T.float32(fill)
+            for c in range(chunks):
+                for r in T.unroll(mr):
+                    for w in T.vectorized(kc):
+                        acc[r, w] = T.float32(0)
+                for e in range(d):
+                    for r in T.unroll(mr):
+                        for w in T.vectorized(kc):
+                            acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
+                                                      h * d + e] * kt[e, c * kc + w]
+                for r in T.unroll(mr):
+                    for w in T.vectorized(kc):
+                        s[r, c * kc + w] = acc[r, w] * T.float32(sc) + bias[c * kc + w]
+                        red[r, w] = T.max(red[r, w], s[r, c * kc + w])
+            # Row maxima across the lanes (butterflies), exp (masked keys give exactly 0), row
+            # sums on the lanes, then across them: every lane of inv[r] holds row r's sum.
+            for r in T.unroll(mr):
+                red[r, vec] = _butterfly(red[r, vec], kc, T.max)
+            for r in T.unroll(mr):
+                for w in T.vectorized(kc):
+                    inv[r, w] = T.float32(0)
+            for c in range(chunks):
+                for r in T.unroll(mr):
+                    for w in T.vectorized(kc):
+                        s[r, c * kc + w] = fast_exp(s[r, c * kc + w] - red[r, w])
+                        inv[r, w] = inv[r, w] + s[r, c * kc + w]
+            for r in T.unroll(mr):
+                inv[r, vec] = _butterfly(inv[r, vec], kc, _add)
+
+        self.keys, self.softmax_tile = keys, softmax_tile
+
+
 def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
                             scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
     """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, O[tokens, h*d])``; every sequence must be
     at most ``max_len`` tokens long (the caller guarantees it: the runtime packs no longer row)."""
-    isa = isa_of(target)
-    kc = lanes(isa)                      # keys per chunk: one vector
-    mr = 8 if isa == "avx512" else 4     # queries per tile: mr x d PV accumulators in registers
+    tiles = _Tiles(tokens, heads, d, max_len, scale, target)
+    keys, softmax_tile = tiles.keys, tiles.softmax_tile
+    kc, mr, smax = tiles.kc, tiles.mr, tiles.smax
     hid = heads * d
-    smax = -(-max_len // kc) * kc
-    sc = float(scale)
-    fill = MASK_FILL
-    vec = T.ramp(0, 1, kc)
 
     @T.prim_func(private=True)
     def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
@@ -107,49 +175,9 @@ def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len:
                 red = T.decl_buffer((mr, kc), "float32", scope="local")
                 inv = T.decl_buffer((mr, kc), "float32", scope="local")
                 chunks = (length + kc - 1) // kc
-                # K^T in whole chunks (keys past the end read a neighbour's finite rows, which the
-                # bias masks) and the key bias: 0 on the sequence, fill past it.
-                for j in range(chunks * kc):
-                    for e in range(d):
-                        kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
-                for c in range(chunks):
-                    for w in T.vectorized(kc):
-                        bias[c * kc + w] = T.Select(c * kc + w < length, T.float32(0),
-                                                    T.float32(fill))
+                keys(x, kt, bias, start, length, chunks, h)
                 for qt in range((length + mr - 1) // mr):
-                    # Scores of the tile's queries, one key chunk at a time, and their running
-                    # maxima on the lanes.
-                    for r in T.unroll(mr):
-                        for w in T.vectorized(kc):
-                            red[r, w] = T.float32(fill)
-                    for c in range(chunks):
-                        for r in T.unroll(mr):
-                            for w in T.vectorized(kc):
-                                acc[r, w] = T.float32(0)
-                        for e in range(d):
-                            for r in T.unroll(mr):
-                                for w in T.vectorized(kc):
-                                    acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r,
-                                                                    tokens - 1),
-                                                              h * d + e] * kt[e, c * kc + w]
-                        for r in T.unroll(mr):
-                            for w in T.vectorized(kc):
-                                s[r, c * kc + w] = acc[r, w] * T.float32(sc) + bias[c * kc + w]
-                                red[r, w] = T.max(red[r, w], s[r, c * kc + w])
-                    # Softmax: row maxima across the lanes (butterflies), exp (masked keys give
-                    # exactly 0), row sums on the lanes, then across them.
-                    for r in T.unroll(mr):
-                        red[r, vec] = _butterfly(red[r, vec], kc, T.max)
-                    for r in T.unroll(mr):
-                        for w in T.vectorized(kc):
-                            inv[r, w] = T.float32(0)
-                    for c in range(chunks):
-                        for r in T.unroll(mr):
-                            for w in T.vectorized(kc):
-                                s[r, c * kc + w] = fast_exp(s[r, c * kc + w] - red[r, w])
-                                inv[r, w] = inv[r, w] + s[r, c * kc + w]
-                    for r in T.unroll(mr):
-                        inv[r, vec] = _butterfly(inv[r, vec], kc, _add)
+                    softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h)
                     # P @ V over the sequence's keys.
                     for r in T.unroll(mr):
                         for e in T.vectorized(d):
@@ -210,84 +238,46 @@ def varlen_received_attention_kernel(tokens: int, seqs: int, heads: int, d: int,
     The score and softmax loops are those of :func:`varlen_attention_kernel`; instead of ``P @ V``
     each task adds its rows of ``P`` (normalised) into a column accumulator. Tasks own disjoint
     ``(head, sequence)`` slices of ``R``; columns outside every sequence are left unwritten."""
-    isa = isa_of(target)
-    kc = lanes(isa)
-    mr = 8 if isa == "avx512" else 4
+    tiles = _Tiles(tokens, heads, d, max_len, scale, target)
+    keys, softmax_tile = tiles.keys, tiles.softmax_tile
+    kc, mr, smax = tiles.kc, tiles.mr, tiles.smax
     hid = heads * d
-    smax = -(-max_len // kc) * kc
-    sc = float(scale)
-    fill = MASK_FILL
 
     @T.prim_func(private=True)
     def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
              out: T.Buffer((heads, tokens), "float32")):
         T.func_attr({"tirx.noalias": True})
         for task in T.parallel(seqs * heads):
-            kt = T.decl_buffer((d, smax), "float32")
-            s = T.decl_buffer((mr, smax), "float32")
-            col = T.decl_buffer((smax,), "float32")
-            acc = T.decl_buffer((mr, kc), "float32", scope="local")
-            lane = T.decl_buffer((kc,), "float32", scope="local")
-            rmax = T.decl_buffer((mr,), "float32", scope="local")
-            rinv = T.decl_buffer((mr,), "float32", scope="local")
             b = task // heads
             h = task % heads
             start = cu[b]
             length = cu[b + 1] - start
-            chunks = (length + kc - 1) // kc
-            for j in range(length):
-                for e in range(d):
-                    kt[e, j] = x[start + j, hid + h * d + e]
-            for j in range(length, chunks * kc):
-                for e in range(d):
-                    kt[e, j] = T.float32(0)
-            for c in range(chunks):
-                for w in T.vectorized(kc):
-                    col[c * kc + w] = T.float32(0)
-            for qt in range((length + mr - 1) // mr):
+            if length > 0:
+                kt = T.decl_buffer((d, smax), "float32")
+                bias = T.decl_buffer((smax,), "float32")
+                s = T.decl_buffer((mr, smax), "float32")
+                col = T.decl_buffer((smax,), "float32")
+                acc = T.decl_buffer((mr, kc), "float32", scope="local")
+                red = T.decl_buffer((mr, kc), "float32", scope="local")
+                inv = T.decl_buffer((mr, kc), "float32", scope="local")
+                chunks = (length + kc - 1) // kc
+                keys(x, kt, bias, start, length, chunks, h)
                 for c in range(chunks):
+                    for w in T.vectorized(kc):
+                        col[c * kc + w] = T.float32(0)
+                for qt in range((length + mr - 1) // mr):
+                    softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h)
+                    # rows past the sequence's end (the last tile's tail) add nothing
                     for r in T.unroll(mr):
                         for w in T.vectorized(kc):
-                            acc[r, w] = T.float32(0)
-                    for e in range(d):
+                            inv[r, w] = T.Select(qt * mr + r < length, T.float32(1) / inv[r, w],
+                                                 T.float32(0))
+                    for c in range(chunks):
                         for r in T.unroll(mr):
                             for w in T.vectorized(kc):
-                                acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
-                                                          h * d + e] * kt[e, c * kc + w]
-                    for r in T.unroll(mr):
-                        for w in T.vectorized(kc):
-                            s[r, c * kc + w] = T.if_then_else(c * kc + w < length,
-                                                              acc[r, w] * T.float32(sc),
-                                                              T.float32(fill))
-                for r in range(mr):
-                    for w in T.vectorized(kc):
-                        lane[w] = s[r, w]
-                    for c in range(1, chunks):
-                        for w in T.vectorized(kc):
-                            lane[w] = T.max(lane[w], s[r, c * kc + w])
-                    rmax[r] = lane[0]
-                    for w in range(1, kc):
-                        rmax[r] = T.max(rmax[r], lane[w])
-                    for w in T.vectorized(kc):
-                        lane[w] = T.float32(0)
-                    for c in range(chunks):
-                        for w in T.vectorized(kc):
-                            s[r, c * kc + w] = T.if_then_else(
-                                c * kc + w < length, fast_exp(s[r, c * kc + w] - rmax[r]),
-                                T.float32(0))
-                            lane[w] = lane[w] + s[r, c * kc + w]
-                    rinv[r] = lane[0]
-                    for w in range(1, kc):
-                        rinv[r] = rinv[r] + lane[w]
-                    # rows past the sequence's end (the last tile's tail) add nothing
-                    rinv[r] = T.if_then_else(qt * mr + r < length, T.float32(1) / rinv[r],
-                                             T.float32(0))
-                for r in range(mr):
-                    for c in range(chunks):
-                        for w in T.vectorized(kc):
-                            col[c * kc + w] = col[c * kc + w] + s[r, c * kc + w] * rinv[r]
-            for j in range(length):
-                out[h, start + j] = col[j]
+                                col[c * kc + w] = col[c * kc + w] + s[r, c * kc + w] * inv[r, w]
+                for j in range(length):
+                    out[h, start + j] = col[j]
 
     return finish_kernel(func)
 
