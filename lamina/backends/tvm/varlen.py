@@ -39,12 +39,16 @@ log = logging.getLogger(__name__)
 __all__ = ["CU_SEQLENS", "FIRST_TOKEN", "POSITION_IDS", "NotPackable", "PackedGraph", "pack_model"]
 
 # Ops that act on each token independently (broadcasting only over the feature axis): they may see
-# the packed stream. Gather is checked separately (embedding tables and the pooler's first token).
+# the packed stream. Gather is checked separately (embedding tables and the pooler's first token),
+# and so are static INT8's QuantizeLinear / DequantizeLinear (per-tensor or per-feature scales; a
+# DynamicQuantizeLinear takes its range from every token of the batch, padding included, so it is
+# not row-independent and stays refused).
 _ROW_OPS = {("", op) for op in ("Add", "Sub", "Mul", "Div", "LayerNormalization", "Erf", "Tanh",
                                 "Relu", "Sigmoid", "Cast", "Identity", "Sqrt", "Pow", "Split")}
 _ROW_OPS |= {("lamina", op) for op in ("Linear", "Gelu", "LayerNorm", "PackedAttention")}
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow"}
-_SEQ_OPS = {("", op) for op in ("Gemm", "Tanh", "Add", "Mul", "Identity", "Reshape")}
+_SEQ_OPS = {("", op) for op in ("Gemm", "Tanh", "Add", "Mul", "Identity", "Reshape",
+                                 "QuantizeLinear", "DequantizeLinear", "MatMul")}
 
 # Token buckets: steps of 32 up to 256 tokens, 64 up to 512, 128 beyond (a bucket pads by less
 # than one step: a quarter of the tokens at most from 128 up).
@@ -92,6 +96,15 @@ def _const(v: ir.Value | None) -> np.ndarray | None:
     if p is not None and p.op_type == "Constant" and "value" in p.attributes:
         return p.attributes["value"].value.numpy()
     return None
+
+
+def _is_weight(v: ir.Value | None) -> bool:
+    """A constant, or the dequantization of one (a QDQ weight)."""
+    if _const(v) is not None:
+        return True
+    p = v.producer() if v is not None else None
+    return (p is not None and p.op_type == "DequantizeLinear" and _domain(p) == ""
+            and _const(p.inputs[0]) is not None)
 
 
 def _reads_input_values(v: ir.Value | None) -> bool:
@@ -241,13 +254,22 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
             seq_values.update(node.outputs)
             continue
         if any(i in seq_values for i in node.inputs if i is not None):
-            if (dom, op) not in _SEQ_OPS:
+            if (dom, op) not in _SEQ_OPS or (op == "MatMul" and not _is_weight(node.inputs[1])):
                 raise NotPackable(f"{op} {node.name!r} after the pooler is not supported packed")
             for out in node.outputs:  # one row per sequence now, not per batch row
                 if out.shape is not None and len(out.shape) >= 1:
                     out.shape = ir.Shape([seqs, *list(out.shape)[1:]])
             seq_values.update(node.outputs)
             continue
+        if dom == "" and op in ("QuantizeLinear", "DequantizeLinear"):
+            # Static INT8 (QDQ): row-independent when the scale is per tensor or per feature.
+            scale = node.inputs[1]
+            rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+            axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 1
+            per_tensor = scale is not None and scale.shape is not None and scale.shape.rank() == 0
+            if per_tensor or _const(node.inputs[0]) is not None or axis in (-1, rank - 1):
+                continue
+            raise NotPackable(f"{op} {node.name!r} quantizes along the token axis")
         if op == "Gather" or (dom, op) in _ROW_OPS:
             if dom == "" and op in _ELEMENTWISE:
                 for i in node.inputs:

@@ -2,12 +2,15 @@
 
 Real inputs are short and uneven, so a fixed-shape benchmark says little about serving them. This
 one reads sentences from ``FILE`` (one a line, in file order, the first ``--sentences``), cuts them
-into batches of ``--batch`` and times three engines on the same batches:
+into batches of ``--batch`` and times these engines on the same batches:
 
 - ``lamina``: the artifact fed each batch padded to its longest row (the runtime chooses how to run
   it: packed without padding when the artifact holds packed functions, else its fixed buckets);
 - ``ort-longest``: ONNX Runtime (``ORT_ENABLE_ALL``, the same threads) fed the same padded batches;
 - ``ort-128``: ONNX Runtime fed each batch padded to ``--pad-to`` (128), as many deployments do;
+- ``ort-int8-longest``: ONNX Runtime's dynamic INT8 of the same file (``quantize_dynamic``, what an
+  ORT user picks for INT8) fed the batches padded to their longest row; timed by default when the
+  artifact is INT8, or named in ``--engines`` (``ort-int8-dynamic`` means it here);
 - ``baseline`` (with ``--baseline ART``): another artifact fed the same batches as ``lamina`` (e.g.
   the unpruned artifact beside a token-pruned one, which runs its default length configuration).
 
@@ -33,7 +36,8 @@ import numpy as np
 
 from lamina.compiler.errors import UsageError
 
-ENGINES = ("lamina", "ort-longest", "ort-128")
+ENGINES = ("lamina", "ort-longest", "ort-128", "ort-int8-longest")
+PRECISION = {"ort-longest": "fp32", "ort-128": "fp32", "ort-int8-longest": "int8"}
 
 
 def read_sentences(path: str | Path, limit: int | None) -> list[str]:
@@ -111,8 +115,12 @@ def main(args: argparse.Namespace) -> int:
     # "onnxruntime" (in the default --engines) means both ONNX Runtime paddings; pytorch is skipped.
     wanted = []
     for e in (e.strip() for e in args.engines.split(",") if e.strip()):
-        wanted += ["ort-longest", "ort-128"] if e == "onnxruntime" else [e]
-    engines = [e for e in dict.fromkeys(wanted) if e in ENGINES] or list(ENGINES)
+        wanted += {"onnxruntime": ["ort-longest", "ort-128"],
+                   "ort-int8-dynamic": ["ort-int8-longest"]}.get(e, [e])
+    precision = {"lamina": str(manifest.get("precision") or "fp32"), **PRECISION}
+    if precision["lamina"] == "int8":
+        wanted.append("ort-int8-longest")  # an INT8 artifact against ONNX Runtime's INT8 too
+    engines = [e for e in dict.fromkeys(wanted) if e in ENGINES] or list(ENGINES[:3])
     if "lamina" not in engines:
         engines.insert(0, "lamina")
     if getattr(args, "baseline", None):
@@ -127,6 +135,14 @@ def main(args: argparse.Namespace) -> int:
             "ort-128": (onnx_path, feeds["fixed"]),
             "baseline": (str(getattr(args, "baseline", "") or ""), feeds["longest"]),
         }
+        if "baseline" in engines:
+            _, base_manifest = read_manifest(Path(src["baseline"][0]))
+            precision["baseline"] = str(base_manifest.get("precision") or "fp32")
+        if "ort-int8-longest" in engines:
+            from lamina.compiler.driver.bench_peers import prepare
+
+            src["ort-int8-longest"] = (prepare("ort-int8-dynamic", onnx_path, Path(tmp), []),
+                                       feeds["longest"])
         passes: dict[str, list[float]] = {e: [] for e in engines}
         round_med: dict[str, list[float]] = {e: [] for e in engines}
         # Every engine in its own process, started once and kept waiting on stdin; passes alternate
@@ -175,7 +191,8 @@ def main(args: argparse.Namespace) -> int:
     results = {}
     for engine, lat in passes.items():
         med = float(np.median(lat))
-        results[engine] = {"pass_ms": med, "sentences_per_s": n * 1e3 / med, "passes": len(lat)}
+        results[engine] = {"pass_ms": med, "sentences_per_s": n * 1e3 / med, "passes": len(lat),
+                           "precision": precision[engine]}
     base = results["lamina"]["pass_ms"]
     for engine, res in results.items():
         res["lamina_speedup"] = res["pass_ms"] / base
@@ -209,14 +226,15 @@ def main(args: argparse.Namespace) -> int:
         f"({100 * report['tokens_fixed']['padding_fraction']:.0f}% padding)"
     )
     print(
-        f"{'engine':<12} {'pass ms':>9} {'sent/s':>9} {'lamina speedup':>15} "
+        f"{'engine':<17} {'precision':<9} {'pass ms':>9} {'sent/s':>9} {'lamina speedup':>15} "
         f"{'by round: median [range]':>26}"
     )
     for engine, res in results.items():
         rr = res["round_speedups"]
         print(
-            f"{engine:<12} {res['pass_ms']:9.1f} {res['sentences_per_s']:9.1f} "
-            f"{res['lamina_speedup']:14.2f}x {np.median(rr):17.2f}x [{min(rr):.2f}-{max(rr):.2f}]"
+            f"{engine:<17} {res['precision']:<9} {res['pass_ms']:9.1f} "
+            f"{res['sentences_per_s']:9.1f} {res['lamina_speedup']:14.2f}x "
+            f"{np.median(rr):17.2f}x [{min(rr):.2f}-{max(rr):.2f}]"
         )
     return 0
 

@@ -156,3 +156,36 @@ def test_cli_packed_bad_value_is_one_line(value: str) -> None:
     with pytest.raises(UsageError, match="--packed"):
         _parse_packed(value)
     assert _parse_packed("auto") is True and _parse_packed("128,64") == [64, 128]
+
+
+@pytest.mark.slow
+def test_packed_int8_artifact_runs_padding_free(tiny_bert: Path, tmp_path: Path) -> None:
+    """Static INT8 (QDQ, calibrated scales) is row-independent, so an INT8 artifact packs too: the
+    packed run agrees with the same artifact's fixed bucket at every real token (their attention
+    precision may differ: BF16 in fixed buckets where the target has it, fp32 when packed)."""
+    from lamina.backends.tvm import load
+    from lamina.compiler.driver.cli import main
+    from lamina.zoo import make_inputs
+
+    np.savez(tmp_path / "calib.npz", **make_inputs(tiny_bert, 32, 16))
+    out = tmp_path / "int8.lamina"
+    assert main(["compile", str(tiny_bert), "-o", str(out), "--buckets", "4x32", "--packed",
+                 "32,64", "--packed-seqs", "4", "--quantize", "int8", "--calibration",
+                 str(tmp_path / "calib.npz"), "--calibration-size", "32", "--target-cos",
+                 "0.9"]) == 0
+    m = load(out, threads=1)
+    lens = [9, 2, 30, 17]
+    batch, seq = len(lens), max(lens)
+    ids = np.random.default_rng(2).integers(1, 1000, (batch, seq)).astype(np.int64)
+    mask = (np.arange(seq)[None, :] < np.array(lens)[:, None]).astype(np.int64)
+    ids *= mask
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    got = m.run(feeds)["last_hidden_state"]
+    assert m.last_plan == "packed 64"
+    real = mask.astype(bool)
+    assert not got[~real].any()
+    with m._slot():
+        padded = m._run_bucket(feeds, (4, 32), batch, seq)["last_hidden_state"]
+    a, b = got[real], padded[real]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.99, cos.min()
