@@ -12,8 +12,10 @@ which is the fused kernel of :mod:`.attention` with the key-padding mask implied
 equal, for every real token, to running that kernel on the batch padded to its longest row. Rows of
 ``X`` outside every sequence (a token bucket's tail) are left unwritten in ``O``. Schedule::
 
-    parallel for (b, h):                               # one task per sequence and head
-      L = cu[b + 1] - cu[b]; skip if 0                # unused sequence slots allocate nothing
+    n = sequences in use (the unused slots at the end of cu repeat its last offset)
+    parallel for chunk in 4 x threads:                # scratch allocated once per chunk
+     for (b, h) in every (4 x threads)-th task of n x heads:   # one task per sequence and head
+      L = cu[b + 1] - cu[b]
       keys in chunks of one vector (kc = 16 on AVX-512), ceil(L / kc) chunks
       Kt[d, chunks * kc] = K[b, :, h, :]^T            # once per task
       bias[j] = 0 for j < L, fill beyond              # masks the chunks' tail keys
@@ -23,9 +25,10 @@ equal, for every real token, to running that kernel on the batch padded to its l
         acc[mr, d] = P @ V[b, :L, h, :]               # mr x d accumulators in registers
         O[tile rows < L, h, :] = acc / rowsum
 
-The bias, the lane butterflies and skipping unused slots made the kernel 1.8x faster than per-lane
-masks, zero-filled keys and scalar lane reductions (MiniLM, 8 real sentences in a 320-token
-stream: 479 -> 263 us a layer, Zen5, 2 threads).
+The bias, the lane butterflies and the chunks made the kernel 2.6x faster than per-lane masks,
+zero-filled keys, scalar lane reductions and one task (with its scratch allocation) per sequence
+slot and head, used or not (MiniLM, 8 real sentences in a 320-token stream of a 32-slot function:
+479 -> 185 us a layer, Zen5, 2 threads).
 
 Loop bounds come from ``cu`` at run time, so one compiled function serves every mix of lengths that
 fits its token count; only the token count ``T``, the sequence capacity and the longest sequence
@@ -43,7 +46,9 @@ from tvm.script import tirx as T
 from lamina.compiler.ir.ops.attention import MASK_FILL
 
 from .common import finish_kernel
-from .isa import isa_of, lanes
+from .isa import isa_of, lanes, num_threads
+
+CHUNKS_PER_THREAD = 4
 
 
 def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -86,13 +91,16 @@ class _Tiles:
     """What both kernels share: the task's scratch, its K^T and key bias, and a query tile's
     scores and softmax (TVMScript macros over the shapes of one kernel)."""
 
-    def __init__(self, tokens: int, heads: int, d: int, max_len: int, scale: float,
+    def __init__(self, tokens: int, seqs: int, heads: int, d: int, max_len: int, scale: float,
                  target: tvm.target.Target) -> None:
         isa = isa_of(target)
         kc = lanes(isa)                   # keys per chunk: one vector
         mr = 8 if isa == "avx512" else 4  # queries per tile: mr x d PV accumulators in registers
         self.kc, self.mr = kc, mr
         self.smax = -(-max_len // kc) * kc
+        # Parallel chunks, each allocating its scratch once and taking every chunks-th task:
+        # a few per thread, so a thread that finishes early takes over.
+        self.chunks = CHUNKS_PER_THREAD * num_threads(target)
         hid = heads * d
         sc = float(scale)
         fill = MASK_FILL
@@ -145,35 +153,46 @@ class _Tiles:
             for r in T.unroll(mr):
                 inv[r, vec] = _butterfly(inv[r, vec], kc, _add)
 
-        self.keys, self.softmax_tile = keys, softmax_tile
+        @T.macro
+        def used_seqs(cu, nseq):
+            # Sequences in use: the unused slots at the end repeat the last offset.
+            nseq[0] = 0
+            for b in range(seqs):
+                if cu[b + 1] > cu[b]:
+                    nseq[0] = b + 1
+
+        self.keys, self.softmax_tile, self.used_seqs = keys, softmax_tile, used_seqs
 
 
 def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
                             scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
     """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, O[tokens, h*d])``; every sequence must be
     at most ``max_len`` tokens long (the caller guarantees it: the runtime packs no longer row)."""
-    tiles = _Tiles(tokens, heads, d, max_len, scale, target)
-    keys, softmax_tile = tiles.keys, tiles.softmax_tile
-    kc, mr, smax = tiles.kc, tiles.mr, tiles.smax
+    tiles = _Tiles(tokens, seqs, heads, d, max_len, scale, target)
+    keys, softmax_tile, used_seqs = tiles.keys, tiles.softmax_tile, tiles.used_seqs
+    kc, mr, smax, nt = tiles.kc, tiles.mr, tiles.smax, tiles.chunks
     hid = heads * d
 
     @T.prim_func(private=True)
     def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
              o: T.Buffer((tokens, hid), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for task in T.parallel(seqs * heads):
-            b = task // heads
-            h = task % heads
-            start = cu[b]
-            length = cu[b + 1] - start
-            if length > 0:  # unused sequence slots cost no scratch
-                kt = T.decl_buffer((d, smax), "float32")
-                bias = T.decl_buffer((smax,), "float32")
-                s = T.decl_buffer((mr, smax), "float32")
-                acc = T.decl_buffer((mr, kc), "float32", scope="local")
-                oacc = T.decl_buffer((mr, d), "float32", scope="local")
-                red = T.decl_buffer((mr, kc), "float32", scope="local")
-                inv = T.decl_buffer((mr, kc), "float32", scope="local")
+        nseq = T.decl_buffer((1,), "int32", scope="local")
+        used_seqs(cu, nseq)
+        for t in T.parallel(nt):
+            kt = T.decl_buffer((d, smax), "float32")
+            bias = T.decl_buffer((smax,), "float32")
+            s = T.decl_buffer((mr, smax), "float32")
+            acc = T.decl_buffer((mr, kc), "float32", scope="local")
+            oacc = T.decl_buffer((mr, d), "float32", scope="local")
+            red = T.decl_buffer((mr, kc), "float32", scope="local")
+            inv = T.decl_buffer((mr, kc), "float32", scope="local")
+            for i in range((nseq[0] * heads - t + nt - 1) // nt):
+                task = t + i * nt
+                b = task // heads
+                h = task % heads
+                start = cu[b]
+                length = cu[b + 1] - start
                 chunks = (length + kc - 1) // kc
                 keys(x, kt, bias, start, length, chunks, h)
                 for qt in range((length + mr - 1) // mr):
@@ -238,28 +257,31 @@ def varlen_received_attention_kernel(tokens: int, seqs: int, heads: int, d: int,
     The score and softmax loops are those of :func:`varlen_attention_kernel`; instead of ``P @ V``
     each task adds its rows of ``P`` (normalised) into a column accumulator. Tasks own disjoint
     ``(head, sequence)`` slices of ``R``; columns outside every sequence are left unwritten."""
-    tiles = _Tiles(tokens, heads, d, max_len, scale, target)
-    keys, softmax_tile = tiles.keys, tiles.softmax_tile
-    kc, mr, smax = tiles.kc, tiles.mr, tiles.smax
+    tiles = _Tiles(tokens, seqs, heads, d, max_len, scale, target)
+    keys, softmax_tile, used_seqs = tiles.keys, tiles.softmax_tile, tiles.used_seqs
+    kc, mr, smax, nt = tiles.kc, tiles.mr, tiles.smax, tiles.chunks
     hid = heads * d
 
     @T.prim_func(private=True)
     def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
              out: T.Buffer((heads, tokens), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for task in T.parallel(seqs * heads):
-            b = task // heads
-            h = task % heads
-            start = cu[b]
-            length = cu[b + 1] - start
-            if length > 0:
-                kt = T.decl_buffer((d, smax), "float32")
-                bias = T.decl_buffer((smax,), "float32")
-                s = T.decl_buffer((mr, smax), "float32")
-                col = T.decl_buffer((smax,), "float32")
-                acc = T.decl_buffer((mr, kc), "float32", scope="local")
-                red = T.decl_buffer((mr, kc), "float32", scope="local")
-                inv = T.decl_buffer((mr, kc), "float32", scope="local")
+        nseq = T.decl_buffer((1,), "int32", scope="local")
+        used_seqs(cu, nseq)
+        for t in T.parallel(nt):
+            kt = T.decl_buffer((d, smax), "float32")
+            bias = T.decl_buffer((smax,), "float32")
+            s = T.decl_buffer((mr, smax), "float32")
+            col = T.decl_buffer((smax,), "float32")
+            acc = T.decl_buffer((mr, kc), "float32", scope="local")
+            red = T.decl_buffer((mr, kc), "float32", scope="local")
+            inv = T.decl_buffer((mr, kc), "float32", scope="local")
+            for i in range((nseq[0] * heads - t + nt - 1) // nt):
+                task = t + i * nt
+                b = task // heads
+                h = task % heads
+                start = cu[b]
+                length = cu[b + 1] - start
                 chunks = (length + kc - 1) // kc
                 keys(x, kt, bias, start, length, chunks, h)
                 for c in range(chunks):
