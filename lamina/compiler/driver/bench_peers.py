@@ -23,7 +23,8 @@ NNCF are the ``openvino`` extra of the package (``pip install lamina[openvino]``
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ def _need(module: str, extra: str) -> Any:
         raise UsageError(f"engine needs {module!r}: pip install 'lamina[{extra}]'") from e
 
 
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def prepare(engine: str, onnx_path: str, tmp: Path, calibration: list[dict[str, np.ndarray]]
             ) -> str:
     """The model file ``engine`` runs (quantized into ``tmp`` when the engine quantizes)."""
@@ -64,7 +76,8 @@ def prepare(engine: str, onnx_path: str, tmp: Path, calibration: list[dict[str, 
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         out = tmp / "ort_int8_dynamic.onnx"
-        quantize_dynamic(onnx_path, str(out), weight_type=QuantType.QInt8)
+        with _quiet_root_logger():  # its advice to pre-process the model, on every call
+            quantize_dynamic(onnx_path, str(out), weight_type=QuantType.QInt8)
         return str(out)
     if engine == "ort-int8-qdq":
         from onnxruntime.quantization import (
