@@ -43,3 +43,15 @@ def test_batches_in_order_padded_to_longest_and_to_fixed() -> None:
     s1, s2 = token_stats(longest), token_stats(fixed)
     assert s1["real_tokens"] == s2["real_tokens"] and s1["padded_tokens"] < s2["padded_tokens"]
     assert 0 < s1["padding_fraction"] < s2["padding_fraction"] < 1
+
+
+def test_select_engines() -> None:
+    from lamina.compiler.driver.bench_text import select_engines
+
+    default = "lamina,onnxruntime,pytorch"
+    assert select_engines(default, "fp32") == ["lamina", "ort-longest", "ort-128"]
+    assert select_engines(default, "int8") == ["lamina", "ort-longest", "ort-128",
+                                               "ort-int8-longest"]
+    assert select_engines("lamina,ort-int8-dynamic", "fp32") == ["lamina", "ort-int8-longest"]
+    assert select_engines("ort-128", "int8") == ["lamina", "ort-128"]
+    assert select_engines("pytorch", "fp32") == ["lamina", "ort-longest", "ort-128"]

@@ -266,7 +266,8 @@ def pack_model(model: ir.Model, tokens: int, seqs: int, max_len: int | None = No
             scale = node.inputs[1]
             rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
             axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 1
-            per_tensor = scale is not None and scale.shape is not None and scale.shape.rank() == 0
+            per_tensor = (scale is not None and scale.shape is not None
+                          and all(d == 1 for d in scale.shape))
             if per_tensor or _const(node.inputs[0]) is not None or axis in (-1, rank - 1):
                 continue
             raise NotPackable(f"{op} {node.name!r} quantizes along the token axis")

@@ -40,6 +40,23 @@ ENGINES = ("lamina", "ort-longest", "ort-128", "ort-int8-longest")
 PRECISION = {"ort-longest": "fp32", "ort-128": "fp32", "ort-int8-longest": "int8"}
 
 
+def select_engines(requested: str, precision: str) -> list[str]:
+    """The engines to time for ``--engines`` (comma-separated), Lamina first: ``onnxruntime`` (in
+    the default) means both ONNX Runtime paddings, and ONNX Runtime's dynamic INT8 as well when the
+    artifact is INT8; ``ort-int8-dynamic`` means ``ort-int8-longest``; engines this benchmark does
+    not run (pytorch, the fixed-shape peers) are skipped."""
+    wanted = ["lamina"]
+    for e in (e.strip() for e in requested.split(",") if e.strip()):
+        if e == "onnxruntime":
+            wanted += ["ort-longest", "ort-128"]
+            if precision == "int8":
+                wanted.append("ort-int8-longest")
+        else:
+            wanted.append({"ort-int8-dynamic": "ort-int8-longest"}.get(e, e))
+    engines = [e for e in dict.fromkeys(wanted) if e in ENGINES]
+    return engines if len(engines) > 1 else list(ENGINES[:3])
+
+
 def read_sentences(path: str | Path, limit: int | None) -> list[str]:
     p = Path(path)
     if not p.is_file():
@@ -112,17 +129,8 @@ def main(args: argparse.Namespace) -> int:
     pad_to = args.pad_to
     longest = make_batches(sentences, args.batch, tok, names, None, pad_to)
     fixed = make_batches(sentences, args.batch, tok, names, pad_to, pad_to)
-    # "onnxruntime" (in the default --engines) means both ONNX Runtime paddings; pytorch is skipped.
-    wanted = []
-    for e in (e.strip() for e in args.engines.split(",") if e.strip()):
-        wanted += {"onnxruntime": ["ort-longest", "ort-128"],
-                   "ort-int8-dynamic": ["ort-int8-longest"]}.get(e, [e])
     precision = {"lamina": str(manifest.get("precision") or "fp32"), **PRECISION}
-    if precision["lamina"] == "int8":
-        wanted.append("ort-int8-longest")  # an INT8 artifact against ONNX Runtime's INT8 too
-    engines = [e for e in dict.fromkeys(wanted) if e in ENGINES] or list(ENGINES[:3])
-    if "lamina" not in engines:
-        engines.insert(0, "lamina")
+    engines = select_engines(args.engines, precision["lamina"])
     if getattr(args, "baseline", None):
         engines.insert(1, "baseline")
     with tempfile.TemporaryDirectory(prefix="lamina-bench-text-") as tmp:
