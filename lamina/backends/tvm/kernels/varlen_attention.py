@@ -17,7 +17,7 @@ equal, for every real token, to running that kernel on the batch padded to its l
      for (b, h) in every (4 x threads)-th task of n x heads:   # one task per sequence and head
       L = cu[b + 1] - cu[b]
       keys in chunks of one vector (kc = 16 on AVX-512), ceil(L / kc) chunks
-      Kt[d, chunks * kc] = K[b, :, h, :]^T            # once per task
+      Kt[d, chunks * kc] = K[b, :, h, :]^T            # once per task; 16 x 16 shuffle blocks
       bias[j] = 0 for j < L, fill beyond              # masks the chunks' tail keys
       for each tile of mr queries (8 on AVX-512, 4 elsewhere):
         S[mr, chunk] = Q[tile] @ Kt[:, chunk] * scale + bias   # mr x kc accumulators in registers
@@ -25,10 +25,10 @@ equal, for every real token, to running that kernel on the batch padded to its l
         acc[mr, d] = P @ V[b, :L, h, :]               # mr x d accumulators in registers
         O[tile rows < L, h, :] = acc / rowsum
 
-The bias, the lane butterflies and the chunks made the kernel 2.6x faster than per-lane masks,
-zero-filled keys, scalar lane reductions and one task (with its scratch allocation) per sequence
-slot and head, used or not (MiniLM, 8 real sentences in a 320-token stream of a 32-slot function:
-479 -> 185 us a layer, Zen5, 2 threads).
+The bias, the lane butterflies, the chunks and the shuffle transposition made the kernel 2.9x
+faster than per-lane masks, zero-filled keys, scalar lane reductions, scalar transposition and one
+task (with its scratch allocation) per sequence slot and head, used or not (MiniLM, 8 real
+sentences in a 320-token stream of a 32-slot function: 479 -> 163 us a layer, Zen5, 2 threads).
 
 Loop bounds come from ``cu`` at run time, so one compiled function serves every mix of lengths that
 fits its token count; only the token count ``T``, the sequence capacity and the longest sequence
@@ -47,8 +47,12 @@ from lamina.compiler.ir.ops.attention import MASK_FILL
 
 from .common import finish_kernel
 from .isa import isa_of, lanes, num_threads
+from .quantize import _unpack16
 
 CHUNKS_PER_THREAD = 4
+# Interleaves of two 16-lane vectors in runs of 1, 2, 4 and 8 lanes (x86's unpacks at full width):
+# four rounds over rows fed in bit-reversed order transpose a 16 x 16 block.
+_L1, _L2, _L4, _L8 = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
 
 
 def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -105,14 +109,41 @@ class _Tiles:
         sc = float(scale)
         fill = MASK_FILL
         vec = T.ramp(0, 1, kc)
+        blocked = kc == 16 and d % 16 == 0
 
         @T.macro
         def keys(x, kt, bias, start, length, chunks, h):
             # K^T in whole chunks (keys past the end read a neighbour's finite rows, which the
             # bias masks) and the key bias: 0 on the sequence, fill past it.
-            for j in range(chunks * kc):
-                for e in range(d):
-                    kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
+            if blocked:
+                # 16 x 16 blocks: 16 key rows loaded as vectors (in bit-reversed order), four
+                # rounds of interleaves (:mod:`.attention_bf16`'s network, on floats), 16 stores.
+                ta = T.decl_buffer((16, kc), "float32", scope="local")
+                tb = T.decl_buffer((16, kc), "float32", scope="local")
+                for c in range(chunks):
+                    for eb in range(d // 16):
+                        for r in T.unroll(16):
+                            ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
+                               vec] = x[T.min(start + c * 16 + r, tokens - 1),
+                                        T.ramp(hid + h * d + eb * 16, 1, 16)]
+                        for i in T.unroll(8):
+                            tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[0])
+                            tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[1])
+                        for i in T.unroll(8):
+                            ta[2 * i, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[0])
+                            ta[2 * i + 1, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[1])
+                        for i in T.unroll(8):
+                            tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[0])
+                            tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[1])
+                        for i in T.unroll(8):
+                            kt[eb * 16 + 2 * i, T.ramp(c * 16, 1, 16)] = T.Shuffle(
+                                [tb[i, vec], tb[i + 8, vec]], _L8[0])
+                            kt[eb * 16 + 2 * i + 1, T.ramp(c * 16, 1, 16)] = T.Shuffle(
+                                [tb[i, vec], tb[i + 8, vec]], _L8[1])
+            else:
+                for j in range(chunks * kc):
+                    for e in range(d):
+                        kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
             for c in range(chunks):
                 for w in T.vectorized(kc):
                     bias[c * kc + w] = T.Select(c * kc + w < length, T.float32(0),
