@@ -43,8 +43,7 @@ from tvm.script import tirx as T
 from .attention import emit_attention_call
 from .common import finish_kernel, keep_params, root_block
 from .dense_bf16 import DPBF16PS, DPBF16PS_IR, _bf16_bits
-from .quantize import _unpack16
-from .varlen_attention import fast_exp
+from .varlen_attention import _L1, _L2, _L4, _L8, fast_exp
 
 L = 16  # fp32 lanes of a zmm
 def fits(sq: int, skv: int, d: int) -> bool:
@@ -71,10 +70,9 @@ def _bf16(x: tirx.PrimExpr) -> tirx.PrimExpr:
 
 # Lane permutations of a butterfly reduction: lane i with lane i ^ 8, ^ 4, ^ 2, ^ 1.
 _XOR = [[i ^ x for i in range(L)] for x in (8, 4, 2, 1)]
-# Interleaves of two 16-word vectors in runs of 1, 2, 4 and 8 words (x86's unpacks at full width):
-# four rounds over rows fed in bit-reversed order transpose a 16 x 16 block of words (the byte
-# transpose of ``quantize.quantize_transposed_kernel``, one level of granularity per round).
-_L1, _L2, _L4, _L8 = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
+# _L1 .. _L8 (from varlen_attention): the interleaves whose four rounds transpose a 16 x 16 block
+# of words, here the int32 pairs of bf16 head dims (the byte transpose of
+# ``quantize.quantize_transposed_kernel``, one level of granularity per round).
 
 
 def _add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:

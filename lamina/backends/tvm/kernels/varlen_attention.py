@@ -51,7 +51,8 @@ from .quantize import _unpack16
 
 CHUNKS_PER_THREAD = 4
 # Interleaves of two 16-lane vectors in runs of 1, 2, 4 and 8 lanes (x86's unpacks at full width):
-# four rounds over rows fed in bit-reversed order transpose a 16 x 16 block.
+# four rounds over rows fed in bit-reversed order transpose a 16 x 16 block of 32-bit lanes (also
+# :mod:`.attention_bf16`'s K transposition).
 _L1, _L2, _L4, _L8 = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
 
 
