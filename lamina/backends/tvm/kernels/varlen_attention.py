@@ -92,122 +92,109 @@ def _add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
     return a + b
 
 
-class _Tiles:
-    """What both kernels share: the task's scratch, its K^T and key bias, and a query tile's
-    scores and softmax (TVMScript macros over the shapes of one kernel)."""
-
-    def __init__(self, tokens: int, seqs: int, heads: int, d: int, max_len: int, scale: float,
-                 target: tvm.target.Target) -> None:
-        isa = isa_of(target)
-        kc = lanes(isa)                   # keys per chunk: one vector
-        mr = 8 if isa == "avx512" else 4  # queries per tile: mr x d PV accumulators in registers
-        self.kc, self.mr = kc, mr
-        self.smax = -(-max_len // kc) * kc
-        # Parallel chunks, each allocating its scratch once and taking every chunks-th task:
-        # a few per thread, so a thread that finishes early takes over.
-        self.chunks = CHUNKS_PER_THREAD * num_threads(target)
-        hid = heads * d
-        sc = float(scale)
-        fill = MASK_FILL
-        vec = T.ramp(0, 1, kc)
-        blocked = kc == 16 and d % 16 == 0
-
-        @T.macro
-        def keys(x, kt, bias, start, length, chunks, h):
-            # K^T in whole chunks (keys past the end read a neighbour's finite rows, which the
-            # bias masks) and the key bias: 0 on the sequence, fill past it.
-            if blocked:
-                # 16 x 16 blocks: 16 key rows loaded as vectors (in bit-reversed order), four
-                # rounds of interleaves (:mod:`.attention_bf16`'s network, on floats), 16 stores.
-                ta = T.decl_buffer((16, kc), "float32", scope="local")
-                tb = T.decl_buffer((16, kc), "float32", scope="local")
-                for c in range(chunks):
-                    for eb in range(d // 16):
-                        for r in T.unroll(16):
-                            ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
-                               vec] = x[T.min(start + c * 16 + r, tokens - 1),
-                                        T.ramp(hid + h * d + eb * 16, 1, 16)]
-                        for i in T.unroll(8):
-                            tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[0])
-                            tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[1])
-                        for i in T.unroll(8):
-                            ta[2 * i, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[0])
-                            ta[2 * i + 1, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[1])
-                        for i in T.unroll(8):
-                            tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[0])
-                            tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[1])
-                        for i in T.unroll(8):
-                            kt[eb * 16 + 2 * i, T.ramp(c * 16, 1, 16)] = T.Shuffle(
-                                [tb[i, vec], tb[i + 8, vec]], _L8[0])
-                            kt[eb * 16 + 2 * i + 1, T.ramp(c * 16, 1, 16)] = T.Shuffle(
-                                [tb[i, vec], tb[i + 8, vec]], _L8[1])
-            else:
-                for j in range(chunks * kc):
-                    for e in range(d):
-                        kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
-            for c in range(chunks):
-                for w in T.vectorized(kc):
-                    bias[c * kc + w] = T.Select(c * kc + w < length, T.float32(0),
-                                                T.float32(fill))
-
-        @T.macro
-        def softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h):
-            # Scores of the tile's queries, one key chunk at a time, and their running maxima on
-            # the lanes.
-            for r in T.unroll(mr):
-                for w in T.vectorized(kc):
-                    red[r, w] = T.float32(fill)
-            for c in range(chunks):
-                for r in T.unroll(mr):
-                    for w in T.vectorized(kc):
-                        acc[r, w] = T.float32(0)
-                for e in range(d):
-                    for r in T.unroll(mr):
-                        for w in T.vectorized(kc):
-                            acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
-                                                      h * d + e] * kt[e, c * kc + w]
-                for r in T.unroll(mr):
-                    for w in T.vectorized(kc):
-                        s[r, c * kc + w] = acc[r, w] * T.float32(sc) + bias[c * kc + w]
-                        red[r, w] = T.max(red[r, w], s[r, c * kc + w])
-            # Row maxima across the lanes (butterflies), exp (masked keys give exactly 0), row
-            # sums on the lanes, then across them: every lane of inv[r] holds row r's sum.
-            for r in T.unroll(mr):
-                red[r, vec] = _butterfly(red[r, vec], kc, T.max)
-            for r in T.unroll(mr):
-                for w in T.vectorized(kc):
-                    inv[r, w] = T.float32(0)
-            for c in range(chunks):
-                for r in T.unroll(mr):
-                    for w in T.vectorized(kc):
-                        s[r, c * kc + w] = fast_exp(s[r, c * kc + w] - red[r, w])
-                        inv[r, w] = inv[r, w] + s[r, c * kc + w]
-            for r in T.unroll(mr):
-                inv[r, vec] = _butterfly(inv[r, vec], kc, _add)
-
-        @T.macro
-        def used_seqs(cu, nseq):
-            # Sequences in use: the unused slots at the end repeat the last offset.
-            nseq[0] = 0
-            for b in range(seqs):
-                if cu[b + 1] > cu[b]:
-                    nseq[0] = b + 1
-
-        self.keys, self.softmax_tile, self.used_seqs = keys, softmax_tile, used_seqs
-
-
-def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
-                            scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
-    """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, O[tokens, h*d])``; every sequence must be
-    at most ``max_len`` tokens long (the caller guarantees it: the runtime packs no longer row)."""
-    tiles = _Tiles(tokens, seqs, heads, d, max_len, scale, target)
-    keys, softmax_tile, used_seqs = tiles.keys, tiles.softmax_tile, tiles.used_seqs
-    kc, mr, smax, nt = tiles.kc, tiles.mr, tiles.smax, tiles.chunks
+def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, scale: float,
+                   target: tvm.target.Target, received: bool) -> tirx.PrimFunc:
+    """:func:`varlen_attention_kernel` (``received`` False) or
+    :func:`varlen_received_attention_kernel` (True): the same tasks, keys and softmax; the output
+    is ``P @ V`` or ``P``'s column sums."""
+    isa = isa_of(target)
+    kc = lanes(isa)                   # keys per chunk: one vector
+    mr = 8 if isa == "avx512" else 4  # queries per tile: mr x d PV accumulators in registers
+    smax = -(-max_len // kc) * kc
+    # Parallel chunks, each allocating its scratch once and taking every nt-th task: a few per
+    # thread, so a thread that finishes early takes over.
+    nt = CHUNKS_PER_THREAD * num_threads(target)
     hid = heads * d
+    sc = float(scale)
+    fill = MASK_FILL
+    vec = T.ramp(0, 1, kc)
+    blocked = kc == 16 and d % 16 == 0
+    out_shape = (heads, tokens) if received else (tokens, hid)
+
+    @T.macro
+    def keys(x, kt, bias, start, length, chunks, h):
+        # K^T in whole chunks (keys past the end read a neighbour's finite rows, which the
+        # bias masks) and the key bias: 0 on the sequence, fill past it.
+        if blocked:
+            # 16 x 16 blocks: 16 key rows loaded as vectors (in bit-reversed order), four
+            # rounds of interleaves (:mod:`.attention_bf16`'s network, on floats), 16 stores.
+            ta = T.decl_buffer((16, kc), "float32", scope="local")
+            tb = T.decl_buffer((16, kc), "float32", scope="local")
+            for c in range(chunks):
+                for eb in range(d // 16):
+                    for r in T.unroll(16):
+                        ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
+                           vec] = x[T.min(start + c * 16 + r, tokens - 1),
+                                    T.ramp(hid + h * d + eb * 16, 1, 16)]
+                    for i in T.unroll(8):
+                        tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[0])
+                        tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[1])
+                    for i in T.unroll(8):
+                        ta[2 * i, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[0])
+                        ta[2 * i + 1, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[1])
+                    for i in T.unroll(8):
+                        tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[0])
+                        tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[1])
+                    for i in T.unroll(8):
+                        kt[eb * 16 + 2 * i, T.ramp(c * 16, 1, 16)] = T.Shuffle(
+                            [tb[i, vec], tb[i + 8, vec]], _L8[0])
+                        kt[eb * 16 + 2 * i + 1, T.ramp(c * 16, 1, 16)] = T.Shuffle(
+                            [tb[i, vec], tb[i + 8, vec]], _L8[1])
+        else:
+            for j in range(chunks * kc):
+                for e in range(d):
+                    kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
+        for c in range(chunks):
+            for w in T.vectorized(kc):
+                bias[c * kc + w] = T.Select(c * kc + w < length, T.float32(0),
+                                            T.float32(fill))
+
+    @T.macro
+    def softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h):
+        # Scores of the tile's queries, one key chunk at a time, and their running maxima on
+        # the lanes.
+        for r in T.unroll(mr):
+            for w in T.vectorized(kc):
+                red[r, w] = T.float32(fill)
+        for c in range(chunks):
+            for r in T.unroll(mr):
+                for w in T.vectorized(kc):
+                    acc[r, w] = T.float32(0)
+            for e in range(d):
+                for r in T.unroll(mr):
+                    for w in T.vectorized(kc):
+                        acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
+                                                  h * d + e] * kt[e, c * kc + w]
+            for r in T.unroll(mr):
+                for w in T.vectorized(kc):
+                    s[r, c * kc + w] = acc[r, w] * T.float32(sc) + bias[c * kc + w]
+                    red[r, w] = T.max(red[r, w], s[r, c * kc + w])
+        # Row maxima across the lanes (butterflies), exp (masked keys give exactly 0), row
+        # sums on the lanes, then across them: every lane of inv[r] holds row r's sum.
+        for r in T.unroll(mr):
+            red[r, vec] = _butterfly(red[r, vec], kc, T.max)
+        for r in T.unroll(mr):
+            for w in T.vectorized(kc):
+                inv[r, w] = T.float32(0)
+        for c in range(chunks):
+            for r in T.unroll(mr):
+                for w in T.vectorized(kc):
+                    s[r, c * kc + w] = fast_exp(s[r, c * kc + w] - red[r, w])
+                    inv[r, w] = inv[r, w] + s[r, c * kc + w]
+        for r in T.unroll(mr):
+            inv[r, vec] = _butterfly(inv[r, vec], kc, _add)
+
+    @T.macro
+    def used_seqs(cu, nseq):
+        # Sequences in use: the unused slots at the end repeat the last offset.
+        nseq[0] = 0
+        for b in range(seqs):
+            if cu[b + 1] > cu[b]:
+                nseq[0] = b + 1
 
     @T.prim_func(private=True)
     def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
-             o: T.Buffer((tokens, hid), "float32")):
+             o: T.Buffer(out_shape, "float32")):
         T.func_attr({"tirx.noalias": True})
         nseq = T.decl_buffer((1,), "int32", scope="local")
         used_seqs(cu, nseq)
@@ -215,6 +202,7 @@ def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len:
             kt = T.decl_buffer((d, smax), "float32")
             bias = T.decl_buffer((smax,), "float32")
             s = T.decl_buffer((mr, smax), "float32")
+            col = T.decl_buffer((smax,), "float32")
             acc = T.decl_buffer((mr, kc), "float32", scope="local")
             oacc = T.decl_buffer((mr, d), "float32", scope="local")
             red = T.decl_buffer((mr, kc), "float32", scope="local")
@@ -227,23 +215,49 @@ def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len:
                 length = cu[b + 1] - start
                 chunks = (length + kc - 1) // kc
                 keys(x, kt, bias, start, length, chunks, h)
+                if received:
+                    for c in range(chunks):
+                        for w in T.vectorized(kc):
+                            col[c * kc + w] = T.float32(0)
                 for qt in range((length + mr - 1) // mr):
                     softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h)
-                    # P @ V over the sequence's keys.
-                    for r in T.unroll(mr):
-                        for e in T.vectorized(d):
-                            oacc[r, e] = T.float32(0)
-                    for j in range(length):
+                    if received:
+                        # Rows past the sequence's end (the last tile's tail) add nothing.
+                        for r in T.unroll(mr):
+                            for w in T.vectorized(kc):
+                                inv[r, w] = T.Select(qt * mr + r < length,
+                                                     T.float32(1) / inv[r, w], T.float32(0))
+                        for c in range(chunks):
+                            for r in T.unroll(mr):
+                                for w in T.vectorized(kc):
+                                    col[c * kc + w] = (col[c * kc + w]
+                                                       + s[r, c * kc + w] * inv[r, w])
+                    else:
+                        # P @ V over the sequence's keys.
                         for r in T.unroll(mr):
                             for e in T.vectorized(d):
-                                oacc[r, e] = oacc[r, e] + s[r, j] * x[start + j,
-                                                                      2 * hid + h * d + e]
-                    for r in T.unroll(mr):
-                        if qt * mr + r < length:
-                            for e in T.vectorized(d):
-                                o[start + qt * mr + r, h * d + e] = oacc[r, e] / inv[r, 0]
+                                oacc[r, e] = T.float32(0)
+                        for j in range(length):
+                            for r in T.unroll(mr):
+                                for e in T.vectorized(d):
+                                    oacc[r, e] = oacc[r, e] + s[r, j] * x[start + j,
+                                                                          2 * hid + h * d + e]
+                        for r in T.unroll(mr):
+                            if qt * mr + r < length:
+                                for e in T.vectorized(d):
+                                    o[start + qt * mr + r, h * d + e] = oacc[r, e] / inv[r, 0]
+                if received:
+                    for j in range(length):
+                        o[h, start + j] = col[j]
 
     return finish_kernel(func)
+
+
+def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
+                            scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
+    """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, O[tokens, h*d])``; every sequence must be
+    at most ``max_len`` tokens long (the caller guarantees it: the runtime packs no longer row)."""
+    return _varlen_kernel(tokens, seqs, heads, d, max_len, scale, target, received=False)
 
 
 def varlen_attention_reference(x: np.ndarray, cu: np.ndarray, heads: int, scale: float
@@ -289,51 +303,7 @@ def varlen_received_attention_kernel(tokens: int, seqs: int, heads: int, d: int,
     The score and softmax loops are those of :func:`varlen_attention_kernel`; instead of ``P @ V``
     each task adds its rows of ``P`` (normalised) into a column accumulator. Tasks own disjoint
     ``(head, sequence)`` slices of ``R``; columns outside every sequence are left unwritten."""
-    tiles = _Tiles(tokens, seqs, heads, d, max_len, scale, target)
-    keys, softmax_tile, used_seqs = tiles.keys, tiles.softmax_tile, tiles.used_seqs
-    kc, mr, smax, nt = tiles.kc, tiles.mr, tiles.smax, tiles.chunks
-    hid = heads * d
-
-    @T.prim_func(private=True)
-    def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
-             out: T.Buffer((heads, tokens), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        nseq = T.decl_buffer((1,), "int32", scope="local")
-        used_seqs(cu, nseq)
-        for t in T.parallel(nt):
-            kt = T.decl_buffer((d, smax), "float32")
-            bias = T.decl_buffer((smax,), "float32")
-            s = T.decl_buffer((mr, smax), "float32")
-            col = T.decl_buffer((smax,), "float32")
-            acc = T.decl_buffer((mr, kc), "float32", scope="local")
-            red = T.decl_buffer((mr, kc), "float32", scope="local")
-            inv = T.decl_buffer((mr, kc), "float32", scope="local")
-            for i in range((nseq[0] * heads - t + nt - 1) // nt):
-                task = t + i * nt
-                b = task // heads
-                h = task % heads
-                start = cu[b]
-                length = cu[b + 1] - start
-                chunks = (length + kc - 1) // kc
-                keys(x, kt, bias, start, length, chunks, h)
-                for c in range(chunks):
-                    for w in T.vectorized(kc):
-                        col[c * kc + w] = T.float32(0)
-                for qt in range((length + mr - 1) // mr):
-                    softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h)
-                    # rows past the sequence's end (the last tile's tail) add nothing
-                    for r in T.unroll(mr):
-                        for w in T.vectorized(kc):
-                            inv[r, w] = T.Select(qt * mr + r < length, T.float32(1) / inv[r, w],
-                                                 T.float32(0))
-                    for c in range(chunks):
-                        for r in T.unroll(mr):
-                            for w in T.vectorized(kc):
-                                col[c * kc + w] = col[c * kc + w] + s[r, c * kc + w] * inv[r, w]
-                for j in range(length):
-                    out[h, start + j] = col[j]
-
-    return finish_kernel(func)
+    return _varlen_kernel(tokens, seqs, heads, d, max_len, scale, target, received=True)
 
 
 def varlen_received_attention_reference(x: np.ndarray, cu: np.ndarray, heads: int, scale: float
