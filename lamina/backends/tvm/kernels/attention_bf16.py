@@ -42,7 +42,7 @@ from tvm.script import tirx as T
 
 from .attention import emit_attention_call
 from .common import finish_kernel, keep_params, root_block
-from .dense_bf16 import DPBF16PS, DPBF16PS_IR, _bf16_bits
+from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vdpbf16ps
 from .varlen_attention import _L1, _L2, _L4, _L8, fast_exp
 
 L = 16  # fp32 lanes of a zmm
@@ -248,11 +248,9 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                             for e2 in range(d2):
                                 for r in T.unroll(rs):
                                     for c in T.unroll(cs):
-                                        sacc[r, T.ramp(c * L, 1, L)] = T.call_extern(
-                                            f"float32x{L}", DPBF16PS,
+                                        sacc[r, T.ramp(c * L, 1, L)] = vdpbf16ps(
                                             sacc[r, T.ramp(c * L, 1, L)],
-                                            T.broadcast(T.reinterpret("int32", qb[
-                                                rg * rs + r, T.ramp(2 * e2, 1, 2)]), L),
+                                            qb[rg * rs + r, T.ramp(2 * e2, 1, 2)],
                                             T.reinterpret("int16x32", kp[
                                                 e2, T.ramp((cg * cs + c) * L, 1, L)]))
                             for r in T.unroll(rs):
@@ -297,10 +295,8 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                     for j2 in range(s2):
                         for r in T.unroll(mr):
                             for v in T.unroll(dv):
-                                acc[r, T.ramp(v * L, 1, L)] = T.call_extern(
-                                    f"float32x{L}", DPBF16PS, acc[r, T.ramp(v * L, 1, L)],
-                                    T.broadcast(T.reinterpret("int32", pb[r, T.ramp(2 * j2, 1, 2)]),
-                                                L),
+                                acc[r, T.ramp(v * L, 1, L)] = vdpbf16ps(
+                                    acc[r, T.ramp(v * L, 1, L)], pb[r, T.ramp(2 * j2, 1, 2)],
                                     T.reinterpret("int16x32", vp[j2, T.ramp(v * L, 1, L)]))
                     for r in T.unroll(mr):
                         for e in T.vectorized(d):

@@ -87,6 +87,14 @@ attributes #0 = { alwaysinline nounwind }
 """
 
 
+def vdpbf16ps(acc: tirx.PrimExpr, pair: tirx.PrimExpr, words: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``acc`` (float32x16) + the dot products of the bf16 ``pair`` (uint16x2, broadcast to every
+    lane) with ``words`` (32 bf16 values: uint16x32 or int16x32), as one inline expression (the
+    kernel's module needs :data:`DPBF16PS_IR` imported)."""
+    return T.call_extern(f"float32x{LANES}", DPBF16PS, acc,
+                         T.broadcast(T.reinterpret("int32", pair), LANES), words)
+
+
 PREFETCH_KC = 32  # k2 steps (64 values of K) per prefetch chunk
 
 
@@ -420,11 +428,10 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                     for k2 in range(KC):
                         for i in T.unroll(mr):
                             for v in T.unroll(nv):
-                                acc[i, T.ramp(v * L, 1, L)] = T.call_extern(
-                                    f"float32x{L}", DPBF16PS, acc[i, T.ramp(v * L, 1, L)],
-                                    T.broadcast(T.reinterpret("int32", X[
-                                        task // (P * MB) * MB * mr + task % MB * mr + i,
-                                        T.ramp((kc * KC + k2) * 2, 1, 2)]), L),
+                                acc[i, T.ramp(v * L, 1, L)] = vdpbf16ps(
+                                    acc[i, T.ramp(v * L, 1, L)],
+                                    X[task // (P * MB) * MB * mr + task % MB * mr + i,
+                                      T.ramp((kc * KC + k2) * 2, 1, 2)],
                                     W[task // MB % P, kc * KC + k2, T.ramp(v * 2 * L, 1, 2 * L)])
                 for i in T.unroll(mr):
                     for c in T.vectorized(nb):

@@ -628,55 +628,38 @@ class KernelTiles:
         # instead of re-reading the JSON file each time.
         self._known: dict[tuple, Any] = {}
 
-    def dense(self, M: int, K: int, N: int, target: tvm.target.Target) -> DenseConfig:
-        key = ("dense", M, K, N, str(target))
+    def _tile(self, key: tuple, search: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``search(*args, **kwargs)`` with this database's settings, once per ``key``."""
         if key not in self._known:
-            self._known[key] = best_dense_config(M, K, N, target, cache=self.cache,
-                                                 measure=self.measure, on_search=self.on_search)
-        return self._known[key]  # type: ignore[return-value]
+            self._known[key] = search(*args, **kwargs, cache=self.cache, measure=self.measure,
+                                      on_search=self.on_search)
+        return self._known[key]
+
+    def dense(self, M: int, K: int, N: int, target: tvm.target.Target) -> DenseConfig:
+        return self._tile(("dense", M, K, N, str(target)), best_dense_config, M, K, N, target)
 
     def int8(self, M: int, K: int, N: int, target: tvm.target.Target) -> Int8Config:
-        key = ("int8", M, K, N, str(target))
-        if key not in self._known:
-            self._known[key] = best_int8_config(M, K, N, target, cache=self.cache,
-                                                measure=self.measure, on_search=self.on_search)
-        return self._known[key]  # type: ignore[return-value]
+        return self._tile(("int8", M, K, N, str(target)), best_int8_config, M, K, N, target)
 
     def bf16(self, M: int, K: int, N: int, target: tvm.target.Target) -> Bf16Config:
-        key = ("bf16", M, K, N, str(target))
-        if key not in self._known:
-            self._known[key] = best_bf16_config(M, K, N, target, cache=self.cache,
-                                                measure=self.measure, on_search=self.on_search)
-        return self._known[key]  # type: ignore[return-value]
+        return self._tile(("bf16", M, K, N, str(target)), best_bf16_config, M, K, N, target)
 
     def attention_bf16(self, batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
                        mask: bool, target: tvm.target.Target) -> Any:
-        key = ("attention_bf16", batch, sq, skv, heads, d, merged, mask, str(target))
-        if key not in self._known:
-            self._known[key] = best_attention_bf16_config(
-                batch, sq, skv, heads, d, merged=merged, mask=mask, target=target,
-                cache=self.cache, measure=self.measure, on_search=self.on_search)
-        return self._known[key]
+        return self._tile(("attention_bf16", batch, sq, skv, heads, d, merged, mask, str(target)),
+                          best_attention_bf16_config, batch, sq, skv, heads, d, merged=merged,
+                          mask=mask, target=target)
 
     def sparse(self, M: int, sw: Any, target: tvm.target.Target) -> Any:
-        key = ("sparse", M, sw.K, sw.N, sw.R, _density_key(sw.density), str(target))
-        if key not in self._known:
-            self._known[key] = best_sparse_config(M, sw, target, cache=self.cache,
-                                                  measure=self.measure, on_search=self.on_search)
-        return self._known[key]
+        return self._tile(("sparse", M, sw.K, sw.N, sw.R, _density_key(sw.density), str(target)),
+                          best_sparse_config, M, sw, target)
 
     def sparse_int8(self, M: int, sw: Any, target: tvm.target.Target) -> int:
-        key = ("sparse_int8", M, sw.K, sw.N, _density_key(sw.density), str(target))
-        if key not in self._known:
-            self._known[key] = best_sparse_int8_chunks(
-                M, sw, target, cache=self.cache, measure=self.measure, on_search=self.on_search)
-        return self._known[key]  # type: ignore[return-value]
+        return self._tile(("sparse_int8", M, sw.K, sw.N, _density_key(sw.density), str(target)),
+                          best_sparse_int8_chunks, M, sw, target)
 
     def attention(self, batch: int, sq: int, skv: int, heads: int, d: int, *, merged: bool,
                   mask: bool, target: tvm.target.Target) -> AttentionConfig:
-        key = ("attention", batch, sq, skv, heads, d, merged, mask, str(target))
-        if key not in self._known:
-            self._known[key] = best_attention_config(
-                batch, sq, skv, heads, d, merged=merged, mask=mask, target=target,
-                cache=self.cache, measure=self.measure, on_search=self.on_search)
-        return self._known[key]  # type: ignore[return-value]
+        return self._tile(("attention", batch, sq, skv, heads, d, merged, mask, str(target)),
+                          best_attention_config, batch, sq, skv, heads, d, merged=merged,
+                          mask=mask, target=target)
