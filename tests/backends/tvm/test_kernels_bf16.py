@@ -50,6 +50,31 @@ def _asm(func, target) -> str:
     return mod.inspect_source("asm")
 
 
+def test_register_rows_split_a_tile_into_stack_sized_groups():
+    from lamina.backends.tvm.kernels.common import STACK_BYTES, register_rows
+
+    assert register_rows(8, 3 * 64) == ((0, 5), (5, 3), (8, 0))
+    assert register_rows(3, 8 * 64) == ((0, 1), (1, 1), (2, 1))
+    assert register_rows(4, 64) == ((0, 4), (4, 0), (4, 0))
+    for mr, row in ((6, 256), (12, 128), (1, 1008)):
+        groups = register_rows(mr, row)
+        assert sum(n for _, n in groups) == mr
+        assert all(n * row < STACK_BYTES for _, n in groups)
+    with pytest.raises(ValueError, match="groups"):
+        register_rows(4, 1000)
+
+
+def test_bf16_dense_register_tile_stays_off_the_workspace_pool():
+    from lamina.backends.tvm.kernels.dense_bf16 import dense_bf16_kernel
+    from lamina.backends.tvm.kernels.isa import target_for
+
+    target = target_for("avx512bf16", 2)
+    asm = _asm(dense_bf16_kernel(128, 384, 384, target=target, bias=True, epilogue="gelu_erf"),
+               target)
+    assert "vdpbf16ps" in asm
+    assert "AllocWorkspace" not in asm and "memset" not in asm
+
+
 # -- numpy side -------------------------------------------------------------------------------
 
 
@@ -251,6 +276,7 @@ def test_bf16_tiles_are_searched_once_and_cached_per_family(tmp_path):
     (2, 32, 64, 2, 64, False, True),
     (2, 24, 32, 3, 32, False, False),
     (1, 64, 64, 4, 32, True, False),
+    (1, 32, 32, 3, 32, True, True),  # 3 tasks in 2 chunks
 ])
 def test_bf16_attention_matches_the_bf16_reference(batch, sq, skv, heads, d, merged, mask):
     """The BF16 attention kernel against numpy on the same bf16-rounded Q, K, P and V (fp32
@@ -279,7 +305,8 @@ def test_bf16_attention_matches_the_bf16_reference(batch, sq, skv, heads, d, mer
         srcs = [a.reshape(-1, hid) for a in (q, k, v)]
     if mask:
         srcs.append(bias)
-    func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=0.2, merged=merged, mask=mask)
+    func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=0.2, merged=merged, mask=mask,
+                                 threads=2)
     lib = tvm.compile(standalone_module(func), target=target)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((batch, sq, heads, d), np.float32), dev)
@@ -305,7 +332,7 @@ def test_bf16_attention_refuses_shapes_it_does_not_tile():
     assert fits(128, 128, 32) and fits(7, 64, 64)
     assert not fits(16, 16, 32) and not fits(32, 32, 48)
     with pytest.raises(ValueError, match="skv % 32"):
-        attention_bf16_kernel(1, 16, 16, 2, 32, scale=1.0, merged=True, mask=False)
+        attention_bf16_kernel(1, 16, 16, 2, 32, scale=1.0, merged=True, mask=False, threads=2)
 
 
 def test_every_bf16_attention_tile_matches_the_reference():
@@ -329,7 +356,8 @@ def test_every_bf16_attention_tile_matches_the_reference():
     dev = tvm.cpu()
     for cfg in configs:
         lib = tvm.compile(standalone_module(attention_bf16_kernel(
-            1, 64, 64, 2, 64, scale=0.125, merged=True, mask=False, config=cfg)), target=target)
+            1, 64, 64, 2, 64, scale=0.125, merged=True, mask=False, threads=2, config=cfg)),
+            target=target)
         out = tvm.runtime.tensor(np.zeros((1, 64, 2, 64), np.float32), dev)
         lib["main"](tvm.runtime.tensor(x, dev), out)
         err = np.abs(out.numpy() - want)
@@ -349,7 +377,7 @@ def test_bf16_attention_on_bf16_sources_equals_rounding_float_ones():
     outs = []
     for bf16_in, src in ((False, x), (True, to_bf16(x))):
         lib = tvm.compile(standalone_module(attention_bf16_kernel(
-            1, 64, 64, 2, 32, scale=0.2, merged=True, mask=False, bf16_in=bf16_in)),
+            1, 64, 64, 2, 32, scale=0.2, merged=True, mask=False, threads=2, bf16_in=bf16_in)),
             target=target)
         out = tvm.runtime.tensor(np.zeros((1, 64, 2, 32), np.float32), dev)
         lib["main"](tvm.runtime.tensor(src, dev), out)

@@ -66,7 +66,8 @@ def _pad(xq: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("fam", ["vnni", "avx2"])
 @pytest.mark.parametrize("M, K, N, tile", [(16, 64, 64, None), (24, 30, 48, (4, 2)),
                                            (7, 128, 32, (8, 1)), (128, 384, 96, (6, 3)),
-                                           (256, 64, 96, None), (256, 32, 64, (4, 2, 64))])
+                                           (256, 64, 96, None), (256, 32, 64, (4, 2, 64)),
+                                           (24, 64, 128, (3, 8))])
 def test_int8_accumulators_bit_exact(fam, M, K, N, tile):
     target = _target(fam)
     cfg = resolve_int8_config(M, K, N, target, Int8Config(*tile) if tile else None)
@@ -197,6 +198,20 @@ def test_dynamic_qparams_kernel():
     scale = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(255))
     assert got[0] == scale
     assert got[1] == np.clip(np.rint(-np.float32(lo) / scale), 0, 255)
+
+
+@pytest.mark.parametrize("fam", ["vnni", "avx2"])
+@pytest.mark.parametrize("tile", [(6, 4), (4, 6), (3, 8)])
+def test_register_tile_stays_off_the_workspace_pool(fam, tile):
+    """The register tile is stack arrays (registers after LLVM), not a workspace buffer that
+    costs an allocate / free call pair and a memset per task (compiles on any host)."""
+    target = target_for(fam, 2)
+    M, K, N = 96, 384, 384
+    cfg = resolve_int8_config(M, K, N, target, Int8Config(*tile))
+    func = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True, epilogue="gelu_erf",
+                             quant_out=True)
+    asm = tvm.compile(standalone_module(func), target).mod.inspect_source("asm")
+    assert "AllocWorkspace" not in asm and "memset" not in asm
 
 
 def test_amx_kernel_compiles_to_tile_instructions():

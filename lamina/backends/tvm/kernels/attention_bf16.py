@@ -141,12 +141,16 @@ def candidate_attention_bf16_configs(sq: int, skv: int, d: int) -> list[Attentio
 
 def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
                           merged: bool, mask: bool,
-                          config: AttentionBf16Config | None = None,
+                          threads: int, config: AttentionBf16Config | None = None,
                           bf16_in: bool = False) -> tirx.PrimFunc:
     """PrimFunc with the arguments of :func:`.attention.attention_kernel`: ``X[b*s, 3*h*d]`` if
     ``merged`` else ``Q[b*sq, h*d], K[b*skv, h*d], V[b*skv, h*d]``; ``bias[b, skv]`` if
     ``mask``; output ``O[b, sq, h, d]``. With ``bf16_in`` the sources are uint16 bf16 bits (the
-    same result as rounding float sources: the kernel rounds them first)."""
+    same result as rounding float sources: the kernel rounds them first).
+
+    The (batch, head) tasks run in ``threads`` parallel chunks, chunk ``t`` taking tasks ``t, t +
+    threads, ...``: the scratch buffers are allocated once per chunk (TVM serves them from the
+    workspace pool, a call pair per allocation) instead of once per task."""
     if not fits(sq, skv, d):
         raise ValueError(f"attention_bf16 needs skv % 32 == 0 and d % 32 == 0 "
                          f"(got skv={skv}, d={d})")
@@ -168,6 +172,8 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     kw = 3 * hid if merged else hid
     k_off = hid if merged else 0
     v_off = 2 * hid if merged else 0
+    tasks = batch * heads
+    nt = max(1, min(tasks, threads))
 
     @T.macro
     def butterfly(buf, r, combine):
@@ -184,7 +190,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
 
     @T.macro
     def body(X, Kb, Vb, bias, Y):
-        for task in T.parallel(batch * heads):
+        for t in T.parallel(nt):
             with T.attr(0, "pragma_import_llvm", DPBF16PS_IR):
                 kr = T.decl_buffer((skv, d), "uint16")
                 kp = T.decl_buffer((d2, skv), "int32")
@@ -198,109 +204,112 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                 sacc = T.decl_buffer((rs, cs * L), "float32", scope="local")
                 red = T.decl_buffer((mr, L), "float32", scope="local")
                 inv = T.decl_buffer((mr, L), "float32", scope="local")
-                b = task // heads
-                h = task % heads
-                # K in bf16 rows (pairs of head dims are its int32 words), then those words
-                # transposed 16 x 16 at a time: Kp[e2, keys contiguous].
-                for j in range(skv):
-                    for e in T.vectorized(d):
-                        kr[j, e] = cvt(Kb[b * skv + j, k_off + h * d + e])
-                for jb in range(skv // 16):
-                    for eb in range(d2 // 16):
-                        for r in T.unroll(16):
-                            ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
-                               T.ramp(0, 1, L)] = T.reinterpret(
-                                "int32x16", kr[jb * 16 + r, T.ramp(eb * 32, 1, 32)])
-                        for i in T.unroll(8):
-                            tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
-                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[0])
-                            tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
-                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[1])
-                        for i in T.unroll(8):
-                            ta[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
-                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[0])
-                            ta[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
-                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[1])
-                        for i in T.unroll(8):
-                            tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
-                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[0])
-                            tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
-                                [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[1])
-                        for i in T.unroll(8):
-                            kp[eb * 16 + 2 * i, T.ramp(jb * 16, 1, L)] = T.Shuffle(
-                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[0])
-                            kp[eb * 16 + 2 * i + 1, T.ramp(jb * 16, 1, L)] = T.Shuffle(
-                                [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[1])
-                for j2 in range(s2):
-                    for e in T.vectorized(d):
-                        vp[j2, e] = pair(Vb[b * skv + 2 * j2, v_off + h * d + e],
-                                          Vb[b * skv + 2 * j2 + 1, v_off + h * d + e])
-                for qt in range(sq // mr):
-                    for r in T.unroll(mr):
+                for n in range((tasks - t + nt - 1) // nt):
+                    task = T.bind(t + n * nt)
+                    b = task // heads
+                    h = task % heads
+                    # K in bf16 rows (pairs of head dims are its int32 words), then those words
+                    # transposed 16 x 16 at a time: Kp[e2, keys contiguous].
+                    for j in range(skv):
                         for e in T.vectorized(d):
-                            qb[r, e] = cvt(X[b * sq + qt * mr + r, h * d + e])
-                    # Scores: register tiles of rs queries x cs vectors of 16 keys.
-                    for rg in range(mr // rs):
-                        for cg in range(skv // (L * cs)):
-                            for r in T.unroll(rs):
-                                for c in T.unroll(cs):
-                                    sacc[r, T.ramp(c * L, 1, L)] = T.broadcast(T.float32(0), L)
-                            for e2 in range(d2):
+                            kr[j, e] = cvt(Kb[b * skv + j, k_off + h * d + e])
+                    for jb in range(skv // 16):
+                        for eb in range(d2 // 16):
+                            for r in T.unroll(16):
+                                ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
+                                   T.ramp(0, 1, L)] = T.reinterpret(
+                                    "int32x16", kr[jb * 16 + r, T.ramp(eb * 32, 1, 32)])
+                            for i in T.unroll(8):
+                                tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
+                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[0])
+                                tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
+                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[1])
+                            for i in T.unroll(8):
+                                ta[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
+                                    [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[0])
+                                ta[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
+                                    [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[1])
+                            for i in T.unroll(8):
+                                tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
+                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[0])
+                                tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
+                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[1])
+                            for i in T.unroll(8):
+                                kp[eb * 16 + 2 * i, T.ramp(jb * 16, 1, L)] = T.Shuffle(
+                                    [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[0])
+                                kp[eb * 16 + 2 * i + 1, T.ramp(jb * 16, 1, L)] = T.Shuffle(
+                                    [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[1])
+                    for j2 in range(s2):
+                        for e in T.vectorized(d):
+                            vp[j2, e] = pair(Vb[b * skv + 2 * j2, v_off + h * d + e],
+                                              Vb[b * skv + 2 * j2 + 1, v_off + h * d + e])
+                    for qt in range(sq // mr):
+                        for r in T.unroll(mr):
+                            for e in T.vectorized(d):
+                                qb[r, e] = cvt(X[b * sq + qt * mr + r, h * d + e])
+                        # Scores: register tiles of rs queries x cs vectors of 16 keys.
+                        for rg in range(mr // rs):
+                            for cg in range(skv // (L * cs)):
                                 for r in T.unroll(rs):
                                     for c in T.unroll(cs):
-                                        sacc[r, T.ramp(c * L, 1, L)] = vdpbf16ps(
-                                            sacc[r, T.ramp(c * L, 1, L)],
-                                            qb[rg * rs + r, T.ramp(2 * e2, 1, 2)],
-                                            T.reinterpret("int16x32", kp[
-                                                e2, T.ramp((cg * cs + c) * L, 1, L)]))
-                            for r in T.unroll(rs):
-                                for c in T.unroll(cs):
-                                    for w in T.vectorized(L):
-                                        if mask:
-                                            s[rg * rs + r, (cg * cs + c) * L + w] = (
-                                                sacc[r, c * L + w] * T.float32(sc)
-                                                + bias[b, (cg * cs + c) * L + w])
-                                        else:
-                                            s[rg * rs + r, (cg * cs + c) * L + w] = (
-                                                sacc[r, c * L + w] * T.float32(sc))
+                                        sacc[r, T.ramp(c * L, 1, L)] = T.broadcast(T.float32(0), L)
+                                for e2 in range(d2):
+                                    for r in T.unroll(rs):
+                                        for c in T.unroll(cs):
+                                            sacc[r, T.ramp(c * L, 1, L)] = vdpbf16ps(
+                                                sacc[r, T.ramp(c * L, 1, L)],
+                                                qb[rg * rs + r, T.ramp(2 * e2, 1, 2)],
+                                                T.reinterpret("int16x32", kp[
+                                                    e2, T.ramp((cg * cs + c) * L, 1, L)]))
+                                for r in T.unroll(rs):
+                                    for c in T.unroll(cs):
+                                        for w in T.vectorized(L):
+                                            if mask:
+                                                s[rg * rs + r, (cg * cs + c) * L + w] = (
+                                                    sacc[r, c * L + w] * T.float32(sc)
+                                                    + bias[b, (cg * cs + c) * L + w])
+                                            else:
+                                                s[rg * rs + r, (cg * cs + c) * L + w] = (
+                                                    sacc[r, c * L + w] * T.float32(sc))
 
-                    # Softmax along each row (fp32), the mr rows interleaved (independent chains):
-                    # the row maximum across the lanes by a butterfly that leaves it in every lane;
-                    # exp, its bf16 copy for P @ V and the row sum (on lanes, then a butterfly).
-                    for r in T.unroll(mr):
-                        red[r, T.ramp(0, 1, L)] = s[r, T.ramp(0, 1, L)]
-                    for c in range(1, skv // L):
+                        # Softmax along each row (fp32), the mr rows interleaved (independent
+                        # chains): the row maximum across the lanes by a butterfly that leaves it
+                        # in every lane; exp, its bf16 copy for P @ V and the row sum (on lanes,
+                        # then a butterfly).
                         for r in T.unroll(mr):
-                            red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)],
-                                                            s[r, T.ramp(c * L, 1, L)])
-                    for r in T.unroll(mr):
-                        butterfly(red, r, T.max)
-                    for r in T.unroll(mr):
-                        inv[r, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
-                    for c in range(skv // L):
+                            red[r, T.ramp(0, 1, L)] = s[r, T.ramp(0, 1, L)]
+                        for c in range(1, skv // L):
+                            for r in T.unroll(mr):
+                                red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)],
+                                                                s[r, T.ramp(c * L, 1, L)])
                         for r in T.unroll(mr):
-                            for w in T.vectorized(L):
-                                s[r, c * L + w] = fast_exp(s[r, c * L + w] - red[r, w])
-                            for w in T.vectorized(L):
-                                pb[r, c * L + w] = _bf16(s[r, c * L + w])
-                                inv[r, w] = inv[r, w] + s[r, c * L + w]
-                    for r in T.unroll(mr):
-                        butterfly(inv, r, _add)
-                        inv[r, T.ramp(0, 1, L)] = (T.broadcast(T.float32(1), L)
-                                                   / inv[r, T.ramp(0, 1, L)])
-                    # P @ V: mr queries x d dims in registers, pairs of keys per step.
-                    for r in T.unroll(mr):
-                        for v in T.unroll(dv):
-                            acc[r, T.ramp(v * L, 1, L)] = T.broadcast(T.float32(0), L)
-                    for j2 in range(s2):
+                            butterfly(red, r, T.max)
+                        for r in T.unroll(mr):
+                            inv[r, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
+                        for c in range(skv // L):
+                            for r in T.unroll(mr):
+                                for w in T.vectorized(L):
+                                    s[r, c * L + w] = fast_exp(s[r, c * L + w] - red[r, w])
+                                for w in T.vectorized(L):
+                                    pb[r, c * L + w] = _bf16(s[r, c * L + w])
+                                    inv[r, w] = inv[r, w] + s[r, c * L + w]
+                        for r in T.unroll(mr):
+                            butterfly(inv, r, _add)
+                            inv[r, T.ramp(0, 1, L)] = (T.broadcast(T.float32(1), L)
+                                                       / inv[r, T.ramp(0, 1, L)])
+                        # P @ V: mr queries x d dims in registers, pairs of keys per step.
                         for r in T.unroll(mr):
                             for v in T.unroll(dv):
-                                acc[r, T.ramp(v * L, 1, L)] = vdpbf16ps(
-                                    acc[r, T.ramp(v * L, 1, L)], pb[r, T.ramp(2 * j2, 1, 2)],
-                                    T.reinterpret("int16x32", vp[j2, T.ramp(v * L, 1, L)]))
-                    for r in T.unroll(mr):
-                        for e in T.vectorized(d):
-                            Y[b, qt * mr + r, h, e] = acc[r, e] * inv[r, e % L]
+                                acc[r, T.ramp(v * L, 1, L)] = T.broadcast(T.float32(0), L)
+                        for j2 in range(s2):
+                            for r in T.unroll(mr):
+                                for v in T.unroll(dv):
+                                    acc[r, T.ramp(v * L, 1, L)] = vdpbf16ps(
+                                        acc[r, T.ramp(v * L, 1, L)], pb[r, T.ramp(2 * j2, 1, 2)],
+                                        T.reinterpret("int16x32", vp[j2, T.ramp(v * L, 1, L)]))
+                        for r in T.unroll(mr):
+                            for e in T.vectorized(d):
+                                Y[b, qt * mr + r, h, e] = acc[r, e] * inv[r, e % L]
 
     if merged:
 
@@ -343,12 +352,13 @@ def attention_bf16_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale:
 
 def emit_attention_bf16(bb: relax.BlockBuilder, sources: list[relax.Expr],
                         bias: relax.Expr | None, *, batch: int, sq: int, skv: int, heads: int,
-                        d: int, scale: float,
+                        d: int, scale: float, threads: int,
                         config: AttentionBf16Config | None = None,
                         bf16_in: bool = False) -> relax.Expr:
     """:func:`.attention.emit_attention` with the BF16 kernel (``bf16_in``: uint16 sources)."""
     func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=scale, merged=len(sources) == 1,
-                                 mask=bias is not None, config=config, bf16_in=bf16_in)
+                                 mask=bias is not None, threads=threads, config=config,
+                                 bf16_in=bf16_in)
     return emit_attention_call(bb, func, "lamina_attention_bf16", sources, bias, batch=batch,
                                sq=sq, skv=skv, heads=heads, d=d,
                                suffix="_bf16in" if bf16_in else "")

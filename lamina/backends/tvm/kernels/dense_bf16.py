@@ -56,6 +56,7 @@ from .common import (
     epilogue_reference,
     finish_kernel,
     keep_params,
+    register_rows,
     root_block,
 )
 from .dense_amx import amx_bf16_fits, amx_dense_bf16_kernel
@@ -406,6 +407,30 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     LINES = K2 * nv
     PF = -(-LINES // (MB * CH)) if cfg.prefetch_kc else 0
 
+    (r0, n0), (r1, n1), (r2, n2) = register_rows(mr, nb * 4)
+
+    @T.macro
+    def zero(acc, rows):
+        for i in T.unroll(rows):
+            for v in T.unroll(nv):
+                acc[i, T.ramp(v * L, 1, L)] = T.broadcast(T.float32(0), L)
+
+    @T.macro
+    def step(acc, r, rows, row, p, k, X, W):
+        for i in T.unroll(rows):
+            for v in T.unroll(nv):
+                acc[i, T.ramp(v * L, 1, L)] = vdpbf16ps(
+                    acc[i, T.ramp(v * L, 1, L)], X[row + r + i, T.ramp(k * 2, 1, 2)],
+                    W[p, k, T.ramp(v * 2 * L, 1, 2 * L)])
+
+    @T.macro
+    def store(acc, r, rows, row, p, B, R, Y):
+        for i in T.unroll(rows):
+            for v in T.unroll(nv):  # one register of columns at a time
+                for c in T.vectorized(L):
+                    Y[row + r + i, p * nb + v * L + c] = epi(
+                        row + r + i, p * nb + v * L + c, acc[i, v * L + c], B, R)
+
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint16"), W: T.Buffer((P, K2, 2 * nb), "uint16"),
              B: T.Buffer((N,), "float32"), R: T.Buffer((M, N), "float32"),
@@ -413,10 +438,15 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
         T.func_attr({"tirx.noalias": True})
         for task in T.parallel(MO * P * MB):
             with T.attr(0, "pragma_import_llvm", DPBF16PS_IR):
-                acc = T.alloc_buffer((mr, nb), "float32", scope="local")
-                for i in T.unroll(mr):
-                    for v in T.unroll(nv):
-                        acc[i, T.ramp(v * L, 1, L)] = T.broadcast(T.float32(0), L)
+                # The register tile in up to three row groups (see common.register_rows).
+                acc0 = T.alloc_buffer((max(n0, 1), nb), "float32")
+                acc1 = T.alloc_buffer((max(n1, 1), nb), "float32")
+                acc2 = T.alloc_buffer((max(n2, 1), nb), "float32")
+                p = T.bind(task // MB % P)
+                row = T.bind(task // (P * MB) * MB * mr + task % MB * mr)
+                zero(acc0, n0)
+                zero(acc1, n1)
+                zero(acc2, n2)
                 for kc in range(CH):
                     for f in T.unroll(PF):
                         T.evaluate(T.call_llvm_intrin(
@@ -426,19 +456,12 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                                 ((task % MB * CH + kc) * PF + f) % LINES % nv * 2 * L]),
                             T.int32(0), T.int32(3), T.int32(1)))
                     for k2 in range(KC):
-                        for i in T.unroll(mr):
-                            for v in T.unroll(nv):
-                                acc[i, T.ramp(v * L, 1, L)] = vdpbf16ps(
-                                    acc[i, T.ramp(v * L, 1, L)],
-                                    X[task // (P * MB) * MB * mr + task % MB * mr + i,
-                                      T.ramp((kc * KC + k2) * 2, 1, 2)],
-                                    W[task // MB % P, kc * KC + k2, T.ramp(v * 2 * L, 1, 2 * L)])
-                for i in T.unroll(mr):
-                    for c in T.vectorized(nb):
-                        Y[task // (P * MB) * MB * mr + task % MB * mr + i,
-                          task // MB % P * nb + c] = epi(
-                            task // (P * MB) * MB * mr + task % MB * mr + i,
-                            task // MB % P * nb + c, acc[i, c], B, R)
+                        step(acc0, r0, n0, row, p, kc * KC + k2, X, W)
+                        step(acc1, r1, n1, row, p, kc * KC + k2, X, W)
+                        step(acc2, r2, n2, row, p, kc * KC + k2, X, W)
+                store(acc0, r0, n0, row, p, B, R, Y)
+                store(acc1, r1, n1, row, p, B, R, Y)
+                store(acc2, r2, n2, row, p, B, R, Y)
 
     keep = ["X", "W"] + (["B"] if bias else []) + (["R"] if residual else []) + ["Y"]
     return finish_kernel(root_block(keep_params(func, keep)))

@@ -53,6 +53,7 @@ from .common import (
     epilogue_reference,
     finish_kernel,
     keep_params,
+    register_rows,
     root_block,
     round_half_even,
 )
@@ -319,6 +320,56 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
 
     epi = dequant_epilogue(bias, epilogue, residual)
 
+    (r0, n0), (r1, n1), (r2, n2) = register_rows(mr, nb * 4)
+
+    @T.macro
+    def zero(acc, rows):
+        for i in T.unroll(rows):
+            for v in T.unroll(nv):
+                acc[i, T.ramp(v * L, 1, L)] = T.broadcast(T.int32(0), L)
+
+    @T.macro
+    def step(acc, r, rows, row, p, k4, X, W):
+        for i in T.unroll(rows):
+            for v in T.unroll(nv):
+                if vnni:
+                    acc[i, T.ramp(v * L, 1, L)] = T.call_llvm_pure_intrin(
+                        i32v, _VPDPBUSD, acc[i, T.ramp(v * L, 1, L)],
+                        T.reinterpret(u8v, T.broadcast(T.reinterpret(
+                            "int32", X[row + r + i, T.ramp(k4 * 4, 1, 4)]), L)),
+                        W[p, k4, T.ramp(v * VB, 1, VB)])
+                else:
+                    acc[i, T.ramp(v * L, 1, L)] = acc[i, T.ramp(v * L, 1, L)] + (
+                        T.call_llvm_pure_intrin(
+                            i32v, _PMADDWD,
+                            T.call_llvm_pure_intrin(
+                                i16v, _PMADDUBSW,
+                                T.reinterpret(u8v, T.broadcast(T.reinterpret(
+                                    "int32", X[row + r + i, T.ramp(k4 * 4, 1, 4)]), L)),
+                                W[p, k4, T.ramp(v * VB, 1, VB)]),
+                            T.broadcast(T.int16(1), 2 * L)))
+
+    @T.macro
+    def store(acc, r, rows, row, p, CS, WS, QP, B, R, S, QO, Y):
+        for i in T.unroll(rows):
+            for v in T.unroll(nv):  # one register of columns at a time (no spills)
+                for c in T.vectorized(L):
+                    if raw:
+                        Y[row + r + i, p * nb + v * L + c] = acc[i, v * L + c]
+                    elif quant_out:
+                        Y[row + r + i, p * nb + v * L + c] = T.Cast("uint8", T.max(T.min(
+                            round_half_even(epi(row + r + i, p * nb + v * L + c,
+                                                acc[i, v * L + c], CS, WS, QP, B, R)
+                                            * S[p * nb + v * L + c])
+                            + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
+                    elif bf16_out:
+                        Y[row + r + i, p * nb + v * L + c] = _bf16_bits(T.reinterpret(
+                            "uint32", epi(row + r + i, p * nb + v * L + c, acc[i, v * L + c],
+                                          CS, WS, QP, B, R)))
+                    else:
+                        Y[row + r + i, p * nb + v * L + c] = epi(
+                            row + r + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R)
+
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),
              CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
@@ -327,48 +378,22 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
              QO: T.Buffer((2,), "float32"), Y: T.Buffer((M, N), out_dtype)):
         T.func_attr({"tirx.noalias": True})
         for task in T.parallel(MO * P * MB):
-            acc = T.alloc_buffer((mr, nb), "int32", scope="local")
-            p = task // MB % P
-            row = task // (P * MB) * cfg.mc + task % MB * mr
-            for i in T.unroll(mr):
-                for v in T.unroll(nv):
-                    acc[i, T.ramp(v * L, 1, L)] = T.broadcast(T.int32(0), L)
+            # The register tile in up to three row groups (see common.register_rows).
+            acc0 = T.alloc_buffer((max(n0, 1), nb), "int32")
+            acc1 = T.alloc_buffer((max(n1, 1), nb), "int32")
+            acc2 = T.alloc_buffer((max(n2, 1), nb), "int32")
+            p = T.bind(task // MB % P)
+            row = T.bind(task // (P * MB) * cfg.mc + task % MB * mr)
+            zero(acc0, n0)
+            zero(acc1, n1)
+            zero(acc2, n2)
             for k4 in range(K4):
-                for i in T.unroll(mr):
-                    for v in T.unroll(nv):
-                        if vnni:
-                            acc[i, T.ramp(v * L, 1, L)] = T.call_llvm_pure_intrin(
-                                i32v, _VPDPBUSD, acc[i, T.ramp(v * L, 1, L)],
-                                T.reinterpret(u8v, T.broadcast(T.reinterpret(
-                                    "int32", X[row + i, T.ramp(k4 * 4, 1, 4)]), L)),
-                                W[p, k4, T.ramp(v * VB, 1, VB)])
-                        else:
-                            acc[i, T.ramp(v * L, 1, L)] = acc[i, T.ramp(v * L, 1, L)] + (
-                                T.call_llvm_pure_intrin(
-                                    i32v, _PMADDWD,
-                                    T.call_llvm_pure_intrin(
-                                        i16v, _PMADDUBSW,
-                                        T.reinterpret(u8v, T.broadcast(T.reinterpret(
-                                            "int32", X[row + i, T.ramp(k4 * 4, 1, 4)]), L)),
-                                        W[p, k4, T.ramp(v * VB, 1, VB)]),
-                                    T.broadcast(T.int16(1), 2 * L)))
-            for i in T.unroll(mr):
-                for v in T.unroll(nv):  # one register of columns at a time (no spills)
-                    for c in T.vectorized(L):
-                        if raw:
-                            Y[row + i, p * nb + v * L + c] = acc[i, v * L + c]
-                        elif quant_out:
-                            Y[row + i, p * nb + v * L + c] = T.Cast("uint8", T.max(T.min(
-                                round_half_even(epi(row + i, p * nb + v * L + c, acc[i, v * L + c],
-                                                CS, WS, QP, B, R) * S[p * nb + v * L + c])
-                                + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
-                        elif bf16_out:
-                            Y[row + i, p * nb + v * L + c] = _bf16_bits(T.reinterpret(
-                                "uint32", epi(row + i, p * nb + v * L + c, acc[i, v * L + c],
-                                              CS, WS, QP, B, R)))
-                        else:
-                            Y[row + i, p * nb + v * L + c] = epi(
-                                row + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R)
+                step(acc0, r0, n0, row, p, k4, X, W)
+                step(acc1, r1, n1, row, p, k4, X, W)
+                step(acc2, r2, n2, row, p, k4, X, W)
+            store(acc0, r0, n0, row, p, CS, WS, QP, B, R, S, QO, Y)
+            store(acc1, r1, n1, row, p, CS, WS, QP, B, R, S, QO, Y)
+            store(acc2, r2, n2, row, p, CS, WS, QP, B, R, S, QO, Y)
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
                                         + (["R"] if residual else [])

@@ -485,7 +485,7 @@ def best_attention_bf16_config(batch: int, sq: int, skv: int, heads: int, d: int
 
     def prepare(cfg: Any, ms: int, rep: int) -> Callable[[], float]:
         func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=d ** -0.5, merged=merged,
-                                     mask=mask, config=cfg)
+                                     mask=mask, threads=num_threads(target), config=cfg)
         return _timer(tvm.compile(standalone_module(func), target), args, target, ms, rep)
 
     t0 = time.monotonic()

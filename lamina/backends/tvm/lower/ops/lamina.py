@@ -132,7 +132,7 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
         masked = kind == "key_padding"
         if _bf16_attention(ctx, q_seq, kv_seq, d):
             from ...kernels.attention_bf16 import emit_attention_bf16
-            from ...kernels.isa import BF16_FEATURES
+            from ...kernels.isa import BF16_FEATURES, num_threads
 
             ctx.features.update(BF16_FEATURES["avx512bf16"])
             tiles = (ctx.tiles.attention_bf16(batch, q_seq, kv_seq, heads, d,
@@ -146,7 +146,8 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
                 sources = [form()]
             return emit_attention_bf16(ctx.bb, sources, key_bias() if masked else None,
                                        batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d,
-                                       scale=scale, config=tiles, bf16_in=form is not None)
+                                       scale=scale, threads=num_threads(ctx.target),
+                                       config=tiles, bf16_in=form is not None)
         config = (ctx.tiles.attention(batch, q_seq, kv_seq, heads, d, merged=merged is not None,
                                       mask=masked, target=ctx.target)
                   if ctx.tiles is not None else None)
