@@ -204,7 +204,8 @@ def test_dynamic_qparams_kernel():
 @pytest.mark.parametrize("tile", [(6, 4), (4, 6), (3, 8)])
 def test_register_tile_stays_off_the_workspace_pool(fam, tile):
     """The register tile is stack arrays (registers after LLVM), not a workspace buffer that
-    costs an allocate / free call pair and a memset per task (compiles on any host)."""
+    costs an allocate / free call pair and a memset per task; the next panel is prefetched
+    (compiles on any host)."""
     target = target_for(fam, 2)
     M, K, N = 96, 384, 384
     cfg = resolve_int8_config(M, K, N, target, Int8Config(*tile))
@@ -212,6 +213,7 @@ def test_register_tile_stays_off_the_workspace_pool(fam, tile):
                              quant_out=True)
     asm = tvm.compile(standalone_module(func), target).mod.inspect_source("asm")
     assert "AllocWorkspace" not in asm and "memset" not in asm
+    assert "prefetcht0" in asm  # the next weight panel, K in chunks
 
 
 def test_amx_kernel_compiles_to_tile_instructions():
