@@ -301,17 +301,18 @@ def test_layer_norm_kernel(rows, n):
     np.testing.assert_allclose(out.numpy(), ref, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
 @pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("rows, n", [(3, 20), (128, 384)])
-def test_layer_norm_kernel_quantizes_for_the_next_int8_kernel(rows, n, signed):
+@pytest.mark.parametrize("rows, n", [(3, 20), (128, 384), (4, 40 * 16)])
+def test_layer_norm_kernel_quantizes_for_the_next_int8_kernel(rows, n, signed, isa):
     """The fused ``Yq`` is exactly the u8 the INT8 kernels read for ``saturate(round(Y * S) +
-    zp)`` of the kernel's own ``Y`` (int8 shifted by +128), vectorized on the host's width."""
+    zp)`` of the kernel's own ``Y`` (int8 shifted by +128), and ``Y`` the LayerNorm, on each
+    vector width the host runs (scalar code where the row is not whole vectors)."""
     import tvm
 
-    from lamina.backends.tvm.kernels.isa import host_target
     from lamina.backends.tvm.kernels.layernorm import layer_norm_kernel
 
-    target = host_target(2)
+    target = _target(isa)
     func = layer_norm_kernel(rows, n, 1e-12, target, quant_out=True, out_signed=signed)
     lib = tvm.compile(standalone_module(func), target=target)
     rng = np.random.default_rng(2)
@@ -327,6 +328,9 @@ def test_layer_norm_kernel_quantizes_for_the_next_int8_kernel(rows, n, signed):
     lo, hi = (-128, 127) if signed else (0, 255)
     ref = np.clip(np.rint(y.numpy() * s) + zp, lo, hi) + (128 if signed else 0)
     np.testing.assert_array_equal(yq.numpy(), ref.astype(np.uint8))
+    xd = x.astype(np.float64)
+    want = (xd - xd.mean(1, keepdims=True)) / np.sqrt(xd.var(1, keepdims=True) + 1e-12) * g + b
+    np.testing.assert_allclose(y.numpy(), want, atol=2e-5, rtol=1e-5)
 
 
 def test_row_kernels_use_the_target_vector_width():

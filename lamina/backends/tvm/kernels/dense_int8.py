@@ -339,6 +339,10 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
 
     epi = dequant_epilogue(bias, epilogue, residual)
 
+    def lane(c):
+        # 16 lanes (AVX-512): the epilogue may use in-register tables (common.gelu_table).
+        return c if L == 16 else None
+
     (r0, n0), (r1, n1), (r2, n2) = register_rows(mr, nb * 4)
     # The prefetch (see PREFETCH_KC): CH chunks of KC steps, PF of the next panel's LINES lines
     # (nv lines per k4 step) per chunk of each of the MB row tiles.
@@ -384,16 +388,17 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                     elif quant_out:
                         Y[row + r + i, p * nb + v * L + c] = T.Cast("uint8", T.max(T.min(
                             round_half_even(epi(row + r + i, p * nb + v * L + c,
-                                                acc[i, v * L + c], CS, WS, QP, B, R)
+                                                acc[i, v * L + c], CS, WS, QP, B, R, lane(c))
                                             * S[p * nb + v * L + c])
                             + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
                     elif bf16_out:
                         Y[row + r + i, p * nb + v * L + c] = _bf16_bits(T.reinterpret(
                             "uint32", epi(row + r + i, p * nb + v * L + c, acc[i, v * L + c],
-                                          CS, WS, QP, B, R)))
+                                          CS, WS, QP, B, R, lane(c))))
                     else:
                         Y[row + r + i, p * nb + v * L + c] = epi(
-                            row + r + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R)
+                            row + r + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R,
+                            lane(c))
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),

@@ -1,18 +1,22 @@
 """Row LayerNorm over the last axis: ``Y = (X - mean) / sqrt(var + eps) * gamma + beta``.
 
-One parallel loop over rows. Mean and variance (two passes, like ONNX's reference: no E[x^2] -
-mean^2 cancellation) first reduce on the target's vector lanes (16 on AVX-512, 8 on AVX2), then
-across them; the normalisation is vectorized. For MiniLM's 128 x 384 rows this is a few microseconds
-where the legalized TOPI layer_norm, untuned, took tens.
+Mean and variance take two passes over the row, like ONNX's reference (no E[x^2] - mean^2
+cancellation). Where rows split into the target's vectors (16 lanes on AVX-512, 8 on AVX2) the
+kernel is written in TIR: a parallel loop over rows, each pass summing into four vector
+accumulators held in registers, a butterfly across the lanes, the normalisation (and the fused
+quantization) one vector at a time. Otherwise a scheduled TE kernel does the same in scalar code.
+The TE schedule on vectors kept its lane partial sums in memory, a store-to-load chain per step:
+the TIR kernel runs MiniLM's 128 x 384 LayerNorm (with quantization) in 0.35x the time (Zen5).
 """
 
 from __future__ import annotations
 
 import tvm
 from tvm import relax, te
+from tvm.script import tirx as T
 
 from ._rows import lanes_for, schedule_rows
-from .common import round_half_even
+from .common import finish_kernel, keep_params, root_block, round_half_even
 
 
 def layer_norm_kernel(rows: int, n: int, eps: float,
@@ -24,6 +28,8 @@ def layer_norm_kernel(rows: int, n: int, eps: float,
     multiplier ``smooth / scale``; int8 shifted by +128 when ``out_signed``; see
     ``dense_int8_kernel``'s ``quant_out``)."""
     lanes = lanes_for(n, target)
+    if lanes > 1:
+        return _vector_kernel(rows, n, eps, lanes, quant_out, out_signed)
     x = te.placeholder((rows, n), "float32", name="X")
     gamma = te.placeholder((n,), "float32", name="gamma")
     beta = te.placeholder((n,), "float32", name="beta")
@@ -62,6 +68,71 @@ def layer_norm_kernel(rows: int, n: int, eps: float,
     )
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, s, qo, y, yq]))
     return schedule_rows(sch, "Y", inner, [], ["sv", "qv"], lanes, after=("Yq",))
+
+
+def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
+                   out_signed: bool) -> tvm.tirx.PrimFunc:
+    """:func:`layer_norm_kernel` for rows of whole ``L``-lane vectors (see the module doc)."""
+    nv = n // L
+    U = next(u for u in (4, 3, 2, 1) if nv % u == 0)  # independent accumulators per pass
+    if L not in (8, 16):
+        raise ValueError(f"the vector LayerNorm takes 8 or 16 lanes, not {L}")
+    xor = [[i ^ x for i in range(L)] for x in (8, 4, 2, 1) if x < L]
+    lo, hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
+    shift = 128.0 if out_signed else 0.0
+    vec = T.ramp(0, 1, L)
+
+    @T.macro
+    def row_sum(acc, red):
+        # acc[0] += acc[1..U-1], then every lane of red[0] gets the sum of acc[0]'s lanes.
+        for u in T.unroll(1, U):
+            acc[0, vec] = acc[0, vec] + acc[u, vec]
+        red[0, vec] = acc[0, vec]
+        if L == 16:
+            red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-4])
+        red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-3])
+        red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-2])
+        red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-1])
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((rows, n), "float32"), G: T.Buffer((n,), "float32"),
+             B: T.Buffer((n,), "float32"), S: T.Buffer((n,), "float32"),
+             QO: T.Buffer((2,), "float32"), Y: T.Buffer((rows, n), "float32"),
+             Yq: T.Buffer((rows, n), "uint8")):
+        T.func_attr({"tirx.noalias": True})
+        for r in T.parallel(rows):
+            acc = T.alloc_buffer((U, L), "float32")
+            mean = T.alloc_buffer((1, L), "float32")
+            rstd = T.alloc_buffer((1, L), "float32")
+            for u in T.unroll(U):
+                acc[u, vec] = T.broadcast(T.float32(0), L)
+            for c in range(nv // U):
+                for u in T.unroll(U):
+                    acc[u, vec] = acc[u, vec] + X[r, T.ramp((c * U + u) * L, 1, L)]
+            row_sum(acc, mean)
+            mean[0, vec] = mean[0, vec] * T.broadcast(T.float32(1.0 / n), L)
+            for u in T.unroll(U):
+                acc[u, vec] = T.broadcast(T.float32(0), L)
+            for c in range(nv // U):
+                for u in T.unroll(U):
+                    acc[u, vec] = acc[u, vec] + (X[r, T.ramp((c * U + u) * L, 1, L)]
+                                                 - mean[0, vec]) * (
+                        X[r, T.ramp((c * U + u) * L, 1, L)] - mean[0, vec])
+            row_sum(acc, rstd)
+            rstd[0, vec] = T.broadcast(T.float32(1), L) / T.sqrt(
+                rstd[0, vec] * T.broadcast(T.float32(1.0 / n), L)
+                + T.broadcast(T.float32(eps), L))
+            for c in range(nv):
+                for w in T.vectorized(L):
+                    Y[r, c * L + w] = ((X[r, c * L + w] - mean[0, w]) * rstd[0, w] * G[c * L + w]
+                                       + B[c * L + w])
+                    if quant_out:
+                        Yq[r, c * L + w] = T.Cast("uint8", T.max(T.min(
+                            round_half_even(Y[r, c * L + w] * S[c * L + w]) + QO[1],
+                            T.float32(hi)), T.float32(lo)) + T.float32(shift))
+
+    keep = ["X", "G", "B"] + (["S", "QO", "Y", "Yq"] if quant_out else ["Y"])
+    return finish_kernel(root_block(keep_params(func, keep)))
 
 
 def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,
