@@ -37,23 +37,28 @@ _TILESTORE = "llvm.x86.tilestored64"
 _TILERELEASE = "llvm.x86.tilerelease"
 
 
-def amx_dense_int8_kernel(M: int, K: int, N: int, *, bias: bool = False,
+def amx_dense_int8_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = False,
                           epilogue: Epilogue = None, residual: bool = False,
                           raw: bool = False) -> tirx.PrimFunc:
     """AMX-INT8 form of :func:`dense_int8_kernel` (same arguments; Xq padded to K in multiples of
     64, ``Wp = pack_weight_int8(w, 16, 64)``, the VNNI layout with 16-column panels).
 
-    One task per 32 x 32 output tile, tiles configured per thread (TVM_NOTES.md)::
+    One task per 32 x 32 output tile, in ``threads`` parallel chunks (chunk ``c`` takes tasks
+    ``c, c + threads, ...``), each allocating its scratch and configuring the tiles once
+    (TVM_NOTES.md; per task, the workspace calls and ``ldtilecfg`` would cost about as much as a
+    K = 384 tile's ``tdpbusd``)::
 
         ldtilecfg(cfg)                 # tmm0-3: C 16 x 16 int32; tmm4-5: A 16 x 64 u8;
-        tilezero(tmm0..3)              # tmm6-7: B 16 x (16 x 4) s8
-        for kb in Kp / 64:
-          tileloadd64(tmm4 / tmm5, &Xq[rows 0-15 / 16-31, 64 kb], Kp)
-          tileloadd64(tmm6 / tmm7, &Wp[panel 0 / 1, 16 kb, 0], 64)
-          tdpbusd(tmm0, tmm4, tmm6)  tdpbusd(tmm1, tmm4, tmm7)
-          tdpbusd(tmm2, tmm5, tmm6)  tdpbusd(tmm3, tmm5, tmm7)
-        tilestored64(tmm0..3 -> acc[32, 32]); tilerelease()
-        Y[tile] = epilogue(acc)        # the same dequantizing epilogue as the VNNI kernel
+        for task in chunk:             # tmm6-7: B 16 x (16 x 4) s8
+          tilezero(tmm0..3)
+          for kb in Kp / 64:
+            tileloadd64(tmm4 / tmm5, &Xq[rows 0-15 / 16-31, 64 kb], Kp)
+            tileloadd64(tmm6 / tmm7, &Wp[panel 0 / 1, 16 kb, 0], 64)
+            tdpbusd(tmm0, tmm4, tmm6)  tdpbusd(tmm1, tmm4, tmm7)
+            tdpbusd(tmm2, tmm5, tmm6)  tdpbusd(tmm3, tmm5, tmm7)
+          tilestored64(tmm0..3 -> acc[32, 32])
+          Y[tile] = epilogue(acc)      # the same dequantizing epilogue as the VNNI kernel
+        tilerelease()
 
     The process must have asked Linux for the tile state first (``runtime`` does, see
     ``backends/tvm/amx.py``); this host family runs only on CPUs with AMX.
@@ -66,6 +71,7 @@ def amx_dense_int8_kernel(M: int, K: int, N: int, *, bias: bool = False,
     KB = Kp // 64
     P = N // 16
     MT, NT = M // 32, N // 32
+    nt = max(1, min(MT * NT, threads))
     out_dtype = "int32" if raw else "float32"
 
     epi = dequant_epilogue(bias, epilogue, residual)
@@ -76,11 +82,9 @@ def amx_dense_int8_kernel(M: int, K: int, N: int, *, bias: bool = False,
              QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
              R: T.Buffer((M, N), "float32"), Y: T.Buffer((M, N), out_dtype)):
         T.func_attr({"tirx.noalias": True})
-        for task in T.parallel(MT * NT):
+        for ch in T.parallel(nt):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((32, 32), "int32", scope="local")
-            row = task // NT * 32
-            col = task % NT * 32
             for b in range(64):
                 cfg[b] = T.uint8(0)
             cfg[0] = T.uint8(1)
@@ -88,34 +92,44 @@ def amx_dense_int8_kernel(M: int, K: int, N: int, *, bias: bool = False,
                 cfg[16 + 2 * t] = T.uint8(64)
                 cfg[48 + t] = T.uint8(16)
             T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
-            for t in T.unroll(4):
-                T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
-            for kb in range(KB):
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
-                                              T.address_of(X[row, kb * 64]), T.int64(Kp)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
-                                              T.address_of(X[row + 16, kb * 64]), T.int64(Kp)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
-                                              T.address_of(W[col // 16, kb * 16, 0]),
-                                              T.int64(64)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
-                                              T.address_of(W[col // 16 + 1, kb * 16, 0]),
-                                              T.int64(64)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(0), T.int8(4), T.int8(6)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(1), T.int8(4), T.int8(7)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(2), T.int8(5), T.int8(6)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(3), T.int8(5), T.int8(7)))
-            for t in T.unroll(4):
-                T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
-                                              T.address_of(acc[t // 2 * 16, t % 2 * 16]),
-                                              T.int64(128)))
+            for n in range((MT * NT - ch + nt - 1) // nt):
+                task = T.bind(ch + n * nt)
+                row = T.bind(task // NT * 32)
+                col = T.bind(task % NT * 32)
+                for t in T.unroll(4):
+                    T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
+                for kb in range(KB):
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
+                                                  T.address_of(X[row, kb * 64]), T.int64(Kp)))
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
+                                                  T.address_of(X[row + 16, kb * 64]),
+                                                  T.int64(Kp)))
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
+                                                  T.address_of(W[col // 16, kb * 16, 0]),
+                                                  T.int64(64)))
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
+                                                  T.address_of(W[col // 16 + 1, kb * 16, 0]),
+                                                  T.int64(64)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(0), T.int8(4),
+                                                  T.int8(6)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(1), T.int8(4),
+                                                  T.int8(7)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(2), T.int8(5),
+                                                  T.int8(6)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(3), T.int8(5),
+                                                  T.int8(7)))
+                for t in T.unroll(4):
+                    T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
+                                                  T.address_of(acc[t // 2 * 16, t % 2 * 16]),
+                                                  T.int64(128)))
+                for i in range(32):
+                    for c in T.vectorized(32):
+                        if raw:
+                            Y[row + i, col + c] = acc[i, c]
+                        else:
+                            Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], CS, WS, QP,
+                                                      B, R)
             T.evaluate(T.call_llvm_intrin("void", _TILERELEASE))
-            for i in range(32):
-                for c in T.vectorized(32):
-                    if raw:
-                        Y[row + i, col + c] = acc[i, c]
-                    else:
-                        Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], CS, WS, QP, B, R)
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
                                         + (["R"] if residual else []) + ["Y"])
@@ -127,22 +141,24 @@ def amx_bf16_fits(M: int, N: int) -> bool:
     return amx_fits(M, N)
 
 
-def amx_dense_bf16_kernel(M: int, K: int, N: int, *, bias: bool = False,
+def amx_dense_bf16_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = False,
                           epilogue: Epilogue = None, residual: bool = False) -> tirx.PrimFunc:
     """AMX-BF16 form of ``dense_bf16.dense_bf16_kernel`` (same arguments; ``Xb`` padded to K in
     multiples of 32, ``Wp = pack_weight_bf16(w, 16, step=32)``, bf16 pairs ``[N / 16, K / 2, 32]``).
 
-    One task per 32 x 32 output tile, as the INT8 kernel above::
+    One task per 32 x 32 output tile, in chunks as the INT8 kernel above::
 
         ldtilecfg(cfg)                 # tmm0-3: C 16 x 16 fp32; tmm4-5: A 16 x 32 bf16;
-        tilezero(tmm0..3)              # tmm6-7: B 16 x (16 x 2) bf16
-        for kb in Kp / 32:
-          tileloadd64(tmm4 / tmm5, &Xb[rows 0-15 / 16-31, 32 kb], 2 Kp)
-          tileloadd64(tmm6 / tmm7, &Wp[panel 0 / 1, 16 kb, 0], 64)
-          tdpbf16ps(tmm0, tmm4, tmm6)  tdpbf16ps(tmm1, tmm4, tmm7)
-          tdpbf16ps(tmm2, tmm5, tmm6)  tdpbf16ps(tmm3, tmm5, tmm7)
-        tilestored64(tmm0..3 -> acc[32, 32]); tilerelease()
-        Y[tile] = epilogue(acc + bias) + R
+        for task in chunk:             # tmm6-7: B 16 x (16 x 2) bf16
+          tilezero(tmm0..3)
+          for kb in Kp / 32:
+            tileloadd64(tmm4 / tmm5, &Xb[rows 0-15 / 16-31, 32 kb], 2 Kp)
+            tileloadd64(tmm6 / tmm7, &Wp[panel 0 / 1, 16 kb, 0], 64)
+            tdpbf16ps(tmm0, tmm4, tmm6)  tdpbf16ps(tmm1, tmm4, tmm7)
+            tdpbf16ps(tmm2, tmm5, tmm6)  tdpbf16ps(tmm3, tmm5, tmm7)
+          tilestored64(tmm0..3 -> acc[32, 32])
+          Y[tile] = epilogue(acc + bias) + R
+        tilerelease()
 
     Runs only on CPUs with AMX-BF16, in a process that asked Linux for the tile state.
     """
@@ -156,6 +172,7 @@ def amx_dense_bf16_kernel(M: int, K: int, N: int, *, bias: bool = False,
     KB = Kp // 32
     P = N // 16
     MT, NT = M // 32, N // 32
+    nt = max(1, min(MT * NT, threads))
     epi = bf16_epilogue(bias, epilogue, residual)
 
     @T.prim_func(private=True)
@@ -163,11 +180,9 @@ def amx_dense_bf16_kernel(M: int, K: int, N: int, *, bias: bool = False,
              B: T.Buffer((N,), "float32"), R: T.Buffer((M, N), "float32"),
              Y: T.Buffer((M, N), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for task in T.parallel(MT * NT):
+        for ch in T.parallel(nt):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((32, 32), "float32", scope="local")
-            row = task // NT * 32
-            col = task % NT * 32
             for b in range(64):
                 cfg[b] = T.uint8(0)
             cfg[0] = T.uint8(1)
@@ -175,36 +190,40 @@ def amx_dense_bf16_kernel(M: int, K: int, N: int, *, bias: bool = False,
                 cfg[16 + 2 * t] = T.uint8(64)
                 cfg[48 + t] = T.uint8(16)
             T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
-            for t in T.unroll(4):
-                T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
-            for kb in range(KB):
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
-                                              T.address_of(X[row, kb * 32]), T.int64(2 * Kp)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
-                                              T.address_of(X[row + 16, kb * 32]),
-                                              T.int64(2 * Kp)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
-                                              T.address_of(W[col // 16, kb * 16, 0]),
-                                              T.int64(64)))
-                T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
-                                              T.address_of(W[col // 16 + 1, kb * 16, 0]),
-                                              T.int64(64)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(0), T.int8(4),
-                                              T.int8(6)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(1), T.int8(4),
-                                              T.int8(7)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(2), T.int8(5),
-                                              T.int8(6)))
-                T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(3), T.int8(5),
-                                              T.int8(7)))
-            for t in T.unroll(4):
-                T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
-                                              T.address_of(acc[t // 2 * 16, t % 2 * 16]),
-                                              T.int64(128)))
+            for n in range((MT * NT - ch + nt - 1) // nt):
+                task = T.bind(ch + n * nt)
+                row = T.bind(task // NT * 32)
+                col = T.bind(task % NT * 32)
+                for t in T.unroll(4):
+                    T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
+                for kb in range(KB):
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
+                                                  T.address_of(X[row, kb * 32]), T.int64(2 * Kp)))
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
+                                                  T.address_of(X[row + 16, kb * 32]),
+                                                  T.int64(2 * Kp)))
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
+                                                  T.address_of(W[col // 16, kb * 16, 0]),
+                                                  T.int64(64)))
+                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
+                                                  T.address_of(W[col // 16 + 1, kb * 16, 0]),
+                                                  T.int64(64)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(0), T.int8(4),
+                                                  T.int8(6)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(1), T.int8(4),
+                                                  T.int8(7)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(2), T.int8(5),
+                                                  T.int8(6)))
+                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(3), T.int8(5),
+                                                  T.int8(7)))
+                for t in T.unroll(4):
+                    T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
+                                                  T.address_of(acc[t // 2 * 16, t % 2 * 16]),
+                                                  T.int64(128)))
+                for i in range(32):
+                    for c in T.vectorized(32):
+                        Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], B, R)
             T.evaluate(T.call_llvm_intrin("void", _TILERELEASE))
-            for i in range(32):
-                for c in T.vectorized(32):
-                    Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], B, R)
 
     keep = ["X", "W"] + (["B"] if bias else []) + (["R"] if residual else []) + ["Y"]
     return finish_kernel(root_block(keep_params(func, keep)))

@@ -388,7 +388,8 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     """
     check_epilogue(epilogue)
     if kernel_family(M, N, target) == "amx":
-        return amx_dense_bf16_kernel(M, K, N, bias=bias, epilogue=epilogue, residual=residual)
+        return amx_dense_bf16_kernel(M, K, N, threads=num_threads(target), bias=bias,
+                                     epilogue=epilogue, residual=residual)
     cfg = resolve_bf16_config(M, K, N, target, config)
     mr, nv = cfg.mr, cfg.nv
     L = LANES

@@ -313,8 +313,8 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     if kernel_family(M, N, target) == "amx":
         if quant_out or bf16_out:
             raise ValueError("the AMX INT8 kernel has no quantized or bf16 output")
-        return amx_dense_int8_kernel(M, K, N, bias=bias, epilogue=epilogue, residual=residual,
-                                     raw=raw)
+        return amx_dense_int8_kernel(M, K, N, threads=num_threads(target), bias=bias,
+                                     epilogue=epilogue, residual=residual, raw=raw)
     fam = family(target)
     cfg = resolve_int8_config(M, K, N, target, config)
     L = lanes32(fam)
