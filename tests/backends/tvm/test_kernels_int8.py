@@ -122,7 +122,7 @@ def test_int8_dequantizing_epilogue(epilogue, bias, residual):
     got = _run(func, args, (M, N), np.float32, target)
     ref = dense_int8_float_reference(xq, wq, zp, xs, ws, b if bias else None, epilogue,
                                      r if residual else None)
-    # GELU on 16 lanes is the table (common.gelu_table): within 1.3e-4 of the exact one.
+    # GELU is the table (common.gelu_table): within 1.3e-4 of the exact one.
     atol = 1.5e-4 if epilogue == "gelu_erf" else 1e-5
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=atol)
 
@@ -273,23 +273,24 @@ def test_bf16_output_is_the_rounded_float_output():
     np.testing.assert_array_equal(yb, to_bf16(y))
 
 
-def test_gelu_table_is_within_its_error_bound():
-    """The INT8 kernels' GELU on 16 lanes (vpermps tables, common.gelu_table) against the exact
-    GELU, over and beyond the tabulated [-4, 4)."""
+@pytest.mark.parametrize("fam, lanes", [("vnni", 16), ("avx2", 8)])
+def test_gelu_table_is_within_its_error_bound(fam, lanes):
+    """The INT8 kernels' GELU (vpermps tables, common.gelu_table) against the exact GELU, over and
+    beyond the tabulated [-4, 4), on 16 (AVX-512) and 8 (AVX2) lanes."""
     import math
 
     from tvm.script import tirx as T
 
     from lamina.backends.tvm.kernels.common import gelu_table
 
-    target = _target("vnni")
+    target = _target(fam)
     n = 40_000
 
     @T.prim_func
     def gelu(X: T.Buffer((n,), "float32"), Y: T.Buffer((n,), "float32")):
-        for o in range(n // 16):
-            for c in T.vectorized(16):
-                Y[o * 16 + c] = gelu_table(X[o * 16 + c], c)
+        for o in range(n // lanes):
+            for c in T.vectorized(lanes):
+                Y[o * lanes + c] = gelu_table(X[o * lanes + c], c, lanes)
 
     x = np.linspace(-20, 20, n).astype(np.float32)
     got = _run(gelu, [x], (n,), np.float32, target)

@@ -90,67 +90,96 @@ def fast_tanh(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return p / q
 
 
-# GELU by table: the normal CDF on [-4, 4) in 16 pieces of width 0.5, a cubic in the position u in
-# [0, 1) within each (least squares on Chebyshev nodes; the first piece starts at 0, the last ends
-# at 1, so GELU(x) is 0 below -4 and x above 4). Coefficients of u^0 .. u^3, one row per piece.
-# Max error of x * table(x) against the exact GELU: 1.3e-4 (at x = -4), 3e-5 within (-3.9, 3.9).
-_GELU_TABLE = (
-    [2.8697302780628098e-12, 0.0002316570607945323, 0.0013476505409926176, 0.006206691265106201,
-     0.022749748080968857, 0.06681349128484726, 0.15866628289222717, 0.30854371190071106,
-     0.49999484419822693, 0.6914514303207397, 0.8413377404212952, 0.9331926703453064,
-     0.9772527813911438, 0.993792712688446, 0.9986512064933777, 0.9997631907463074],
-    [0.0003267498395871371, 0.00046655500773340464, 0.0022866064682602882, 0.008859572932124138,
-     0.02701209858059883, 0.06456422805786133, 0.1206333264708519, 0.17582617700099945,
-     0.19962671399116516, 0.1763853132724762, 0.12121578305959702, 0.06476833671331406,
-     0.026903102174401283, 0.00868676882237196, 0.002180440118536353, 0.0005331101710908115],
-    [-0.0004762480384670198, 0.00023794043227098882, 0.0013189170276746154, 0.004999333061277866,
-     0.013380245305597782, 0.025202075019478798, 0.031994931399822235, 0.02310524322092533,
-     -0.0006952848052605987, -0.023757051676511765, -0.03144948557019234, -0.02437599003314972,
-     -0.013044195249676704, -0.0050812456756830215, -0.0014759446494281292,
-     -0.0006826083990745246],
-    [0.0003862854791805148, 0.00041266807238571346, 0.0012541095493361354, 0.0026816208846867085,
-     0.003665248164907098, 0.0020824698731303215, -0.002745960606262088, -0.0074699860997498035,
-     -0.0074699860997498035, -0.002745960606262088, 0.0020824698731303215, 0.003665248164907098,
-     0.0026816208846867085, 0.0012541095493361354, 0.00041266807238571346, 0.0003862854791805148],
-)
-_PERMPS = "llvm.x86.avx512.permvar.sf.512"
+# GELU by table: the normal CDF on [-4, 4) in pieces, a polynomial in the position u in [0, 1)
+# within each (least squares on Chebyshev nodes; the first piece starts at 0, the last ends at 1, so
+# GELU(x) is 0 below -4 and x above 4). Rows: coefficients of u^0, u^1, ...; columns: pieces.
+# 16 lanes (AVX-512): 16 cubic pieces of width 0.5; 8 lanes (AVX2): 8 quartic pieces of width 1, one
+# register of either holding a row. Max error of x * table(x) against the exact GELU: 1.3e-4 (at
+# x = -4), 3e-5 within (-3.9, 3.9).
+_GELU_TABLES = {
+    16: (
+        [2.8697302780628098e-12, 0.0002316570607945323, 0.0013476505409926176,
+         0.006206691265106201, 0.022749748080968857, 0.06681349128484726, 0.15866628289222717,
+         0.30854371190071106, 0.49999484419822693, 0.6914514303207397, 0.8413377404212952,
+         0.9331926703453064, 0.9772527813911438, 0.993792712688446, 0.9986512064933777,
+         0.9997631907463074],
+        [0.0003267498395871371, 0.00046655500773340464, 0.0022866064682602882,
+         0.008859572932124138, 0.02701209858059883, 0.06456422805786133, 0.1206333264708519,
+         0.17582617700099945, 0.19962671399116516, 0.1763853132724762, 0.12121578305959702,
+         0.06476833671331406, 0.026903102174401283, 0.00868676882237196, 0.002180440118536353,
+         0.0005331101710908115],
+        [-0.0004762480384670198, 0.00023794043227098882, 0.0013189170276746154,
+         0.004999333061277866, 0.013380245305597782, 0.025202075019478798, 0.031994931399822235,
+         0.02310524322092533, -0.0006952848052605987, -0.023757051676511765,
+         -0.03144948557019234, -0.02437599003314972, -0.013044195249676704,
+         -0.0050812456756830215, -0.0014759446494281292, -0.0006826083990745246],
+        [0.0003862854791805148, 0.00041266807238571346, 0.0012541095493361354,
+         0.0026816208846867085, 0.003665248164907098, 0.0020824698731303215,
+         -0.002745960606262088, -0.0074699860997498035, -0.0074699860997498035,
+         -0.002745960606262088, 0.0020824698731303215, 0.003665248164907098,
+         0.0026816208846867085, 0.0012541095493361354, 0.00041266807238571346,
+         0.0003862854791805148],
+    ),
+    8: (
+        [4.65562267557007e-12, 0.0013512069126591086, 0.022739481180906296, 0.15866248309612274,
+         0.500010073184967, 0.8413335680961609, 0.9772506356239319, 0.9986549615859985],
+        [0.00051887147128582, 0.004362168721854687, 0.054514601826667786, 0.24164137244224548,
+         0.39841142296791077, 0.24253343045711517, 0.053958434611558914, 0.004222691059112549],
+        [-0.0009126828517764807, 0.007250344380736351, 0.04991910606622696, 0.12323226779699326,
+         0.0045741042122244835, -0.1255013346672058, -0.05382337421178818,
+         -0.005241845268756151],
+        [0.0014261665055528283, 0.004046893212944269, 0.037792451679706573,
+         -0.00449023162946105, -0.08071401715278625, 0.012595701962709427, 0.027001792564988136,
+         0.0026768522802740335],
+        [0.00031267141457647085, 0.005738724488765001, -0.006299187429249287,
+         -0.019055945798754692, 0.019055945798754692, 0.006299187429249287,
+         -0.005738724488765001, -0.00031267141457647085],
+    ),
+}
+_PERMPS = {16: "llvm.x86.avx512.permvar.sf.512", 8: "llvm.x86.avx2.permps"}
 
 
 def _lane_constants(lane: tirx.PrimExpr, values: list[float]) -> tirx.PrimExpr:
-    """An expression that, vectorized over ``lane`` = 0 .. 15, is the constant vector ``values``
-    (selects on constants, which LLVM folds)."""
+    """An expression that, vectorized over ``lane`` = 0 .. n - 1, is the constant vector
+    ``values`` (selects on constants, which LLVM folds)."""
     e = f32(values[-1])
     for k in range(len(values) - 2, -1, -1):
         e = tirx.Select(lane == k, f32(values[k]), e)
     return e
 
 
-def gelu_table(v: tirx.PrimExpr, lane: tirx.PrimExpr) -> tirx.PrimExpr:
-    """GELU by :data:`_GELU_TABLE`, in a loop vectorized over 16 lanes (``lane`` its variable):
-    the piece's four coefficients come from in-register tables by ``vpermps`` (AVX-512), so the
-    whole function takes 5 multiply-adds where the rational erf takes 15. In the INT8 kernels,
-    whose ``vpdpbusd`` issue on the same ports as multiply-adds, the erf was 12% of FFN1 (BERT-base,
-    Zen5). Lossy artifacts only: the error (1.3e-4 at most) is far below an INT8 step."""
-    s = tirx.max(tirx.min(v, f32(3.999)), f32(-4.0)) * f32(2.0) + f32(8.0)  # [0, 16)
-    i = tirx.Cast("int32", s)
+def gelu_table(v: tirx.PrimExpr, lane: tirx.PrimExpr, lanes: int = 16) -> tirx.PrimExpr:
+    """GELU by :data:`_GELU_TABLES`, in a loop vectorized over ``lanes`` (16: AVX-512, 8: AVX2;
+    ``lane`` its variable): the piece's coefficients come from in-register tables by ``vpermps``,
+    so the function takes 5 (16 lanes) or 6 (8 lanes) multiply-adds where the rational erf takes
+    15. In the INT8 kernels, whose dot products issue on the same ports as multiply-adds, the erf
+    was 12% of FFN1 (BERT-base, Zen5). Lossy artifacts only: the error (1.3e-4 at most) is far
+    below an INT8 step."""
+    table = _GELU_TABLES[lanes]
+    width = 8.0 / lanes
+    s = tirx.max(tirx.min(v, f32(3.999)), f32(-4.0)) * f32(1.0 / width) + f32(4.0 / width)
+    i = tirx.Cast("int32", s)  # the piece, 0 .. lanes - 1
     u = s - tirx.Cast("float32", i)
 
     def coef(k: int) -> tirx.PrimExpr:
-        return tirx.call_llvm_pure_intrin("float32", _PERMPS,
-                                          _lane_constants(lane, _GELU_TABLE[k]), i)
+        return tirx.call_llvm_pure_intrin("float32", _PERMPS[lanes],
+                                          _lane_constants(lane, table[k]), i)
 
-    return v * (coef(0) + u * (coef(1) + u * (coef(2) + u * coef(3))))
+    p = coef(len(table) - 1)
+    for k in range(len(table) - 2, -1, -1):
+        p = coef(k) + u * p
+    return v * p
 
 
 def apply_epilogue(v: tirx.PrimExpr, epilogue: Epilogue,
-                   lane: tirx.PrimExpr | None = None) -> tirx.PrimExpr:
+                   lane: tuple[tirx.PrimExpr, int] | None = None) -> tirx.PrimExpr:
     """The elementwise epilogue applied to ``acc + bias`` (fast, vectorizable forms). With
-    ``lane`` (the variable of a loop vectorized over 16 lanes, AVX-512; lossy kernels only)
-    ``gelu_erf`` is :func:`gelu_table`."""
+    ``lane = (variable, lanes)`` of a loop vectorized over 16 (AVX-512) or 8 (AVX2) lanes (lossy
+    kernels only) ``gelu_erf`` is :func:`gelu_table`."""
     if epilogue is None:
         return v
     if epilogue == "gelu_erf" and lane is not None:
-        return gelu_table(v, lane)
+        return gelu_table(v, *lane)
     if epilogue == "gelu_erf":
         return f32(0.5) * v * (f32(1.0) + fast_erf(v * f32(1.0 / math.sqrt(2.0))))
     if epilogue == "gelu_tanh":
@@ -185,7 +214,7 @@ def dequant_epilogue(bias: bool, epilogue: Epilogue, residual: bool):
 
     def epi(
         i: tirx.PrimExpr, j: tirx.PrimExpr, a: tirx.PrimExpr, cs, ws, qp, b, r,
-        lane: tirx.PrimExpr | None = None,
+        lane: tuple[tirx.PrimExpr, int] | None = None,
     ) -> tirx.PrimExpr:
         zp = tirx.Cast("int32", qp[1])
         v = tirx.Cast("float32", a - zp * cs[j]) * (qp[0] * ws[j])

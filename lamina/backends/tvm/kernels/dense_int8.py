@@ -340,8 +340,8 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     epi = dequant_epilogue(bias, epilogue, residual)
 
     def lane(c):
-        # 16 lanes (AVX-512): the epilogue may use in-register tables (common.gelu_table).
-        return c if L == 16 else None
+        # The vectorized lane: the epilogue may use in-register tables (common.gelu_table).
+        return (c, L)
 
     (r0, n0), (r1, n1), (r2, n2) = register_rows(mr, nb * 4)
     # The prefetch (see PREFETCH_KC): CH chunks of KC steps, PF of the next panel's LINES lines
