@@ -271,6 +271,43 @@ def test_bf16_tiles_are_searched_once_and_cached_per_family(tmp_path):
     assert "32x64x96_avx512bf16" in json.loads(path.read_text())
 
 
+@pytest.mark.parametrize("cs", [2, 4])
+def test_bf16_attention_skips_the_keys_past_the_last_unmasked_one(cs):
+    """Right-padded rows with the lowering's fill: the kernel stops at the last unmasked key (in
+    whole score tiles) and still equals the reference, which weighs every key; a row with a hole
+    keeps its later keys, a fully masked row gets uniform weights."""
+    import tvm
+
+    from lamina.backends.tvm.kernels.attention_bf16 import (
+        AttentionBf16Config,
+        attention_bf16_kernel,
+        attention_bf16_reference,
+    )
+    from lamina.backends.tvm.kernels.common import standalone_module
+    from lamina.compiler.ir.ops.attention import MASK_FILL
+
+    _need_bf16_host()
+    target = _target()
+    batch, s, heads, d = 5, 128, 2, 32
+    rng = np.random.default_rng(7)
+    q, k, v = rng.standard_normal((3, batch, s, heads, d)).astype(np.float32)
+    bias = np.zeros((batch, s), np.float32)
+    for row, length in enumerate([5, 33, 128, 0]):
+        bias[row, length:] = MASK_FILL
+    bias[4, 3:100] = MASK_FILL  # a hole: keys 100.. stay
+    x = np.concatenate([a.reshape(batch * s, heads * d) for a in (q, k, v)], axis=1)
+    func = attention_bf16_kernel(batch, s, s, heads, d, scale=0.2, merged=True, mask=True,
+                                 threads=2, config=AttentionBf16Config(8, 4, cs))
+    lib = tvm.compile(standalone_module(func), target=target)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((batch, s, heads, d), np.float32), dev)
+    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
+    want = attention_bf16_reference(q, k, v, 0.2, bias)
+    err = np.abs(out.numpy() - want)
+    assert np.isfinite(out.numpy()).all()
+    assert np.mean(err < 1e-4) > 0.99 and err.max() < 2e-3, err.max()
+
+
 @pytest.mark.parametrize("batch, sq, skv, heads, d, merged, mask", [
     (1, 128, 128, 12, 32, True, True),
     (2, 32, 64, 2, 64, False, True),

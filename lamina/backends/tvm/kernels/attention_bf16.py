@@ -204,16 +204,30 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                 sacc = T.decl_buffer((rs, cs * L), "float32", scope="local")
                 red = T.decl_buffer((mr, L), "float32", scope="local")
                 inv = T.decl_buffer((mr, L), "float32", scope="local")
+                nk = T.decl_buffer((1,), "int32")
                 for n in range((tasks - t + nt - 1) // nt):
                     task = T.bind(t + n * nt)
                     b = task // heads
                     h = task % heads
+                    # The keys to process: through the last unmasked one, in whole score tiles.
+                    # Past it every key's bias is the fill, whose exp is exactly 0: skipping them
+                    # is exact (right-padded text padded to a long bucket computes its real
+                    # length). A fully masked row takes every key (uniform weights, as before).
+                    nk[0] = skv
+                    if mask:
+                        nk[0] = 0
+                        for j in range(skv):
+                            if bias[b, j] > T.float32(-1e30):
+                                nk[0] = j + 1
+                        if nk[0] == 0:
+                            nk[0] = skv
+                        nk[0] = (nk[0] + L * cs - 1) // (L * cs) * (L * cs)
                     # K in bf16 rows (pairs of head dims are its int32 words), then those words
                     # transposed 16 x 16 at a time: Kp[e2, keys contiguous].
-                    for j in range(skv):
+                    for j in range(nk[0]):
                         for e in T.vectorized(d):
                             kr[j, e] = cvt(Kb[b * skv + j, k_off + h * d + e])
-                    for jb in range(skv // 16):
+                    for jb in range(nk[0] // 16):
                         for eb in range(d2 // 16):
                             for r in T.unroll(16):
                                 ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
@@ -239,7 +253,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                     [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[0])
                                 kp[eb * 16 + 2 * i + 1, T.ramp(jb * 16, 1, L)] = T.Shuffle(
                                     [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[1])
-                    for j2 in range(s2):
+                    for j2 in range(nk[0] // 2):
                         for e in T.vectorized(d):
                             vp[j2, e] = pair(Vb[b * skv + 2 * j2, v_off + h * d + e],
                                               Vb[b * skv + 2 * j2 + 1, v_off + h * d + e])
@@ -249,7 +263,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                 qb[r, e] = cvt(X[b * sq + qt * mr + r, h * d + e])
                         # Scores: register tiles of rs queries x cs vectors of 16 keys.
                         for rg in range(mr // rs):
-                            for cg in range(skv // (L * cs)):
+                            for cg in range(nk[0] // (L * cs)):
                                 for r in T.unroll(rs):
                                     for c in T.unroll(cs):
                                         sacc[r, T.ramp(c * L, 1, L)] = T.broadcast(T.float32(0), L)
@@ -278,7 +292,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                         # then a butterfly).
                         for r in T.unroll(mr):
                             red[r, T.ramp(0, 1, L)] = s[r, T.ramp(0, 1, L)]
-                        for c in range(1, skv // L):
+                        for c in range(1, nk[0] // L):
                             for r in T.unroll(mr):
                                 red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)],
                                                                 s[r, T.ramp(c * L, 1, L)])
@@ -286,7 +300,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                             butterfly(red, r, T.max)
                         for r in T.unroll(mr):
                             inv[r, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
-                        for c in range(skv // L):
+                        for c in range(nk[0] // L):
                             for r in T.unroll(mr):
                                 for w in T.vectorized(L):
                                     s[r, c * L + w] = fast_exp(s[r, c * L + w] - red[r, w])
@@ -301,7 +315,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                         for r in T.unroll(mr):
                             for v in T.unroll(dv):
                                 acc[r, T.ramp(v * L, 1, L)] = T.broadcast(T.float32(0), L)
-                        for j2 in range(s2):
+                        for j2 in range(nk[0] // 2):
                             for r in T.unroll(mr):
                                 for v in T.unroll(dv):
                                     acc[r, T.ramp(v * L, 1, L)] = vdpbf16ps(
