@@ -301,7 +301,7 @@ def test_layer_norm_kernel(rows, n):
     np.testing.assert_allclose(out.numpy(), ref, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("rows, n", [(3, 20), (128, 384), (4, 40 * 16)])
 def test_layer_norm_kernel_quantizes_for_the_next_int8_kernel(rows, n, signed, isa):
