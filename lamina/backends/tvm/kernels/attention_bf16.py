@@ -41,7 +41,7 @@ from tvm import relax, tirx
 from tvm.script import tirx as T
 
 from .attention import emit_attention_call
-from .common import finish_kernel, keep_params, root_block
+from .common import add, butterfly, finish_kernel, keep_params, root_block
 from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vdpbf16ps
 from .varlen_attention import _L1, _L2, _L4, _L8, fast_exp
 
@@ -68,15 +68,9 @@ def _bf16(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return _bf16_bits(T.reinterpret("uint32", x), keep_nan=False)
 
 
-# Lane permutations of a butterfly reduction: lane i with lane i ^ 8, ^ 4, ^ 2, ^ 1.
-_XOR = [[i ^ x for i in range(L)] for x in (8, 4, 2, 1)]
 # _L1 .. _L8 (from varlen_attention): the interleaves whose four rounds transpose a 16 x 16 block
 # of words, here the int32 pairs of bf16 head dims (the byte transpose of
 # ``quantize.quantize_transposed_kernel``, one level of granularity per round).
-
-
-def _add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
-    return a + b
 
 
 def _divisor_at_most(n: int, cap: int) -> int:
@@ -174,19 +168,6 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     v_off = 2 * hid if merged else 0
     tasks = batch * heads
     nt = max(1, min(tasks, threads))
-
-    @T.macro
-    def butterfly(buf, r, combine):
-        """Lane w of row r combined with lanes w ^ 8, ^ 4, ^ 2, ^ 1: every lane holds the row's
-        total."""
-        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
-                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[0]))
-        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
-                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[1]))
-        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
-                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[2]))
-        buf[r, T.ramp(0, 1, L)] = combine(buf[r, T.ramp(0, 1, L)],
-                                          T.Shuffle([buf[r, T.ramp(0, 1, L)]], _XOR[3]))
 
     @T.macro
     def body(X, Kb, Vb, bias, Y):
@@ -297,7 +278,8 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                 red[r, T.ramp(0, 1, L)] = T.max(red[r, T.ramp(0, 1, L)],
                                                                 s[r, T.ramp(c * L, 1, L)])
                         for r in T.unroll(mr):
-                            butterfly(red, r, T.max)
+                            red[r, T.ramp(0, 1, L)] = butterfly(red[r, T.ramp(0, 1, L)], L,
+                                                                T.max)
                         for r in T.unroll(mr):
                             inv[r, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
                         for c in range(nk[0] // L):
@@ -308,7 +290,8 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                     pb[r, c * L + w] = _bf16(s[r, c * L + w])
                                     inv[r, w] = inv[r, w] + s[r, c * L + w]
                         for r in T.unroll(mr):
-                            butterfly(inv, r, _add)
+                            inv[r, T.ramp(0, 1, L)] = butterfly(inv[r, T.ramp(0, 1, L)], L,
+                                                                add)
                             inv[r, T.ramp(0, 1, L)] = (T.broadcast(T.float32(1), L)
                                                        / inv[r, T.ramp(0, 1, L)])
                         # P @ V: mr queries x d dims in registers, pairs of keys per step.

@@ -31,6 +31,21 @@ def round_half_even(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.call_llvm_pure_intrin("float32", "llvm.nearbyint", x)
 
 
+def butterfly(v: tirx.PrimExpr, lanes: int, combine) -> tirx.PrimExpr:
+    """``v`` (``lanes`` wide) combined across its lanes by a butterfly (lane i with i ^ lanes/2,
+    ..., i ^ 1): every lane holds the total, with no scalar extraction."""
+    step = lanes // 2
+    while step:
+        v = combine(v, tirx.Shuffle([v], [i ^ step for i in range(lanes)]))
+        step //= 2
+    return v
+
+
+def add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``a + b``: the combine of a butterfly sum."""
+    return a + b
+
+
 def _poly(x2: tirx.PrimExpr, coeffs: list[float]) -> tirx.PrimExpr:
     p = f32(coeffs[0])
     for c in coeffs[1:]:
@@ -226,6 +241,15 @@ def dequant_epilogue(bias: bool, epilogue: Epilogue, residual: bool):
         return v
 
     return epi
+
+
+def fit_chunk(steps: int, cap: int, least: int) -> int:
+    """The largest chunk of at most ``cap`` steps dividing ``steps`` into at least two chunks of
+    ``least`` or more steps, else 0 (the dense kernels' K chunks for a software prefetch)."""
+    for v in range(min(cap, steps // 2), least - 1, -1):
+        if steps % v == 0:
+            return v
+    return 0
 
 
 STACK_BYTES = 1024  # tvm::runtime::kMaxStackAlloca

@@ -55,6 +55,7 @@ from .common import (
     epilogue_reference,
     f32,
     finish_kernel,
+    fit_chunk,
 )
 from .isa import isa_of, num_threads
 
@@ -116,12 +117,7 @@ def _fit_prefetch(K: int, kc: int) -> int:
     """The largest chunk <= kc dividing K, or 0 (off) when K does not split into two chunks of at
     least 16 steps."""
     kc = PREFETCH_KC if kc < 0 else kc
-    if kc <= 0:
-        return 0
-    for v in range(min(kc, K // 2), 15, -1):
-        if K % v == 0:
-            return v
-    return 0
+    return fit_chunk(K, kc, 16) if kc > 0 else 0
 
 
 def _fix(cfg: DenseConfig, M: int, N: int, K: int = 0) -> DenseConfig:

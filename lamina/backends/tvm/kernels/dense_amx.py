@@ -37,6 +37,19 @@ _TILESTORE = "llvm.x86.tilestored64"
 _TILERELEASE = "llvm.x86.tilerelease"
 
 
+@T.macro
+def configure_tiles(cfg):
+    """``ldtilecfg`` of the kernels' tiles (palette 1, 8 tiles of 16 rows x 64 bytes) from the
+    64-byte buffer ``cfg``."""
+    for b in range(64):
+        cfg[b] = T.uint8(0)
+    cfg[0] = T.uint8(1)
+    for t in T.unroll(8):
+        cfg[16 + 2 * t] = T.uint8(64)
+        cfg[48 + t] = T.uint8(16)
+    T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
+
+
 def amx_dense_int8_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = False,
                           epilogue: Epilogue = None, residual: bool = False,
                           raw: bool = False) -> tirx.PrimFunc:
@@ -85,13 +98,7 @@ def amx_dense_int8_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = 
         for ch in T.parallel(nt):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((32, 32), "int32", scope="local")
-            for b in range(64):
-                cfg[b] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for t in T.unroll(8):
-                cfg[16 + 2 * t] = T.uint8(64)
-                cfg[48 + t] = T.uint8(16)
-            T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
+            configure_tiles(cfg)
             for n in range((MT * NT - ch + nt - 1) // nt):
                 task = T.bind(ch + n * nt)
                 row = T.bind(task // NT * 32)
@@ -183,13 +190,7 @@ def amx_dense_bf16_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = 
         for ch in T.parallel(nt):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             acc = T.alloc_buffer((32, 32), "float32", scope="local")
-            for b in range(64):
-                cfg[b] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for t in T.unroll(8):
-                cfg[16 + 2 * t] = T.uint8(64)
-                cfg[48 + t] = T.uint8(16)
-            T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
+            configure_tiles(cfg)
             for n in range((MT * NT - ch + nt - 1) // nt):
                 task = T.bind(ch + n * nt)
                 row = T.bind(task // NT * 32)

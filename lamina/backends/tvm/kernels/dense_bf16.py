@@ -55,6 +55,7 @@ from .common import (
     check_epilogue,
     epilogue_reference,
     finish_kernel,
+    fit_chunk,
     keep_params,
     register_rows,
     root_block,
@@ -187,11 +188,7 @@ def _row_block(M: int, mr: int, threads: int) -> int:
 
 def _fit_prefetch(K2: int, kc: int) -> int:
     """The largest chunk <= kc dividing K2 into at least two chunks of 8 or more steps, else 0."""
-    kc = PREFETCH_KC if kc < 0 else kc
-    for v in range(min(kc, K2 // 2), 7, -1):
-        if K2 % v == 0:
-            return v
-    return 0
+    return fit_chunk(K2, PREFETCH_KC if kc < 0 else kc, 8)
 
 
 def resolve_bf16_config(M: int, K: int, N: int, target: tvm.target.Target | None = None,

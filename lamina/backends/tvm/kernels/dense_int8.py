@@ -54,6 +54,7 @@ from .common import (
     dequant_epilogue,
     epilogue_reference,
     finish_kernel,
+    fit_chunk,
     keep_params,
     register_rows,
     root_block,
@@ -276,15 +277,6 @@ def packing(M: int, K: int, N: int, target: tvm.target.Target,
 PREFETCH_KC = 32
 
 
-def _fit_kc(K4: int, kc: int) -> int:
-    """The largest chunk <= kc dividing K4 into at least two chunks of 4 or more steps, else 0
-    (no prefetch)."""
-    for v in range(min(kc, K4 // 2), 3, -1):
-        if K4 % v == 0:
-            return v
-    return 0
-
-
 def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                       config: Int8Config | None = None, bias: bool = False,
                       epilogue: Epilogue = None, residual: bool = False,
@@ -339,14 +331,10 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
 
     epi = dequant_epilogue(bias, epilogue, residual)
 
-    def lane(c):
-        # The vectorized lane: the epilogue may use in-register tables (common.gelu_table).
-        return (c, L)
-
     (r0, n0), (r1, n1), (r2, n2) = register_rows(mr, nb * 4)
     # The prefetch (see PREFETCH_KC): CH chunks of KC steps, PF of the next panel's LINES lines
     # (nv lines per k4 step) per chunk of each of the MB row tiles.
-    KC = _fit_kc(K4, PREFETCH_KC) or K4
+    KC = fit_chunk(K4, PREFETCH_KC, 4) or K4
     CH = K4 // KC
     LINES = K4 * nv
     PF = -(-LINES // (MB * CH)) if KC < K4 else 0
@@ -382,23 +370,25 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     def store(acc, r, rows, row, p, CS, WS, QP, B, R, S, QO, Y):
         for i in T.unroll(rows):
             for v in T.unroll(nv):  # one register of columns at a time (no spills)
+                # (c, L), the vectorized lane, lets the epilogue use in-register tables
+                # (common.gelu_table).
                 for c in T.vectorized(L):
                     if raw:
                         Y[row + r + i, p * nb + v * L + c] = acc[i, v * L + c]
                     elif quant_out:
                         Y[row + r + i, p * nb + v * L + c] = T.Cast("uint8", T.max(T.min(
                             round_half_even(epi(row + r + i, p * nb + v * L + c,
-                                                acc[i, v * L + c], CS, WS, QP, B, R, lane(c))
+                                                acc[i, v * L + c], CS, WS, QP, B, R, (c, L))
                                             * S[p * nb + v * L + c])
                             + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
                     elif bf16_out:
                         Y[row + r + i, p * nb + v * L + c] = _bf16_bits(T.reinterpret(
                             "uint32", epi(row + r + i, p * nb + v * L + c, acc[i, v * L + c],
-                                          CS, WS, QP, B, R, lane(c))))
+                                          CS, WS, QP, B, R, (c, L))))
                     else:
                         Y[row + r + i, p * nb + v * L + c] = epi(
                             row + r + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R,
-                            lane(c))
+                            (c, L))
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),

@@ -17,7 +17,7 @@ from tvm import relax, te
 from tvm.script import tirx as T
 
 from ._rows import lanes_for, schedule_rows
-from .common import finish_kernel, keep_params, root_block, round_half_even
+from .common import add, butterfly, finish_kernel, keep_params, root_block, round_half_even
 
 
 def layer_norm_kernel(rows: int, n: int, eps: float,
@@ -76,9 +76,6 @@ def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
     """:func:`layer_norm_kernel` for rows of whole ``L``-lane vectors (see the module doc)."""
     nv = n // L
     U = next(u for u in (4, 3, 2, 1) if nv % u == 0)  # independent accumulators per pass
-    if L not in (4, 8, 16):
-        raise ValueError(f"the vector LayerNorm takes 4, 8 or 16 lanes, not {L}")
-    xor = [[i ^ x for i in range(L)] for x in (8, 4, 2, 1) if x < L]
     lo, hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
     shift = 128.0 if out_signed else 0.0
     vec = T.ramp(0, 1, L)
@@ -88,13 +85,7 @@ def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
         # acc[0] += acc[1..U-1], then every lane of red[0] gets the sum of acc[0]'s lanes.
         for u in T.unroll(1, U):
             acc[0, vec] = acc[0, vec] + acc[u, vec]
-        red[0, vec] = acc[0, vec]
-        if L == 16:
-            red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-4])
-        if L >= 8:
-            red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-3])
-        red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-2])
-        red[0, vec] = red[0, vec] + T.Shuffle([red[0, vec]], xor[-1])
+        red[0, vec] = butterfly(acc[0, vec], L, add)
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((rows, n), "float32"), G: T.Buffer((n,), "float32"),

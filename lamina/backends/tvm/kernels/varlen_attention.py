@@ -45,7 +45,7 @@ from tvm.script import tirx as T
 
 from lamina.compiler.ir.ops.attention import MASK_FILL
 
-from .common import finish_kernel
+from .common import add, butterfly, finish_kernel
 from .isa import isa_of, lanes, num_threads
 from .quantize import _unpack16
 
@@ -76,20 +76,6 @@ def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
     ef = tirx.reinterpret(f32, tirx.shift_left(tirx.Cast("int32", n + c(127.0)),
                                                tirx.const(23, "int32")))
     return tirx.max(ef * y, x)
-
-
-def _butterfly(v: tirx.PrimExpr, lanes_: int, combine) -> tirx.PrimExpr:
-    """``v`` combined across its lanes by a butterfly (lane i with i ^ lanes/2, ..., i ^ 1): every
-    lane holds the total, with no scalar extraction."""
-    step = lanes_ // 2
-    while step:
-        v = combine(v, tirx.Shuffle([v], [i ^ step for i in range(lanes_)]))
-        step //= 2
-    return v
-
-
-def _add(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
-    return a + b
 
 
 def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, scale: float,
@@ -172,7 +158,7 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
         # Row maxima across the lanes (butterflies), exp (masked keys give exactly 0), row
         # sums on the lanes, then across them: every lane of inv[r] holds row r's sum.
         for r in T.unroll(mr):
-            red[r, vec] = _butterfly(red[r, vec], kc, T.max)
+            red[r, vec] = butterfly(red[r, vec], kc, T.max)
         for r in T.unroll(mr):
             for w in T.vectorized(kc):
                 inv[r, w] = T.float32(0)
@@ -182,7 +168,7 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
                     s[r, c * kc + w] = fast_exp(s[r, c * kc + w] - red[r, w])
                     inv[r, w] = inv[r, w] + s[r, c * kc + w]
         for r in T.unroll(mr):
-            inv[r, vec] = _butterfly(inv[r, vec], kc, _add)
+            inv[r, vec] = butterfly(inv[r, vec], kc, add)
 
     @T.macro
     def used_seqs(cu, nseq):
