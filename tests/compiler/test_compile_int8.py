@@ -79,3 +79,37 @@ def test_compile_quantize_pruned_model_logs_sparse_int8_decisions(tiny_bert: Pat
     assert info["pruned"] > 0 and len(info["decisions"]) == info["pruned"]
     assert f"lamina: sparse INT8: {info['sparse']} of {info['pruned']} pruned INT8 matmuls" in err
     assert all("predicted gain" in d and d in err for d in info["decisions"])
+
+
+
+@pytest.mark.parametrize("target, bits", [("x86-avx2", 7), ("x86-avx512", 7),
+                                          ("x86-avx512-vnni", 8), ("x86-avx512-amx", 8)])
+def test_int8_weight_bits_follow_the_targets_kernels(target: str, bits: int) -> None:
+    from lamina.backends import tvm as tvm_backend
+
+    assert tvm_backend.int8_weight_bits(target, 1) == bits
+
+
+def test_compile_for_avx2_quantizes_7_bit_weights(tiny_bert: Path, tmp_path: Path) -> None:
+    """AVX2's ``vpmaddubsw`` takes 7-bit weights: ``lamina compile`` quantizes them so for an AVX2
+    target (calibrated and measured as such, nothing re-rounded in the lowering) and the manifest
+    says so."""
+    from lamina.backends import tvm as tvm_backend
+    from lamina.backends.reference import run
+    from lamina.compiler.driver import api
+    from lamina.compiler.driver.quantize import QuantizeConfig, cosine, pooled
+    from lamina.zoo import make_inputs
+
+    np.savez(tmp_path / "calib.npz", **make_inputs(tiny_bert, 16, 16))
+    cfg = QuantizeConfig(calibration=str(tmp_path / "calib.npz"), calibration_size=16,
+                         target_cos=None)
+    out = api.compile(tiny_bert, tmp_path / "q.lamina", buckets=[(1, 16)], target="x86-avx2",
+                      threads=1, quantize=cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["quantization"]["weight_bits"] == 7
+    assert "weight-bits=7" in manifest["pipeline"]
+    feeds = make_inputs(tiny_bert, 1, 16, seed=5)
+    art = tvm_backend.load(out)
+    got = art.run(feeds)[art.outputs[0].name]
+    want = run(tiny_bert, feeds)[art.outputs[0].name]
+    assert cosine(pooled(want, feeds), pooled(got, feeds)).min() >= 0.98

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 from .buckets import default_buckets, format_buckets, parse_buckets
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import build_artifact, check_precision_target, io_dims_from_model
+    from .api import build_artifact, check_precision_target, int8_weight_bits, io_dims_from_model
     from .runtime import CompiledModel, load
     from .target import resolve_target
 
 __all__ = ["CompiledModel", "build_artifact", "check_precision_target", "default_buckets",
            "format_buckets",
-           "io_dims_from_model", "load", "parse_buckets", "resolve_target"]
+           "int8_weight_bits", "io_dims_from_model", "load", "parse_buckets", "resolve_target"]
 
 _LAZY = {"build_artifact": "api", "check_precision_target": "api", "io_dims_from_model": "api",
+         "int8_weight_bits": "api",
          "load": "runtime", "CompiledModel": "runtime", "resolve_target": "target"}
 
 

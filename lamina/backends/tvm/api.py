@@ -387,6 +387,15 @@ def check_precision_target(precision: str, target: str | dict[str, Any] | Target
     return spec
 
 
+def int8_weight_bits(target: str | dict[str, Any] | TargetSpec = "auto",
+                     threads: int | None = None) -> int:
+    """Weight bits for INT8 on ``target``: 7 where its INT8 family is AVX2 (``vpmaddubsw``
+    saturates int16 pair sums of 8-bit weights; 255 * 63 * 2 cannot), else 8."""
+    from .kernels.isa import int8_isa
+
+    return 7 if int8_isa(resolve_target(target, threads, int8=True).tvm_target) == "avx2" else 8
+
+
 def _staged_manifest(staged: Sequence[Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's ``staged`` entry: the layer structure once, the functions per bucket."""
     first = staged[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -249,6 +249,10 @@ def compile(  # noqa: A001 - the verb users expect
     if quantize is not None:
         from lamina.compiler.driver.quantize import quantize_model
 
+        if quantize.weight_bits is None:
+            # The target's INT8 kernels decide: 7-bit weights for AVX2's vpmaddubsw, quantized
+            # (and their accuracy measured) here rather than re-rounded in the lowering.
+            quantize = replace(quantize, weight_bits=tvm_backend.int8_weight_bits(target, threads))
         model, qres = quantize_model(model, quantize)
         quant_info = qres.summary()
         report.pipeline += "," + qres.pipeline

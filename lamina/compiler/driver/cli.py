@@ -278,6 +278,15 @@ def _add_quantize_args(p: argparse.ArgumentParser, *, in_compile: bool) -> None:
         help="activation type: u8 asymmetric or s8 symmetric (static mode)",
     )
     g.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=[7, 8],
+        default=None,
+        help="weight bits: 7 is what the AVX2 INT8 kernels run without int16 saturation "
+        + ("(default: from the target's INT8 kernels, 7 on AVX2 and 8 elsewhere)" if in_compile
+           else "(default 8; lamina compile picks from its target)"),
+    )
+    g.add_argument(
         "--target-cos",
         type=float,
         default=0.995,
@@ -316,6 +325,7 @@ def _quantize_config(args: argparse.Namespace):
         calibration_size=args.calibration_size,
         target_cos=args.target_cos or None,
         smooth_alpha="auto" if args.smooth_quant is None else (args.smooth_quant or None),
+        weight_bits=args.weight_bits,
         always_sensitivity=bool(args.plot or args.report),
         report=args.report,
         plot=args.plot,

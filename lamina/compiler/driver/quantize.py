@@ -48,6 +48,9 @@ class QuantizeConfig:
     # None: off.
     smooth_alpha: float | str | None = "auto"
     percentile: float = 99.999
+    # 8, or 7 for the AVX2 INT8 kernels (no int16 saturation in vpmaddubsw); None: 8 here, and
+    # ``lamina.compile`` picks it from the target's INT8 family.
+    weight_bits: int | None = None
     always_sensitivity: bool = False
     report: str | None = None
     plot: str | None = None
@@ -66,12 +69,14 @@ class QuantizeResult:
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     pipeline: str = ""
+    weight_bits: int = 8
 
     def summary(self) -> dict[str, Any]:
         """What the artifact manifest and the compile log record."""
         return {
             "pipeline": self.pipeline,
             "quantized_ops": len(self.quantized),
+            "weight_bits": self.weight_bits,
             "fp32_ops": self.fp32,
             "cosine": self.cosine,
             "target_met": self.target_met,
@@ -83,6 +88,7 @@ class QuantizeResult:
             "fp32": self.fp32,
             "cosine": self.cosine,
             "cosine_all_quantized": self.cosine_all,
+            "weight_bits": self.weight_bits,
             "target_met": self.target_met,
             "sensitivity": self.sensitivity,
             "pipeline": self.pipeline,
@@ -148,7 +154,8 @@ def _quantize(
     model = base.clone()
     ops = [op for n in model.graph if (op := classify(n)[0]) is not None and op.name in names]
     tag = f"static:{cfg.activation}:{cfg.method}" if cfg.mode == "static" else "dynamic:u8"
-    rewrite(model, ops, mode=cfg.mode, ranges=ranges, scheme=cfg.activation, tag=tag)
+    rewrite(model, ops, mode=cfg.mode, ranges=ranges, scheme=cfg.activation, tag=tag,
+            weight_bits=cfg.weight_bits or 8)
     model.graph.sort()
     return model
 
@@ -207,6 +214,7 @@ def _quantize_model(
         names = list(dict.fromkeys(op.x.name for op in ops))
         result.ranges = collect_ranges(model, names, calib, cfg.method, cfg.percentile)
     all_names = [op.name for op in ops]
+    result.weight_bits = cfg.weight_bits or 8
     result.pipeline = _pipeline_text(cfg)
     quantized = _quantize(model, set(all_names), cfg, result.ranges)
     if cfg.target_cos is None:
@@ -276,6 +284,8 @@ def _pipeline_text(cfg: QuantizeConfig, exclude: list[str] | None = None) -> str
         ]
         if cfg.tokenizer:
             opts.append(f"tokenizer={cfg.tokenizer}")
+    if cfg.weight_bits and cfg.weight_bits != 8:
+        opts.append(f"weight-bits={cfg.weight_bits}")
     if exclude:
         opts.append("exclude=" + ";".join(exclude))
     text = "quantize-int8{" + ",".join(opts) + "}"

@@ -78,13 +78,19 @@ def quantizable_ops(model: ir.Model) -> list[QuantOp]:
     return [op for node in model.graph if (op := classify(node)[0]) is not None]
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8 in [-127, 127]: (W_q int8, scale f32 [N]) with W ~ W_q *
-    scale."""
+WEIGHT_BITS = (7, 8)
+
+
+def quantize_weight(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8 in [-q, q], q = 2^(bits-1) - 1 (127, or 63 for the AVX2
+    kernels' 7 bits): (W_q int8, scale f32 [N]) with W ~ W_q * scale."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight bits must be 7 or 8, got {bits}")
+    top = float(2 ** (bits - 1) - 1)
     amax = np.abs(w).max(axis=1 - axis)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / top, 1.0).astype(np.float32)
     shaped = scale[None, :] if axis == 1 else scale[:, None]
-    q = np.clip(np.rint(w / shaped), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / shaped), -top, top).astype(np.int8)
     return q, scale
 
 

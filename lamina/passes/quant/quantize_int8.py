@@ -16,6 +16,7 @@ from lamina.compiler.pipeline import Pass, PassContext, PassResult, option, regi
 from lamina.passes.canonical._utils import add_initializer
 from lamina.passes.quant._utils import (
     QUANT_KEY,
+    WEIGHT_BITS,
     QuantOp,
     activation_qparams,
     classify,
@@ -44,6 +45,10 @@ class QuantizeInt8Options:
     method: str = option("minmax", "range observer: minmax, percentile, entropy or mse")
     percentile: float = option(99.999, "percentile of the percentile method")
     exclude: str = option("", "node names to keep in fp32, separated by ';'")
+    weight_bits: int = option(
+        8, "weight bits: 8, or 7 (weights in [-63, 63], what the AVX2 INT8 kernels run without "
+        "int16 saturation)"
+    )
 
 
 def _exclude_set(text: str) -> set[str]:
@@ -59,13 +64,14 @@ def rewrite(
     scheme: str = "u8",
     tag: str = "",
     pass_name: str = "quantize-int8",
+    weight_bits: int = 8,
 ) -> int:
     """Rewrite ``ops`` of ``model`` in place into the QDQ form; returns how many were quantized.
 
     Static: ``X -> QuantizeLinear(s, zp) -> DequantizeLinear(s, zp) -> op`` with one Q/DQ pair per
     distinct X, shared by its quantized consumers. Dynamic: ``DynamicQuantizeLinear(X) ->
     DequantizeLinear -> op``. Weights: ``DequantizeLinear(W_q int8, w_scale f32 [N], zp int8 zeros
-    [N], axis)`` into input 1.
+    [N], axis)`` into input 1, ``W_q`` in ``[-127, 127]`` (``weight_bits`` 8) or ``[-63, 63]`` (7).
     """
     graph = model.graph
     namer = Namer(graph)
@@ -79,7 +85,7 @@ def rewrite(
             dq_x = _activation_qdq(graph, namer, op.x, mode, ranges, scheme, first, pass_name)
             shared[id(op.x)] = dq_x
         node.replace_input_with(0, dq_x)
-        wq, ws = quantize_weight(op.weight, op.axis)
+        wq, ws = quantize_weight(op.weight, op.axis, weight_bits)
         base = namer(f"{node.name or 'w'}_wq")
         wq_v = add_initializer(graph, base, wq)
         ws_v = add_initializer(graph, namer(f"{base}_scale"), ws)
@@ -208,6 +214,8 @@ class QuantizeInt8Pass(Pass):
             raise UsageError(f"quantize-int8: mode must be static or dynamic, got {o.mode!r}")
         if o.activation not in SCHEMES:
             raise UsageError(f"quantize-int8: activation must be u8 or s8, got {o.activation!r}")
+        if o.weight_bits not in WEIGHT_BITS:
+            raise UsageError(f"quantize-int8: weight-bits must be 7 or 8, got {o.weight_bits}")
         exclude = _exclude_set(o.exclude)
         ops, skipped = [], 0
         for node in list(model.graph):
@@ -239,6 +247,7 @@ class QuantizeInt8Pass(Pass):
             scheme=o.activation,
             tag=mode_tag,
             pass_name=self.name,
+            weight_bits=o.weight_bits,
         )
         model.graph.sort()
         return PassResult(model, changed=True, stats=stats)

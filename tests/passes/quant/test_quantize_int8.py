@@ -163,6 +163,26 @@ def test_bad_options() -> None:
         quantize(mlp(), mode="weird")
     with pytest.raises(UsageError, match="activation must be"):
         quantize(mlp(), mode="dynamic", activation="u4")
+    with pytest.raises(UsageError, match="weight-bits must be 7 or 8"):
+        quantize(mlp(), mode="dynamic", weight_bits=6)
+
+
+def test_seven_bit_weights() -> None:
+    """weight-bits=7 (the AVX2 kernels'): every weight in [-63, 63] from fp32 (not 8 bits halved),
+    scale amax / 63, the rest of the graph as with 8 bits."""
+    w = np.array([[1.0, -0.5], [-2.0, 0.25]], np.float32)
+    q, s = quantize_weight(w, axis=1, bits=7)
+    assert np.allclose(s, [2 / 63, 0.5 / 63]) and q[1, 0] == -63 and q[0, 1] == -63
+    assert abs(int(q[0, 0]) - 31.5) == 0.5
+    with pytest.raises(ValueError, match="7 or 8"):
+        quantize_weight(w, axis=1, bits=4)
+    res = quantize(mlp(), mode="dynamic", weight_bits=7)
+    wq = [v.const_value.numpy() for v in res.model.graph.initializers.values()
+          if v.const_value is not None and v.const_value.dtype.name == "INT8"
+          and v.shape.rank() == 2]
+    assert wq and all(np.abs(a).max() == 63 for a in wq)
+    base = quantize(mlp(), mode="dynamic")
+    assert signature(res.model) == signature(base.model)
 
 
 def test_qparams_and_weight_rounding() -> None:

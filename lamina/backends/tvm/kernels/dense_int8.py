@@ -16,10 +16,11 @@ Instruction families (``isa.int8_isa``):
   v])``;
   exact.
 - ``avx2``: ``vpmaddwd(vpmaddubsw(bcast4(X), W), 1)`` added to ``acc[8 x i32]``. ``vpmaddubsw``
-  saturates its int16 pair sums (255 * 127 * 2 > 32767), so this family uses **reduce-range
-  weights**: the lowering requantizes the int8 weights to 7 bits (``[-64, 63]``, scale doubled,
-  :func:`reduce_range`), after which no pair sum can saturate (255 * 64 * 2 = 32640) and the kernel
-  is exact for the weights it gets. The cost is one bit of weight precision (measured in the notes).
+  saturates its int16 pair sums (255 * 127 * 2 > 32767), so this family takes **7-bit weights**
+  (``[-64, 63]``), where no pair sum can saturate (255 * 64 * 2 = 32640) and the kernel is exact:
+  ``lamina compile`` quantizes them so for an AVX2 target (``quantize-int8{weight-bits=7}``), and
+  the lowering requantizes 8-bit ones (:func:`reduce_range`). The cost is one bit of weight
+  precision (measured in the notes).
 - ``amx`` (AMX-INT8): ``dense_amx.py``, chosen by :func:`dense_int8_kernel` on AMX targets.
 
 ``quantize.py`` makes ``Xq`` (QuantizeLinear / DynamicQuantizeLinear semantics).
@@ -222,9 +223,20 @@ def column_sums(w: np.ndarray) -> np.ndarray:
     return np.asarray(w, np.int64).sum(axis=0).astype(np.int32)
 
 
+def fits_7_bits(w: np.ndarray) -> bool:
+    """Whether every weight is in ``[-64, 63]``, where ``vpmaddubsw`` cannot saturate."""
+    w = np.asarray(w)
+    return w.size == 0 or (int(w.min()) >= -64 and int(w.max()) <= 63)
+
+
 def reduce_range(w: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """7-bit weights for the AVX2 family: ``round_half_even(w / 2)`` clipped to ``[-64, 63]`` and
-    the scale doubled (ONNX Runtime's ``reduce_range`` on an already int8 weight)."""
+    """7-bit weights for the AVX2 family: unchanged when they already fit (``quantize-int8
+    {weight-bits=7}``, what ``lamina compile`` quantizes for an AVX2 target), else
+    ``round_half_even(w / 2)`` clipped to ``[-64, 63]`` and the scale doubled (ONNX Runtime's
+    ``reduce_range`` on an already int8 weight; it rounds twice and costs more accuracy than
+    quantizing to 7 bits from fp32)."""
+    if fits_7_bits(w):
+        return np.asarray(w), np.asarray(scale, np.float32)
     w7 = np.clip(np.round(np.asarray(w, np.float32) / 2.0), -64, 63).astype(np.int8)
     return w7, np.asarray(scale, np.float32) * 2.0
 

@@ -39,6 +39,8 @@ class LowerContext:
         # quantized activations they share ((value, mode...) -> (Xq, qparams)).
         self.int8: dict = {}
         self.int8_inputs: dict = {}
+        # INT8 weights the AVX2 lowering re-rounded to 7 bits (warned about once).
+        self.reduced_weights: list[str] = []
         # float activations an INT8 consumer quantizes statically (quant_dense.quantized_values)
         self.int8_out: dict = {}
         # INT8 layers on pruned weights may run the block-sparse kernel where the target's cost

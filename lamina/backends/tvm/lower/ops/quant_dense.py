@@ -18,7 +18,8 @@ N not a multiple of the vector lanes) is left to the standalone Q / DQ converter
 The arithmetic is ONNX's: the kernel computes the integers of ``DQ(Q(X)) @ DQ(W_q)`` exactly
 (int32 accumulators), then ``(acc - zp * colsum(W_q)) * s * w_scale + bias``, so the only
 differences from ONNX Runtime on the same QDQ graph are float rounding in the epilogue, and on the
-AVX2 family the 7-bit weights of its saturation remedy (``dense_int8.reduce_range``).
+AVX2 family 8-bit weights, which its saturation remedy re-rounds to 7 bits
+(``dense_int8.reduce_range``; ``lamina compile`` quantizes 7-bit ones for an AVX2 target).
 """
 
 from __future__ import annotations
@@ -261,6 +262,7 @@ def emit_int8_dense(
     from ...kernels.dense_int8 import (
         column_sums,
         dense_int8_kernel,
+        fits_7_bits,
         kernel_family,
         pack_weight_int8,
         packing,
@@ -316,7 +318,15 @@ def emit_int8_dense(
         cache[key] = (xq, qp_dense)
     xq, qp_dense = cache[key]
 
-    wq, w_scale = reduce_range(m.wq, m.w_scale) if fam == "avx2" else (m.wq, m.w_scale)
+    wq, w_scale = m.wq, m.w_scale
+    if fam == "avx2" and not fits_7_bits(wq):
+        wq, w_scale = reduce_range(wq, w_scale)
+        if not ctx.reduced_weights:
+            log.warning("INT8 weight %r (and any after it) has 8-bit values: re-rounded to 7 "
+                        "bits for the AVX2 kernels; quantize for this target (lamina compile "
+                        "--quantize int8, or quantize-int8{weight-bits=7}) to calibrate and "
+                        "measure 7-bit weights", m.w_name)
+        ctx.reduced_weights.append(m.w_name)
     tag = f"@int8{fam}{nb}k{k_step}"
     wp_var = _param(ctx, f"{m.w_name}{tag}", pack_weight_int8(wq, nb, k_step))
     cs_var = _param(ctx, f"{m.w_name}{tag}:colsum", column_sums(wq))
