@@ -228,6 +228,34 @@ def test_attention_kernel(isa, batch, sq, skv, heads, d, merged, mask):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("signed", [False, True])
+def test_attention_quantizes_its_output_for_an_int8_consumer(isa, signed):
+    """``quant_out``: the u8 of ``saturate(round_half_even(o * S) + zp)`` (int8 codes shifted by
+    +128), the codes of the float output quantized the same way; a scale that saturates some."""
+    from lamina.backends.tvm.kernels.attention import attention_kernel
+
+    target = _target(isa)
+    batch, s, heads, d = 1, 16, 2, 16
+    hid = heads * d
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((batch * s, 3 * hid), dtype=np.float32)
+    smul = rng.uniform(100, 300, hid).astype(np.float32)
+    zp = 3.0 if signed else 120.0
+    outs = []
+    for quant in (False, True):
+        func = attention_kernel(batch, s, s, heads, d, scale=0.25, merged=True, mask=False,
+                                target=target, quant_out=quant, out_signed=signed)
+        extra = [smul, np.array([0.01, zp], np.float32)] if quant else []
+        outs.append(_run(func, [x, *extra, np.zeros((batch, s, heads, d),
+                                                    np.uint8 if quant else np.float32)], target))
+    lo, hi, shift = (-128, 127, 128) if signed else (0, 255, 0)
+    want = np.clip(np.rint(outs[0].reshape(-1, hid) * smul) + zp, lo, hi) + shift
+    got = outs[1].reshape(-1, hid).astype(np.int64)
+    assert ((want == 0) | (want == 255)).any()  # saturation exercised
+    assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.99
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_every_attention_candidate_is_correct(isa):
     from lamina.backends.tvm.kernels.attention import attention_kernel, candidate_attention_configs
 

@@ -420,3 +420,35 @@ def test_bf16_attention_on_bf16_sources_equals_rounding_float_ones():
         lib["main"](tvm.runtime.tensor(src, dev), out)
         outs.append(out.numpy())
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_bf16_attention_quantizes_its_output_for_an_int8_consumer():
+    """``quant_out`` writes the codes of its float output quantized (the INT8 out-projection's
+    QuantizeLinear, fused)."""
+    import tvm
+
+    from lamina.backends.tvm.kernels.attention_bf16 import attention_bf16_kernel
+    from lamina.backends.tvm.kernels.common import standalone_module
+
+    _need_bf16_host()
+    target = _target()
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((64, 3 * 64)).astype(np.float32)
+    bias = np.zeros((1, 64), np.float32)
+    bias[0, 50:] = np.finfo(np.float32).min
+    smul = rng.uniform(100, 300, 64).astype(np.float32)
+    qo = np.array([0.01, 120.0], np.float32)
+    dev = tvm.cpu()
+    outs = []
+    for quant in (False, True):
+        lib = tvm.compile(standalone_module(attention_bf16_kernel(
+            1, 64, 64, 2, 32, scale=0.2, merged=True, mask=True, threads=2, quant_out=quant)),
+            target=target)
+        args = [x, bias] + ([smul, qo] if quant else [])
+        out = tvm.runtime.tensor(np.zeros((1, 64, 2, 32), np.uint8 if quant else np.float32), dev)
+        lib["main"](*[tvm.runtime.tensor(a, dev) for a in args], out)
+        outs.append(out.numpy().reshape(64, 64))
+    want = np.clip(np.rint(outs[0] * smul) + 120.0, 0, 255)
+    assert (want == 255).any() and (want == 0).any()
+    got = outs[1].astype(np.int64)
+    assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.99

@@ -322,3 +322,68 @@ def test_int8_qkv_projection_writes_bf16_for_the_bf16_attention(tmp_path):
     got, want = load(art).run(feeds)["y"], run(model, feeds)["y"]
     assert np.abs(got - want).max() < 5e-2
     assert float(np.corrcoef(got.ravel(), want.ravel())[0, 1]) > 0.999
+
+
+def _attention_out_proj_model(seq: int = 32, bits: int = 8) -> ir.Model:
+    """A 2-head attention (head size 32) whose output feeds only an INT8 out-projection through
+    smooth-quant's Mul and a static Q / DQ, plus the residual (``bits``-bit weights)."""
+    rng = np.random.default_rng(5)
+    hid = 64
+    nodes, inits = [], []
+    for part in (_qdq_act("ys", 6.0 / 255, 120, False),
+                 _qdq_weight("wo", rng.standard_normal((hid, hid)).astype(np.float32) * 0.2, 1,
+                             bits)):
+        nodes += part[0]
+        inits += part[1]
+    inits += [("bo", rng.standard_normal(hid).astype(np.float32) * 0.1),
+              ("smooth", rng.uniform(0.5, 2.0, hid).astype(np.float32))]
+    nodes += [
+        helper.make_node("Attention", ["q", "k", "v", "m"], ["y"], domain="lamina", num_heads=2,
+                         scale=0.25, mask_kind="key_padding"),
+        helper.make_node("Mul", ["y", "smooth"], ["ys"]),
+        helper.make_node("Linear", ["ys_dq", "wo", "bo", "q"], ["out"], domain="lamina",
+                         has_residual=1),
+    ]
+    g = helper.make_graph(
+        nodes, "attn_out",
+        [helper.make_tensor_value_info(n, F, [1, seq, hid]) for n in ("q", "k", "v")]
+        + [helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info("out", F, None)],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19),
+                                            helper.make_opsetid("lamina", 1)])
+    m.ir_version = 9
+    return ir.from_proto(m)
+
+
+@pytest.mark.parametrize("target, kernel", [("x86-avx2", "lamina_attention_q_k_v"),
+                                            ("x86-avx512-bf16", "lamina_attention_bf16_q_k_v")])
+def test_attention_writes_the_out_projections_u8(target, kernel, tmp_path):
+    """An attention output that only an INT8 projection reads is quantized by the attention kernel
+    itself (no quantize kernel, no float output), with the same codes as ONNX Runtime on the QDQ
+    graph up to float rounding (bf16 attention: within its error)."""
+    import re
+
+    from lamina.backends.reference import run
+    from lamina.backends.tvm import build_artifact, load
+    from lamina.backends.tvm.kernels import host_supports
+
+    model = _attention_out_proj_model(bits=7 if target == "x86-avx2" else 8)
+    dump = tmp_path / "dump"
+    art = build_artifact({(1, 32): model}, tmp_path / "a.lamina", target=target, threads=2,
+                         schedule="none", dump_dir=dump)
+    final = sorted((dump / "tvm").glob("*"))[-1].read_text()
+    assert f"{kernel}_1x32x32x2x32_masked_q" in final
+    assert not re.findall(r"lamina_quantize_\w+", final)
+    isa = "avx512bf16" if "bf16" in target else "avx2"
+    if not host_supports(isa):
+        return
+    rng = np.random.default_rng(6)
+    feeds = {n: rng.standard_normal((1, 32, 64)).astype(np.float32) for n in ("q", "k", "v")}
+    feeds["m"] = (np.arange(32) < 27).astype(np.int64)[None]
+    got, want = load(art).run(feeds)["out"], run(model, feeds)["out"]
+    if isa == "avx2":
+        err = np.abs(got - want)
+        assert np.mean(err < 1e-4) > 0.97 and err.max() < 0.1
+    else:
+        assert float(np.corrcoef(got.ravel(), want.ravel())[0, 1]) > 0.999

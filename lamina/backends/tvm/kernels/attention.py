@@ -32,7 +32,7 @@ import tvm
 from tvm import relax, te, tirx, topi
 
 from ._rows import lanes_for
-from .common import finish_kernel
+from .common import finish_kernel, round_half_even
 from .isa import isa_of, lanes
 
 # Accumulator registers the QK^T and PV register tiles may use (of 32 zmm / 16 ymm / 16 xmm).
@@ -154,10 +154,17 @@ def _tile_reduction(sch: tvm.s_tir.Schedule, blk, row, col, red, r: int, c: int)
 
 def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
                      merged: bool, mask: bool, target: tvm.target.Target,
-                     config: AttentionConfig | None = None) -> tirx.PrimFunc:
+                     config: AttentionConfig | None = None, quant_out: bool = False,
+                     out_signed: bool = False) -> tirx.PrimFunc:
     """The scheduled PrimFunc. Arguments: ``X[b*s, 3*h*d]`` if ``merged`` else ``Q[b*sq, h*d]``,
     ``K[b*skv, h*d]``, ``V[b*skv, h*d]``; then ``bias[b, skv]`` if ``mask``; output ``O[b, sq, h,
-    d]``."""
+    d]``.
+
+    With ``quant_out`` the output is the u8 of the INT8 consumer's quantization, fused (the
+    attention output feeds only the out-projection): after ``bias`` come ``S[h*d]``, the
+    multiplier ``smooth / scale``, and ``qo[2]`` (``qo[1]`` the zero point), and ``O =
+    saturate(round_half_even(o * S) + qo[1])`` (int8 shifted by +128 when ``out_signed``), as
+    ``dense_int8_kernel``'s ``quant_out``."""
     cfg = resolve_attention_config(sq, skv, d, target, config)
     hid = heads * d
     if merged:
@@ -231,8 +238,22 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
     pv = te.compute((batch, heads, sq, d),
                     lambda bi, hh, i, e: te.sum(p[bi, hh, i, rj] * v_at(bi, rj, hh, e), axis=rj),
                     name="PV")
-    out = te.compute((batch, sq, heads, d),
-                     lambda bi, i, hh, e: pv[bi, hh, i, e] * inv[bi, hh, i], name="O")
+    if quant_out:
+        smul = te.placeholder((hid,), "float32", name="S")
+        qo = te.placeholder((2,), "float32", name="QO")
+        args += [smul, qo]
+        lo, hi, shift = out_range(out_signed)
+
+        def quantized(bi, i, hh, e):
+            y = round_half_even(pv[bi, hh, i, e] * inv[bi, hh, i] * smul[hh * d + e]) + qo[1]
+            return tirx.Cast("uint8", tirx.max(tirx.min(y, tirx.const(hi, "float32")),
+                                               tirx.const(lo, "float32"))
+                             + tirx.const(shift, "float32"))
+
+        out = te.compute((batch, sq, heads, d), quantized, name="O")
+    else:
+        out = te.compute((batch, sq, heads, d),
+                         lambda bi, i, hh, e: pv[bi, hh, i, e] * inv[bi, hh, i], name="O")
 
     sch = tvm.s_tir.Schedule(te.create_prim_func([*args, out]))
     sch.compute_inline(sch.get_sblock("dlt"))
@@ -277,21 +298,34 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
 
 def emit_attention(bb: relax.BlockBuilder, sources: list[relax.Expr], bias: relax.Expr | None, *,
                    batch: int, sq: int, skv: int, heads: int, d: int, scale: float,
-                   target: tvm.target.Target, config: AttentionConfig | None = None) -> relax.Expr:
+                   target: tvm.target.Target, config: AttentionConfig | None = None,
+                   quant: tuple[relax.Expr, relax.Expr, bool] | None = None) -> relax.Expr:
     """``[b, sq, h * d]`` attention output. ``sources``: ``[X]`` (merged ``[b, s, 3 * h * d]``) or
     ``[Q, K, V]`` (``[b, s, h * d]`` each); ``bias``: the ``[b, skv]`` additive key bias, or
-    None."""
+    None; ``quant = (S, qo, signed)``: the output quantized for an INT8 consumer instead, in u8
+    (:func:`attention_kernel`'s ``quant_out``)."""
     func = attention_kernel(batch, sq, skv, heads, d, scale=scale, merged=len(sources) == 1,
-                            mask=bias is not None, target=target, config=config)
+                            mask=bias is not None, target=target, config=config,
+                            quant_out=quant is not None, out_signed=quant is not None and quant[2])
     return emit_attention_call(bb, func, "lamina_attention", sources, bias, batch=batch, sq=sq,
-                               skv=skv, heads=heads, d=d)
+                               skv=skv, heads=heads, d=d, quant=quant)
+
+
+def out_range(signed: bool) -> tuple[float, float, float]:
+    """``(lo, hi, shift)`` of a fused quantized output: int8 codes stored shifted by +128 as u8,
+    or u8 codes."""
+    return (-128.0, 127.0, 128.0) if signed else (0.0, 255.0, 0.0)
 
 
 def emit_attention_call(bb: relax.BlockBuilder, func: tirx.PrimFunc, prefix: str,
                         sources: list[relax.Expr], bias: relax.Expr | None, *, batch: int,
-                        sq: int, skv: int, heads: int, d: int, suffix: str = "") -> relax.Expr:
+                        sq: int, skv: int, heads: int, d: int, suffix: str = "",
+                        quant: tuple[relax.Expr, relax.Expr, bool] | None = None) -> relax.Expr:
     """The ``call_tir`` of an attention kernel ``func`` taking :func:`attention_kernel`'s
-    arguments (``sources`` reshaped to rows, then ``bias``), reshaped to ``[b, sq, h * d]``."""
+    arguments (``sources`` reshaped to rows, then ``bias``, then ``quant``'s ``S, qo``), reshaped
+    to ``[b, sq, h * d]`` (u8 with ``quant``)."""
+    if quant is not None:
+        suffix += "_q_s8" if quant[2] else "_q"
     merged = len(sources) == 1
     tag = "qkv" if merged else "q_k_v"
     gv = bb.add_func(func, f"{prefix}_{tag}_{batch}x{sq}x{skv}x{heads}x{d}"
@@ -303,5 +337,8 @@ def emit_attention_call(bb: relax.BlockBuilder, func: tirx.PrimFunc, prefix: str
             for src, (n, w) in zip(sources, rows, strict=True)]
     if bias is not None:
         args.append(bias)
-    o = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, sq, heads, d), "float32")))
+    if quant is not None:
+        args += [quant[0], quant[1]]
+    dtype = "uint8" if quant is not None else "float32"
+    o = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, sq, heads, d), dtype)))
     return bb.emit(relax.op.reshape(o, (batch, sq, heads * d)))

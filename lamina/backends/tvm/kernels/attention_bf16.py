@@ -40,8 +40,8 @@ import numpy as np
 from tvm import relax, tirx
 from tvm.script import tirx as T
 
-from .attention import emit_attention_call
-from .common import add, butterfly, finish_kernel, keep_params, root_block
+from .attention import emit_attention_call, out_range
+from .common import add, butterfly, finish_kernel, keep_params, root_block, round_half_even
 from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vdpbf16ps
 from .varlen_attention import _L1, _L2, _L4, _L8, fast_exp
 
@@ -136,11 +136,14 @@ def candidate_attention_bf16_configs(sq: int, skv: int, d: int) -> list[Attentio
 def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale: float,
                           merged: bool, mask: bool,
                           threads: int, config: AttentionBf16Config | None = None,
-                          bf16_in: bool = False) -> tirx.PrimFunc:
+                          bf16_in: bool = False, quant_out: bool = False,
+                          out_signed: bool = False) -> tirx.PrimFunc:
     """PrimFunc with the arguments of :func:`.attention.attention_kernel`: ``X[b*s, 3*h*d]`` if
     ``merged`` else ``Q[b*sq, h*d], K[b*skv, h*d], V[b*skv, h*d]``; ``bias[b, skv]`` if
     ``mask``; output ``O[b, sq, h, d]``. With ``bf16_in`` the sources are uint16 bf16 bits (the
-    same result as rounding float sources: the kernel rounds them first).
+    same result as rounding float sources: the kernel rounds them first). With ``quant_out`` the
+    output is an INT8 consumer's u8 (``S[h*d], qo[2]`` after ``bias``; see
+    :func:`.attention.attention_kernel`).
 
     The (batch, head) tasks run in ``threads`` parallel chunks, chunk ``t`` taking tasks ``t, t +
     threads, ...``: the scratch buffers are allocated once per chunk (TVM serves them from the
@@ -168,9 +171,11 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     v_off = 2 * hid if merged else 0
     tasks = batch * heads
     nt = max(1, min(tasks, threads))
+    out_dtype = "uint8" if quant_out else "float32"
+    q_lo, q_hi, q_shift = out_range(out_signed)
 
     @T.macro
-    def body(X, Kb, Vb, bias, Y):
+    def body(X, Kb, Vb, bias, S, QO, Y):
         for t in T.parallel(nt):
             with T.attr(0, "pragma_import_llvm", DPBF16PS_IR):
                 kr = T.decl_buffer((skv, d), "uint16")
@@ -305,16 +310,27 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                                         acc[r, T.ramp(v * L, 1, L)], pb[r, T.ramp(2 * j2, 1, 2)],
                                         T.reinterpret("int16x32", vp[j2, T.ramp(v * L, 1, L)]))
                         for r in T.unroll(mr):
-                            for e in T.vectorized(d):
-                                Y[b, qt * mr + r, h, e] = acc[r, e] * inv[r, e % L]
+                            if quant_out:  # one vector at a time, as the INT8 dense's epilogue
+                                for v in T.unroll(dv):
+                                    for w in T.vectorized(L):
+                                        Y[b, qt * mr + r, h, v * L + w] = T.Cast(
+                                            "uint8", T.max(T.min(round_half_even(
+                                                acc[r, v * L + w] * inv[r, w]
+                                                * S[h * d + v * L + w]) + QO[1],
+                                                T.float32(q_hi)), T.float32(q_lo))
+                                            + T.float32(q_shift))
+                            else:
+                                for e in T.vectorized(d):
+                                    Y[b, qt * mr + r, h, e] = acc[r, e] * inv[r, e % L]
 
     if merged:
 
         @T.prim_func(private=True)
         def func(X: T.Buffer((batch * sq, qw), src_dtype), bias: T.Buffer((batch, skv), "float32"),
-                 Y: T.Buffer((batch, sq, heads, d), "float32")):
+                 S: T.Buffer((hid,), "float32"), QO: T.Buffer((2,), "float32"),
+                 Y: T.Buffer((batch, sq, heads, d), out_dtype)):
             T.func_attr({"tirx.noalias": True})
-            body(X, X, X, bias, Y)  # K and V are columns of X
+            body(X, X, X, bias, S, QO, Y)  # K and V are columns of X
     else:
 
         @T.prim_func(private=True)
@@ -322,11 +338,13 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                  Kb: T.Buffer((batch * skv, kw), src_dtype),
                  Vb: T.Buffer((batch * skv, kw), src_dtype),
                  bias: T.Buffer((batch, skv), "float32"),
-                 Y: T.Buffer((batch, sq, heads, d), "float32")):
+                 S: T.Buffer((hid,), "float32"), QO: T.Buffer((2,), "float32"),
+                 Y: T.Buffer((batch, sq, heads, d), out_dtype)):
             T.func_attr({"tirx.noalias": True})
-            body(X, Kb, Vb, bias, Y)
+            body(X, Kb, Vb, bias, S, QO, Y)
 
-    keep = (["X"] if merged else ["X", "Kb", "Vb"]) + (["bias"] if mask else []) + ["Y"]
+    keep = ((["X"] if merged else ["X", "Kb", "Vb"]) + (["bias"] if mask else [])
+            + (["S", "QO"] if quant_out else []) + ["Y"])
     return finish_kernel(root_block(keep_params(func, keep)))
 
 
@@ -351,11 +369,13 @@ def emit_attention_bf16(bb: relax.BlockBuilder, sources: list[relax.Expr],
                         bias: relax.Expr | None, *, batch: int, sq: int, skv: int, heads: int,
                         d: int, scale: float, threads: int,
                         config: AttentionBf16Config | None = None,
-                        bf16_in: bool = False) -> relax.Expr:
+                        bf16_in: bool = False,
+                        quant: tuple[relax.Expr, relax.Expr, bool] | None = None) -> relax.Expr:
     """:func:`.attention.emit_attention` with the BF16 kernel (``bf16_in``: uint16 sources)."""
     func = attention_bf16_kernel(batch, sq, skv, heads, d, scale=scale, merged=len(sources) == 1,
                                  mask=bias is not None, threads=threads, config=config,
-                                 bf16_in=bf16_in)
+                                 bf16_in=bf16_in, quant_out=quant is not None,
+                                 out_signed=quant is not None and quant[2])
     return emit_attention_call(bb, func, "lamina_attention_bf16", sources, bias, batch=batch,
                                sq=sq, skv=skv, heads=heads, d=d,
-                               suffix="_bf16in" if bf16_in else "")
+                               suffix="_bf16in" if bf16_in else "", quant=quant)

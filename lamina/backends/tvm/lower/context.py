@@ -43,6 +43,7 @@ class LowerContext:
         self.reduced_weights: list[str] = []
         # float activations an INT8 consumer quantizes statically (quant_dense.quantized_values)
         self.int8_out: dict = {}
+        self.absorbed: set = set()  # Q / DQ (and smooth-quant Mul) nodes the INT8 kernels absorb
         # INT8 layers on pruned weights may run the block-sparse kernel where the target's cost
         # model predicts a gain (quant_dense.SparseInt8Policy; None: off, --no-sparsity); the
         # decision per (weight, rows) (quant_dense.sparse_choice)

@@ -92,6 +92,7 @@ def lower_function(bb: relax.BlockBuilder, model: ir.Model, func_name: str,
     # Quantized dense layers in QDQ form lower to INT8 kernels; their Q / DQ nodes are not lowered.
     ctx.int8, absorbed = plan_int8(graph, target)
     ctx.int8_out = quantized_values(ctx.int8, absorbed)
+    ctx.absorbed = absorbed
     for name, v in graph.initializers.items():
         if v.const_value is None:
             raise BackendError(f"initializer {name!r} has no value (external data not loaded?)")

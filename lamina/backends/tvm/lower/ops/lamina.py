@@ -130,6 +130,19 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
         merged = _merged_qkv(ctx, node, hidden) if q_seq == kv_seq else None
         sources = [merged] if merged is not None else [ctx.expr(v) for v in inputs[:3]]
         masked = kind == "key_padding"
+        # The INT8 out-projection's quantization of the output, fused: the kernel writes only
+        # its u8 when nothing else reads the float output.
+        from .quant_dense import claim_sole_quantization, store_quantized
+
+        claim = claim_sole_quantization(ctx, node.outputs[0], batch * q_seq, hidden)
+        quant = None if claim is None else (claim[2], claim[3], claim[0].signed)
+
+        def done(out: relax.Expr) -> relax.Expr:
+            if claim is not None:  # the u8 as rows for the consumer
+                store_quantized(ctx, claim[0], claim[1],
+                                ctx.emit(relax.op.reshape(out, (batch * q_seq, hidden))))
+            return out
+
         if _bf16_attention(ctx, q_seq, kv_seq, d):
             from ...kernels.attention_bf16 import emit_attention_bf16
             from ...kernels.isa import BF16_FEATURES, num_threads
@@ -144,16 +157,16 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
             form = ctx.int8_bf16_forms.get(merged) if merged is not None else None
             if form is not None:
                 sources = [form()]
-            return emit_attention_bf16(ctx.bb, sources, key_bias() if masked else None,
-                                       batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d,
-                                       scale=scale, threads=num_threads(ctx.target),
-                                       config=tiles, bf16_in=form is not None)
+            return done(emit_attention_bf16(ctx.bb, sources, key_bias() if masked else None,
+                                            batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d,
+                                            scale=scale, threads=num_threads(ctx.target),
+                                            config=tiles, bf16_in=form is not None, quant=quant))
         config = (ctx.tiles.attention(batch, q_seq, kv_seq, heads, d, merged=merged is not None,
                                       mask=masked, target=ctx.target)
                   if ctx.tiles is not None else None)
-        return emit_attention(ctx.bb, sources, key_bias() if masked else None, batch=batch,
-                              sq=q_seq, skv=kv_seq, heads=heads, d=d, scale=scale,
-                              target=ctx.target, config=config)
+        return done(emit_attention(ctx.bb, sources, key_bias() if masked else None, batch=batch,
+                                   sq=q_seq, skv=kv_seq, heads=heads, d=d, scale=scale,
+                                   target=ctx.target, config=config, quant=quant))
 
     def heads_of(v, seq: int, perm: list[int]) -> relax.Expr:
         r = relax.op.reshape(ctx.expr(v), [batch, seq, heads, d])

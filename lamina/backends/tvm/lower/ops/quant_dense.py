@@ -559,6 +559,20 @@ def claim_quantization(ctx: LowerContext, m: Int8Dense, rows: int,
     return key, s, relax.const(np.array([m.x_scale, m.x_zp], np.float32), "float32")
 
 
+def claim_sole_quantization(ctx: LowerContext, value: ir.Value, rows: int,
+                            n: int) -> tuple[Int8Dense, tuple, relax.Expr, relax.Expr] | None:
+    """:func:`claim_quantization` for a producer whose float output nothing else reads (every use
+    absorbed into INT8 kernels, not a graph output), so it may write only the u8: ``(consumer,
+    key, S, qo)``, or None."""
+    m = ctx.int8_out.get(value)
+    if m is None or value.is_graph_output():
+        return None
+    if not all(user in ctx.absorbed for user, _ in value.uses()):
+        return None
+    claim = claim_quantization(ctx, m, rows, n)
+    return None if claim is None else (m, *claim)
+
+
 def store_quantized(ctx: LowerContext, m: Int8Dense, key: tuple, xq: relax.Expr) -> None:
     """Record a producer's fused quantization of ``m.x`` for its consumers."""
     ctx.int8_inputs[key] = (xq, _kernel_qparams(m))
