@@ -158,6 +158,40 @@ def test_cli_packed_bad_value_is_one_line(value: str) -> None:
     assert _parse_packed("auto") is True and _parse_packed("128,64") == [64, 128]
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_varlen_attention_quantizes_its_output_for_an_int8_consumer(isa: str) -> None:
+    """``quant_out``: each real token's row as the codes of the float output quantized
+    (``saturate(round_half_even(o * S) + zp)``)."""
+    import tvm
+
+    from lamina.backends.tvm.kernels.common import standalone_module
+    from lamina.backends.tvm.kernels.isa import host_supports, target_for
+    from lamina.backends.tvm.kernels.varlen_attention import varlen_attention_kernel
+
+    if not host_supports(isa):
+        pytest.skip(f"host CPU cannot run {isa} code")
+    tokens, seqs, heads, d = 48, 4, 2, 16
+    tgt = target_for(isa, 2)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((tokens, 3 * heads * d)).astype(np.float32)
+    smul = rng.uniform(100, 300, heads * d).astype(np.float32)
+    cu = _cu([7, 1, 20, 13], seqs)
+    dev = tvm.cpu()
+    outs = []
+    for quant in (False, True):
+        lib = tvm.compile(standalone_module(varlen_attention_kernel(
+            tokens, seqs, heads, d, 32, scale=0.25, target=tgt, quant_out=quant)), tgt)
+        extra = [smul, np.array([0.01, 120.0], np.float32)] if quant else []
+        o = tvm.runtime.tensor(np.zeros((tokens, heads * d), np.uint8 if quant else np.float32),
+                               dev)
+        lib["main"](*[tvm.runtime.tensor(a, dev) for a in [x, cu, *extra]], o)
+        outs.append(o.numpy()[:int(cu[-1])])
+    want = np.clip(np.rint(outs[0] * smul) + 120.0, 0, 255)
+    assert (want == 0).any() and (want == 255).any()
+    got = outs[1].astype(np.int64)
+    assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.99
+
+
 @pytest.mark.slow
 def test_packed_int8_artifact_runs_padding_free(tiny_bert: Path, tmp_path: Path) -> None:
     """Static INT8 (QDQ, calibrated scales) is row-independent, so an INT8 artifact packs too: the

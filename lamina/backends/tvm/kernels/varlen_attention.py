@@ -45,7 +45,7 @@ from tvm.script import tirx as T
 
 from lamina.compiler.ir.ops.attention import MASK_FILL
 
-from .common import add, butterfly, finish_kernel
+from .common import add, butterfly, finish_kernel, keep_params, root_block, round_half_even
 from .isa import isa_of, lanes, num_threads
 from .quantize import _unpack16
 
@@ -79,10 +79,13 @@ def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, scale: float,
-                   target: tvm.target.Target, received: bool) -> tirx.PrimFunc:
+                   target: tvm.target.Target, received: bool, quant_out: bool = False,
+                   out_signed: bool = False) -> tirx.PrimFunc:
     """:func:`varlen_attention_kernel` (``received`` False) or
     :func:`varlen_received_attention_kernel` (True): the same tasks, keys and softmax; the output
-    is ``P @ V`` or ``P``'s column sums."""
+    is ``P @ V`` (quantized with ``quant_out``) or ``P``'s column sums."""
+    from .attention import out_range
+
     isa = isa_of(target)
     kc = lanes(isa)                   # keys per chunk: one vector
     mr = 8 if isa == "avx512" else 4  # queries per tile: mr x d PV accumulators in registers
@@ -96,6 +99,8 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
     vec = T.ramp(0, 1, kc)
     blocked = kc == 16 and d % 16 == 0
     out_shape = (heads, tokens) if received else (tokens, hid)
+    out_dtype = "uint8" if quant_out else "float32"
+    q_lo, q_hi, q_shift = out_range(out_signed)
 
     @T.macro
     def keys(x, kt, bias, start, length, chunks, h):
@@ -180,7 +185,8 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
 
     @T.prim_func(private=True)
     def func(x: T.Buffer((tokens, 3 * hid), "float32"), cu: T.Buffer((seqs + 1,), "int32"),
-             o: T.Buffer(out_shape, "float32")):
+             S: T.Buffer((hid,), "float32"), QO: T.Buffer((2,), "float32"),
+             o: T.Buffer(out_shape, out_dtype)):
         T.func_attr({"tirx.noalias": True})
         nseq = T.decl_buffer((1,), "int32", scope="local")
         used_seqs(cu, nseq)
@@ -231,19 +237,31 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
                         for r in T.unroll(mr):
                             if qt * mr + r < length:
                                 for e in T.vectorized(d):
-                                    o[start + qt * mr + r, h * d + e] = oacc[r, e] / inv[r, 0]
+                                    if quant_out:
+                                        o[start + qt * mr + r, h * d + e] = T.Cast(
+                                            "uint8", T.max(T.min(round_half_even(
+                                                oacc[r, e] / inv[r, 0] * S[h * d + e]) + QO[1],
+                                                T.float32(q_hi)), T.float32(q_lo))
+                                            + T.float32(q_shift))
+                                    else:
+                                        o[start + qt * mr + r, h * d + e] = oacc[r, e] / inv[r, 0]
                 if received:
                     for j in range(length):
                         o[h, start + j] = col[j]
 
-    return finish_kernel(func)
+    keep = ["x", "cu"] + (["S", "QO"] if quant_out else []) + ["o"]
+    return finish_kernel(root_block(keep_params(func, keep)))
 
 
 def varlen_attention_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, *,
-                            scale: float, target: tvm.target.Target) -> tirx.PrimFunc:
+                            scale: float, target: tvm.target.Target, quant_out: bool = False,
+                            out_signed: bool = False) -> tirx.PrimFunc:
     """PrimFunc ``(X[tokens, 3*h*d], cu[seqs + 1] int32, O[tokens, h*d])``; every sequence must be
-    at most ``max_len`` tokens long (the caller guarantees it: the runtime packs no longer row)."""
-    return _varlen_kernel(tokens, seqs, heads, d, max_len, scale, target, received=False)
+    at most ``max_len`` tokens long (the caller guarantees it: the runtime packs no longer row).
+    With ``quant_out``, ``S[h*d], qo[2]`` come before ``O``, which is an INT8 consumer's u8 (see
+    :func:`.attention.attention_kernel`)."""
+    return _varlen_kernel(tokens, seqs, heads, d, max_len, scale, target, received=False,
+                          quant_out=quant_out, out_signed=out_signed)
 
 
 def varlen_attention_reference(x: np.ndarray, cu: np.ndarray, heads: int, scale: float
@@ -269,13 +287,20 @@ def varlen_attention_reference(x: np.ndarray, cu: np.ndarray, heads: int, scale:
 
 def emit_varlen_attention(bb: relax.BlockBuilder, qkv: relax.Expr, cu: relax.Expr, *, tokens: int,
                           seqs: int, heads: int, d: int, max_len: int, scale: float,
-                          target: tvm.target.Target) -> relax.Expr:
+                          target: tvm.target.Target,
+                          quant: tuple[relax.Expr, relax.Expr, bool] | None = None) -> relax.Expr:
     """``[1, tokens, h * d]`` attention output of the packed merged projection ``qkv``
-    (``[1, tokens, 3 * h * d]``), sequences given by ``cu`` (``[seqs + 1]`` int32)."""
-    func = varlen_attention_kernel(tokens, seqs, heads, d, max_len, scale=scale, target=target)
-    gv = bb.add_func(func, f"lamina_varlen_attention_{tokens}x{seqs}x{heads}x{d}x{max_len}")
+    (``[1, tokens, 3 * h * d]``), sequences given by ``cu`` (``[seqs + 1]`` int32); with ``quant =
+    (S, qo, signed)`` quantized for an INT8 consumer (u8)."""
+    func = varlen_attention_kernel(tokens, seqs, heads, d, max_len, scale=scale, target=target,
+                                   quant_out=quant is not None,
+                                   out_signed=quant is not None and quant[2])
+    suffix = "" if quant is None else "_q_s8" if quant[2] else "_q"
+    gv = bb.add_func(func, f"lamina_varlen_attention_{tokens}x{seqs}x{heads}x{d}x{max_len}{suffix}")
     x2 = bb.emit(relax.op.reshape(qkv, (tokens, 3 * heads * d)))
-    o = bb.emit(relax.call_tir(gv, [x2, cu], relax.TensorType((tokens, heads * d), "float32")))
+    args = [x2, cu] + ([quant[0], quant[1]] if quant is not None else [])
+    dtype = "float32" if quant is None else "uint8"
+    o = bb.emit(relax.call_tir(gv, args, relax.TensorType((tokens, heads * d), dtype)))
     return bb.emit(relax.op.reshape(o, (1, tokens, heads * d)))
 
 

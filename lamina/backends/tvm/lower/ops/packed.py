@@ -14,6 +14,7 @@ from tvm import relax
 from ..context import LowerContext
 from ..registry import converter
 from .lamina import _merged_qkv
+from .quant_dense import claim_sole_quantization, store_quantized
 
 
 @converter("PackedAttention", domain="lamina")
@@ -32,9 +33,17 @@ def packed_attention(ctx: LowerContext, node: ir.Node, inputs):
     qkv = _merged_qkv(ctx, node, hidden)
     if qkv is None:  # separate projections: one concatenated stream for the kernel
         qkv = ctx.emit(relax.op.concat([ctx.expr(v) for v in inputs[:3]], axis=-1))
-    return emit_varlen_attention(ctx.bb, qkv, ctx.expr(inputs[3]), tokens=tokens, seqs=seqs,
-                                 heads=heads, d=hidden // heads, max_len=min(max_len, tokens),
-                                 scale=scale, target=ctx.target)
+    # The INT8 out-projection's quantization, fused when nothing else reads the float output.
+    claim = claim_sole_quantization(ctx, node.outputs[0], tokens, hidden)
+    out = emit_varlen_attention(ctx.bb, qkv, ctx.expr(inputs[3]), tokens=tokens, seqs=seqs,
+                                heads=heads, d=hidden // heads, max_len=min(max_len, tokens),
+                                scale=scale, target=ctx.target,
+                                quant=None if claim is None else (claim[2], claim[3],
+                                                                  claim[0].signed))
+    if claim is not None:
+        store_quantized(ctx, claim[0], claim[1],
+                        ctx.emit(relax.op.reshape(out, (tokens, hidden))))
+    return out
 
 
 @converter("PackedTokenImportance", domain="lamina")
