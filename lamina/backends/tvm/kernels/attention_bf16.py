@@ -43,7 +43,7 @@ from tvm.script import tirx as T
 from .attention import emit_attention_call, out_range
 from .common import add, butterfly, finish_kernel, keep_params, root_block, round_half_even
 from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vdpbf16ps
-from .varlen_attention import _L1, _L2, _L4, _L8, fast_exp
+from .varlen_attention import _L8, bit_reversed, fast_exp, interleave_rounds
 
 L = 16  # fp32 lanes of a zmm
 def fits(sq: int, skv: int, d: int) -> bool:
@@ -216,24 +216,9 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                     for jb in range(nk[0] // 16):
                         for eb in range(d2 // 16):
                             for r in T.unroll(16):
-                                ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
-                                   T.ramp(0, 1, L)] = T.reinterpret(
+                                ta[bit_reversed(r), T.ramp(0, 1, L)] = T.reinterpret(
                                     "int32x16", kr[jb * 16 + r, T.ramp(eb * 32, 1, 32)])
-                            for i in T.unroll(8):
-                                tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
-                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[0])
-                                tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
-                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L1[1])
-                            for i in T.unroll(8):
-                                ta[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
-                                    [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[0])
-                                ta[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
-                                    [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L2[1])
-                            for i in T.unroll(8):
-                                tb[2 * i, T.ramp(0, 1, L)] = T.Shuffle(
-                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[0])
-                                tb[2 * i + 1, T.ramp(0, 1, L)] = T.Shuffle(
-                                    [ta[i, T.ramp(0, 1, L)], ta[i + 8, T.ramp(0, 1, L)]], _L4[1])
+                            interleave_rounds(ta, tb)
                             for i in T.unroll(8):
                                 kp[eb * 16 + 2 * i, T.ramp(jb * 16, 1, L)] = T.Shuffle(
                                     [tb[i, T.ramp(0, 1, L)], tb[i + 8, T.ramp(0, 1, L)]], _L8[0])

@@ -54,6 +54,28 @@ CHUNKS_PER_THREAD = 4
 # four rounds over rows fed in bit-reversed order transpose a 16 x 16 block of 32-bit lanes (also
 # :mod:`.attention_bf16`'s K transposition).
 _L1, _L2, _L4, _L8 = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
+_V16 = T.ramp(0, 1, 16)
+
+
+def bit_reversed(r):
+    """The row of ``ta`` that the ``r``-th of 16 rows is loaded into (4-bit reversal)."""
+    return (r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8
+
+
+@T.macro
+def interleave_rounds(ta, tb):
+    """The first three rounds of the 16 x 16 transpose (``ta`` -> ``tb`` -> ``ta`` -> ``tb``, 16
+    rows of 16 32-bit lanes, loaded in :func:`bit_reversed` order); the caller's last round
+    interleaves ``tb[i]`` with ``tb[i + 8]`` in runs of 8 (``_L8``) into the transposed rows."""
+    for i in T.unroll(8):
+        tb[2 * i, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L1[0])
+        tb[2 * i + 1, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L1[1])
+    for i in T.unroll(8):
+        ta[2 * i, _V16] = T.Shuffle([tb[i, _V16], tb[i + 8, _V16]], _L2[0])
+        ta[2 * i + 1, _V16] = T.Shuffle([tb[i, _V16], tb[i + 8, _V16]], _L2[1])
+    for i in T.unroll(8):
+        tb[2 * i, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L4[0])
+        tb[2 * i + 1, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L4[1])
 
 
 def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -114,18 +136,9 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
             for c in range(chunks):
                 for eb in range(d // 16):
                     for r in T.unroll(16):
-                        ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8,
-                           vec] = x[T.min(start + c * 16 + r, tokens - 1),
-                                    T.ramp(hid + h * d + eb * 16, 1, 16)]
-                    for i in T.unroll(8):
-                        tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[0])
-                        tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L1[1])
-                    for i in T.unroll(8):
-                        ta[2 * i, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[0])
-                        ta[2 * i + 1, vec] = T.Shuffle([tb[i, vec], tb[i + 8, vec]], _L2[1])
-                    for i in T.unroll(8):
-                        tb[2 * i, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[0])
-                        tb[2 * i + 1, vec] = T.Shuffle([ta[i, vec], ta[i + 8, vec]], _L4[1])
+                        ta[bit_reversed(r), vec] = x[T.min(start + c * 16 + r, tokens - 1),
+                                                     T.ramp(hid + h * d + eb * 16, 1, 16)]
+                    interleave_rounds(ta, tb)
                     for i in T.unroll(8):
                         kt[eb * 16 + 2 * i, T.ramp(c * 16, 1, 16)] = T.Shuffle(
                             [tb[i, vec], tb[i + 8, vec]], _L8[0])
