@@ -80,11 +80,12 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return 1
 
 
-# zmm accumulators a register tile may use (of 32): the score tile leaves room for its operands;
-# the P @ V tile may take all 32 (measured at d = 64: 8 queries x 4 vectors ran 92 us, 4 x 4 104 us,
-# the few spills cost less than reloading V for half as many queries).
+# zmm accumulators a register tile may use (of 32): the score tile leaves room for its operands,
+# and so does the P @ V tile. At d = 64 (BERT-base, 12 heads, s128, 2 threads, Zen5) 4 queries x 4
+# vectors ran 80 us where 8 x 4 (all 32 registers, spilling) ran 88 (u8 output; 84 vs 89 float);
+# an earlier kernel, allocating per task, had measured the opposite (92 vs 104 us).
 _ACC_BUDGET = 24
-_PV_BUDGET = 32
+_PV_BUDGET = 16
 
 
 @dataclass(frozen=True)
