@@ -88,9 +88,15 @@ def qdq_model(seq: int = S, density: float | None = None, bits: int = 8) -> ir.M
         helper.make_node("MatMul", ["yd_dq", "w4"], ["out_dyn"]),
     ]
     inits.append(("shape2d", np.array([B * seq, H], np.int64)))
-    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F, [B, seq, H])],
-                          [helper.make_tensor_value_info(n, F, None)
-                           for n in ("y", "out_gemm", "out_dyn")],
+    return _ir_model("qdq", nodes, inits, [helper.make_tensor_value_info("x", F, [B, seq, H])],
+                     ["y", "out_gemm", "out_dyn"])
+
+
+def _ir_model(name: str, nodes: list, inits: list, inputs: list, outputs: list[str]) -> ir.Model:
+    """The graph (float outputs ``outputs``, initializers ``(name, array)``) as an opset-19 model
+    with the lamina domain."""
+    g = helper.make_graph(nodes, name, inputs,
+                          [helper.make_tensor_value_info(n, F, None) for n in outputs],
                           [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19),
                                             helper.make_opsetid("lamina", 1)])
@@ -284,16 +290,9 @@ def _qkv_attention_model(seq: int = 32) -> ir.Model:
         helper.make_node("Attention", ["q", "k", "v", "m"], ["y"], domain="lamina", num_heads=2,
                          scale=0.25, mask_kind="key_padding"),
     ]
-    g = helper.make_graph(
-        nodes, "qkv",
-        [helper.make_tensor_value_info("x", F, [1, seq, hid]),
-         helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])],
-        [helper.make_tensor_value_info("y", F, None)],
-        [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19),
-                                            helper.make_opsetid("lamina", 1)])
-    m.ir_version = 9
-    return ir.from_proto(m)
+    return _ir_model("qkv", nodes, inits,
+                     [helper.make_tensor_value_info("x", F, [1, seq, hid]),
+                      helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])], ["y"])
 
 
 def test_int8_qkv_projection_writes_bf16_for_the_bf16_attention(tmp_path):
@@ -344,16 +343,9 @@ def _attention_out_proj_model(seq: int = 32, bits: int = 8) -> ir.Model:
         helper.make_node("Linear", ["ys_dq", "wo", "bo", "q"], ["out"], domain="lamina",
                          has_residual=1),
     ]
-    g = helper.make_graph(
-        nodes, "attn_out",
-        [helper.make_tensor_value_info(n, F, [1, seq, hid]) for n in ("q", "k", "v")]
-        + [helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])],
-        [helper.make_tensor_value_info("out", F, None)],
-        [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19),
-                                            helper.make_opsetid("lamina", 1)])
-    m.ir_version = 9
-    return ir.from_proto(m)
+    return _ir_model("attn_out", nodes, inits,
+                     [helper.make_tensor_value_info(n, F, [1, seq, hid]) for n in ("q", "k", "v")]
+                     + [helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])], ["out"])
 
 
 @pytest.mark.parametrize("target, kernel", [("x86-avx2", "lamina_attention_q_k_v"),

@@ -32,7 +32,7 @@ import tvm
 from tvm import relax, te, tirx, topi
 
 from ._rows import lanes_for
-from .common import finish_kernel, round_half_even
+from .common import finish_kernel, saturate_u8
 from .isa import isa_of, lanes
 
 # Accumulator registers the QK^T and PV register tiles may use (of 32 zmm / 16 ymm / 16 xmm).
@@ -242,15 +242,10 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
         smul = te.placeholder((hid,), "float32", name="S")
         qo = te.placeholder((2,), "float32", name="QO")
         args += [smul, qo]
-        lo, hi, shift = out_range(out_signed)
-
-        def quantized(bi, i, hh, e):
-            y = round_half_even(pv[bi, hh, i, e] * inv[bi, hh, i] * smul[hh * d + e]) + qo[1]
-            return tirx.Cast("uint8", tirx.max(tirx.min(y, tirx.const(hi, "float32")),
-                                               tirx.const(lo, "float32"))
-                             + tirx.const(shift, "float32"))
-
-        out = te.compute((batch, sq, heads, d), quantized, name="O")
+        out = te.compute((batch, sq, heads, d),
+                         lambda bi, i, hh, e: saturate_u8(
+                             pv[bi, hh, i, e] * inv[bi, hh, i] * smul[hh * d + e], qo[1],
+                             out_signed), name="O")
     else:
         out = te.compute((batch, sq, heads, d),
                          lambda bi, i, hh, e: pv[bi, hh, i, e] * inv[bi, hh, i], name="O")
@@ -309,12 +304,6 @@ def emit_attention(bb: relax.BlockBuilder, sources: list[relax.Expr], bias: rela
                             quant_out=quant is not None, out_signed=quant is not None and quant[2])
     return emit_attention_call(bb, func, "lamina_attention", sources, bias, batch=batch, sq=sq,
                                skv=skv, heads=heads, d=d, quant=quant)
-
-
-def out_range(signed: bool) -> tuple[float, float, float]:
-    """``(lo, hi, shift)`` of a fused quantized output: int8 codes stored shifted by +128 as u8,
-    or u8 codes."""
-    return (-128.0, 127.0, 128.0) if signed else (0.0, 255.0, 0.0)
 
 
 def emit_attention_call(bb: relax.BlockBuilder, func: tirx.PrimFunc, prefix: str,

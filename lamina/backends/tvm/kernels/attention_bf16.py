@@ -40,10 +40,20 @@ import numpy as np
 from tvm import relax, tirx
 from tvm.script import tirx as T
 
-from .attention import emit_attention_call, out_range
-from .common import add, butterfly, finish_kernel, keep_params, root_block, round_half_even
+from .attention import emit_attention_call
+from .common import (
+    _L8,
+    add,
+    bit_reversed,
+    butterfly,
+    finish_kernel,
+    interleave_rounds,
+    keep_params,
+    root_block,
+    saturate_u8,
+)
 from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vdpbf16ps
-from .varlen_attention import _L8, bit_reversed, fast_exp, interleave_rounds
+from .varlen_attention import fast_exp
 
 L = 16  # fp32 lanes of a zmm
 def fits(sq: int, skv: int, d: int) -> bool:
@@ -173,7 +183,6 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     tasks = batch * heads
     nt = max(1, min(tasks, threads))
     out_dtype = "uint8" if quant_out else "float32"
-    q_lo, q_hi, q_shift = out_range(out_signed)
 
     @T.macro
     def body(X, Kb, Vb, bias, S, QO, Y):
@@ -299,12 +308,9 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                             if quant_out:  # one vector at a time, as the INT8 dense's epilogue
                                 for v in T.unroll(dv):
                                     for w in T.vectorized(L):
-                                        Y[b, qt * mr + r, h, v * L + w] = T.Cast(
-                                            "uint8", T.max(T.min(round_half_even(
-                                                acc[r, v * L + w] * inv[r, w]
-                                                * S[h * d + v * L + w]) + QO[1],
-                                                T.float32(q_hi)), T.float32(q_lo))
-                                            + T.float32(q_shift))
+                                        Y[b, qt * mr + r, h, v * L + w] = saturate_u8(
+                                            acc[r, v * L + w] * inv[r, w] * S[h * d + v * L + w],
+                                            QO[1], out_signed)
                             else:
                                 for e in T.vectorized(d):
                                     Y[b, qt * mr + r, h, e] = acc[r, e] * inv[r, e % L]

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import tvm
 from tvm import tirx
+from tvm.script import tirx as T
 
 Epilogue = Literal["gelu_erf", "gelu_tanh", "relu"] | None
 EPILOGUES: tuple[str | None, ...] = (None, "gelu_erf", "gelu_tanh", "relu")
@@ -29,6 +30,54 @@ def round_half_even(x: tirx.PrimExpr) -> tirx.PrimExpr:
     re-vectorizes it at its preferred width (8 lanes) or with gathers; the LLVM intrinsic
     vectorizes to the loop's lanes."""
     return tirx.call_llvm_pure_intrin("float32", "llvm.nearbyint", x)
+
+
+def saturate_u8(v: tirx.PrimExpr, zp: tirx.PrimExpr, signed: bool = False) -> tirx.PrimExpr:
+    """The code an INT8 kernel reads for the scaled value ``v``: ``saturate(round_half_even(v) +
+    zp)`` (ONNX QuantizeLinear), as u8, or as int8 stored shifted by +128 when ``signed``."""
+    lo, hi, shift = (-128.0, 127.0, 128.0) if signed else (0.0, 255.0, 0.0)
+    return tirx.Cast("uint8", tirx.max(tirx.min(round_half_even(v) + zp, f32(hi)), f32(lo))
+                     + f32(shift))
+
+
+# A 16 x 16 transpose by interleaves (the attention kernels' K, the transposed quantization): rows
+# loaded in bit-reversed order, then four rounds, each interleaving row i with row i + 8 in runs of
+# 1, 2, 4 and 8 lanes (x86's unpacks at full width; any element type).
+
+
+def _interleave(width: int, lo: bool) -> list[int]:
+    """Shuffle indices of x86's unpack (lo or hi half) of two 16-lane vectors in runs of
+    ``width`` lanes."""
+    out = []
+    for e in range(8 // width):
+        src = (e + (0 if lo else 8 // width)) * width
+        out += [src + b for b in range(width)] + [16 + src + b for b in range(width)]
+    return out
+
+
+_L1, _L2, _L4, _L8 = [(_interleave(w, True), _interleave(w, False)) for w in (1, 2, 4, 8)]
+_V16 = T.ramp(0, 1, 16)
+
+
+def bit_reversed(r):
+    """The row of the transpose's first buffer that the ``r``-th of 16 rows is loaded into."""
+    return (r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8
+
+
+@T.macro
+def interleave_rounds(ta, tb):
+    """The first three rounds of the 16 x 16 transpose (``ta`` -> ``tb`` -> ``ta`` -> ``tb``, 16
+    rows of 16 lanes, loaded in :func:`bit_reversed` order); the caller's last round interleaves
+    ``tb[i]`` with ``tb[i + 8]`` by ``_L8`` into the transposed rows."""
+    for i in T.unroll(8):
+        tb[2 * i, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L1[0])
+        tb[2 * i + 1, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L1[1])
+    for i in T.unroll(8):
+        ta[2 * i, _V16] = T.Shuffle([tb[i, _V16], tb[i + 8, _V16]], _L2[0])
+        ta[2 * i + 1, _V16] = T.Shuffle([tb[i, _V16], tb[i + 8, _V16]], _L2[1])
+    for i in T.unroll(8):
+        tb[2 * i, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L4[0])
+        tb[2 * i + 1, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L4[1])
 
 
 def butterfly(v: tirx.PrimExpr, lanes: int, combine) -> tirx.PrimExpr:

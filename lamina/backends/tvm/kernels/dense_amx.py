@@ -50,6 +50,32 @@ def configure_tiles(cfg):
     T.evaluate(T.call_llvm_intrin("void", _LDTILECFG, T.address_of(cfg[0])))
 
 
+@T.macro
+def tile_task(X, W, acc, row, col, KB, kx, x_stride, dot):
+    """One 32 x 32 task: C (tmm0-3) = the sum over ``KB`` K blocks of A (tmm4-5: rows ``row`` and
+    ``row + 16`` of ``X``, ``kx`` elements a block, rows ``x_stride`` bytes apart) times B (tmm6-7:
+    panels ``col / 16`` and the next of ``W``) by the tile instruction ``dot``, stored into
+    ``acc[32, 32]``."""
+    for t in T.unroll(4):
+        T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
+    for kb in range(KB):
+        T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
+                                      T.address_of(X[row, kb * kx]), T.int64(x_stride)))
+        T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
+                                      T.address_of(X[row + 16, kb * kx]), T.int64(x_stride)))
+        T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
+                                      T.address_of(W[col // 16, kb * 16, 0]), T.int64(64)))
+        T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
+                                      T.address_of(W[col // 16 + 1, kb * 16, 0]), T.int64(64)))
+        T.evaluate(T.call_llvm_intrin("void", dot, T.int8(0), T.int8(4), T.int8(6)))
+        T.evaluate(T.call_llvm_intrin("void", dot, T.int8(1), T.int8(4), T.int8(7)))
+        T.evaluate(T.call_llvm_intrin("void", dot, T.int8(2), T.int8(5), T.int8(6)))
+        T.evaluate(T.call_llvm_intrin("void", dot, T.int8(3), T.int8(5), T.int8(7)))
+    for t in T.unroll(4):
+        T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
+                                      T.address_of(acc[t // 2 * 16, t % 2 * 16]), T.int64(128)))
+
+
 def amx_dense_int8_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = False,
                           epilogue: Epilogue = None, residual: bool = False,
                           raw: bool = False) -> tirx.PrimFunc:
@@ -103,32 +129,7 @@ def amx_dense_int8_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = 
                 task = T.bind(ch + n * nt)
                 row = T.bind(task // NT * 32)
                 col = T.bind(task % NT * 32)
-                for t in T.unroll(4):
-                    T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
-                for kb in range(KB):
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
-                                                  T.address_of(X[row, kb * 64]), T.int64(Kp)))
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
-                                                  T.address_of(X[row + 16, kb * 64]),
-                                                  T.int64(Kp)))
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
-                                                  T.address_of(W[col // 16, kb * 16, 0]),
-                                                  T.int64(64)))
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
-                                                  T.address_of(W[col // 16 + 1, kb * 16, 0]),
-                                                  T.int64(64)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(0), T.int8(4),
-                                                  T.int8(6)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(1), T.int8(4),
-                                                  T.int8(7)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(2), T.int8(5),
-                                                  T.int8(6)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBUSD, T.int8(3), T.int8(5),
-                                                  T.int8(7)))
-                for t in T.unroll(4):
-                    T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
-                                                  T.address_of(acc[t // 2 * 16, t % 2 * 16]),
-                                                  T.int64(128)))
+                tile_task(X, W, acc, row, col, KB, 64, Kp, _TDPBUSD)
                 for i in range(32):
                     for c in T.vectorized(32):
                         if raw:
@@ -195,32 +196,7 @@ def amx_dense_bf16_kernel(M: int, K: int, N: int, *, threads: int, bias: bool = 
                 task = T.bind(ch + n * nt)
                 row = T.bind(task // NT * 32)
                 col = T.bind(task % NT * 32)
-                for t in T.unroll(4):
-                    T.evaluate(T.call_llvm_intrin("void", _TILEZERO, T.int8(t)))
-                for kb in range(KB):
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(4),
-                                                  T.address_of(X[row, kb * 32]), T.int64(2 * Kp)))
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(5),
-                                                  T.address_of(X[row + 16, kb * 32]),
-                                                  T.int64(2 * Kp)))
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(6),
-                                                  T.address_of(W[col // 16, kb * 16, 0]),
-                                                  T.int64(64)))
-                    T.evaluate(T.call_llvm_intrin("void", _TILELOAD, T.int8(7),
-                                                  T.address_of(W[col // 16 + 1, kb * 16, 0]),
-                                                  T.int64(64)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(0), T.int8(4),
-                                                  T.int8(6)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(1), T.int8(4),
-                                                  T.int8(7)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(2), T.int8(5),
-                                                  T.int8(6)))
-                    T.evaluate(T.call_llvm_intrin("void", _TDPBF16PS, T.int8(3), T.int8(5),
-                                                  T.int8(7)))
-                for t in T.unroll(4):
-                    T.evaluate(T.call_llvm_intrin("void", _TILESTORE, T.int8(t),
-                                                  T.address_of(acc[t // 2 * 16, t % 2 * 16]),
-                                                  T.int64(128)))
+                tile_task(X, W, acc, row, col, KB, 32, 2 * Kp, _TDPBF16PS)
                 for i in range(32):
                     for c in T.vectorized(32):
                         Y[row + i, col + c] = epi(row + i, col + c, acc[i, c], B, R)

@@ -59,7 +59,7 @@ from .common import (
     keep_params,
     register_rows,
     root_block,
-    round_half_even,
+    saturate_u8,
 )
 from .dense_amx import amx_dense_int8_kernel, amx_fits
 from .dense_bf16 import _bf16_bits
@@ -335,8 +335,6 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
         raise ValueError("quant_out and bf16_out are exclusive")
     out_dtype = ("int32" if raw else "uint8" if quant_out else "uint16" if bf16_out
                  else "float32")
-    q_lo, q_hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
-    q_shift = 128.0 if out_signed else 0.0
     i32v = f"int32x{L}"
     u8v = f"uint8x{VB}"
     i16v = f"int16x{2 * L}"
@@ -388,11 +386,9 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                     if raw:
                         Y[row + r + i, p * nb + v * L + c] = acc[i, v * L + c]
                     elif quant_out:
-                        Y[row + r + i, p * nb + v * L + c] = T.Cast("uint8", T.max(T.min(
-                            round_half_even(epi(row + r + i, p * nb + v * L + c,
-                                                acc[i, v * L + c], CS, WS, QP, B, R, (c, L))
-                                            * S[p * nb + v * L + c])
-                            + QO[1], T.float32(q_hi)), T.float32(q_lo)) + T.float32(q_shift))
+                        Y[row + r + i, p * nb + v * L + c] = saturate_u8(
+                            epi(row + r + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP,
+                                B, R, (c, L)) * S[p * nb + v * L + c], QO[1], out_signed)
                     elif bf16_out:
                         Y[row + r + i, p * nb + v * L + c] = _bf16_bits(T.reinterpret(
                             "uint32", epi(row + r + i, p * nb + v * L + c, acc[i, v * L + c],

@@ -17,7 +17,7 @@ from tvm import relax, te
 from tvm.script import tirx as T
 
 from ._rows import lanes_for, schedule_rows
-from .common import add, butterfly, finish_kernel, keep_params, root_block, round_half_even
+from .common import add, butterfly, finish_kernel, keep_params, root_block, saturate_u8
 
 
 def layer_norm_kernel(rows: int, n: int, eps: float,
@@ -59,14 +59,8 @@ def layer_norm_kernel(rows: int, n: int, eps: float,
         return schedule_rows(sch, "Y", inner, [], ["sv", "qv"], lanes)
     s = te.placeholder((n,), "float32", name="S")
     qo = te.placeholder((2,), "float32", name="QO")
-    lo, hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
-    shift = 128.0 if out_signed else 0.0
-    yq = te.compute(
-        (rows, n),
-        lambda r, j: (tvm.tirx.max(tvm.tirx.min(round_half_even(y[r, j] * s[j]) + qo[1], hi),
-                                   lo) + shift).astype("uint8"),
-        name="Yq",
-    )
+    yq = te.compute((rows, n), lambda r, j: saturate_u8(y[r, j] * s[j], qo[1], out_signed),
+                    name="Yq")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, gamma, beta, s, qo, y, yq]))
     return schedule_rows(sch, "Y", inner, [], ["sv", "qv"], lanes, after=("Yq",))
 
@@ -76,8 +70,6 @@ def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
     """:func:`layer_norm_kernel` for rows of whole ``L``-lane vectors (see the module doc)."""
     nv = n // L
     U = next(u for u in (4, 3, 2, 1) if nv % u == 0)  # independent accumulators per pass
-    lo, hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
-    shift = 128.0 if out_signed else 0.0
     vec = T.ramp(0, 1, L)
 
     @T.macro
@@ -120,9 +112,8 @@ def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
                     Y[r, c * L + w] = ((X[r, c * L + w] - mean[0, w]) * rstd[0, w] * G[c * L + w]
                                        + B[c * L + w])
                     if quant_out:
-                        Yq[r, c * L + w] = T.Cast("uint8", T.max(T.min(
-                            round_half_even(Y[r, c * L + w] * S[c * L + w]) + QO[1],
-                            T.float32(hi)), T.float32(lo)) + T.float32(shift))
+                        Yq[r, c * L + w] = saturate_u8(Y[r, c * L + w] * S[c * L + w], QO[1],
+                                                       out_signed)
 
     keep = ["X", "G", "B"] + (["S", "QO", "Y", "Yq"] if quant_out else ["Y"])
     return finish_kernel(root_block(keep_params(func, keep)))

@@ -9,7 +9,15 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import finish_kernel, keep_params, root_block, round_half_even
+from .common import (
+    _L8,
+    bit_reversed,
+    finish_kernel,
+    interleave_rounds,
+    keep_params,
+    root_block,
+    saturate_u8,
+)
 
 
 def quantize_reference(x: np.ndarray, scale: float, zp: int, signed: bool = False) -> np.ndarray:
@@ -30,8 +38,6 @@ def quantize_kernel(M: int, K: int, *, signed: bool = False, target: tvm.target.
     float operations in the same order, so the same integers)."""
     del target  # one form for every ISA: LLVM vectorizes the row loop to the target's width
     Kp = -(-K // k_step) * k_step
-    lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
-    shift = 128.0 if signed else 0.0
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, K), "float32"), S: T.Buffer((K,), "float32"),
@@ -40,28 +46,14 @@ def quantize_kernel(M: int, K: int, *, signed: bool = False, target: tvm.target.
         for r in T.parallel(M):
             for c in T.vectorized(K):
                 if smooth:
-                    Y[r, c] = T.Cast("uint8", T.max(T.min(
-                        round_half_even(X[r, c] * S[c] / QP[0]) + QP[1], T.float32(hi)),
-                        T.float32(lo)) + T.float32(shift))
+                    Y[r, c] = saturate_u8(X[r, c] * S[c] / QP[0], QP[1], signed)
                 else:
-                    Y[r, c] = T.Cast("uint8", T.max(T.min(
-                        round_half_even(X[r, c] / QP[0]) + QP[1], T.float32(hi)),
-                        T.float32(lo)) + T.float32(shift))
+                    Y[r, c] = saturate_u8(X[r, c] / QP[0], QP[1], signed)
             for c in range(Kp - K):
                 Y[r, K + c] = T.uint8(0)
 
     keep = ["X", "S", "QP", "Y"] if smooth else ["X", "QP", "Y"]
     return finish_kernel(root_block(keep_params(func, keep)))
-
-
-def _unpack16(width: int, lo: bool) -> list[int]:
-    """Shuffle indices of x86's unpack (lo or hi half) of two ``uint8x16`` vectors with elements
-    of ``width`` bytes."""
-    out = []
-    for e in range(8 // width):
-        src = (e + (0 if lo else 8 // width)) * width
-        out += [src + b for b in range(width)] + [16 + src + b for b in range(width)]
-    return out
 
 
 def quantize_transposed_kernel(M: int, K: int, *, signed: bool = False,
@@ -76,10 +68,6 @@ def quantize_transposed_kernel(M: int, K: int, *, signed: bool = False,
     cache line, rows a few KB apart sharing L1 sets: 8-35x slower than quantizing row-major.)"""
     if M % 16 or K % 16:
         raise ValueError(f"M={M} and K={K} must be multiples of 16")
-    lo, hi = (-128.0, 127.0) if signed else (0.0, 255.0)
-    shift = 128.0 if signed else 0.0
-    levels = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
-    (l1, h1), (l2, h2), (l4, h4), (l8, h8) = levels
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, K), "float32"), S: T.Buffer((K,), "float32"),
@@ -92,35 +80,18 @@ def quantize_transposed_kernel(M: int, K: int, *, signed: bool = False,
                 for r in T.unroll(16):
                     for c in T.vectorized(16):
                         if smooth:
-                            ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8, c] = (
-                                T.Cast("uint8", T.max(T.min(round_half_even(
-                                    X[mb * 16 + r, kb * 16 + c] * S[kb * 16 + c] / QP[0])
-                                    + QP[1], T.float32(hi)), T.float32(lo)) + T.float32(shift)))
+                            ta[bit_reversed(r), c] = saturate_u8(
+                                X[mb * 16 + r, kb * 16 + c] * S[kb * 16 + c] / QP[0], QP[1],
+                                signed)
                         else:
-                            ta[(r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8, c] = (
-                                T.Cast("uint8", T.max(T.min(round_half_even(
-                                    X[mb * 16 + r, kb * 16 + c] / QP[0]) + QP[1],
-                                    T.float32(hi)), T.float32(lo)) + T.float32(shift)))
-                for i in T.unroll(8):
-                    tb[2 * i, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [ta[i, T.ramp(0, 1, 16)], ta[i + 8, T.ramp(0, 1, 16)]], l1)
-                    tb[2 * i + 1, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [ta[i, T.ramp(0, 1, 16)], ta[i + 8, T.ramp(0, 1, 16)]], h1)
-                for i in T.unroll(8):
-                    ta[2 * i, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [tb[i, T.ramp(0, 1, 16)], tb[i + 8, T.ramp(0, 1, 16)]], l2)
-                    ta[2 * i + 1, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [tb[i, T.ramp(0, 1, 16)], tb[i + 8, T.ramp(0, 1, 16)]], h2)
-                for i in T.unroll(8):
-                    tb[2 * i, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [ta[i, T.ramp(0, 1, 16)], ta[i + 8, T.ramp(0, 1, 16)]], l4)
-                    tb[2 * i + 1, T.ramp(0, 1, 16)] = T.Shuffle(
-                        [ta[i, T.ramp(0, 1, 16)], ta[i + 8, T.ramp(0, 1, 16)]], h4)
+                            ta[bit_reversed(r), c] = saturate_u8(
+                                X[mb * 16 + r, kb * 16 + c] / QP[0], QP[1], signed)
+                interleave_rounds(ta, tb)
                 for i in T.unroll(8):
                     Y[kb * 16 + 2 * i, T.ramp(mb * 16, 1, 16)] = T.Shuffle(
-                        [tb[i, T.ramp(0, 1, 16)], tb[i + 8, T.ramp(0, 1, 16)]], l8)
+                        [tb[i, T.ramp(0, 1, 16)], tb[i + 8, T.ramp(0, 1, 16)]], _L8[0])
                     Y[kb * 16 + 2 * i + 1, T.ramp(mb * 16, 1, 16)] = T.Shuffle(
-                        [tb[i, T.ramp(0, 1, 16)], tb[i + 8, T.ramp(0, 1, 16)]], h8)
+                        [tb[i, T.ramp(0, 1, 16)], tb[i + 8, T.ramp(0, 1, 16)]], _L8[1])
 
     keep = ["X", "S", "QP", "Y"] if smooth else ["X", "QP", "Y"]
     return finish_kernel(root_block(keep_params(func, keep)))

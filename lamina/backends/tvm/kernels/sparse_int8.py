@@ -37,7 +37,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import check_epilogue, dequant_epilogue, finish_kernel, round_half_even
+from .common import check_epilogue, dequant_epilogue, finish_kernel, saturate_u8
 from .isa import num_threads
 
 R = 4  # outputs per block
@@ -218,8 +218,6 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
     # The accumulators' byte order of a column (c = 16 i + 4 L + w for token 16 L + 4 i + w) to
     # token order: whole dwords move (a vpermd).
     to_tokens = [16 * ((t // 4) % 4) + 4 * (t // 16) + t % 4 for t in range(TILE)]
-    q_lo, q_hi = (-128.0, 127.0) if out_signed else (0.0, 255.0)
-    q_shift = 128.0 if out_signed else 0.0
 
     @T.macro
     def body(XT, QPTR, QK, QW, CS, WS, QP, B, Y, res_add, S, QO):
@@ -266,13 +264,11 @@ def sparse_int8_kernel(M: int, sw: SparseInt8Weight, *, target: tvm.target.Targe
                     for i in T.unroll(4):
                         for j in T.unroll(R):
                             for c in T.vectorized(16):
-                                qb[j, i * 16 + c] = T.Cast("uint8", T.max(T.min(
-                                    round_half_even(
-                                        epi(0, (task % chunks * per_chunk + gi) * R + j,
-                                            acc[j * 4 + i, c], CS, WS, QP, B, None)
-                                        * S[(task % chunks * per_chunk + gi) * R + j])
-                                    + QO[1], T.float32(q_hi)), T.float32(q_lo))
-                                    + T.float32(q_shift))
+                                qb[j, i * 16 + c] = saturate_u8(
+                                    epi(0, (task % chunks * per_chunk + gi) * R + j,
+                                        acc[j * 4 + i, c], CS, WS, QP, B, None)
+                                    * S[(task % chunks * per_chunk + gi) * R + j], QO[1],
+                                    out_signed)
                     for j in T.unroll(R):
                         Y[(task % chunks * per_chunk + gi) * R + j,
                           T.ramp(task // chunks * TILE, 1, TILE)] = T.Shuffle(

@@ -45,37 +45,20 @@ from tvm.script import tirx as T
 
 from lamina.compiler.ir.ops.attention import MASK_FILL
 
-from .common import add, butterfly, finish_kernel, keep_params, root_block, round_half_even
+from .common import (
+    _L8,
+    add,
+    bit_reversed,
+    butterfly,
+    finish_kernel,
+    interleave_rounds,
+    keep_params,
+    root_block,
+    saturate_u8,
+)
 from .isa import isa_of, lanes, num_threads
-from .quantize import _unpack16
 
 CHUNKS_PER_THREAD = 4
-# Interleaves of two 16-lane vectors in runs of 1, 2, 4 and 8 lanes (x86's unpacks at full width):
-# four rounds over rows fed in bit-reversed order transpose a 16 x 16 block of 32-bit lanes (also
-# :mod:`.attention_bf16`'s K transposition).
-_L1, _L2, _L4, _L8 = [(_unpack16(w, True), _unpack16(w, False)) for w in (1, 2, 4, 8)]
-_V16 = T.ramp(0, 1, 16)
-
-
-def bit_reversed(r):
-    """The row of ``ta`` that the ``r``-th of 16 rows is loaded into (4-bit reversal)."""
-    return (r % 2) * 8 + (r // 2 % 2) * 4 + (r // 4 % 2) * 2 + r // 8
-
-
-@T.macro
-def interleave_rounds(ta, tb):
-    """The first three rounds of the 16 x 16 transpose (``ta`` -> ``tb`` -> ``ta`` -> ``tb``, 16
-    rows of 16 32-bit lanes, loaded in :func:`bit_reversed` order); the caller's last round
-    interleaves ``tb[i]`` with ``tb[i + 8]`` in runs of 8 (``_L8``) into the transposed rows."""
-    for i in T.unroll(8):
-        tb[2 * i, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L1[0])
-        tb[2 * i + 1, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L1[1])
-    for i in T.unroll(8):
-        ta[2 * i, _V16] = T.Shuffle([tb[i, _V16], tb[i + 8, _V16]], _L2[0])
-        ta[2 * i + 1, _V16] = T.Shuffle([tb[i, _V16], tb[i + 8, _V16]], _L2[1])
-    for i in T.unroll(8):
-        tb[2 * i, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L4[0])
-        tb[2 * i + 1, _V16] = T.Shuffle([ta[i, _V16], ta[i + 8, _V16]], _L4[1])
 
 
 def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -106,7 +89,6 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
     """:func:`varlen_attention_kernel` (``received`` False) or
     :func:`varlen_received_attention_kernel` (True): the same tasks, keys and softmax; the output
     is ``P @ V`` (quantized with ``quant_out``) or ``P``'s column sums."""
-    from .attention import out_range
 
     isa = isa_of(target)
     kc = lanes(isa)                   # keys per chunk: one vector
@@ -122,7 +104,6 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
     blocked = kc == 16 and d % 16 == 0
     out_shape = (heads, tokens) if received else (tokens, hid)
     out_dtype = "uint8" if quant_out else "float32"
-    q_lo, q_hi, q_shift = out_range(out_signed)
 
     @T.macro
     def keys(x, kt, bias, start, length, chunks, h):
@@ -251,11 +232,9 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
                             if qt * mr + r < length:
                                 for e in T.vectorized(d):
                                     if quant_out:
-                                        o[start + qt * mr + r, h * d + e] = T.Cast(
-                                            "uint8", T.max(T.min(round_half_even(
-                                                oacc[r, e] / inv[r, 0] * S[h * d + e]) + QO[1],
-                                                T.float32(q_hi)), T.float32(q_lo))
-                                            + T.float32(q_shift))
+                                        o[start + qt * mr + r, h * d + e] = saturate_u8(
+                                            oacc[r, e] / inv[r, 0] * S[h * d + e], QO[1],
+                                            out_signed)
                                     else:
                                         o[start + qt * mr + r, h * d + e] = oacc[r, e] / inv[r, 0]
                 if received:
