@@ -230,13 +230,10 @@ def fits_7_bits(w: np.ndarray) -> bool:
 
 
 def reduce_range(w: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """7-bit weights for the AVX2 family: unchanged when they already fit (``quantize-int8
-    {weight-bits=7}``, what ``lamina compile`` quantizes for an AVX2 target), else
-    ``round_half_even(w / 2)`` clipped to ``[-64, 63]`` and the scale doubled (ONNX Runtime's
-    ``reduce_range`` on an already int8 weight; it rounds twice and costs more accuracy than
-    quantizing to 7 bits from fp32)."""
-    if fits_7_bits(w):
-        return np.asarray(w), np.asarray(scale, np.float32)
+    """8-bit weights as 7-bit ones for the AVX2 family: ``round_half_even(w / 2)`` clipped to
+    ``[-64, 63]`` and the scale doubled (ONNX Runtime's ``reduce_range`` on an already int8
+    weight; it rounds twice and costs more accuracy than quantizing to 7 bits from fp32, what
+    ``lamina compile`` does for an AVX2 target, ``quantize-int8{weight-bits=7}``)."""
     w7 = np.clip(np.round(np.asarray(w, np.float32) / 2.0), -64, 63).astype(np.int8)
     return w7, np.asarray(scale, np.float32) * 2.0
 
