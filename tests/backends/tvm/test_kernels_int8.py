@@ -155,6 +155,53 @@ def test_int8_epilogue_quantizes_for_the_next_kernel(fam, smooth, signed):
     assert diff.max() <= 1 and np.mean(diff == 0) > 0.99
 
 
+@pytest.mark.parametrize("fam", ["vnni", "avx2"])
+@pytest.mark.parametrize("quant, signed", [(False, False), (True, False), (True, True)])
+def test_fused_layer_norm_is_the_layer_norm_kernel_on_the_output(fam, quant, signed):
+    """``layer_norm``: the rows normalised (and quantized) inside the dense kernel, by each row
+    block's core, are byte for byte the separate LayerNorm kernel's on the dense output."""
+    from lamina.backends.tvm.kernels.dense_int8 import FusedLayerNorm, layer_norm_fusable
+    from lamina.backends.tvm.kernels.layernorm import layer_norm_kernel
+
+    target = _target(fam)
+    M, K, N = 128, 64, 64  # two row blocks of 64: one for each of the target's two threads
+    assert layer_norm_fusable(M, K, N, target)
+    assert not layer_norm_fusable(32, K, N, target)  # one block: the LayerNorm would run serially
+    xq, wq = _operands(M, K, N, seed=5, avx2=fam == "avx2")
+    rng = np.random.default_rng(8)
+    ws = rng.uniform(0.001, 0.01, N).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    r = rng.standard_normal((M, N)).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, N).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(N)).astype(np.float32)
+    s = rng.uniform(40, 80, N).astype(np.float32)
+    qo = np.array([0.05, 0 if signed else 128], np.float32)
+    cfg = resolve_int8_config(M, K, N, target)
+    args = [xq, pack_weight_int8(wq, cfg.nv * lanes32(fam)), column_sums(wq), ws,
+            np.array([0.02, 131], np.float32), b, r]
+    y = _run(dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True, residual=True),
+             args, (M, N), np.float32, target)
+    ln = layer_norm_kernel(M, N, 1e-12, target, quant_out=quant, out_signed=signed)
+    fused = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True, residual=True,
+                              layer_norm=FusedLayerNorm(1e-12, quant, signed))
+    extra = [s, qo] if quant else []
+    outs = [(M, N, np.float32)] + ([(M, N, np.uint8)] if quant else [])
+    want = _run_outputs(ln, [y, g, beta, *extra], outs, target)
+    got = _run_outputs(fused, [*args, g, beta, *extra], outs, target)
+    for a, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, w)
+    if quant:  # saturation at both ends is exercised
+        assert (want[1] == 0).any() and (want[1] == 255).any()
+
+
+def _run_outputs(func, arrays, outs, target) -> list[np.ndarray]:
+    ex = tvm.compile(standalone_module(func), target)
+    dev = tvm.cpu()
+    res = [tvm.runtime.tensor(np.zeros((m, n), dt), dev) for m, n, dt in outs]
+    ex.mod["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays], *res)
+    return [o.numpy() for o in res]
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_quantize_kernel_matches_onnx_rounding(signed):
     target = _target("avx2")

@@ -379,3 +379,61 @@ def test_attention_writes_the_out_projections_u8(target, kernel, tmp_path):
         assert np.mean(err < 1e-4) > 0.97 and err.max() < 0.1
     else:
         assert float(np.corrcoef(got.ravel(), want.ravel())[0, 1]) > 0.999
+
+
+def _residual_layer_norm_model(seq: int, extra_reader: bool, bits: int) -> ir.Model:
+    """INT8 Linear(+residual) -> LayerNorm -> static Q / DQ -> INT8 Linear, as in every encoder
+    layer, on ``bits``-bit weights; ``extra_reader``: the residual sum is also a graph output."""
+    rng = np.random.default_rng(9)
+    nodes, inits = [], []
+    for part in (_qdq_act("x", 8.0 / 255, 128, False),
+                 _qdq_weight("w1", rng.standard_normal((H, H)).astype(np.float32) * 0.2, 1, bits),
+                 _qdq_act("h", 8.0 / 255, 120, False),
+                 _qdq_weight("w2", rng.standard_normal((H, FF)).astype(np.float32) * 0.1, 1,
+                             bits)):
+        nodes += part[0]
+        inits += part[1]
+    inits += [("b1", rng.standard_normal(H).astype(np.float32) * 0.1),
+              ("b2", rng.standard_normal(FF).astype(np.float32) * 0.1),
+              ("ln_g", rng.uniform(0.5, 1.5, H).astype(np.float32)),
+              ("ln_b", rng.standard_normal(H).astype(np.float32) * 0.1)]
+    nodes += [
+        helper.make_node("Linear", ["x_dq", "w1", "b1", "x"], ["y"], domain="lamina",
+                         has_residual=1),
+        helper.make_node("LayerNormalization", ["y", "ln_g", "ln_b"], ["h"], axis=-1,
+                         epsilon=1e-12),
+        helper.make_node("Linear", ["h_dq", "w2", "b2"], ["out"], domain="lamina"),
+    ]
+    return _ir_model("res_ln", nodes, inits, [helper.make_tensor_value_info("x", F, [1, seq, H])],
+                     ["out", "h"] + (["y"] if extra_reader else []))
+
+
+@pytest.mark.parametrize("target", ["x86-avx512-vnni", "x86-avx2"])
+@pytest.mark.parametrize("seq, extra_reader, fused", [(128, False, True), (128, True, False),
+                                                      (32, False, False)])
+def test_layer_norm_runs_inside_the_residual_dense(target, seq, extra_reader, fused, tmp_path):
+    """A LayerNorm that is an INT8 dense's only reader runs inside that kernel (``_ln_q``: it
+    also quantizes for the next INT8 kernel), when the dense has a row block for each thread;
+    not when the sum has another reader, nor with fewer rows. Same codes as ONNX Runtime on the
+    QDQ graph either way."""
+    import re
+
+    from lamina.backends.reference import run
+    from lamina.backends.tvm import build_artifact, load
+    from lamina.backends.tvm.kernels import host_supports
+
+    model = _residual_layer_norm_model(seq, extra_reader, 7 if target == "x86-avx2" else 8)
+    dump = tmp_path / "dump"
+    art = build_artifact({(1, seq): model}, tmp_path / "a.lamina", target=target, threads=2,
+                         schedule="none", dump_dir=dump)
+    final = sorted((dump / "tvm").glob("*"))[-1].read_text()
+    assert (f"lamina_dense_int8_{seq}x{H}x{H}_res_ln_q" in final) == fused
+    assert bool(re.findall(r"lamina_layer_norm_\w+", final)) != fused
+    fam = "vnni" if "vnni" in target else "avx2"
+    if not host_supports(fam):
+        return
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, seq, H)).astype(np.float32)}
+    got, want = load(art).run(feeds), run(model, feeds)
+    for name, w in want.items():
+        err = np.abs(got[name] - w)
+        assert np.mean(err < 1e-4) > 0.97 and err.max() < 0.1, (name, err.max())

@@ -49,6 +49,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ._rows import lanes_for
 from .common import (
     Epilogue,
     check_epilogue,
@@ -64,6 +65,18 @@ from .common import (
 from .dense_amx import amx_dense_int8_kernel, amx_fits
 from .dense_bf16 import _bf16_bits
 from .isa import int8_isa, num_threads
+from .layernorm import layer_norm_row
+
+
+@dataclass(frozen=True)
+class FusedLayerNorm:
+    """The LayerNorm over each output row fused into the INT8 dense kernel (its ``eps``), and
+    whether it also writes the next INT8 kernel's quantization (``quant_out``, ``out_signed``)."""
+
+    eps: float
+    quant_out: bool = False
+    out_signed: bool = False
+
 
 _INT32_LANES = {"vnni": 16, "amx": 16, "avx2": 8}
 # Accumulator vectors the register tile may use (of 32 zmm / 16 ymm), leaving room for the
@@ -172,6 +185,21 @@ def resolve_int8_config(M: int, K: int, N: int, target: tvm.target.Target,
     else:
         mc = M
     return Int8Config(mr=mr, nv=nv, mc=mc)
+
+
+def layer_norm_fusable(M: int, K: int, N: int, target: tvm.target.Target,
+                       config: Int8Config | None = None) -> bool:
+    """Whether the LayerNorm of this kernel's output rows may run inside it
+    (``dense_int8_kernel``'s ``layer_norm``): not on AMX, rows of whole vectors, and one row
+    block for each thread (each block's LayerNorm then runs on the core that computed its rows,
+    in parallel; with fewer blocks than threads it would run on fewer cores than the separate
+    kernel)."""
+    if kernel_family(M, N, target) == "amx" or lanes_for(N, target) == 1:
+        return False
+    cfg = resolve_int8_config(M, K, N, target, config)
+    blocks = M // cfg.mc
+    threads = num_threads(target)
+    return blocks >= threads and blocks % threads == 0
 
 
 def candidate_int8_configs(M: int, K: int, N: int, target: tvm.target.Target) -> list[Int8Config]:
@@ -290,7 +318,8 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                       config: Int8Config | None = None, bias: bool = False,
                       epilogue: Epilogue = None, residual: bool = False,
                       raw: bool = False, quant_out: bool = False,
-                      out_signed: bool = False, bf16_out: bool = False) -> tirx.PrimFunc:
+                      out_signed: bool = False, bf16_out: bool = False,
+                      layer_norm: FusedLayerNorm | None = None) -> tirx.PrimFunc:
     """The scheduled INT8 dense kernel.
 
     Arguments, in order: ``Xq[M, Kp]`` uint8 (Kp = K rounded up to 4), ``Wp`` int8
@@ -309,11 +338,20 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
 
     With ``bf16_out`` ``Y`` is uint16: the bf16 bits of the float result (round to nearest even),
     for a consumer that rounds its input to bf16 anyway (the BF16 attention on a QKV projection).
+
+    With ``layer_norm`` the LayerNorm that reads the result is fused (:func:`layer_norm_fusable`):
+    ``G[N]``, ``BT[N]`` (its gamma and beta) come after ``R``, and ``Y`` is the normalised
+    float result; with ``layer_norm.quant_out``, ``S`` and ``qo`` follow as above and ``Yq[M, N]``
+    u8 is the next INT8 kernel's quantization of ``Y`` (``layernorm.layer_norm_kernel``'s).
     """
     check_epilogue(epilogue)
+    ln = layer_norm
+    ln_q = ln is not None and ln.quant_out
+    if ln is not None and (quant_out or bf16_out or raw):
+        raise ValueError("a fused LayerNorm writes the float result (and its own quantization)")
     if kernel_family(M, N, target) == "amx":
-        if quant_out or bf16_out:
-            raise ValueError("the AMX INT8 kernel has no quantized or bf16 output")
+        if quant_out or bf16_out or ln is not None:
+            raise ValueError("the AMX INT8 kernel has no quantized, bf16 or normalised output")
         return amx_dense_int8_kernel(M, K, N, threads=num_threads(target), bias=bias,
                                      epilogue=epilogue, residual=residual, raw=raw)
     fam = family(target)
@@ -345,6 +383,11 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     CH = K4 // KC
     LINES = K4 * nv
     PF = -(-LINES // (MB * CH)) if KC < K4 else 0
+    if ln is not None:
+        ln_lanes = lanes_for(N, target)
+        if ln_lanes == 1:
+            raise ValueError(f"a fused LayerNorm needs rows of whole vectors, N={N}")
+        ln_row = layer_norm_row(N, ln.eps, ln_lanes, ln_q, ln.out_signed)
 
     @T.macro
     def zero(acc, rows):
@@ -395,39 +438,56 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                             row + r + i, p * nb + v * L + c, acc[i, v * L + c], CS, WS, QP, B, R,
                             (c, L))
 
+    @T.macro
+    def tile_task(task, X, W, CS, WS, QP, B, R, S, QO, Y):
+        # The register tile in up to three row groups (see common.register_rows).
+        acc0 = T.alloc_buffer((max(n0, 1), nb), "int32")
+        acc1 = T.alloc_buffer((max(n1, 1), nb), "int32")
+        acc2 = T.alloc_buffer((max(n2, 1), nb), "int32")
+        p = T.bind(task // MB % P)
+        row = T.bind(task // (P * MB) * cfg.mc + task % MB * mr)
+        zero(acc0, n0)
+        zero(acc1, n1)
+        zero(acc2, n2)
+        for kc in range(CH):
+            for f in T.unroll(PF):
+                T.evaluate(T.call_llvm_intrin(
+                    "void", "llvm.prefetch.p0", T.address_of(W[
+                        (p + 1) % P, ((task % MB * CH + kc) * PF + f) % LINES // nv,
+                        ((task % MB * CH + kc) * PF + f) % LINES % nv * VB]),
+                    T.int32(0), T.int32(3), T.int32(1)))
+            for k4 in range(kc * KC, kc * KC + KC):
+                step(acc0, r0, n0, row, p, k4, X, W)
+                step(acc1, r1, n1, row, p, k4, X, W)
+                step(acc2, r2, n2, row, p, k4, X, W)
+        store(acc0, r0, n0, row, p, CS, WS, QP, B, R, S, QO, Y)
+        store(acc1, r1, n1, row, p, CS, WS, QP, B, R, S, QO, Y)
+        store(acc2, r2, n2, row, p, CS, WS, QP, B, R, S, QO, Y)
+
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, Kp), "uint8"), W: T.Buffer((P, K4, 4 * nb), "int8"),
              CS: T.Buffer((N,), "int32"), WS: T.Buffer((N,), "float32"),
              QP: T.Buffer((2,), "float32"), B: T.Buffer((N,), "float32"),
-             R: T.Buffer((M, N), "float32"), S: T.Buffer((N,), "float32"),
-             QO: T.Buffer((2,), "float32"), Y: T.Buffer((M, N), out_dtype)):
+             R: T.Buffer((M, N), "float32"), G: T.Buffer((N,), "float32"),
+             BT: T.Buffer((N,), "float32"), S: T.Buffer((N,), "float32"),
+             QO: T.Buffer((2,), "float32"), Y: T.Buffer((M, N), out_dtype),
+             Yq: T.Buffer((M, N), "uint8")):
         T.func_attr({"tirx.noalias": True})
-        for task in T.parallel(MO * P * MB):
-            # The register tile in up to three row groups (see common.register_rows).
-            acc0 = T.alloc_buffer((max(n0, 1), nb), "int32")
-            acc1 = T.alloc_buffer((max(n1, 1), nb), "int32")
-            acc2 = T.alloc_buffer((max(n2, 1), nb), "int32")
-            p = T.bind(task // MB % P)
-            row = T.bind(task // (P * MB) * cfg.mc + task % MB * mr)
-            zero(acc0, n0)
-            zero(acc1, n1)
-            zero(acc2, n2)
-            for kc in range(CH):
-                for f in T.unroll(PF):
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.prefetch.p0", T.address_of(W[
-                            (p + 1) % P, ((task % MB * CH + kc) * PF + f) % LINES // nv,
-                            ((task % MB * CH + kc) * PF + f) % LINES % nv * VB]),
-                        T.int32(0), T.int32(3), T.int32(1)))
-                for k4 in range(kc * KC, kc * KC + KC):
-                    step(acc0, r0, n0, row, p, k4, X, W)
-                    step(acc1, r1, n1, row, p, k4, X, W)
-                    step(acc2, r2, n2, row, p, k4, X, W)
-            store(acc0, r0, n0, row, p, CS, WS, QP, B, R, S, QO, Y)
-            store(acc1, r1, n1, row, p, CS, WS, QP, B, R, S, QO, Y)
-            store(acc2, r2, n2, row, p, CS, WS, QP, B, R, S, QO, Y)
+        if ln is None:
+            for task in T.parallel(MO * P * MB):
+                tile_task(task, X, W, CS, WS, QP, B, R, S, QO, Y)
+        else:
+            # Each row block's tasks, then the LayerNorm of its rows, in place, on the core that
+            # has just written them.
+            for blk in T.parallel(MO):
+                for t in range(P * MB):
+                    tile_task(blk * (P * MB) + t, X, W, CS, WS, QP, B, R, S, QO, Y)
+                for r in range(cfg.mc):
+                    ln_row(Y, G, BT, S, QO, Y, Yq, blk * cfg.mc + r)
 
     keep = ["X", "W", "Y"] if raw else (["X", "W", "CS", "WS", "QP"] + (["B"] if bias else [])
                                         + (["R"] if residual else [])
-                                        + (["S", "QO"] if quant_out else []) + ["Y"])
+                                        + (["G", "BT"] if ln is not None else [])
+                                        + (["S", "QO"] if quant_out or ln_q else []) + ["Y"]
+                                        + (["Yq"] if ln_q else []))
     return finish_kernel(root_block(keep_params(func, keep)))

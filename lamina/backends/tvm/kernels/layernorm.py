@@ -65,9 +65,12 @@ def layer_norm_kernel(rows: int, n: int, eps: float,
     return schedule_rows(sch, "Y", inner, [], ["sv", "qv"], lanes, after=("Yq",))
 
 
-def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
-                   out_signed: bool) -> tvm.tirx.PrimFunc:
-    """:func:`layer_norm_kernel` for rows of whole ``L``-lane vectors (see the module doc)."""
+def layer_norm_row(n: int, eps: float, L: int, quant_out: bool, out_signed: bool):
+    """The TIR macro ``ln_row(X, G, B, S, QO, Y, Yq, r)`` normalising row ``r`` of ``X`` into
+    ``Y`` (``Y`` may be ``X``: each element is read before it is written) and, with
+    ``quant_out``, quantizing it into ``Yq`` (see :func:`layer_norm_kernel`); rows of whole
+    ``L``-lane vectors. The LayerNorm kernel runs it per row, the INT8 dense kernel on the rows it
+    has just written (``dense_int8_kernel``'s ``layer_norm``)."""
     nv = n // L
     U = next(u for u in (4, 3, 2, 1) if nv % u == 0)  # independent accumulators per pass
     vec = T.ramp(0, 1, L)
@@ -79,6 +82,45 @@ def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
             acc[0, vec] = acc[0, vec] + acc[u, vec]
         red[0, vec] = butterfly(acc[0, vec], L, add)
 
+    @T.macro
+    def ln_row(X, G, B, S, QO, Y, Yq, r):
+        acc = T.alloc_buffer((U, L), "float32")
+        mean = T.alloc_buffer((1, L), "float32")
+        rstd = T.alloc_buffer((1, L), "float32")
+        for u in T.unroll(U):
+            acc[u, vec] = T.broadcast(T.float32(0), L)
+        for c in range(nv // U):
+            for u in T.unroll(U):
+                acc[u, vec] = acc[u, vec] + X[r, T.ramp((c * U + u) * L, 1, L)]
+        row_sum(acc, mean)
+        mean[0, vec] = mean[0, vec] * T.broadcast(T.float32(1.0 / n), L)
+        for u in T.unroll(U):
+            acc[u, vec] = T.broadcast(T.float32(0), L)
+        for c in range(nv // U):
+            for u in T.unroll(U):
+                acc[u, vec] = acc[u, vec] + (X[r, T.ramp((c * U + u) * L, 1, L)]
+                                             - mean[0, vec]) * (
+                    X[r, T.ramp((c * U + u) * L, 1, L)] - mean[0, vec])
+        row_sum(acc, rstd)
+        rstd[0, vec] = T.broadcast(T.float32(1), L) / T.sqrt(
+            rstd[0, vec] * T.broadcast(T.float32(1.0 / n), L)
+            + T.broadcast(T.float32(eps), L))
+        for c in range(nv):
+            for w in T.vectorized(L):
+                Y[r, c * L + w] = ((X[r, c * L + w] - mean[0, w]) * rstd[0, w] * G[c * L + w]
+                                   + B[c * L + w])
+                if quant_out:
+                    Yq[r, c * L + w] = saturate_u8(Y[r, c * L + w] * S[c * L + w], QO[1],
+                                                   out_signed)
+
+    return ln_row
+
+
+def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
+                   out_signed: bool) -> tvm.tirx.PrimFunc:
+    """:func:`layer_norm_kernel` for rows of whole ``L``-lane vectors (see the module doc)."""
+    ln_row = layer_norm_row(n, eps, L, quant_out, out_signed)
+
     @T.prim_func(private=True)
     def func(X: T.Buffer((rows, n), "float32"), G: T.Buffer((n,), "float32"),
              B: T.Buffer((n,), "float32"), S: T.Buffer((n,), "float32"),
@@ -86,34 +128,7 @@ def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
              Yq: T.Buffer((rows, n), "uint8")):
         T.func_attr({"tirx.noalias": True})
         for r in T.parallel(rows):
-            acc = T.alloc_buffer((U, L), "float32")
-            mean = T.alloc_buffer((1, L), "float32")
-            rstd = T.alloc_buffer((1, L), "float32")
-            for u in T.unroll(U):
-                acc[u, vec] = T.broadcast(T.float32(0), L)
-            for c in range(nv // U):
-                for u in T.unroll(U):
-                    acc[u, vec] = acc[u, vec] + X[r, T.ramp((c * U + u) * L, 1, L)]
-            row_sum(acc, mean)
-            mean[0, vec] = mean[0, vec] * T.broadcast(T.float32(1.0 / n), L)
-            for u in T.unroll(U):
-                acc[u, vec] = T.broadcast(T.float32(0), L)
-            for c in range(nv // U):
-                for u in T.unroll(U):
-                    acc[u, vec] = acc[u, vec] + (X[r, T.ramp((c * U + u) * L, 1, L)]
-                                                 - mean[0, vec]) * (
-                        X[r, T.ramp((c * U + u) * L, 1, L)] - mean[0, vec])
-            row_sum(acc, rstd)
-            rstd[0, vec] = T.broadcast(T.float32(1), L) / T.sqrt(
-                rstd[0, vec] * T.broadcast(T.float32(1.0 / n), L)
-                + T.broadcast(T.float32(eps), L))
-            for c in range(nv):
-                for w in T.vectorized(L):
-                    Y[r, c * L + w] = ((X[r, c * L + w] - mean[0, w]) * rstd[0, w] * G[c * L + w]
-                                       + B[c * L + w])
-                    if quant_out:
-                        Yq[r, c * L + w] = saturate_u8(Y[r, c * L + w] * S[c * L + w], QO[1],
-                                                       out_signed)
+            ln_row(X, G, B, S, QO, Y, Yq, r)
 
     keep = ["X", "G", "B"] + (["S", "QO", "Y", "Yq"] if quant_out else ["Y"])
     return finish_kernel(root_block(keep_params(func, keep)))

@@ -51,6 +51,9 @@ class LowerContext:
         # INT8 dense outputs whose bf16 form a consumer may emit instead (expr -> factory;
         # quant_dense.emit_int8_dense, read by the BF16 attention)
         self.int8_bf16_forms: dict = {}
+        # INT8 dense outputs whose LayerNorm a consumer may fuse into the kernel (expr ->
+        # factory; quant_dense.emit_int8_dense, read by the LayerNormalization converter)
+        self.int8_ln_forms: dict = {}
         self.int8_sparse_choice: dict = {}
         self.env: dict = {}
         self.params: dict[str, relax.Var] = {}

@@ -133,10 +133,21 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
         q = ctx.int8_out.get(node.outputs[0])
         rows = int(np.prod(shape[:-1]))
         claim = claim_quantization(ctx, q, rows, shape[-1]) if q is not None else None
+        # An INT8 dense whose output only this LayerNorm reads runs it in the same kernel.
+        fuse = ctx.int8_ln_forms.get(ctx.expr(x))
+        xv = node.inputs[0]
+        if fuse is not None and (xv.is_graph_output() or len(xv.uses()) != 1):
+            fuse = None
         if claim is None:
+            if fuse is not None:
+                return [fuse(gamma, beta, eps, None)[0], None, None]
             return [emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps,
                                     ctx.target), None, None]
         key, s, qo = claim
+        if fuse is not None:
+            y, yq = fuse(gamma, beta, eps, (s, qo, q.signed))
+            store_quantized(ctx, q, key, yq)
+            return [y, None, None]
         y, yq = emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps, ctx.target,
                                 quant=(s, qo, q.signed))
         store_quantized(ctx, q, key, yq)

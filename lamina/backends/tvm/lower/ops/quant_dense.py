@@ -260,10 +260,12 @@ def emit_int8_dense(
 ) -> relax.Expr:
     """``act(DQ(Q(x)) @ DQ(W_q) + bias) + residual`` as quantize + one INT8 kernel call."""
     from ...kernels.dense_int8 import (
+        FusedLayerNorm,
         column_sums,
         dense_int8_kernel,
         fits_7_bits,
         kernel_family,
+        layer_norm_fusable,
         pack_weight_int8,
         packing,
         reduce_range,
@@ -381,6 +383,30 @@ def emit_int8_dense(
             return bb.emit(relax.op.reshape(yb, (*shape[:-1], n)))
 
         ctx.int8_bf16_forms[out] = bf16_form
+    if layer_norm_fusable(rows, k, n, target, cfg):
+        # A LayerNorm that is this output's only reader may run inside the kernel instead
+        # (dense_int8_kernel's layer_norm): each core normalises the rows it has just computed,
+        # with no kernel launch between. The float call is then dead and removed.
+        def ln_form(gamma: relax.Expr, beta: relax.Expr, eps: float,
+                    quant: tuple[relax.Expr, relax.Expr, bool] | None):
+            fused = FusedLayerNorm(eps, quant is not None, quant is not None and quant[2])
+            fl = dense_int8_kernel(rows, k, n, target=target, config=cfg, bias=bias is not None,
+                                   epilogue=epilogue, residual=residual is not None,
+                                   layer_norm=fused)
+            gl = bb.add_func(fl, f"{name}_ln{'_q' if quant is not None else ''}"
+                             f"{'_s8' if fused.out_signed else ''}")
+            ln_args = [*args, gamma, beta]
+            if quant is None:
+                yl = bb.emit(relax.call_tir(gl, ln_args, relax.TensorType((rows, n), "float32")))
+                return bb.emit(relax.op.reshape(yl, (*shape[:-1], n))), None
+            both = bb.emit(relax.call_tir(gl, [*ln_args, quant[0], quant[1]],
+                                          [relax.TensorType((rows, n), "float32"),
+                                           relax.TensorType((rows, n), "uint8")]))
+            yl = bb.emit(relax.TupleGetItem(both, 0))
+            return (bb.emit(relax.op.reshape(yl, (*shape[:-1], n))),
+                    bb.emit(relax.TupleGetItem(both, 1)))
+
+        ctx.int8_ln_forms[out] = ln_form
     return out
 
 
