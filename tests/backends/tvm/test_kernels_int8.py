@@ -194,6 +194,29 @@ def test_fused_layer_norm_is_the_layer_norm_kernel_on_the_output(fam, quant, sig
         assert (want[1] == 0).any() and (want[1] == 255).any()
 
 
+@pytest.mark.parametrize("fam", ["vnni", "avx2"])
+def test_sectioned_panel_order_computes_the_same_output(fam):
+    """``sections``: thread t computing the t-th slice of each section (a QKV projection's heads)
+    only reorders the tasks; where the panels do not split so, ``sections_fit`` says no."""
+    from lamina.backends.tvm.kernels.dense_int8 import sections_fit
+
+    target = _target(fam)
+    M, K, N = 32, 64, 192
+    cfg = sections_fit(M, K, N, target, 3, 6, Int8Config(4, 2 if fam == "vnni" else 4))
+    assert cfg is not None and cfg.mc == M and N // (cfg.nv * lanes32(fam)) == 6
+    assert sections_fit(M, K, N, target, 3, 3, cfg) is None  # 3 heads do not split in 2
+    assert sections_fit(M, K, N, target, 3, 6, Int8Config(4, 6 if fam == "vnni" else 12)) is None
+    xq, wq = _operands(M, K, N, seed=7, avx2=fam == "avx2")
+    rng = np.random.default_rng(9)
+    args = [xq, pack_weight_int8(wq, cfg.nv * lanes32(fam)), column_sums(wq),
+            rng.uniform(0.001, 0.01, N).astype(np.float32), np.array([0.02, 131], np.float32),
+            rng.standard_normal(N).astype(np.float32)]
+    plain = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True)
+    sectioned = dense_int8_kernel(M, K, N, target=target, config=cfg, bias=True, sections=3)
+    np.testing.assert_array_equal(_run(sectioned, args, (M, N), np.float32, target),
+                                  _run(plain, args, (M, N), np.float32, target))
+
+
 def _run_outputs(func, arrays, outs, target) -> list[np.ndarray]:
     ex = tvm.compile(standalone_module(func), target)
     dev = tvm.cpu()

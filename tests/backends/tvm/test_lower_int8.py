@@ -271,15 +271,14 @@ def test_amx_artifact_requires_amx_and_is_refused_without_it(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def _qkv_attention_model(seq: int = 32) -> ir.Model:
-    """An INT8 merged QKV projection (lamina Linear, u8 activations) split into Q, K, V for a
-    2-head attention of head size 32 (the BF16 attention's shapes)."""
+def _qkv_attention_model(seq: int = 32, hid: int = 64, heads: int = 2) -> ir.Model:
+    """An INT8 merged QKV projection (lamina Linear, u8 activations) split into Q, K, V for an
+    attention of ``heads`` heads (head size 32 or more: the BF16 attention's shapes)."""
     rng = np.random.default_rng(3)
-    hid = 64
     nodes, inits = [], []
     for part in (_qdq_act("x", 8.0 / 255, 128, False),
-                 _qdq_weight("wqkv", rng.standard_normal((hid, 3 * hid)).astype(np.float32) * 0.2,
-                             1)):
+                 _qdq_weight("wqkv", rng.standard_normal((hid, 3 * hid)).astype(np.float32)
+                             * (0.2 * (64 / hid) ** 0.5), 1)):
         nodes += part[0]
         inits += part[1]
     inits += [("bqkv", rng.standard_normal(3 * hid).astype(np.float32) * 0.1),
@@ -287,23 +286,29 @@ def _qkv_attention_model(seq: int = 32) -> ir.Model:
     nodes += [
         helper.make_node("Linear", ["x_dq", "wqkv", "bqkv"], ["qkv"], domain="lamina"),
         helper.make_node("Split", ["qkv", "split"], ["q", "k", "v"], axis=-1),
-        helper.make_node("Attention", ["q", "k", "v", "m"], ["y"], domain="lamina", num_heads=2,
-                         scale=0.25, mask_kind="key_padding"),
+        helper.make_node("Attention", ["q", "k", "v", "m"], ["y"], domain="lamina",
+                         num_heads=heads, scale=0.25, mask_kind="key_padding"),
     ]
     return _ir_model("qkv", nodes, inits,
                      [helper.make_tensor_value_info("x", F, [1, seq, hid]),
                       helper.make_tensor_value_info("m", TensorProto.INT64, [1, seq])], ["y"])
 
 
-def test_int8_qkv_projection_writes_bf16_for_the_bf16_attention(tmp_path):
+@pytest.mark.parametrize("hid, heads, kernel", [
+    (64, 2, "lamina_dense_int8_32x64x192_bf16"),
+    # 6 panels of 96 columns: each thread's 3 heads of Q, K and V in whole panels
+    (192, 6, "lamina_dense_int8_32x192x576_bf16_heads"),
+])
+def test_int8_qkv_projection_writes_bf16_for_the_bf16_attention(hid, heads, kernel, tmp_path):
     """On a BF16 target the INT8 QKV projection writes bf16 straight for the BF16 attention (its
     float form is dead code): the same result as rounding its float output, within bf16's error
-    of ONNX Runtime on the QDQ graph."""
+    of ONNX Runtime on the QDQ graph. For one sequence, where its panels allow, each thread
+    computes the Q, K and V columns of the heads its attention thread takes (``_heads``)."""
     from lamina.backends.reference import run
     from lamina.backends.tvm import build_artifact, load
     from lamina.backends.tvm.kernels import host_supports
 
-    model = _qkv_attention_model()
+    model = _qkv_attention_model(hid=hid, heads=heads)
     dump = tmp_path / "dump"
     art = build_artifact({(1, 32): model}, tmp_path / "qkv.lamina", target="x86-avx512-bf16",
                          threads=2, schedule="none", dump_dir=dump)
@@ -312,11 +317,11 @@ def test_int8_qkv_projection_writes_bf16_for_the_bf16_attention(tmp_path):
     final = sorted((dump / "tvm").glob("*"))[-1].read_text()
     assert "_bf16in" in final
     # the float projection was removed
-    assert set(re.findall(r"lamina_dense_int8_\w+", final)) == {"lamina_dense_int8_32x64x192_bf16"}
+    assert set(re.findall(r"lamina_dense_int8_\w+", final)) == {kernel}
     if not host_supports("avx512bf16"):
         return
     rng = np.random.default_rng(4)
-    feeds = {"x": rng.standard_normal((1, 32, 64)).astype(np.float32),
+    feeds = {"x": rng.standard_normal((1, 32, hid)).astype(np.float32),
              "m": (np.arange(32) < 29).astype(np.int64)[None]}
     got, want = load(art).run(feeds)["y"], run(model, feeds)["y"]
     assert np.abs(got - want).max() < 5e-2

@@ -182,6 +182,7 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
     v_off = 2 * hid if merged else 0
     tasks = batch * heads
     nt = max(1, min(tasks, threads))
+    per = -(-tasks // nt)
     out_dtype = "uint8" if quant_out else "float32"
 
     @T.macro
@@ -201,8 +202,8 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                 red = T.decl_buffer((mr, L), "float32", scope="local")
                 inv = T.decl_buffer((mr, L), "float32", scope="local")
                 nk = T.decl_buffer((1,), "int32")
-                for n in range((tasks - t + nt - 1) // nt):
-                    task = T.bind(t + n * nt)
+                for n in range(T.min(per, tasks - t * per)):
+                    task = T.bind(t * per + n)
                     b = task // heads
                     h = task % heads
                     # The keys to process: through the last unmasked one, in whole score tiles.

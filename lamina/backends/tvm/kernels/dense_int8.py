@@ -187,6 +187,21 @@ def resolve_int8_config(M: int, K: int, N: int, target: tvm.target.Target,
     return Int8Config(mr=mr, nv=nv, mc=mc)
 
 
+def sections_fit(M: int, K: int, N: int, target: tvm.target.Target, sections: int, parts: int,
+                 config: Int8Config | None = None) -> Int8Config | None:
+    """The tile (whole-M row block) with which ``dense_int8_kernel(..., sections=sections)``
+    gives each thread whole ``parts`` of every section (a QKV projection's heads), or None."""
+    if kernel_family(M, N, target) == "amx":
+        return None
+    threads = num_threads(target)
+    cfg = resolve_int8_config(M, K, N, target, config)
+    cfg = Int8Config(cfg.mr, cfg.nv, M)
+    P = N // (cfg.nv * lanes32(family(target)))
+    if threads < 2 or parts % threads or N % sections or P % (sections * threads):
+        return None
+    return cfg
+
+
 def layer_norm_fusable(M: int, K: int, N: int, target: tvm.target.Target,
                        config: Int8Config | None = None) -> bool:
     """Whether the LayerNorm of this kernel's output rows may run inside it
@@ -319,7 +334,8 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                       epilogue: Epilogue = None, residual: bool = False,
                       raw: bool = False, quant_out: bool = False,
                       out_signed: bool = False, bf16_out: bool = False,
-                      layer_norm: FusedLayerNorm | None = None) -> tirx.PrimFunc:
+                      layer_norm: FusedLayerNorm | None = None,
+                      sections: int = 0) -> tirx.PrimFunc:
     """The scheduled INT8 dense kernel.
 
     Arguments, in order: ``Xq[M, Kp]`` uint8 (Kp = K rounded up to 4), ``Wp`` int8
@@ -343,6 +359,11 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     ``G[N]``, ``BT[N]`` (its gamma and beta) come after ``R``, and ``Y`` is the normalised
     float result; with ``layer_norm.quant_out``, ``S`` and ``qo`` follow as above and ``Yq[M, N]``
     u8 is the next INT8 kernel's quantization of ``Y`` (``layernorm.layer_norm_kernel``'s).
+
+    With ``sections`` (and ``config.mc == M``) the N columns are that many equal sections (a
+    merged QKV projection's Q, K and V) and thread ``t`` computes the ``t``-th slice of each, all
+    rows (:func:`sections_fit`): the heads a consumer's thread ``t`` takes (contiguous chunks, as
+    the attention kernels do) are then on its own core.
     """
     check_epilogue(epilogue)
     ln = layer_norm
@@ -383,6 +404,20 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
     CH = K4 // KC
     LINES = K4 * nv
     PF = -(-LINES // (MB * CH)) if KC < K4 else 0
+    if sections:
+        # Thread t computes the t-th column slice of each of the sections, all rows (the tasks,
+        # split evenly among the threads, visit the panels in this order).
+        threads = num_threads(target)
+        if cfg.mc != M or P % (sections * threads):
+            raise ValueError(f"{sections} sections of {P} panels of {nb} columns do not split "
+                             f"among {threads} threads (or rows split in blocks)")
+        PS = P // (sections * threads)
+
+        def panel(q):
+            return q // PS % sections * (P // sections) + q // (sections * PS) * PS + q % PS
+    else:
+        def panel(q):
+            return q
     if ln is not None:
         ln_lanes = lanes_for(N, target)
         if ln_lanes == 1:
@@ -444,7 +479,7 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
         acc0 = T.alloc_buffer((max(n0, 1), nb), "int32")
         acc1 = T.alloc_buffer((max(n1, 1), nb), "int32")
         acc2 = T.alloc_buffer((max(n2, 1), nb), "int32")
-        p = T.bind(task // MB % P)
+        p = T.bind(panel(task // MB % P))
         row = T.bind(task // (P * MB) * cfg.mc + task % MB * mr)
         zero(acc0, n0)
         zero(acc1, n1)
@@ -453,7 +488,7 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
             for f in T.unroll(PF):
                 T.evaluate(T.call_llvm_intrin(
                     "void", "llvm.prefetch.p0", T.address_of(W[
-                        (p + 1) % P, ((task % MB * CH + kc) * PF + f) % LINES // nv,
+                        panel((task // MB + 1) % P), ((task % MB * CH + kc) * PF + f) % LINES // nv,
                         ((task % MB * CH + kc) * PF + f) % LINES % nv * VB]),
                     T.int32(0), T.int32(3), T.int32(1)))
             for k4 in range(kc * KC, kc * KC + KC):

@@ -156,7 +156,7 @@ def attention(ctx: LowerContext, node: ir.Node, inputs):
             # sources to bf16 first: the same result).
             form = ctx.int8_bf16_forms.get(merged) if merged is not None else None
             if form is not None:
-                sources = [form()]
+                sources = [form(heads, batch)]
             return done(emit_attention_bf16(ctx.bb, sources, key_bias() if masked else None,
                                             batch=batch, sq=q_seq, skv=kv_seq, heads=heads, d=d,
                                             scale=scale, threads=num_threads(ctx.target),

@@ -270,8 +270,9 @@ def emit_int8_dense(
         packing,
         reduce_range,
         resolve_int8_config,
+        sections_fit,
     )
-    from ...kernels.isa import INT8_FEATURES
+    from ...kernels.isa import INT8_FEATURES, num_threads
     from ...kernels.quantize import dynamic_qparams_kernel, quantize_kernel
     from ._dense import EPILOGUES
 
@@ -374,11 +375,19 @@ def emit_int8_dense(
         # A consumer that rounds this output to bf16 anyway (the BF16 attention) may ask for the
         # kernel's bf16 form instead: half the bytes, and no rounding on its side. The float call
         # is then dead and removed.
-        def bf16_form() -> relax.Expr:
-            fb = dense_int8_kernel(rows, k, n, target=target, config=cfg, bias=bias is not None,
-                                   epilogue=epilogue, residual=residual is not None,
-                                   bf16_out=True)
-            gb = bb.add_func(fb, f"{name}_bf16")
+        def bf16_form(heads: int = 0, batch: int = 0) -> relax.Expr:
+            # A merged QKV projection for attention whose thread t takes the t-th contiguous
+            # chunk of (batch, head) tasks: with fewer batch rows than threads (b1), each
+            # thread computes its heads' Q, K and V columns, all rows, so that the attention
+            # reads them on its own core (with more, the row blocks already match).
+            threads = num_threads(target)
+            fit = (sections_fit(rows, k, n, target, 3, heads, cfg)
+                   if heads and batch % threads else None)
+            fb = dense_int8_kernel(rows, k, n, target=target, config=fit or cfg,
+                                   bias=bias is not None, epilogue=epilogue,
+                                   residual=residual is not None, bf16_out=True,
+                                   sections=3 if fit else 0)
+            gb = bb.add_func(fb, f"{name}_bf16{'_heads' if fit else ''}")
             yb = bb.emit(relax.call_tir(gb, args, relax.TensorType((rows, n), "uint16")))
             return bb.emit(relax.op.reshape(yb, (*shape[:-1], n)))
 
