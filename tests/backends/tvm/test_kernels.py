@@ -361,6 +361,55 @@ def test_layer_norm_kernel_quantizes_for_the_next_int8_kernel(rows, n, signed, i
     np.testing.assert_allclose(y.numpy(), want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("tables, dense, quant", [
+    ([(50, "int64"), (2, "int64")], 16, True),   # BERT: word + token type + position
+    ([(50, "int32")], 32, False),                 # one lookup + a full-size term
+    ([(50, "int64"), (2, "int32"), (40, "int64")], 0, True),  # three lookups
+])
+def test_embedding_layer_norm_kernel_is_the_layer_norm_of_the_sum(tables, dense, quant, isa):
+    """The lookups (ids wrap: negative ones count from the end), the sum in the graph's order and
+    the LayerNorm in one kernel: byte for byte the LayerNorm kernel on the sum."""
+    import tvm
+
+    from lamina.backends.tvm.kernels.layernorm import (
+        embedding_layer_norm_kernel,
+        layer_norm_kernel,
+    )
+
+    target = _target(isa)
+    rows, n = 32, 64
+    rng = np.random.default_rng(3)
+    ids = [rng.integers(-v, v, rows).astype(dt) for v, dt in tables]
+    embs = [rng.standard_normal((v, n)).astype("float32") for v, _ in tables]
+    x = embs[0][np.mod(ids[0], tables[0][0])]
+    for (v, _), i, e in zip(tables[1:], ids[1:], embs[1:], strict=True):
+        x = x + e[np.mod(i, v)]
+    args = [a for pair in zip(ids, embs, strict=True) for a in pair]
+    if dense:
+        d = rng.standard_normal((dense, n)).astype("float32")
+        x = x + np.tile(d, (rows // dense, 1))
+        args.append(d)
+    g, b = rng.uniform(0.5, 1.5, (2, n)).astype("float32")
+    extra = [(rng.random(n) * 40 + 40).astype("float32"), np.array([0.02, 128.0], "float32")] \
+        if quant else []
+    dev = tvm.cpu()
+
+    def outputs(func, ins):
+        lib = tvm.compile(standalone_module(func), target=target)
+        outs = [tvm.runtime.tensor(np.zeros((rows, n), "float32"), dev)]
+        outs += [tvm.runtime.tensor(np.zeros((rows, n), "uint8"), dev)] if quant else []
+        lib["main"](*(tvm.runtime.tensor(a, dev) for a in ins), *outs)
+        return [o.numpy() for o in outs]
+
+    got = outputs(embedding_layer_norm_kernel(rows, n, 1e-12, target, tables, dense,
+                                              quant_out=quant), [*args, g, b, *extra])
+    want = outputs(layer_norm_kernel(rows, n, 1e-12, target, quant_out=quant),
+                   [x.astype("float32"), g, b, *extra])
+    for a, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, w)
+
+
 def test_row_kernels_use_the_target_vector_width():
     from lamina.backends.tvm.kernels._rows import lanes_for
 

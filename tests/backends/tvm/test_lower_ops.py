@@ -158,6 +158,46 @@ def test_layer_norm():
                             epsilon=1e-12)], [X], [("z", F)], inits=inits)
 
 
+@pytest.mark.parametrize("word_also_output", [False, True])
+def test_embedding_sum_layer_norm_runs_as_one_kernel(word_also_output, tmp_path):
+    """BERT's embeddings (word and token-type lookups by run-time ids, plus a constant position
+    term broadcast over the batch, then LayerNorm) lower to one kernel, with no ``take`` left.
+    Not when a lookup is read elsewhere too (it would be a second term that is not a lookup).
+    Equal to ONNX Runtime."""
+    import re
+
+    from lamina.backends.tvm import build_artifact, load
+
+    rng = np.random.default_rng(5)
+    n, vocab, batch, seq = 64, 50, 2, 16
+    inits = [("word", rng.standard_normal((vocab, n)).astype(np.float32)),
+             ("tt", rng.standard_normal((2, n)).astype(np.float32)),
+             ("pos", rng.standard_normal((1, seq, n)).astype(np.float32)),
+             ("g", rng.uniform(0.5, 1.5, n).astype(np.float32)),
+             ("b", rng.standard_normal(n).astype(np.float32))]
+    nodes = [helper.make_node("Gather", ["word", "ids"], ["we"]),
+             helper.make_node("Gather", ["tt", "types"], ["te"]),
+             helper.make_node("Add", ["we", "te"], ["s1"]),
+             helper.make_node("Add", ["s1", "pos"], ["s2"]),
+             helper.make_node("LayerNormalization", ["s2", "g", "b"], ["z"], axis=-1,
+                              epsilon=1e-12)]
+    outputs = [("z", F)] + ([("we", F)] if word_also_output else [])
+    model = _model(nodes, [("ids", I64, [batch, seq]), ("types", I64, [batch, seq])], outputs,
+                   inits)
+    dump = tmp_path / "dump"
+    art = build_artifact({(batch, seq): ir.from_proto(model)}, tmp_path / "e.lamina",
+                         target="x86-64", threads=2, schedule="none", dump_dir=dump)
+    final = sorted((dump / "tvm").glob("*"))[-1].read_text()
+    fused = f"lamina_embedding_layer_norm_{batch * seq}x{n}" in final
+    assert fused != word_also_output
+    assert bool(re.findall(r"\btake\b", final)) == word_also_output
+    feeds = {"ids": rng.integers(0, vocab, (batch, seq)).astype(np.int64),
+             "types": rng.integers(0, 2, (batch, seq)).astype(np.int64)}
+    got = load(art).run(feeds)
+    for (name, _), w in zip(outputs, ort_run(model, feeds), strict=True):
+        np.testing.assert_allclose(got[name], w, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_layer_norm_mean_and_inv_std_dev_outputs(axis):
     inits = [

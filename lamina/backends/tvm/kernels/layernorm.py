@@ -134,6 +134,60 @@ def _vector_kernel(rows: int, n: int, eps: float, L: int, quant_out: bool,
     return finish_kernel(root_block(keep_params(func, keep)))
 
 
+def embedding_layer_norm_kernel(rows: int, n: int, eps: float, target: tvm.target.Target,
+                                tables: list[tuple[int, str]], dense: int = 0, *,
+                                quant_out: bool = False,
+                                out_signed: bool = False) -> tvm.tirx.PrimFunc:
+    """LayerNorm of a sum of embedding lookups (BERT's word + token type + position embeddings),
+    the lookups, the sum and the LayerNorm in one pass over each row.
+
+    ``tables``: for each of one to three lookups, ``(vocabulary, index dtype)``; its arguments are
+    ``ids[rows]`` and ``table[vocabulary, n]``, row ``r`` adding ``table[ids[r] mod vocabulary]``
+    (negative ids count from the end, like ``take(mode="wrap")``, and no id reads out of bounds).
+    ``dense``: with a positive ``d``, a term ``D[d, n]`` follows, row ``r`` adding ``D[r mod d]``
+    (a [seq, n] position embedding under a batch). Then ``gamma[n], beta[n]`` and, with
+    ``quant_out``, ``S[n], qo[2]`` (see :func:`layer_norm_kernel`); outputs ``Y[rows, n]`` and, with
+    ``quant_out``, ``Yq[rows, n]``. Rows of whole vectors only (:func:`lanes_for`)."""
+    L = lanes_for(n, target)
+    if L == 1 or not 1 <= len(tables) <= 3:
+        raise ValueError(f"embedding LayerNorm: rows of whole vectors and 1-3 tables, got n={n}, "
+                         f"{len(tables)} tables")
+    ln_row = layer_norm_row(n, eps, L, quant_out, out_signed)
+    (v0, t0), (v1, t1), (v2, t2) = (list(tables) + [(1, "int64")] * 2)[:3]
+    nt = len(tables)
+    nd = max(dense, 1)
+
+    def row_sum(tabs, ids, D, r, col):
+        # The lookups in order, then the dense term: the graph's order of additions.
+        y = tabs[0][ids[0], col]
+        for i in range(1, nt):
+            y = y + tabs[i][ids[i], col]
+        return y + D[r % nd, col] if dense else y
+
+    @T.prim_func(private=True)
+    def func(I0: T.Buffer((rows,), t0), E0: T.Buffer((v0, n), "float32"),
+             I1: T.Buffer((rows,), t1), E1: T.Buffer((v1, n), "float32"),
+             I2: T.Buffer((rows,), t2), E2: T.Buffer((v2, n), "float32"),
+             D: T.Buffer((nd, n), "float32"), G: T.Buffer((n,), "float32"),
+             B: T.Buffer((n,), "float32"), S: T.Buffer((n,), "float32"),
+             QO: T.Buffer((2,), "float32"), Y: T.Buffer((rows, n), "float32"),
+             Yq: T.Buffer((rows, n), "uint8")):
+        T.func_attr({"tirx.noalias": True})
+        for r in T.parallel(rows):
+            j0 = T.bind(T.floormod(T.Cast("int64", I0[r]), T.int64(v0)))
+            j1 = T.bind(T.floormod(T.Cast("int64", I1[r]), T.int64(v1)))
+            j2 = T.bind(T.floormod(T.Cast("int64", I2[r]), T.int64(v2)))
+            for c in range(n // L):
+                for w in T.vectorized(L):
+                    Y[r, c * L + w] = row_sum((E0, E1, E2), (j0, j1, j2), D, r, c * L + w)
+            ln_row(Y, G, B, S, QO, Y, Yq, r)
+
+    keep = ["I0", "E0"] + (["I1", "E1"] if nt > 1 else []) + (["I2", "E2"] if nt > 2 else [])
+    keep += (["D"] if dense else []) + ["G", "B"]
+    keep += ["S", "QO", "Y", "Yq"] if quant_out else ["Y"]
+    return finish_kernel(root_block(keep_params(func, keep)))
+
+
 def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,
                     shape: list[int], eps: float,
                     target: tvm.target.Target | None = None,
@@ -156,6 +210,46 @@ def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, be
     func = layer_norm_kernel(rows, n, eps, target, quant_out=True, out_signed=signed)
     gv = bb.add_func(func, f"lamina_layer_norm_{rows}x{n}_q{'_s8' if signed else ''}")
     both = bb.emit(relax.call_tir(gv, [x2, gamma, beta, s, qo],
+                                  [relax.TensorType((rows, n), "float32"),
+                                   relax.TensorType((rows, n), "uint8")]))
+    y = bb.emit(relax.TupleGetItem(both, 0))
+    return bb.emit(relax.op.reshape(y, shape)), bb.emit(relax.TupleGetItem(both, 1))
+
+
+def emit_embedding_layer_norm(bb: relax.BlockBuilder,
+                              tables: list[tuple[relax.Expr, relax.Expr, int, str]],
+                              dense: tuple[relax.Expr, int] | None, gamma: relax.Expr,
+                              beta: relax.Expr, shape: list[int], eps: float,
+                              target: tvm.target.Target,
+                              quant: tuple[relax.Expr, relax.Expr, bool] | None = None
+                              ) -> relax.Expr | tuple[relax.Expr, relax.Expr]:
+    """LayerNorm (static ``shape``, over its last axis) of the sum of the rows of each ``(ids,
+    table, vocabulary, ids dtype)`` lookup and of ``dense = (term, its rows)`` (broadcast over
+    leading dims), as :func:`embedding_layer_norm_kernel`; returns like :func:`emit_layer_norm`."""
+    n = shape[-1]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    specs, args = [], []
+    for ids, table, vocab, dtype in tables:
+        specs.append((vocab, dtype))
+        args += [bb.emit(relax.op.reshape(ids, (rows,))), table]
+    d = 0
+    if dense is not None:
+        d = dense[1]
+        args.append(bb.emit(relax.op.reshape(dense[0], (d, n))))
+    args += [gamma, beta]
+    name = f"lamina_embedding_layer_norm_{rows}x{n}"
+    if quant is None:
+        func = embedding_layer_norm_kernel(rows, n, eps, target, specs, d)
+        gv = bb.add_func(func, name)
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
+        return bb.emit(relax.op.reshape(y, shape))
+    s, qo, signed = quant
+    func = embedding_layer_norm_kernel(rows, n, eps, target, specs, d, quant_out=True,
+                                       out_signed=signed)
+    gv = bb.add_func(func, f"{name}_q{'_s8' if signed else ''}")
+    both = bb.emit(relax.call_tir(gv, [*args, s, qo],
                                   [relax.TensorType((rows, n), "float32"),
                                    relax.TensorType((rows, n), "uint8")]))
     y = bb.emit(relax.TupleGetItem(both, 0))

@@ -92,6 +92,66 @@ def log_softmax(ctx: LowerContext, node: ir.Node, inputs):
     return _softmax(ctx, node, inputs[0], relax.op.nn.log_softmax)
 
 
+_ONNX = ("", "ai.onnx")
+
+
+def _embedding_terms(ctx: LowerContext, xv: ir.Value, shape: list[int]):
+    """A LayerNorm input that is a sum (a tree of ``Add`` read only by it) of one to three
+    ``Gather``s of float32 ``[vocabulary, n]`` initializers by run-time ids of the input's
+    ``[..., n]`` leading shape, and at most one other float32 term broadcast over leading dims
+    (``[seq, n]`` under ``[batch, seq, n]``): ``(tables, dense)`` for
+    ``layernorm.emit_embedding_layer_norm``, with ``tables`` ``[(ids, table, vocabulary, ids
+    dtype)]`` and ``dense`` an
+    ``(expression, rows)`` or None. None for anything else."""
+    from ...kernels._rows import lanes_for
+
+    n = shape[-1]
+    if len(shape) < 2 or lanes_for(n, ctx.target) == 1 or ctx.dtype(ctx.env[xv]) != "float32":
+        return None
+
+    def single(v: ir.Value) -> bool:
+        return len(v.uses()) == 1 and not v.is_graph_output()
+
+    leaves: list[ir.Value] = []
+
+    def walk(v: ir.Value) -> None:
+        p = v.producer()
+        if p is not None and p.op_type == "Add" and p.domain in _ONNX and single(v):
+            for i in p.inputs:
+                walk(i)
+        else:
+            leaves.append(v)
+
+    walk(xv)
+    if len(leaves) < 2:
+        return None
+    tables, dense = [], None
+    for v in leaves:
+        p = v.producer()
+        if (p is not None and p.op_type == "Gather" and p.domain in _ONNX and single(v)
+                and int(ctx.attr(p, "axis", 0)) == 0):
+            table, ids = p.inputs
+            t = table.const_value
+            iv = ctx.env.get(ids)
+            if (t is not None and t.dtype == ir.DataType.FLOAT and len(t.shape) == 2
+                    and t.shape[1] == n and iv is not None and ids.const_value is None
+                    and ctx.dtype(iv) in ("int64", "int32") and ctx.shape(iv) == shape[:-1]):
+                tables.append((iv, ctx.expr(ctx.env[table]), int(t.shape[0]), ctx.dtype(iv)))
+                continue
+        value = ctx.env.get(v)
+        if dense is not None or value is None or ctx.dtype(value) != "float32":
+            return None
+        dims = ctx.shape(value)
+        while dims and dims[0] == 1 and len(dims) > 1:
+            dims = dims[1:]
+        if dims[-1] != n or dims != shape[len(shape) - len(dims):]:
+            return None
+        dense = (ctx.expr(value), int(np.prod(dims[:-1], dtype=np.int64)))
+    if not 1 <= len(tables) <= 3:
+        return None
+    return tables, dense
+
+
 @converter("LayerNormalization")
 def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
     x = inputs[0]
@@ -133,6 +193,18 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
         q = ctx.int8_out.get(node.outputs[0])
         rows = int(np.prod(shape[:-1]))
         claim = claim_quantization(ctx, q, rows, shape[-1]) if q is not None else None
+        # Embedding lookups summed into this LayerNorm (BERT's embeddings) run in its kernel.
+        terms = _embedding_terms(ctx, node.inputs[0], shape)
+        if terms is not None:
+            from ...kernels.layernorm import emit_embedding_layer_norm
+
+            quant = None if claim is None else (claim[1], claim[2], q.signed)
+            out = emit_embedding_layer_norm(ctx.bb, *terms, gamma, beta, shape, eps, ctx.target,
+                                            quant)
+            if claim is None:
+                return [out, None, None]
+            store_quantized(ctx, q, claim[0], out[1])
+            return [out[0], None, None]
         # An INT8 dense whose output only this LayerNorm reads runs it in the same kernel.
         fuse = ctx.int8_ln_forms.get(ctx.expr(x))
         xv = node.inputs[0]
