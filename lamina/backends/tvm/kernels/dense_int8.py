@@ -36,6 +36,10 @@ Schedule (written directly in TIR, the register tile is explicit)::
             acc[i, v] = dot4(acc[i, v], bcast(Xq[row i, 4 k4 : 4 k4 + 4]), Wp[p, k4, v])
       Y[tile] = epilogue(...)                          # one vector of columns at a time
 
+With a fused LayerNorm the parallel loop is over the row blocks (one per thread), each running its
+panel and row-tile tasks and then the LayerNorm of its rows; with ``sections`` the panels are
+visited so that each thread's share is its slice of every section (see ``dense_int8_kernel``).
+
 Tiles (``mr``, ``nv``) are :class:`Int8Config`; :func:`candidate_int8_configs` lists the grid that
 ``tuning.kernel_search`` measures per shape.
 """

@@ -101,8 +101,7 @@ def _embedding_terms(ctx: LowerContext, xv: ir.Value, shape: list[int]):
     ``[..., n]`` leading shape, and at most one other float32 term broadcast over leading dims
     (``[seq, n]`` under ``[batch, seq, n]``): ``(tables, dense)`` for
     ``layernorm.emit_embedding_layer_norm``, with ``tables`` ``[(ids, table, vocabulary, ids
-    dtype)]`` and ``dense`` an
-    ``(expression, rows)`` or None. None for anything else."""
+    dtype)]`` and ``dense`` ``(expression, rows)`` or None. None for anything else."""
     from ...kernels._rows import lanes_for
 
     n = shape[-1]
