@@ -27,6 +27,19 @@ def prefetch(buffer: tirx.Buffer, indices: list[tirx.PrimExpr], locality: int = 
     )
 
 
+def panel_share(W: tirx.Buffer, panel: tirx.PrimExpr, chunk: tirx.PrimExpr, f: int | tirx.PrimExpr,
+                per_chunk: int, lines: int, nv: int, vec: int) -> tirx.PrimExpr:
+    """The prefetch call of line ``f`` of chunk ``chunk``'s share of a packed weight panel
+    ``W[panel, K steps, nv * vec]`` (``lines = K steps * nv`` vector-sized lines, ``per_chunk``
+    of them per chunk, wrapping): the dense kernels' next-panel prefetch, a chunk being one K chunk
+    of one row tile (INT8 and BF16 dense)."""
+    line = (chunk * per_chunk + f) % lines
+    i32 = lambda v: tirx.const(v, "int32")  # noqa: E731
+    return tirx.call_llvm_intrin("void", PREFETCH,
+                                 tirx.address_of(W[panel, line // nv, line % nv * vec]),
+                                 i32(0), i32(3), i32(1))
+
+
 def prepend_to_loop(func: tirx.PrimFunc, loop_var: tirx.Var,
                     make: Callable[[], list[tirx.Stmt]]) -> tirx.PrimFunc:
     """``func`` with ``make()``'s statements first in the body of the loop over ``loop_var``."""

@@ -49,6 +49,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ._prefetch import panel_share
 from .common import (
     Epilogue,
     apply_epilogue,
@@ -69,7 +70,6 @@ _ACC_BUDGET = 24
 _DEFAULT = (8, 3)
 
 DPBF16PS = "lamina_dpbf16ps"
-_PREFETCH = "llvm.prefetch.p0"
 # The helper the kernel calls: LLVM 22 declares vdpbf16ps on <32 x bfloat>; TIR passes the same
 # bits as <16 x i32> (the broadcast activation pair) and <32 x i16> (the packed weights).
 # linkonce_odr: every kernel of a module imports it, the linker keeps one copy (inlined anyway).
@@ -447,12 +447,8 @@ def dense_bf16_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
                 zero(acc2, n2)
                 for kc in range(CH):
                     for f in T.unroll(PF):
-                        T.evaluate(T.call_llvm_intrin(
-                            "void", _PREFETCH, T.address_of(W[
-                                (task // MB + 1) % P,
-                                ((task % MB * CH + kc) * PF + f) % LINES // nv,
-                                ((task % MB * CH + kc) * PF + f) % LINES % nv * 2 * L]),
-                            T.int32(0), T.int32(3), T.int32(1)))
+                        T.evaluate(panel_share(W, (task // MB + 1) % P, task % MB * CH + kc, f,
+                                               PF, LINES, nv, 2 * L))
                     for k2 in range(KC):
                         step(acc0, r0, n0, row, p, kc * KC + k2, X, W)
                         step(acc1, r1, n1, row, p, kc * KC + k2, X, W)

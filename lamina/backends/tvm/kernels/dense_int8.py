@@ -53,6 +53,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ._prefetch import panel_share
 from ._rows import lanes_for
 from .common import (
     Epilogue,
@@ -201,7 +202,7 @@ def sections_fit(M: int, K: int, N: int, target: tvm.target.Target, sections: in
     cfg = resolve_int8_config(M, K, N, target, config)
     cfg = Int8Config(cfg.mr, cfg.nv, M)
     P = N // (cfg.nv * lanes32(family(target)))
-    if threads < 2 or parts % threads or N % sections or P % (sections * threads):
+    if threads < 2 or parts % threads or P % (sections * threads):
         return None
     return cfg
 
@@ -490,11 +491,8 @@ def dense_int8_kernel(M: int, K: int, N: int, *, target: tvm.target.Target,
         zero(acc2, n2)
         for kc in range(CH):
             for f in T.unroll(PF):
-                T.evaluate(T.call_llvm_intrin(
-                    "void", "llvm.prefetch.p0", T.address_of(W[
-                        panel((task // MB + 1) % P), ((task % MB * CH + kc) * PF + f) % LINES // nv,
-                        ((task % MB * CH + kc) * PF + f) % LINES % nv * VB]),
-                    T.int32(0), T.int32(3), T.int32(1)))
+                T.evaluate(panel_share(W, panel((task // MB + 1) % P), task % MB * CH + kc, f,
+                                       PF, LINES, nv, VB))
             for k4 in range(kc * KC, kc * KC + KC):
                 step(acc0, r0, n0, row, p, k4, X, W)
                 step(acc1, r1, n1, row, p, k4, X, W)

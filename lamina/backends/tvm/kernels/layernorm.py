@@ -188,6 +188,29 @@ def embedding_layer_norm_kernel(rows: int, n: int, eps: float, target: tvm.targe
     return finish_kernel(root_block(keep_params(func, keep)))
 
 
+def emit_normalized(bb: relax.BlockBuilder, func: tvm.tirx.PrimFunc, name: str,
+                    args: list[relax.Expr], shape: list[int],
+                    quant: tuple[relax.Expr, relax.Expr, bool] | None = None
+                    ) -> relax.Expr | tuple[relax.Expr, relax.Expr]:
+    """Call a kernel that writes normalised rows ``Y[rows, n]`` (and, with ``quant = (S, qo,
+    signed)``, whose two are appended to ``args``, their quantization ``Yq[rows, n]`` u8): ``Y``
+    reshaped to ``shape``, or ``(Y, Yq)``. The LayerNorm kernels here and the INT8 dense kernel
+    with a fused LayerNorm."""
+    n = shape[-1]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    gv = bb.add_func(func, name if quant is None else f"{name}_q{'_s8' if quant[2] else ''}")
+    if quant is None:
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
+        return bb.emit(relax.op.reshape(y, shape))
+    both = bb.emit(relax.call_tir(gv, [*args, quant[0], quant[1]],
+                                  [relax.TensorType((rows, n), "float32"),
+                                   relax.TensorType((rows, n), "uint8")]))
+    y = bb.emit(relax.TupleGetItem(both, 0))
+    return bb.emit(relax.op.reshape(y, shape)), bb.emit(relax.TupleGetItem(both, 1))
+
+
 def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, beta: relax.Expr,
                     shape: list[int], eps: float,
                     target: tvm.target.Target | None = None,
@@ -201,19 +224,10 @@ def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, be
     for d in shape[:-1]:
         rows *= d
     x2 = bb.emit(relax.op.reshape(x, (rows, n)))
-    if quant is None:
-        func = layer_norm_kernel(rows, n, eps, target)
-        gv = bb.add_func(func, f"lamina_layer_norm_{rows}x{n}")
-        y = bb.emit(relax.call_tir(gv, [x2, gamma, beta], relax.TensorType((rows, n), "float32")))
-        return bb.emit(relax.op.reshape(y, shape))
-    s, qo, signed = quant
-    func = layer_norm_kernel(rows, n, eps, target, quant_out=True, out_signed=signed)
-    gv = bb.add_func(func, f"lamina_layer_norm_{rows}x{n}_q{'_s8' if signed else ''}")
-    both = bb.emit(relax.call_tir(gv, [x2, gamma, beta, s, qo],
-                                  [relax.TensorType((rows, n), "float32"),
-                                   relax.TensorType((rows, n), "uint8")]))
-    y = bb.emit(relax.TupleGetItem(both, 0))
-    return bb.emit(relax.op.reshape(y, shape)), bb.emit(relax.TupleGetItem(both, 1))
+    func = layer_norm_kernel(rows, n, eps, target, quant_out=quant is not None,
+                             out_signed=quant is not None and quant[2])
+    return emit_normalized(bb, func, f"lamina_layer_norm_{rows}x{n}", [x2, gamma, beta], shape,
+                           quant)
 
 
 def emit_embedding_layer_norm(bb: relax.BlockBuilder,
@@ -238,19 +252,8 @@ def emit_embedding_layer_norm(bb: relax.BlockBuilder,
     if dense is not None:
         d = dense[1]
         args.append(bb.emit(relax.op.reshape(dense[0], (d, n))))
-    args += [gamma, beta]
-    name = f"lamina_embedding_layer_norm_{rows}x{n}"
-    if quant is None:
-        func = embedding_layer_norm_kernel(rows, n, eps, target, specs, d)
-        gv = bb.add_func(func, name)
-        y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
-        return bb.emit(relax.op.reshape(y, shape))
-    s, qo, signed = quant
-    func = embedding_layer_norm_kernel(rows, n, eps, target, specs, d, quant_out=True,
-                                       out_signed=signed)
-    gv = bb.add_func(func, f"{name}_q{'_s8' if signed else ''}")
-    both = bb.emit(relax.call_tir(gv, [*args, s, qo],
-                                  [relax.TensorType((rows, n), "float32"),
-                                   relax.TensorType((rows, n), "uint8")]))
-    y = bb.emit(relax.TupleGetItem(both, 0))
-    return bb.emit(relax.op.reshape(y, shape)), bb.emit(relax.TupleGetItem(both, 1))
+    func = embedding_layer_norm_kernel(rows, n, eps, target, specs, d,
+                                       quant_out=quant is not None,
+                                       out_signed=quant is not None and quant[2])
+    return emit_normalized(bb, func, f"lamina_embedding_layer_norm_{rows}x{n}",
+                           [*args, gamma, beta], shape, quant)

@@ -211,7 +211,7 @@ def layer_norm(ctx: LowerContext, node: ir.Node, inputs):
             fuse = None
         if claim is None:
             if fuse is not None:
-                return [fuse(gamma, beta, eps, None)[0], None, None]
+                return [fuse(gamma, beta, eps, None), None, None]
             return [emit_layer_norm(ctx.bb, ctx.expr(x), gamma, beta, shape, eps,
                                     ctx.target), None, None]
         key, s, qo = claim

@@ -398,22 +398,14 @@ def emit_int8_dense(
         # with no kernel launch between. The float call is then dead and removed.
         def ln_form(gamma: relax.Expr, beta: relax.Expr, eps: float,
                     quant: tuple[relax.Expr, relax.Expr, bool] | None):
+            from ...kernels.layernorm import emit_normalized
+
             fused = FusedLayerNorm(eps, quant is not None, quant is not None and quant[2])
             fl = dense_int8_kernel(rows, k, n, target=target, config=cfg, bias=bias is not None,
                                    epilogue=epilogue, residual=residual is not None,
                                    layer_norm=fused)
-            gl = bb.add_func(fl, f"{name}_ln{'_q' if quant is not None else ''}"
-                             f"{'_s8' if fused.out_signed else ''}")
-            ln_args = [*args, gamma, beta]
-            if quant is None:
-                yl = bb.emit(relax.call_tir(gl, ln_args, relax.TensorType((rows, n), "float32")))
-                return bb.emit(relax.op.reshape(yl, (*shape[:-1], n))), None
-            both = bb.emit(relax.call_tir(gl, [*ln_args, quant[0], quant[1]],
-                                          [relax.TensorType((rows, n), "float32"),
-                                           relax.TensorType((rows, n), "uint8")]))
-            yl = bb.emit(relax.TupleGetItem(both, 0))
-            return (bb.emit(relax.op.reshape(yl, (*shape[:-1], n))),
-                    bb.emit(relax.TupleGetItem(both, 1)))
+            return emit_normalized(bb, fl, f"{name}_ln", [*args, gamma, beta],
+                                   [*shape[:-1], n], quant)
 
         ctx.int8_ln_forms[out] = ln_form
     return out
