@@ -107,8 +107,9 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
 
     @T.macro
     def keys(x, kt, bias, start, length, chunks, h):
-        # K^T in whole chunks (keys past the end read a neighbour's finite rows, which the
-        # bias masks) and the key bias: 0 on the sequence, fill past it.
+        # K^T in whole chunks (keys past the end repeat the sequence's last row, which the bias
+        # masks: never a row outside the sequence, which may be an unwritten bucket tail holding
+        # NaN, and NaN + fill is NaN) and the key bias: 0 on the sequence, fill past it.
         if blocked:
             # 16 x 16 blocks: 16 key rows loaded as vectors (in bit-reversed order), four
             # rounds of interleaves (:mod:`.attention_bf16`'s network, on floats), 16 stores.
@@ -117,7 +118,7 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
             for c in range(chunks):
                 for eb in range(d // 16):
                     for r in T.unroll(16):
-                        ta[bit_reversed(r), vec] = x[T.min(start + c * 16 + r, tokens - 1),
+                        ta[bit_reversed(r), vec] = x[start + T.min(c * 16 + r, length - 1),
                                                      T.ramp(hid + h * d + eb * 16, 1, 16)]
                     interleave_rounds(ta, tb)
                     for i in T.unroll(8):
@@ -128,16 +129,16 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
         else:
             for j in range(chunks * kc):
                 for e in range(d):
-                    kt[e, j] = x[T.min(start + j, tokens - 1), hid + h * d + e]
+                    kt[e, j] = x[start + T.min(j, length - 1), hid + h * d + e]
         for c in range(chunks):
             for w in T.vectorized(kc):
                 bias[c * kc + w] = T.Select(c * kc + w < length, T.float32(0),
                                             T.float32(fill))
 
     @T.macro
-    def softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h):
+    def softmax_tile(x, kt, bias, s, acc, red, inv, start, length, chunks, qt, h):
         # Scores of the tile's queries, one key chunk at a time, and their running maxima on
-        # the lanes.
+        # the lanes (queries past the end, the last tile's tail, repeat the last row).
         for r in T.unroll(mr):
             for w in T.vectorized(kc):
                 red[r, w] = T.float32(fill)
@@ -148,7 +149,7 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
             for e in range(d):
                 for r in T.unroll(mr):
                     for w in T.vectorized(kc):
-                        acc[r, w] = acc[r, w] + x[T.min(start + qt * mr + r, tokens - 1),
+                        acc[r, w] = acc[r, w] + x[start + T.min(qt * mr + r, length - 1),
                                                   h * d + e] * kt[e, c * kc + w]
             for r in T.unroll(mr):
                 for w in T.vectorized(kc):
@@ -206,7 +207,7 @@ def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, sca
                         for w in T.vectorized(kc):
                             col[c * kc + w] = T.float32(0)
                 for qt in range((length + mr - 1) // mr):
-                    softmax_tile(x, kt, bias, s, acc, red, inv, start, chunks, qt, h)
+                    softmax_tile(x, kt, bias, s, acc, red, inv, start, length, chunks, qt, h)
                     if received:
                         # Rows past the sequence's end (the last tile's tail) add nothing.
                         for r in T.unroll(mr):
