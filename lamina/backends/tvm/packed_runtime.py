@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import BackendError
+from .runtime import _to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,6 @@ class PackedRunner:
         hi: int,
         f: PackedFunction,
     ) -> dict[str, np.ndarray]:
-        import tvm
-
         m = self._model
         rows = lens[lo:hi]
         cu = cu_seqlens(rows, f.seqs)
@@ -227,20 +225,14 @@ class PackedRunner:
                 first = np.zeros(f.seqs, np.int64)
                 first[: len(rows)] = cu[: len(rows)]
                 feeds[name] = first
-        args = [tvm.runtime.tensor(feeds[n], m._dev) for n in f.inputs]
-        args.extend(self._params[p] for p in f.params)
-        try:
-            result = m._vm[f.function](*args)
-        except Exception as e:
-            raise BackendError(
-                f"{m.path}: {f.function} failed: {type(e).__name__}: {str(e).strip()[:500]}"
-            ) from e
+        arrays = [feeds[n] for n in f.inputs]
+        result = m._call(f.function, [a.shape for a in arrays], arrays, f.params, self._params)
         names = [o.name for o in m.outputs]
         order = list(f.token_outputs) + list(f.seq_outputs)
         graph_order = [n for n in names if n in order]
         out: dict[str, np.ndarray] = {}
         for i, name in enumerate(graph_order):
-            arr = result[i].numpy()
+            arr = _to_numpy(result[i])
             if name in f.token_outputs:
                 dense = np.zeros((len(rows), sel.shape[1], *arr.shape[2:]), arr.dtype)
                 dense[sel] = arr[0, :total]
