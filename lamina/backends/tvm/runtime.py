@@ -18,7 +18,8 @@ each thread that calls :meth:`CompiledModel.run` sets its own count when it need
 
 Concurrency: :meth:`CompiledModel.run` may be called from any number of threads at once. A Relax
 VM is not reentrant, so each call in flight takes a VM of its own from a small pool (VMs share
-the loaded library and the weights; a VM holds only its call's registers and scratch memory).
+the loaded library and the weights; a VM holds only its call's registers and scratch memory, and the
+input tensors of its bound calls, see :class:`_BoundCall`).
 Concurrent calls share the cores instead of each starting ``threads`` workers: at most
 ``cores // threads`` calls run at once (at least one), each on its ``threads``, and the others wait
 for one to finish; the pool never holds more VMs than that. Measured on an idle 2-core Zen5 with
