@@ -308,6 +308,19 @@ def test_bf16_attention_skips_the_keys_past_the_last_unmasked_one(cs):
     assert np.mean(err < 1e-4) > 0.99 and err.max() < 2e-3, err.max()
 
 
+def test_softmax_exp_is_exp_to_bf16_precision():
+    """The BF16 attention's exponential: within 1e-4 of exp (P is then rounded to bf16, 2e-3), and
+    exactly 0 for the mask fill."""
+    from lamina.backends.tvm.kernels.attention_bf16 import softmax_exp_reference
+    from lamina.compiler.ir.ops.attention import MASK_FILL
+
+    x = np.linspace(-87.0, 0.0, 200001, dtype=np.float32)
+    rel = np.abs(softmax_exp_reference(x).astype(np.float64) / np.exp(x.astype(np.float64)) - 1)
+    assert rel.max() < 1e-4
+    assert softmax_exp_reference(np.float32([MASK_FILL, -1e30, -200.0])).tolist() == [0, 0, 0]
+    assert softmax_exp_reference(np.float32([0.0]))[0] == np.float32(0.9999289)
+
+
 @pytest.mark.parametrize("batch, sq, skv, heads, d, merged, mask", [
     (1, 128, 128, 12, 32, True, True),
     (2, 32, 64, 2, 64, False, True),
