@@ -52,7 +52,7 @@ from .common import (
     root_block,
     saturate_u8,
 )
-from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vdpbf16ps
+from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vcvtneps2bf16, vdpbf16ps
 
 L = 16  # fp32 lanes of a zmm
 def fits(sq: int, skv: int, d: int) -> bool:
@@ -309,8 +309,9 @@ def attention_bf16_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, 
                             for r in T.unroll(mr):
                                 for w in T.vectorized(L):
                                     s[r, c * L + w] = softmax_exp(s[r, c * L + w] - red[r, w])
+                                pb[r, T.ramp(c * L, 1, L)] = vcvtneps2bf16(
+                                    s[r, T.ramp(c * L, 1, L)])
                                 for w in T.vectorized(L):
-                                    pb[r, c * L + w] = _bf16(s[r, c * L + w])
                                     inv[r, w] = inv[r, w] + s[r, c * L + w]
                         for r in T.unroll(mr):
                             inv[r, T.ramp(0, 1, L)] = butterfly(inv[r, T.ramp(0, 1, L)], L,

@@ -85,6 +85,14 @@ define linkonce_odr <16 x float> @lamina_dpbf16ps(<16 x float> %acc, <16 x i32> 
   ret <16 x float> %r
 }
 
+declare <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float>)
+
+define linkonce_odr <16 x i16> @lamina_cvtneps2bf16(<16 x float> %x) #0 {
+  %r = call <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float> %x)
+  %b = bitcast <16 x bfloat> %r to <16 x i16>
+  ret <16 x i16> %b
+}
+
 attributes #0 = { alwaysinline nounwind }
 """
 
@@ -95,6 +103,12 @@ def vdpbf16ps(acc: tirx.PrimExpr, pair: tirx.PrimExpr, words: tirx.PrimExpr) -> 
     kernel's module needs :data:`DPBF16PS_IR` imported)."""
     return T.call_extern(f"float32x{LANES}", DPBF16PS, acc,
                          T.broadcast(T.reinterpret("int32", pair), LANES), words)
+
+
+def vcvtneps2bf16(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The bf16 bits (uint16x16) of ``x`` (float32x16), round to nearest even, in one instruction
+    (``vcvtneps2bf16``, which reads and writes denormals as zero), from :data:`DPBF16PS_IR`."""
+    return T.call_extern(f"uint16x{LANES}", "lamina_cvtneps2bf16", x)
 
 
 PREFETCH_KC = 32  # k2 steps (64 values of K) per prefetch chunk
