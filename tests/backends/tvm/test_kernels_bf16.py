@@ -309,9 +309,9 @@ def test_bf16_attention_skips_the_keys_past_the_last_unmasked_one(cs):
 
 
 def test_softmax_exp_is_exp_to_bf16_precision():
-    """The BF16 attention's exponential: within 1e-4 of exp (P is then rounded to bf16, 2e-3), and
+    """The lossy attentions' exponential: within 1e-4 of exp (P is then rounded to bf16, 2e-3), and
     exactly 0 for the mask fill."""
-    from lamina.backends.tvm.kernels.attention_bf16 import softmax_exp_reference
+    from lamina.backends.tvm.kernels.varlen_attention import softmax_exp_reference
     from lamina.compiler.ir.ops.attention import MASK_FILL
 
     x = np.linspace(-87.0, 0.0, 200001, dtype=np.float32)

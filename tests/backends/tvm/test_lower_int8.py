@@ -358,7 +358,8 @@ def _attention_out_proj_model(seq: int = 32, bits: int = 8) -> ir.Model:
 def test_attention_writes_the_out_projections_u8(target, kernel, tmp_path):
     """An attention output that only an INT8 projection reads is quantized by the attention kernel
     itself (no quantize kernel, no float output), with the same codes as ONNX Runtime on the QDQ
-    graph up to float rounding (bf16 attention: within its error)."""
+    graph up to float rounding and the exponential's 8e-5 (``softmax_exp``: a few codes one step
+    apart; bf16 attention: within its error)."""
     import re
 
     from lamina.backends.reference import run
@@ -381,7 +382,7 @@ def test_attention_writes_the_out_projections_u8(target, kernel, tmp_path):
     got, want = load(art).run(feeds)["out"], run(model, feeds)["out"]
     if isa == "avx2":
         err = np.abs(got - want)
-        assert np.mean(err < 1e-4) > 0.97 and err.max() < 0.1
+        assert np.mean(err < 1e-4) > 0.95 and err.max() < 0.1
     else:
         assert float(np.corrcoef(got.ravel(), want.ravel())[0, 1]) > 0.999
 

@@ -34,6 +34,7 @@ from tvm import relax, te, tirx, topi
 from ._rows import lanes_for
 from .common import finish_kernel, saturate_u8
 from .isa import isa_of, lanes
+from .varlen_attention import softmax_exp
 
 # Accumulator registers the QK^T and PV register tiles may use (of 32 zmm / 16 ymm / 16 xmm).
 _ACC_REGS = {"avx512": 16, "avx2": 12, "generic": 8}
@@ -227,7 +228,10 @@ def attention_kernel(batch: int, sq: int, skv: int, heads: int, d: int, *, scale
 
     mx = row_reduce(xs, te.max, "mx")
     dlt = te.compute(s.shape, lambda bi, hh, i, j: xs[bi, hh, i, j] - mx[bi, hh, i], name="dlt")
-    p = topi.fast_exp(dlt)
+    if quant_out:  # rounded to u8 after: the cheaper exponential (varlen_attention.softmax_exp)
+        p = te.compute(s.shape, lambda bi, hh, i, j: softmax_exp(dlt[bi, hh, i, j]), name="P")
+    else:
+        p = topi.fast_exp(dlt)
     total = row_reduce(p, te.sum, "total")
     inv = te.compute(
         (batch, heads, sq),

@@ -53,6 +53,7 @@ from .common import (
     saturate_u8,
 )
 from .dense_bf16 import DPBF16PS_IR, _bf16_bits, vcvtneps2bf16, vdpbf16ps
+from .varlen_attention import softmax_exp, softmax_exp_reference
 
 L = 16  # fp32 lanes of a zmm
 def fits(sq: int, skv: int, d: int) -> bool:
@@ -69,29 +70,6 @@ def _pair(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
 def _pair_bits(lo: tirx.PrimExpr, hi: tirx.PrimExpr) -> tirx.PrimExpr:
     """:func:`_pair` of two values already in bf16 (uint16 bits)."""
     return T.reinterpret("int32", (T.Cast("uint32", hi) << T.uint32(16)) | T.Cast("uint32", lo))
-
-
-# 2^f on [-0.5, 0.5], degree 3, fitted for relative error: at most 7.7e-5 (8.0e-5 with the rounding
-# of x * log2(e)), against the 2^-9 (2.0e-3) of rounding P to bf16 right after.
-_EXP2_POLY = (0.9999289048197653, 0.6932762833317916, 0.2426046559080518, 0.055088767032701214)
-
-
-def softmax_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """``exp(x)`` for ``x <= 0`` (a score minus its row maximum), to the precision P keeps in bf16:
-    2^n (exponent bits) times a cubic in the fraction, 12 vector instructions against about 18 of
-    :func:`.varlen_attention.fast_exp` (whose 1e-7 the exact kernels need). Below 2^-127 the result
-    is exactly 0, so the mask fill's exp is 0, as the key skipping below relies on. The exponential
-    was a third of MiniLM's attention kernel (55 us standalone, 37 without it) and a fifth of
-    BERT-base's (81, 64); with this one they take 46 and 73 us (Zen5, 2 threads)."""
-    f32 = "float32"
-    t = tirx.max(x * tirx.const(1.4426950408889634, f32), tirx.const(-127.0, f32))
-    n = tirx.floor(t + tirx.const(0.5, f32))
-    f = t - n
-    c = [tirx.const(v, f32) for v in _EXP2_POLY]
-    poly = ((c[3] * f + c[2]) * f + c[1]) * f + c[0]
-    scale = tirx.reinterpret(f32, tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"),
-                                                  tirx.const(23, "int32")))
-    return scale * poly
 
 
 def _bf16(x: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -380,21 +358,6 @@ def attention_bf16_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale:
     p = softmax_exp_reference(s - s.max(-1, keepdims=True)).astype(np.float64)
     o = (round_bf16(p.astype(np.float32)).astype(np.float64) @ vh) / p.sum(-1, keepdims=True)
     return o.transpose(0, 2, 1, 3).astype(np.float32)
-
-
-def softmax_exp_reference(x: np.ndarray) -> np.ndarray:
-    """:func:`softmax_exp` in NumPy, float32 step for step (the kernel may fuse the cubic's
-    multiply-adds, a last-bit difference)."""
-    f32 = np.float32
-    x = np.asarray(x, f32)
-    with np.errstate(over="ignore"):  # the mask fill times log2(e) is -inf, clamped as the kernel
-        t = np.maximum(x * f32(1.4426950408889634), f32(-127.0))
-    n = np.floor(t + f32(0.5))
-    f = t - n
-    c = [f32(v) for v in _EXP2_POLY]
-    poly = ((c[3] * f + c[2]) * f + c[1]) * f + c[0]
-    scale = ((n.astype(np.int32) + 127) << 23).view(f32)
-    return (scale * poly).astype(f32)
 
 
 def emit_attention_bf16(bb: relax.BlockBuilder, sources: list[relax.Expr],
