@@ -404,12 +404,12 @@ class CompiledModel:
         through a :class:`_BoundCall` made the first time this VM calls ``fname``."""
         vm = self._vm
         key = (id(vm), fname)
-        bound = self._bound.get(key)
-        if bound is None:
-            bound = self._bound[key] = _BoundCall(
-                vm, fname, [(shape, a.dtype) for shape, a in zip(shapes, arrays, strict=True)],
-                [(params or self._params)[p] for p in pnames], self._dev)
         try:
+            bound = self._bound.get(key)
+            if bound is None:
+                bound = self._bound[key] = _BoundCall(
+                    vm, fname, [(shape, a.dtype) for shape, a in zip(shapes, arrays, strict=True)],
+                    [(params or self._params)[p] for p in pnames], self._dev)
             return bound(arrays)
         except Exception as e:
             raise BackendError(f"{self.path}: {fname} failed: {type(e).__name__}: "
