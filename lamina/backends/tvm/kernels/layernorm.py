@@ -12,6 +12,8 @@ step: the TIR kernel runs MiniLM's 128 x 384 LayerNorm (with quantization) in 0.
 
 from __future__ import annotations
 
+import math
+
 import tvm
 from tvm import relax, te
 from tvm.script import tirx as T
@@ -197,9 +199,7 @@ def emit_normalized(bb: relax.BlockBuilder, func: tvm.tirx.PrimFunc, name: str,
     reshaped to ``shape``, or ``(Y, Yq)``. The LayerNorm kernels here and the INT8 dense kernel
     with a fused LayerNorm."""
     n = shape[-1]
-    rows = 1
-    for d in shape[:-1]:
-        rows *= d
+    rows = math.prod(shape[:-1])
     gv = bb.add_func(func, name if quant is None else f"{name}_q{'_s8' if quant[2] else ''}")
     if quant is None:
         y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), "float32")))
@@ -220,9 +220,7 @@ def emit_layer_norm(bb: relax.BlockBuilder, x: relax.Expr, gamma: relax.Expr, be
     length. With ``quant = (S, qo, signed)`` (see :func:`layer_norm_kernel`) returns ``(Y, Yq)``,
     ``Yq`` as ``[rows, n]`` u8."""
     n = shape[-1]
-    rows = 1
-    for d in shape[:-1]:
-        rows *= d
+    rows = math.prod(shape[:-1])
     x2 = bb.emit(relax.op.reshape(x, (rows, n)))
     func = layer_norm_kernel(rows, n, eps, target, quant_out=quant is not None,
                              out_signed=quant is not None and quant[2])
@@ -241,9 +239,7 @@ def emit_embedding_layer_norm(bb: relax.BlockBuilder,
     table, vocabulary, ids dtype)`` lookup and of ``dense = (term, its rows)`` (broadcast over
     leading dims), as :func:`embedding_layer_norm_kernel`; returns like :func:`emit_layer_norm`."""
     n = shape[-1]
-    rows = 1
-    for d in shape[:-1]:
-        rows *= d
+    rows = math.prod(shape[:-1])
     specs, args = [], []
     for ids, table, vocab, dtype in tables:
         specs.append((vocab, dtype))

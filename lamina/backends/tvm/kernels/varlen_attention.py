@@ -124,7 +124,6 @@ def softmax_exp_reference(x: np.ndarray) -> np.ndarray:
     return (scale * poly).astype(f32)
 
 
-
 def _varlen_kernel(tokens: int, seqs: int, heads: int, d: int, max_len: int, scale: float,
                    target: tvm.target.Target, received: bool, quant_out: bool = False,
                    out_signed: bool = False) -> tirx.PrimFunc:
